@@ -1,0 +1,221 @@
+"""The collect stage: run the model on tasks under press settings, label, and write trace shards.
+
+Work is cut into units of (task, chunk of ``shard_size`` prompts). A unit runs the uncompressed
+reference first (every compressed run is compared with its uncompressed twin), then every press
+setting, and writes one shard. Under torchrun, rank r takes units r, r + world, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hazard import SCHEMA_VERSION, __version__, dist
+from hazard.compression import PressSpec, build_press
+from hazard.engine import Engine, Generation
+from hazard.errors import HazardError
+from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, verdict
+from hazard.models import ModelConfig, end_token_ids, load_model
+from hazard.signals import SIGNALS
+from hazard.summary import summarize
+from hazard.tasks import Prompt, build_task, parse_answer, score
+from hazard.traces import load_traces, write_json, write_shard
+
+
+@dataclass
+class TaskSpec:
+    """A task by registry name with its options (see hazard/tasks)."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class CollectConfig:
+    """Everything ``hazard collect`` needs; YAML keys mirror these fields."""
+
+    output_dir: str = "traces/demo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    presses: list[PressSpec] = field(default_factory=lambda: [PressSpec("none")])
+    max_new_tokens: int = 384
+    batch_size: int = 8
+    shard_size: int = 32
+    probe_layers: list[int] = field(default_factory=lambda: [0, -1])
+    seed: int = 0
+    summary_out: str | None = None
+
+
+def encode(tok, prompt: Prompt) -> list[int]:
+    text = tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
+              meta: dict) -> dict:
+    """One trace row: outcome, detectors, onset, labels and per-token arrays.
+
+    ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run).
+    """
+    answer = parse_answer(text)
+    correct = score(answer, prompt.gold)
+    loop = detect_loop(gen.tokens, gen.finished)
+    diverge = divergence(gen.tokens, ref["tokens"]) if ref is not None else -1
+    v = verdict(loop.onset if loop else -1, not gen.finished, correct,
+                ref["correct"] if ref is not None else None, diverge)
+    labels, post = hazard_labels(len(gen.tokens), v.onset)
+    question = prompt.messages[-1]["content"]
+    row = {
+        **meta,
+        "trace_id": f"{meta['model']}/{meta['task']}/{prompt.id}/{spec.label}/s{meta['seed']}",
+        "prompt_id": prompt.id, "press": spec.name, "ratio": float(spec.ratio),
+        "prompt_len": gen.prompt_len, "kv_tokens_prefill": gen.kv_tokens_prefill,
+        "bytes_per_token": gen.bytes_per_token, "n_tokens": len(gen.tokens), "tokens": gen.tokens,
+        "text": text, "finished": gen.finished, "gold": prompt.gold, "answer": answer, "correct": correct,
+        "ref_correct": ref["correct"] if ref is not None else correct,
+        "loop": loop is not None, "loop_onset": loop.onset if loop else -1,
+        "loop_period": loop.period if loop else 0, "nonterm": not gen.finished,
+        "amnesia": detect_amnesia(text, answer, prompt.gold, prompt.distractors, prompt.exemplar_texts, question),
+        "divergence": diverge, "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
+        "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes, "post_onset": post,
+        **{f"label_h{k}": labels[k] for k in HORIZONS},
+    }
+    for i, name in enumerate(SIGNALS):
+        row[name] = gen.signals[:, i]
+    return row
+
+
+def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict) -> list[dict]:
+    """Reference run, then every press setting, for one chunk of prompts."""
+    ids = [encode(tok, p) for p in prompts]
+    rows: list[dict] = []
+    refs: list[dict] = []
+    for spec in specs:
+        gens = engine.generate(ids, build_press(spec))
+        for i, (p, g) in enumerate(zip(prompts, gens)):
+            text = tok.decode(g.tokens, skip_special_tokens=True)
+            row = build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta)
+            if spec.name == "none":
+                refs.append(row)
+            rows.append(row)
+    return rows
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import datasets
+    import kvpress
+    import transformers
+
+    return {"hazard": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "kvpress": getattr(kvpress, "__version__", "0.5.5"), "datasets": datasets.__version__,
+            "python": platform.python_version()}
+
+
+def _content(cfg: CollectConfig) -> dict:
+    """The parts of the config that change trace content (a resume must match them)."""
+    d = dataclasses.asdict(cfg)
+    for k in ("output_dir", "summary_out", "batch_size"):
+        d.pop(k)
+    d["model"].pop("device")
+    return d
+
+
+def validate(cfg: CollectConfig) -> tuple[list, list[PressSpec]]:
+    """Build tasks and presses once up front so bad names fail before the model loads."""
+    if not cfg.tasks:
+        raise HazardError("collect: no tasks configured; add at least one under `tasks:`")
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.shard_size < 1:
+        raise HazardError("collect: max_new_tokens, batch_size and shard_size must be >= 1")
+    tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
+    specs = [PressSpec("none")] + [s for s in cfg.presses if s.name != "none"]
+    for s in specs:
+        build_press(s)
+    return tasks, specs
+
+
+def run_collect(cfg: CollectConfig) -> dict | None:
+    """Collect traces into ``cfg.output_dir``; returns the summary on rank 0 (None on other ranks)."""
+    tasks, specs = validate(cfg)
+    rank, world, local = dist.setup()
+    out = Path(cfg.output_dir)
+    manifest_path = out / "manifest.json"
+    content = _content(cfg)
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("schema_version") != SCHEMA_VERSION:
+            raise HazardError(f"{out}: holds trace schema version {old.get('schema_version')}, this hazard writes "
+                              f"{SCHEMA_VERSION}; use a new output_dir")
+        if old.get("config") != json.loads(json.dumps(content)):
+            raise HazardError(f"{out}: holds a collection with a different config; use a new output_dir "
+                              "or delete the old one to resume")
+    dist.barrier()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(manifest_path, {"schema_version": SCHEMA_VERSION, "config": content, "versions": versions(),
+                                   "git_sha": _git_sha(), "world_size": world, "hardware": hardware()})
+    dist.barrier()
+
+    if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
+        cfg.model.device = f"cuda:{local}"
+    model, tok = load_model(cfg.model)
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    units = []
+    for task in tasks:
+        prompts = task.prompts()
+        for c in range(0, len(prompts), cfg.shard_size):
+            units.append((task, c // cfg.shard_size, prompts[c:c + cfg.shard_size]))
+    mine = units[rank::world]
+    meta_base = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "seed": cfg.seed,
+                 "max_new_tokens": cfg.max_new_tokens}
+    bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="shard", disable=None)
+    skipped = 0
+    for task, chunk, prompts in bar:
+        path = out / "data" / f"{task.name}-{chunk:05d}.parquet"
+        if path.exists():
+            skipped += 1
+            continue
+        rows = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name})
+        write_shard(rows, path)
+        bar.set_postfix(tok_s=f"{engine.generated_tokens / max(engine.seconds, 1e-9):.0f}")
+    write_json(out / "stats" / f"rank-{rank:03d}.json",
+               {"generated_tokens": engine.generated_tokens, "seconds": engine.seconds, "skipped_shards": skipped})
+    dist.barrier()
+    if rank != 0:
+        dist.teardown()
+        return None
+    stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("rank-*.json"))][:world]
+    tokens, seconds = sum(s["generated_tokens"] for s in stats), max(s["seconds"] for s in stats)
+    summary = {
+        "model": cfg.model.label(), "hardware": hardware(), "world_size": world,
+        "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "git_sha": _git_sha(),
+        # Throughput of this invocation (shards skipped on resume are not counted).
+        "generated_tokens_per_s": round(tokens / seconds, 2) if tokens else None,
+        "configs": summarize(load_traces(out)),
+    }
+    write_json(out / "summary.json", summary)
+    if cfg.summary_out:
+        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(cfg.summary_out), summary)
+    dist.teardown()
+    return summary

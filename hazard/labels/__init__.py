@@ -1,0 +1,5 @@
+from hazard.labels.detectors import detect_amnesia, detect_loop, divergence
+from hazard.labels.horizons import HORIZONS, hazard_labels
+from hazard.labels.onset import Verdict, verdict
+
+__all__ = ["HORIZONS", "Verdict", "detect_amnesia", "detect_loop", "divergence", "hazard_labels", "verdict"]

@@ -1,0 +1,111 @@
+"""Synthetic tasks generated from a seed, with exact answers, that probe what eviction destroys.
+
+Both put the one fact that matters somewhere in a long context among look-alike distractors, so a press
+that evicts it turns a solved problem into a wrong answer (or a loop while the model searches for it).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+
+from hazard.tasks.base import Prompt
+
+SYSTEM = "You answer questions about the given text exactly. Finish with 'The answer is N.'"
+
+
+def _key(rng: random.Random, n: int = 6) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+
+
+@dataclass
+class KVRetrievalTask:
+    """Key -> value lookup in a list of random records.
+
+    Parameters
+    ----------
+    n_prompts : int
+        Number of prompts.
+    n_pairs : int
+        Records per prompt (about 9 tokens each with the Qwen tokenizer).
+    seed : int
+        Generation seed; the same seed gives the same prompts.
+    """
+
+    n_prompts: int = 100
+    n_pairs: int = 40
+    seed: int = 0
+    name: str = "kv_retrieval"
+
+    def prompts(self) -> list[Prompt]:
+        rng = random.Random(self.seed)
+        out = []
+        for i in range(self.n_prompts):
+            keys = set()
+            while len(keys) < self.n_pairs:
+                keys.add(_key(rng))
+            pairs = [(k, str(rng.randint(1000, 9999))) for k in sorted(keys, key=lambda _: rng.random())]
+            target = rng.randrange(self.n_pairs)
+            records = "\n".join(f"{k}: {v}" for k, v in pairs)
+            question = (f"Here are {self.n_pairs} records, one 'key: value' per line.\n\n{records}\n\n"
+                        f"What is the value of key {pairs[target][0]}?")
+            out.append(Prompt(
+                id=f"{self.name}-{self.seed}-{i:05d}",
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                gold=pairs[target][1],
+                distractors=[v for j, (_, v) in enumerate(pairs) if j != target],
+            ))
+        return out
+
+
+@dataclass
+class VariableTrackingTask:
+    """Multi-hop variable tracking: follow a chain of assignments through interleaved distractor chains.
+
+    Parameters
+    ----------
+    n_prompts : int
+        Number of prompts.
+    n_chains : int
+        Independent chains; one is asked about, the others are distractors.
+    hops : int
+        Assignments after the first in each chain (``b = a``), so the answer needs ``hops`` look-ups.
+    seed : int
+        Generation seed.
+    """
+
+    n_prompts: int = 100
+    n_chains: int = 4
+    hops: int = 2
+    seed: int = 0
+    name: str = "var_tracking"
+
+    def prompts(self) -> list[Prompt]:
+        rng = random.Random(self.seed)
+        out = []
+        for i in range(self.n_prompts):
+            names = set()
+            while len(names) < self.n_chains * (self.hops + 1):
+                names.add(rng.choice(string.ascii_uppercase) + rng.choice(string.ascii_uppercase))
+            names = list(names)
+            values = rng.sample(range(10, 100), self.n_chains)
+            chains = [names[c * (self.hops + 1):(c + 1) * (self.hops + 1)] for c in range(self.n_chains)]
+            # Interleave hop by hop so each chain's links are spread over the whole context.
+            lines = []
+            for h in range(self.hops + 1):
+                order = list(range(self.n_chains))
+                rng.shuffle(order)
+                for c in order:
+                    rhs = str(values[c]) if h == 0 else chains[c][h - 1]
+                    lines.append(f"{chains[c][h]} = {rhs}")
+            target = rng.randrange(self.n_chains)
+            question = ("Each line assigns a value to a variable.\n\n" + "\n".join(lines) +
+                        f"\n\nWhat is the value of {chains[target][-1]}?")
+            out.append(Prompt(
+                id=f"{self.name}-{self.seed}-{i:05d}",
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                gold=str(values[target]),
+                distractors=[str(v) for c, v in enumerate(values) if c != target],
+            ))
+        return out
