@@ -133,7 +133,8 @@ def collect(argv: list[str]) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    head = f"{'task':14} {'press':20} {'ratio':>5} {'n':>4} {'acc':>5} {'loop':>5} {'nonterm':>7} {'catas':>5} {'kept':>5}"
+    head = (f"{'task':14} {'press':20} {'ratio':>5} {'n':>4} {'acc':>5} {'loop':>5} {'nonterm':>7} "
+            f"{'catas':>5} {'kept':>5}")
     lines = [f"model {summary['model']} on {summary['hardware']}: "
              f"{summary['generated_tokens_per_s']} generated tokens/s", head]
     for r in summary["configs"]:
