@@ -123,9 +123,20 @@ def _convert(tp, value, where: str):
     return value
 
 
+def _quiet_libraries() -> None:
+    # Our own progress bar reports tokens/s; per-file bars from datasets/transformers only add noise.
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def collect(argv: list[str]) -> None:
     from hazard.collect import CollectConfig, run_collect
 
+    _quiet_libraries()
     cfg = build(CollectConfig, parse_args(argv))
     summary = run_collect(cfg)
     if summary is not None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from hazard.tasks.base import Prompt
 
-SYSTEM = "You answer questions about the given text exactly. Finish with 'The answer is N.'"
+SYSTEM = ("You answer questions about the given text exactly. End your reply with a sentence of the form "
+          "'The answer is 42.', with the number you found in place of 42.")
 
 
 def _key(rng: random.Random, n: int = 6) -> str:
@@ -42,10 +43,12 @@ class KVRetrievalTask:
         rng = random.Random(self.seed)
         out = []
         for i in range(self.n_prompts):
-            keys = set()
+            keys: list[str] = []  # a list, not a set: set order follows PYTHONHASHSEED, not our seed
             while len(keys) < self.n_pairs:
-                keys.add(_key(rng))
-            pairs = [(k, str(rng.randint(1000, 9999))) for k in sorted(keys, key=lambda _: rng.random())]
+                k = _key(rng)
+                if k not in keys:
+                    keys.append(k)
+            pairs = [(k, str(rng.randint(1000, 9999))) for k in keys]
             target = rng.randrange(self.n_pairs)
             records = "\n".join(f"{k}: {v}" for k, v in pairs)
             question = (f"Here are {self.n_pairs} records, one 'key: value' per line.\n\n{records}\n\n"
@@ -85,10 +88,11 @@ class VariableTrackingTask:
         rng = random.Random(self.seed)
         out = []
         for i in range(self.n_prompts):
-            names = set()
+            names: list[str] = []
             while len(names) < self.n_chains * (self.hops + 1):
-                names.add(rng.choice(string.ascii_uppercase) + rng.choice(string.ascii_uppercase))
-            names = list(names)
+                name = rng.choice(string.ascii_uppercase) + rng.choice(string.ascii_uppercase)
+                if name not in names:
+                    names.append(name)
             values = rng.sample(range(10, 100), self.n_chains)
             chains = [names[c * (self.hops + 1):(c + 1) * (self.hops + 1)] for c in range(self.n_chains)]
             # Interleave hop by hop so each chain's links are spread over the whole context.

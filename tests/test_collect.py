@@ -1,0 +1,117 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hazard import SCHEMA_VERSION
+from hazard.cli import main
+from hazard.labels import HORIZONS
+from hazard.models import save_tiny
+from hazard.signals import SIGNALS
+from hazard.traces import load_traces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny-qwen2", "qwen2", seed=2)
+
+
+def _args(out, model_dir, *extra):
+    return ["collect", "--config", str(ROOT / "configs/collect/tiny.yaml"), "--output_dir", str(out),
+            "--model", json.dumps({"path": str(model_dir), "device": "cpu", "dtype": "float64",
+                                   "name": "tiny"}), *extra]
+
+
+def _rows(ds):
+    return sorted(ds.to_list(), key=lambda r: r["trace_id"])
+
+
+def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "traces"
+    assert main(_args(out, tiny_dir)) == 0
+    assert "kv_retrieval" in capsys.readouterr().out
+    ds = load_traces(out)
+    # 12 prompts x (none + 3 press settings)
+    assert len(ds) == 12 * 4
+    assert len(set(ds["trace_id"])) == len(ds)
+    assert set(ds["press"]) == {"none", "snapkv", "streaming_llm", "decode_knorm"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION and "transformers" in manifest["versions"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"model", "hardware", "generated_tokens_per_s", "configs"} <= summary.keys()
+    assert summary["generated_tokens_per_s"] > 0
+    for row in ds:
+        n = row["n_tokens"]
+        assert len(row["tokens"]) == n and all(len(row[s]) == n for s in SIGNALS)
+        assert all(len(row[f"label_h{k}"]) == n for k in HORIZONS) and len(row["post_onset"]) == n
+        assert np.isfinite(row["entropy"]).all()
+        if row["press"] == "none":
+            assert row["divergence"] == -1 and row["kv_tokens_prefill"] == row["prompt_len"]
+        if row["press"] == "snapkv":
+            assert row["kv_tokens_prefill"] < row["prompt_len"]
+        if row["onset"] >= 0:
+            assert row["catastrophe"] and sum(row["post_onset"]) == max(n - row["onset"], 0)
+            assert row["label_h4"][max(row["onset"] - 4, 0):].count(1) == n - max(row["onset"] - 4, 0)
+        else:
+            assert sum(row["label_h64"]) == 0
+        if row["loop"]:
+            assert row["onset"] == row["loop_onset"] and row["onset_source"] == "loop"
+
+
+def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, tiny_dir, monkeypatch):
+    full = tmp_path / "full"
+    assert main(_args(full, tiny_dir)) == 0
+
+    import hazard.collect as collect_mod
+
+    real_write = collect_mod.write_shard
+    calls = {"n": 0}
+
+    def dying_write(rows, path):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die while writing the third shard, leaving a partial temp file behind
+            Path(str(path) + ".tmp").write_bytes(b"PAR1 partial")
+            raise KeyboardInterrupt
+        real_write(rows, path)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(collect_mod, "write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(part, tiny_dir))
+    assert len(list((part / "data").glob("*.parquet"))) == 2
+    assert len(load_traces(part)) == (4 + 2) * 4  # kv_retrieval shards of 4 and 2 prompts; the partial one unread
+    monkeypatch.setattr(collect_mod, "write_shard", real_write)
+    assert main(_args(part, tiny_dir)) == 0
+    stats = json.loads((part / "stats" / "rank-000.json").read_text())
+    assert stats["skipped_shards"] == 2
+    a, b = _rows(load_traces(full)), _rows(load_traces(part))
+    assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "t"
+    assert main(_args(out, tiny_dir)) == 0
+    assert main(_args(out, tiny_dir, "--max_new_tokens", "7")) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_dir):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_args(one, tiny_dir)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "hazard.cli", *_args(two, tiny_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (two / "stats").iterdir()) == ["rank-000.json", "rank-001.json"]
+    a, b = _rows(load_traces(one)), _rows(load_traces(two))
+    assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]

@@ -1,0 +1,69 @@
+"""Bad input ends in one clear line on stderr (exit 2), never a traceback."""
+
+import json
+
+import pytest
+
+from hazard import SCHEMA_VERSION
+from hazard.cli import main
+from hazard.errors import HazardError
+from hazard.traces import load_traces
+
+BASE = ["--model.tiny", "qwen2", "--model.device", "cpu", "--max_new_tokens", "4"]
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("hazard: error:"), err
+    return err
+
+
+def test_missing_config_file(capsys, tmp_path):
+    assert "does not exist" in _err(capsys, ["collect", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_unknown_task(capsys, tmp_path):
+    err = _err(capsys, ["collect", "--output_dir", str(tmp_path), "--tasks", "[{name: mmlu}]", *BASE])
+    assert "unknown task 'mmlu'" in err and "gsm8k" in err
+
+
+def test_unknown_press(capsys, tmp_path):
+    err = _err(capsys, ["collect", "--output_dir", str(tmp_path), "--tasks", "[{name: kv_retrieval}]",
+                        "--presses", "[{name: h2o, ratio: 0.5}]", *BASE])
+    assert "unknown press 'h2o'" in err and "snapkv" in err
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
+def test_ratio_outside_unit_interval(capsys, tmp_path, ratio):
+    err = _err(capsys, ["collect", "--output_dir", str(tmp_path), "--tasks", "[{name: kv_retrieval}]",
+                        "--presses", f"[{{name: snapkv, ratio: {ratio}}}]", *BASE])
+    assert "ratio must be in [0, 1)" in err
+
+
+def test_missing_gsm8k_file(capsys, tmp_path):
+    err = _err(capsys, ["collect", "--output_dir", str(tmp_path / "o"),
+                        "--tasks", f"[{{name: gsm8k, options: {{path: {tmp_path / 'none'}}}}}]", *BASE])
+    assert "does not exist" in err
+
+
+def test_unknown_config_key_and_verb(capsys, tmp_path):
+    assert "unknown key(s) ['max_tokens']" in _err(capsys, ["collect", "--max_tokens", "3", *BASE])
+    assert "unknown verb" in _err(capsys, ["fit"])
+    assert "not built yet" in _err(capsys, ["train"])
+
+
+def test_missing_model_dir(capsys, tmp_path):
+    err = _err(capsys, ["collect", "--output_dir", str(tmp_path / "o"), "--tasks", "[{name: kv_retrieval}]",
+                        "--model.path", str(tmp_path / "no-model")])
+    assert "model.path" in err and "does not exist" in err
+
+
+def test_wrong_schema_version(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(HazardError, match="schema version"):
+        load_traces(tmp_path)
+    with pytest.raises(HazardError, match="does not exist"):
+        load_traces(tmp_path / "missing")
