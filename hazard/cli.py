@@ -27,12 +27,24 @@ VERBS = ("collect", *NOT_YET)
 
 
 def _set(d: dict, dotted: str, value) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists (a number indexes a list, e.g. ``--tasks.0.options.limit 5``)."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise HazardError(f"override --{dotted}: {k} is not a mapping")
-    d[keys[-1]] = value
+    node = d
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise HazardError(f"override --{dotted}: {k!r} is not an index of a list of {len(node)}")
+            k = int(k)
+        elif not isinstance(node, dict):
+            raise HazardError(f"override --{dotted}: {keys[i - 1]} is not a mapping or list")
+        if last:
+            node[k] = value
+        else:
+            if isinstance(node, dict):
+                node = node.setdefault(k, {})
+            else:
+                node = node[k]
 
 
 def parse_args(argv: list[str]) -> dict:

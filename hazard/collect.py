@@ -148,6 +148,9 @@ def validate(cfg: CollectConfig) -> tuple[list, list[PressSpec]]:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.shard_size < 1:
         raise HazardError("collect: max_new_tokens, batch_size and shard_size must be >= 1")
     tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
+    names = [t.name for t in cfg.tasks]
+    if len(set(names)) != len(names):
+        raise HazardError(f"collect: task listed twice in {names}; shards are named by task, list each once")
     specs = [PressSpec("none")] + [s for s in cfg.presses if s.name != "none"]
     for s in specs:
         build_press(s)

@@ -181,6 +181,8 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFa
     """Load model and tokenizer on the configured device, in eval mode."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.path.startswith("~"):
+        cfg.path = os.path.expanduser(cfg.path)
     if cfg.tiny:
         model, tok = tiny_model(cfg.tiny, cfg.seed, dtype), tiny_tokenizer()
     elif not cfg.path:

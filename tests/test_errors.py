@@ -67,3 +67,15 @@ def test_wrong_schema_version(tmp_path):
         load_traces(tmp_path)
     with pytest.raises(HazardError, match="does not exist"):
         load_traces(tmp_path / "missing")
+
+
+def test_overrides_reach_nested_keys_and_list_items(tmp_path):
+    from hazard.cli import parse_args
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("tasks:\n  - {name: gsm8k, options: {limit: 3}}\nmodel: {dtype: float32}\n")
+    cfg = parse_args(["--config", str(cfg_file), "--tasks.0.options.limit", "7", "--model.dtype=bfloat16",
+                      "--presses", "[{name: snapkv, ratios: [0.5, 0.75]}]"])
+    assert cfg["tasks"][0]["options"]["limit"] == 7 and cfg["model"]["dtype"] == "bfloat16"
+    with pytest.raises(HazardError, match="not an index"):
+        parse_args(["--config", str(cfg_file), "--tasks.3.name", "x"])

@@ -66,7 +66,7 @@ def test_var_tracking_chain_resolves_to_gold():
     p = build_task("var_tracking", n_prompts=1, n_chains=3, hops=3, seed=0).prompts()[0]
     text = p.messages[-1]["content"]
     env = dict(line.split(" = ") for line in text.split("\n") if " = " in line)
-    var = text.rsplit("value of ", 1)[1].rstrip("?")
+    var = text.rsplit("value of ", 1)[1].split("?")[0]
     while not env[var].isdigit():
         var = env[var]
     assert env[var] == p.gold

@@ -76,7 +76,7 @@ class GSM8KTask:
     def prompts(self) -> list[Prompt]:
         if self.split not in ("train", "test"):
             raise HazardError(f"gsm8k split {self.split!r} is unknown; use train or test")
-        root = Path(self.path)
+        root = Path(self.path).expanduser()
         problems = read_jsonl(root / f"{self.split}.jsonl")
         end = len(problems) if self.limit == 0 else min(len(problems), self.start + self.limit)
         train = read_jsonl(root / "train.jsonl") if self.k_shot else []

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from hazard.tasks.base import Prompt
 
-SYSTEM = ("You answer questions about the given text exactly. End your reply with a sentence of the form "
-          "'The answer is 42.', with the number you found in place of 42.")
+SYSTEM = "You answer questions about the given text exactly."
+
+# No example number in the instruction: the 0.5B model copies any number it is shown ("The answer is 42.").
+ASK = "End your reply with 'The answer is' followed by the number you found."
 
 
 def _key(rng: random.Random, n: int = 6) -> str:
@@ -52,7 +54,7 @@ class KVRetrievalTask:
             target = rng.randrange(self.n_pairs)
             records = "\n".join(f"{k}: {v}" for k, v in pairs)
             question = (f"Here are {self.n_pairs} records, one 'key: value' per line.\n\n{records}\n\n"
-                        f"What is the value of key {pairs[target][0]}?")
+                        f"What is the value of key {pairs[target][0]}? {ASK}")
             out.append(Prompt(
                 id=f"{self.name}-{self.seed}-{i:05d}",
                 messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
@@ -105,7 +107,8 @@ class VariableTrackingTask:
                     lines.append(f"{chains[c][h]} = {rhs}")
             target = rng.randrange(self.n_chains)
             question = ("Each line assigns a value to a variable.\n\n" + "\n".join(lines) +
-                        f"\n\nWhat is the value of {chains[target][-1]}?")
+                        f"\n\nWhat is the value of {chains[target][-1]}? "
+                        f"Trace its assignments back step by step, then stop at the number. {ASK}")
             out.append(Prompt(
                 id=f"{self.name}-{self.seed}-{i:05d}",
                 messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],

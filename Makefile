@@ -1,0 +1,36 @@
+# One command per job. Both install what they need into .venv first.
+#   make demo   collect labelled traces with a real small model (SmolLM2-135M) on this CPU
+#   make test   the test suite (CPU, tiny random models, no downloads)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SHARED ?= ../shared
+MODELS ?= $(HOME)/.cache/hazard-models
+# The CPU build lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install test lint demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	WANDB_MODE=disabled TQDM_DISABLE=1 $(PY) -m pytest tests
+
+lint: install
+	$(VENV)/bin/ruff check hazard tests
+
+$(MODELS)/smollm2-135m-instruct.gguf:
+	@test -f $(SHARED)/tools/models.py || { echo "make demo: $(SHARED)/tools/models.py not found; set SHARED=path/to/shared"; exit 2; }
+	$(PY) $(SHARED)/tools/models.py fetch smollm2-135m-instruct --dest $(MODELS)
+
+demo: install $(MODELS)/smollm2-135m-instruct.gguf
+	$(VENV)/bin/hazard collect --config configs/collect/demo.yaml --model.path $(MODELS) --tasks.0.options.path $(SHARED)/data/gsm8k
+
+clean:
+	rm -rf traces runs
