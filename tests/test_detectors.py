@@ -23,6 +23,15 @@ def test_loop_needs_three_periods_and_min_span():
     assert detect_loop([9] * 16).onset == 0
 
 
+def test_onset_is_the_first_sustained_cycle_when_the_trace_ends_looping():
+    toks = [1, 2] + [7] * 20 + [3, 4] + [5, 6] * 10
+    loop = detect_loop(toks)
+    assert (loop.onset, loop.period) == (2, 2)
+    # A short stutter (below min_span) before the terminal loop does not move the onset.
+    toks = [1] + [7] * 5 + [3] + [5, 6] * 10
+    assert detect_loop(toks).onset == 7
+
+
 def test_escaped_cycle_is_not_a_loop():
     assert detect_loop([1, 2] * 12 + list(range(10, 30))) is None
 

@@ -5,8 +5,10 @@ Definitions (tested in tests/test_detectors.py):
 loop
     The generation ends in a cycle: from some token t0 to the end (an end token excluded), every token
     equals the one ``p`` tokens later, for a period p <= ``max_period``, and that periodic stretch covers at
-    least 3 periods and ``min_span`` tokens. Onset = t0, the start of the first copy of the cycle; among
-    periods, the earliest t0 wins (then the shortest period). A cycle the model escapes from is not a loop.
+    least 3 periods and ``min_span`` tokens. A cycle the model escapes for good is not a loop. Onset = the
+    start of the first sustained cycle (same length rule) in the generation, which is t0 unless the model
+    already cycled earlier and broke out ("TheTheThe...", then "####..." to the end: onset at the first
+    "The"). Among periods, the earliest start wins; the reported period is the terminal cycle's.
 non_termination
     No end token within the budget.
 divergence
@@ -32,21 +34,41 @@ class Loop:
     period: int
 
 
-def detect_loop(tokens: list[int], finished: bool = False, max_period: int = 40, min_span: int = 16) -> Loop | None:
-    """The persisting cycle at the end of ``tokens``, if any (see module docstring)."""
+def _cyclic_runs(seq: np.ndarray, p: int, min_len: int) -> list[tuple[int, int]]:
+    """Maximal stretches ``[start, end)`` where every token equals the one ``p`` later, at least ``min_len`` long."""
+    eq = np.concatenate([[False], seq[:-p] == seq[p:], [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(eq))  # alternating starts and ends of True runs in seq[:-p] == seq[p:]
+    runs = []
+    for s, e in zip(edges[::2], edges[1::2]):
+        if (e - s) + p >= min_len:  # True at i..e-1 means tokens s .. e-1+p repeat with period p
+            runs.append((int(s), int(e) + p))
+    return runs
+
+
+def detect_loop(tokens: list[int], finished: bool = False, max_period: int = 40,
+                min_span: int = 16) -> Loop | None:
+    """The loop catastrophe of ``tokens``, if any (see module docstring).
+
+    The trace is a loop when it ends in a cycle covering >= 3 periods and >= ``min_span`` tokens. Its onset
+    is the start of the first sustained cycle (same length rule, any period <= ``max_period``) in the
+    generation: models under heavy eviction often stutter in one cycle, break out, and fall into
+    another, and the hazard began with the first.
+    """
     seq = np.asarray(tokens[:-1] if finished else tokens)
     n = len(seq)
-    best: Loop | None = None
+    terminal: Loop | None = None
+    onset = n
     for p in range(1, min(max_period, n // 3) + 1):
-        eq = seq[:-p] == seq[p:]  # eq[i]: token i repeats p later
-        if not eq[-1]:
+        runs = _cyclic_runs(seq, p, max(3 * p, min_span))
+        if not runs:
             continue
-        breaks = np.flatnonzero(~eq)
-        t0 = int(breaks[-1]) + 1 if len(breaks) else 0
-        span = n - t0
-        if span >= max(3 * p, min_span) and (best is None or t0 < best.onset):
-            best = Loop(onset=t0, period=p)
-    return best
+        onset = min(onset, runs[0][0])
+        start, end = runs[-1]
+        if end == n and (terminal is None or start < terminal.onset):
+            terminal = Loop(onset=start, period=p)
+    if terminal is None:
+        return None
+    return Loop(onset=min(onset, terminal.onset), period=terminal.period)
 
 
 def divergence(tokens: list[int], reference: list[int]) -> int:

@@ -7,9 +7,10 @@ import dataclasses
 from hazard.errors import HazardError
 from hazard.tasks.base import Prompt, parse_answer, score
 from hazard.tasks.gsm8k import GSM8KTask
-from hazard.tasks.synthetic import KVRetrievalTask, VariableTrackingTask
+from hazard.tasks.synthetic import KVRetrievalTask, PasskeyTask, VariableTrackingTask
 
-TASKS = {"gsm8k": GSM8KTask, "kv_retrieval": KVRetrievalTask, "var_tracking": VariableTrackingTask}
+TASKS = {"gsm8k": GSM8KTask, "kv_retrieval": KVRetrievalTask, "var_tracking": VariableTrackingTask,
+         "passkey": PasskeyTask}
 
 
 def build_task(name: str, **kwargs):

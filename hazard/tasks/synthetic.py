@@ -81,8 +81,8 @@ class VariableTrackingTask:
     """
 
     n_prompts: int = 100
-    n_chains: int = 4
-    hops: int = 2
+    n_chains: int = 3
+    hops: int = 1
     seed: int = 0
     name: str = "var_tracking"
 
@@ -95,7 +95,7 @@ class VariableTrackingTask:
                 name = rng.choice(string.ascii_uppercase) + rng.choice(string.ascii_uppercase)
                 if name not in names:
                     names.append(name)
-            values = rng.sample(range(10, 100), self.n_chains)
+            values = rng.sample([v for v in range(10, 100) if v not in (31, 58)], self.n_chains)  # not the example's
             chains = [names[c * (self.hops + 1):(c + 1) * (self.hops + 1)] for c in range(self.n_chains)]
             # Interleave hop by hop so each chain's links are spread over the whole context.
             lines = []
@@ -107,12 +107,59 @@ class VariableTrackingTask:
                     lines.append(f"{chains[c][h]} = {rhs}")
             target = rng.randrange(self.n_chains)
             question = ("Each line assigns a value to a variable.\n\n" + "\n".join(lines) +
-                        f"\n\nWhat is the value of {chains[target][-1]}? "
-                        f"Trace its assignments back step by step, then stop at the number. {ASK}")
+                        f"\n\nWhat is the value of {chains[target][-1]}? {ASK}")
+            out.append(Prompt(
+                id=f"{self.name}-{self.seed}-{i:05d}",
+                messages=[{"role": "system", "content": SYSTEM}, *VAR_EXEMPLAR,
+                          {"role": "user", "content": question}],
+                gold=str(values[target]),
+                distractors=[str(v) for c, v in enumerate(values) if c != target],
+                exemplar_texts=[m["content"] for m in VAR_EXEMPLAR],
+            ))
+        return out
+
+
+# One worked example: without it the 0.5B model answers at once with a guess instead of following the chain.
+VAR_EXEMPLAR = [
+    {"role": "user", "content": "Each line assigns a value to a variable.\n\nQW = 31\nKD = 58\nBX = QW\nHN = KD"
+                                f"\n\nWhat is the value of BX? {ASK}"},
+    {"role": "assistant", "content": "BX = QW, and QW = 31. The answer is 31."},
+]
+
+
+@dataclass
+class PasskeyTask:
+    """Pass-key retrieval: one number hidden at a random depth in repetitive filler text.
+
+    Parameters
+    ----------
+    n_prompts : int
+        Number of prompts.
+    n_filler : int
+        Filler blocks around the key (about 25 tokens each).
+    seed : int
+        Generation seed.
+    """
+
+    n_prompts: int = 100
+    n_filler: int = 20
+    seed: int = 0
+    name: str = "passkey"
+
+    def prompts(self) -> list[Prompt]:
+        rng = random.Random(self.seed)
+        filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+        out = []
+        for i in range(self.n_prompts):
+            key = str(rng.randint(10000, 99999))
+            depth = rng.randint(0, self.n_filler)
+            blocks = [filler] * self.n_filler
+            blocks.insert(depth, f"The pass key is {key}. Remember it. {key} is the pass key.")
+            question = ("There is important information hidden inside a lot of irrelevant text. Find it.\n\n"
+                        + " ".join(blocks) + f"\n\nWhat is the pass key? {ASK}")
             out.append(Prompt(
                 id=f"{self.name}-{self.seed}-{i:05d}",
                 messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-                gold=str(values[target]),
-                distractors=[str(v) for c, v in enumerate(values) if c != target],
+                gold=key,
             ))
         return out
