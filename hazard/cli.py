@@ -1,6 +1,9 @@
 """``hazard <verb>``: one entry point mapping verbs to stage functions (litgpt style).
 
     hazard collect --config configs/collect/demo.yaml [--max_new_tokens 64] [--model.device cpu] ...
+    hazard train fit --config configs/train/demo.yaml      (LightningCLI: one fit, any trainer flag)
+    hazard train report --config configs/train/demo.yaml   (model + baselines + splits -> metrics.json, export)
+    hazard export --ckpt runs/.../best.ckpt --out checkpoints/<name> [--threshold 0.5]
 
 Every option of the YAML can be overridden as ``--dotted.key value`` (the value is read as YAML, so
 ``--presses '[{name: knorm, ratio: 0.5}]'`` works). User errors end in one line: ``hazard: error: ...``.
@@ -19,11 +22,9 @@ import yaml
 from hazard.errors import HazardError
 
 NOT_YET = {
-    "train": "the train stage (Lightning hazard predictor) is not built yet",
     "evaluate": "the evaluate stage (closed-loop controller) is not built yet",
-    "export": "checkpoint export is not built yet; it comes with the train stage",
 }
-VERBS = ("collect", *NOT_YET)
+VERBS = ("collect", "train", "export", *NOT_YET)
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -176,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if verb == "collect":
             collect(rest)
+        elif verb == "train":
+            _quiet_libraries()
+            from hazard.predictor.train import main as train_main
+
+            train_main(rest)
+        elif verb == "export":
+            from hazard.predictor.export import main as export_main
+
+            export_main(rest)
         elif verb in NOT_YET:
             raise HazardError(f"`hazard {verb}`: {NOT_YET[verb]}")
         else:

@@ -1,0 +1,126 @@
+"""HazardGuard: the exported predictor, streaming one token at a time over a batch of generations.
+
+A checkpoint folder holds ``model.safetensors`` (weights only, no pickle) and ``config.json`` (net,
+feature names and order, normalisation, horizons, alarm threshold, trace schema version, what it was
+trained on and its test metrics). ``step`` takes raw features in ``feature_names`` order and returns
+per-horizon hazard probabilities; each row keeps its own recurrent state until ``reset(rows)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from hazard import SCHEMA_VERSION
+from hazard.errors import HazardError
+from hazard.predictor.nets import NETS
+
+FORMAT = "hazard-guard"
+FORMAT_VERSION = 1
+
+
+class HazardGuard:
+    """Streaming, batched hazard predictor loaded from an exported checkpoint."""
+
+    def __init__(self, net: torch.nn.Module, config: dict, device: str | torch.device = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        feats = config["features"]
+        self.feature_names: list[str] = list(feats["names"])
+        self.horizons: list[int] = list(config["horizons"])
+        self.threshold: float = float(config["threshold"])
+        self.eval_horizon: int = int(config["eval_horizon"])
+        self._mean = torch.tensor(feats["mean"], device=self.device)
+        self._std = torch.tensor(feats["std"], device=self.device)
+        self._state = None
+        self._batch = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> HazardGuard:
+        path = Path(path)
+        for name in ("config.json", "model.safetensors"):
+            if not (path / name).is_file():
+                raise HazardError(f"guard checkpoint {path}: missing {name}; export it with `hazard export`")
+        config = json.loads((path / "config.json").read_text())
+        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+            raise HazardError(f"guard checkpoint {path}: not a {FORMAT} v{FORMAT_VERSION} config.json")
+        if config.get("schema_version") != SCHEMA_VERSION:
+            raise HazardError(f"guard checkpoint {path}: trained on trace schema v{config.get('schema_version')}, "
+                              f"this hazard produces v{SCHEMA_VERSION}; retrain or install the matching hazard")
+        if config["net"] not in NETS:
+            raise HazardError(f"guard checkpoint {path}: unknown net {config['net']!r}")
+        net = NETS[config["net"]](len(config["features"]["names"]), len(config["horizons"]), **config["net_kwargs"])
+        try:
+            net.load_state_dict(load_file(path / "model.safetensors"))
+        except RuntimeError as e:
+            raise HazardError(f"guard checkpoint {path}: weights do not fit the config "
+                              f"({str(e).splitlines()[0]})") from None
+        return cls(net, config, device)
+
+    def check_features(self, names: list[str] | tuple[str, ...]) -> None:
+        """Fail with one line unless ``names`` are exactly the checkpoint's features, in order."""
+        if list(names) != self.feature_names:
+            raise HazardError(f"guard expects features {self.feature_names} in this order, got {list(names)}; "
+                              "use a checkpoint trained on this feature set")
+
+    def reset(self, rows=None, batch: int | None = None) -> None:
+        """Start over: all rows (with a new ``batch`` size), or only ``rows`` (indices) of the current batch."""
+        if rows is None:
+            self._batch = batch if batch is not None else self._batch
+            self._state = self.net.init_state(self._batch) if self._batch else None
+        else:
+            self._state = self.net.reset_rows(self._state, torch.as_tensor(rows, dtype=torch.long))
+
+    @torch.no_grad()
+    def step(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(batch, n_features) raw features of one token per row -> (batch, n_horizons) probabilities."""
+        x = torch.as_tensor(features, dtype=torch.float32, device=self.device)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise HazardError(f"guard.step expects (batch, {len(self.feature_names)}) features, got {tuple(x.shape)}")
+        if self._state is None or x.shape[0] != self._batch:
+            self.reset(batch=x.shape[0])
+        logits, self._state = self.net.step((x - self._mean) / self._std, self._state)
+        return torch.sigmoid(logits)
+
+    @torch.no_grad()
+    def forward_sequence(self, features: np.ndarray) -> np.ndarray:
+        """(T, n_features) raw features of one trace -> (T, n_horizons) probabilities, in one pass."""
+        x = (torch.as_tensor(features, dtype=torch.float32, device=self.device) - self._mean) / self._std
+        return torch.sigmoid(self.net(x[None]))[0].cpu().numpy()
+
+
+def export_guard(module, out: str | os.PathLike, threshold: float, eval_horizon: int, extra: dict) -> Path:
+    """Write a guard checkpoint folder from a trained ``HazardModule`` (atomically: temp folder + rename)."""
+    out = Path(out)
+    hp = module.hparams
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+        "net": hp.net, "net_kwargs": module.net_kwargs(), "features": hp.feature_spec,
+        "horizons": hp.feature_spec["horizons"], "eval_horizon": eval_horizon, "threshold": threshold, **extra,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    test = extra.get("test_metrics", {})
+    (tmp / "card.md").write_text(
+        f"# {out.name}\n\nHazard guard: a causal `{hp.net}` over {len(hp.feature_spec['names'])} per-token features "
+        f"({hp.feature_spec['feature_set']}) forecasting a KV-compression catastrophe within "
+        f"{hp.feature_spec['horizons']} tokens. Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
+        f"chosen on validation for a {extra.get('target_false_alarm_rate')} false-alarm rate.\n\n"
+        f"Trained on: {extra.get('trained_on')}\n\nTest: pre-onset AUROC {test.get('pre_onset_auroc')}, "
+        f"detection >= 8 tokens ahead {test.get('detect_rate_lead8')}, false alarms {test.get('false_alarm_rate')}."
+        "\n\nLoad: `HazardGuard.from_pretrained(path)`; see config.json for the feature order.\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

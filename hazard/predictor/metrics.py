@@ -1,0 +1,78 @@
+"""One evaluation function for every model and baseline.
+
+Token level: AUROC/AUPRC over all tokens, and over pre-onset tokens only (tokens before the onset of a
+catastrophic trace, positives within the horizon, plus every token of healthy traces). Trace level, with a
+threshold chosen on validation for a target false-alarm rate and applied unchanged to test: the share of
+catastrophes flagged at least m tokens before onset, lead times, the false-alarm rate on healthy traces,
+alarms per 1k tokens, and calibration (Brier, ECE) for probabilistic scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from hazard.predictor.data import Trace
+
+LEADS = (1, 8, 16, 32)
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float | None, float | None]:
+    if y.min() == y.max():
+        return None, None
+    return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(total)
+
+
+def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: float = 0.05) -> float:
+    """Lowest threshold at which at most ``target_far`` of healthy traces raise any alarm (validation only)."""
+    maxes = np.sort([s[t.valid].max() for t, s in zip(traces, scores) if not t.catastrophe and t.valid.any()])[::-1]
+    if len(maxes) == 0:
+        return 0.5
+    k = int(np.floor(target_far * len(maxes)))  # traces allowed to alarm
+    return float(np.nextafter(maxes[k], np.inf)) if k < len(maxes) else float(maxes[-1])
+
+
+def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float,
+             probabilistic: bool = True, leads=LEADS) -> dict:
+    """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``."""
+    y_all = np.concatenate([t.y[:, horizon] for t in traces])
+    s_all = np.concatenate(scores)
+    y_pre = np.concatenate([t.y[t.valid, horizon] for t in traces])
+    s_pre = np.concatenate([s[t.valid] for t, s in zip(traces, scores)])
+    auroc, auprc = _auc(y_all, s_all)
+    pre_auroc, pre_auprc = _auc(y_pre, s_pre)
+    out = {"n_traces": len(traces), "n_catastrophes": int(sum(t.catastrophe for t in traces)),
+           "auroc": auroc, "auprc": auprc, "pre_onset_auroc": pre_auroc, "pre_onset_auprc": pre_auprc,
+           "threshold": threshold}
+    first_alarm, healthy_alarm, alarm_tokens, tokens = [], [], 0, 0
+    for t, s in zip(traces, scores):
+        alarms = (s >= threshold) & t.valid
+        alarm_tokens += int(alarms.sum())
+        tokens += int(t.valid.sum())
+        hit = np.flatnonzero(alarms)
+        if t.catastrophe:
+            first_alarm.append((t.onset, int(hit[0]) if len(hit) else None))
+        else:
+            healthy_alarm.append(len(hit) > 0)
+    for m in leads:
+        out[f"detect_rate_lead{m}"] = (float(np.mean([a is not None and a <= onset - m for onset, a in first_alarm]))
+                                       if first_alarm else None)
+    leads_seen = [onset - a for onset, a in first_alarm if a is not None]
+    out["lead_times"] = leads_seen
+    out["median_lead_time"] = float(np.median(leads_seen)) if leads_seen else None
+    out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
+    out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
+    if probabilistic:
+        out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
+        out["ece"] = ece(y_pre, s_pre)
+    return out

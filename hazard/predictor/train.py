@@ -1,0 +1,208 @@
+"""The train stage: fit with Lightning, compare with baselines on identical splits, report, export.
+
+``hazard train fit --config configs/train/<name>.yaml`` is LightningCLI (one run, any trainer option).
+``hazard train report --config configs/train/<name>.yaml`` reads the same YAML and runs the whole study:
+the main model, the baselines, other architectures, a feature ablation, leave-one-press-out and
+held-out-task splits; it writes ``metrics.json`` and plots and exports the main model as a guard.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from hazard.errors import HazardError
+from hazard.guard import export_guard
+from hazard.predictor.baselines import EntropyRule, WindowClassifier
+from hazard.predictor.data import HazardDataModule
+from hazard.predictor.metrics import choose_threshold, evaluate
+from hazard.predictor.module import HazardModule
+from hazard.predictor.plots import plot_report
+from hazard.traces import write_json
+
+
+class HazardCLI(LightningCLI):
+    """LightningCLI whose model gets the feature spec and class weights from the data it is fitted on."""
+
+    def add_arguments_to_parser(self, parser):
+        parser.link_arguments("data.feature_spec", "model.feature_spec", apply_on="instantiate")
+        parser.link_arguments("data.pos_weight", "model.pos_weight", apply_on="instantiate")
+
+
+def cli_main(args: list[str]) -> None:
+    """LightningCLI over the same YAML as the report (its ``report:`` section is the report's alone)."""
+    if "--config" in args:
+        i = args.index("--config") + 1
+        path = Path(args[i])
+        if not path.is_file():
+            raise HazardError(f"--config: {path} does not exist")
+        cfg = yaml.safe_load(path.read_text())
+        rep = cfg.pop("report", {}) or {}
+        args = [*args[:i], yaml.safe_dump(cfg), *args[i + 1:]]  # jsonargparse takes a YAML string too
+    else:
+        rep = {}
+    run_dir = Path(rep.get("run_dir", "runs/train"))
+    loggers = [CSVLogger(run_dir, name="fit")]
+    if os.environ.get("WANDB_MODE") != "disabled":
+        loggers.insert(0, WandbLogger(project="hazard", name="fit", save_dir=str(run_dir), offline=True))
+    HazardCLI(HazardModule, HazardDataModule, args=args, save_config_kwargs={"overwrite": True},
+              trainer_defaults={"logger": loggers, "default_root_dir": str(run_dir), "deterministic": True,
+                                "callbacks": [EarlyStopping("val/loss", patience=rep.get("patience", 5)),
+                                              ModelCheckpoint(monitor="val/loss", save_last=True)]})
+
+
+def make_trainer(trainer_cfg: dict, run_dir: Path, name: str, wandb_project: str, patience: int = 5) -> L.Trainer:
+    """Trainer with W&B (offline unless WANDB_MODE says otherwise) + CSV logs, early stopping, best checkpoint."""
+    cfg = {"max_epochs": 30, **trainer_cfg}
+    loggers = [CSVLogger(run_dir, name=name)]
+    if os.environ.get("WANDB_MODE") != "disabled":
+        loggers.insert(0, WandbLogger(project=wandb_project, name=name, save_dir=str(run_dir), offline=True))
+    return L.Trainer(
+        logger=loggers, default_root_dir=run_dir, deterministic=True, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=1,
+        callbacks=[EarlyStopping("val/loss", patience=patience),
+                   ModelCheckpoint(dirpath=run_dir / name / "ckpt", monitor="val/loss", save_last=True)],
+        **cfg)
+
+
+def fit(data_cfg: dict, model_cfg: dict, trainer_cfg: dict, run_dir: Path, name: str, seed: int,
+        wandb_project: str = "hazard", patience: int = 5) -> tuple[HazardModule, HazardDataModule]:
+    """One Lightning fit; returns the best-validation model and its data."""
+    L.seed_everything(seed, workers=True)
+    dm = HazardDataModule(**data_cfg)
+    model = HazardModule(**model_cfg, feature_spec=dm.feature_spec, pos_weight=dm.pos_weight)
+    trainer = make_trainer(trainer_cfg, run_dir, name, wandb_project, patience)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"data": data_cfg, "model": model_cfg, "feature_spec": dm.feature_spec["names"]})
+    trainer.fit(model, dm)
+    best = trainer.checkpoint_callback.best_model_path
+    if best:  # weights only: no pickled objects are loaded
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return model, dm
+
+
+def model_scores(model: HazardModule, dm: HazardDataModule, part: str, h: int) -> list[np.ndarray]:
+    probs = model.predict_traces([dm.norm(t.x) for t in dm.parts[part]])
+    return [p[:, h] for p in probs]
+
+
+def scored(traces_val, val_scores, traces_test, test_scores, h: int, target_far: float, probabilistic=True) -> dict:
+    """Threshold on validation for the target false-alarm rate, then the same threshold on test."""
+    thr = choose_threshold(traces_val, val_scores, target_far)
+    return {"val": evaluate(traces_val, val_scores, h, thr, probabilistic),
+            "test": evaluate(traces_test, test_scores, h, thr, probabilistic)}
+
+
+def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: float, seed: int) -> dict:
+    model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, name, seed,
+                    patience=cfg.get("report", {}).get("patience", 5))
+    h = dm.horizons.index(h_tokens)
+    return scored(dm.parts["val"], model_scores(model, dm, "val", h), dm.parts["test"],
+                  model_scores(model, dm, "test", h), h, far)
+
+
+def run_report(config_path: str) -> dict:
+    """The whole train-stage study described in the module docstring."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise HazardError(f"--config: {path} does not exist")
+    cfg = yaml.safe_load(path.read_text())
+    rep = cfg.get("report", {})
+    unknown = set(cfg) - {"data", "model", "trainer", "report", "seed_everything"}
+    if unknown:
+        raise HazardError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+    seed = cfg.get("seed_everything", 0)
+    data = cfg["data"]
+    h_tokens = cfg["model"].get("eval_horizon", 16)
+    far = rep.get("target_false_alarm_rate", 0.05)
+    run_dir = Path(rep.get("run_dir", "runs/train"))
+    out_dir = Path(rep.get("out_dir", "train/results"))
+    t0 = time.time()
+
+    model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed, patience=rep.get("patience", 5))
+    h = dm.horizons.index(h_tokens)
+    val, test = dm.parts["val"], dm.parts["test"]
+    main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
+    metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)}}
+
+    baselines, curves = {}, {"model": main_test}
+    rule = EntropyRule().fit(dm.parts["train"], val, h)
+    baselines["entropy_rule"] = {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test), h, far,
+                                                       probabilistic=False)}
+    curves["entropy_rule"] = rule.scores(test)
+    for kind, label in (("logreg", "logistic_regression"), ("gbm", "gradient_boosting")):
+        clf = WindowClassifier(kind, window=rep.get("window", 8), seed=seed).fit(dm.parts["train"], val, h, dm.norm)
+        baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
+        curves[label] = clf.scores(test)
+    metrics["baselines"] = baselines
+
+    for net in rep.get("architectures", []):
+        alt = {**cfg, "model": {**cfg["model"], "net": net}}
+        metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed)
+    for fs in rep.get("feature_sets", []):
+        metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
+                                                        h_tokens, far, seed)
+    presses = rep.get("leave_one_press_out", [])
+    if presses == "all":
+        presses = sorted({t.press for part in dm.parts.values() for t in part} - {"none"})
+    for press in presses:
+        res = _study(cfg, {**data, "split": f"press:{press}"}, f"lopo-{press}", run_dir, h_tokens, far, seed)
+        metrics.setdefault("leave_one_press_out", {})[press] = res["test"]
+    tasks = rep.get("held_out_task", [])
+    if tasks == "all":
+        tasks = sorted({t.task for part in dm.parts.values() for t in part})
+        tasks = tasks if len(tasks) > 1 else []
+    for task in tasks:
+        res = _study(cfg, {**data, "split": f"task:{task}"}, f"task-{task}", run_dir, h_tokens, far, seed)
+        metrics.setdefault("held_out_task", {})[task] = res["test"]
+
+    metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
+    metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
+                       "n_traces": {k: len(v) for k, v in dm.parts.items()},
+                       "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
+    metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    metrics["seconds"] = round(time.time() - t0, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_report(test, curves, metrics, h, out_dir)
+    write_json(out_dir / "metrics.json", metrics)
+    if rep.get("export"):
+        export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
+            "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
+            "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
+                           "n_traces": metrics["data"]["n_traces"]}})
+    return metrics
+
+
+def _brief(m: dict) -> dict:
+    return {k: v for k, v in m.items() if k != "lead_times"}
+
+
+def format_report(metrics: dict) -> str:
+    rows = [("model:" + metrics["model"]["net"], metrics["model"]["test"])]
+    rows += [(k, v["test"]) for k, v in metrics["baselines"].items()]
+    lines = [f"{'predictor':24} {'pre-onset AUROC':>15} {'AUROC':>6} {'detect@8':>8} {'false alarms':>12}"]
+    for name, m in rows:
+        f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+        lines.append(f"{name:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>8} "
+                     f"{f(m['false_alarm_rate']):>12}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "report":
+        args = dict(zip(argv[1::2], argv[2::2]))
+        if "--config" not in args:
+            raise HazardError("usage: hazard train report --config configs/train/<name>.yaml")
+        print(format_report(run_report(args["--config"])))
+    else:
+        cli_main(argv)

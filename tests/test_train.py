@@ -1,0 +1,163 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hazard.errors import HazardError
+from hazard.guard import HazardGuard
+from hazard.predictor.baselines import EntropyRule, rolling_min, windows
+from hazard.predictor.data import HazardDataModule, load_trace_arrays, split_traces
+from hazard.predictor.metrics import choose_threshold, evaluate
+from hazard.predictor.nets import NETS
+
+
+@pytest.fixture(scope="module")
+def traces_dir(tmp_path_factory):
+    """Traces from the real collect stage on a tiny random model: 2 tasks x 12 prompts x 4 settings."""
+    from hazard.cli import main
+
+    out = tmp_path_factory.mktemp("traces") / "tiny"
+    assert main(["collect", "--config", "configs/collect/tiny.yaml", "--output_dir", str(out),
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 12, n_pairs: 6}}, "
+                            "{name: var_tracking, options: {n_prompts: 12}}]",
+                 "--presses", "[{name: snapkv, ratio: 0.5, kwargs: {window_size: 8}}, {name: knorm, ratio: 0.75},"
+                              " {name: streaming_llm, ratio: 0.75}]"]) == 0
+    return out
+
+
+def test_splits_never_share_a_prompt(traces_dir):
+    traces = load_trace_arrays([str(traces_dir)], "logit_attn")
+    for split in ("prompt", "press:snapkv", "task:var_tracking"):
+        parts = split_traces(traces, split, 0.25, 0.25, seed=0)
+        ids = {k: {t.prompt_id for t in v} for k, v in parts.items()}
+        assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+    lopo = split_traces(traces, "press:snapkv", 0.25, 0.25)
+    assert {t.press for t in lopo["test"]} == {"snapkv"} and "snapkv" not in {t.press for t in lopo["train"]}
+    task = split_traces(traces, "task:var_tracking")
+    assert {t.task for t in task["test"]} == {"var_tracking"} and {t.task for t in task["train"]} == {"kv_retrieval"}
+
+
+def test_leakage_check_would_fail_on_a_token_split(traces_dir):
+    """The split test above can fail: a split by trace (not prompt) puts one prompt in two parts."""
+    traces = load_trace_arrays([str(traces_dir)], "logit")
+    by_trace = {"train": traces[0::2], "test": traces[1::2]}
+    assert {t.prompt_id for t in by_trace["train"]} & {t.prompt_id for t in by_trace["test"]}
+
+
+def test_normalisation_is_fitted_on_train_only(traces_dir):
+    dm = HazardDataModule([str(traces_dir)], "logit", val_frac=0.25, test_frac=0.25)
+    x = np.concatenate([t.x[t.valid] for t in dm.parts["train"]])
+    assert np.allclose(dm.norm.mean, x.mean(0), atol=1e-4)
+    assert dm.feature_spec["names"] == list(dm.feature_names) and len(dm.pos_weight) == 5
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_nets_are_strictly_causal_and_stream_exactly(net):
+    torch.manual_seed(0)
+    m = NETS[net](6, 5, hidden=16, layers=2, dropout=0.0).eval()
+    x = torch.randn(2, 20, 6)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, 12:] = torch.randn(2, 8, 6) * 10  # change the future
+    assert torch.allclose(m(x2)[:, :12], y[:, :12], atol=1e-5)
+    assert not torch.allclose(m(x2)[:, 12:], y[:, 12:], atol=1e-3)
+    state = m.init_state(2)
+    for t in range(20):
+        out, state = m.step(x[:, t], state)
+        assert torch.allclose(out, y[:, t], atol=1e-5)
+
+
+def test_metrics_on_hand_made_traces():
+    from hazard.predictor.data import Trace
+
+    def tr(n, onset, cat):
+        y = np.zeros((n, 1), np.float32)
+        valid = np.ones(n, bool)
+        if onset >= 0:
+            y[max(onset - 4, 0):, 0] = 1
+            valid[onset:] = False
+        return Trace(np.zeros((n, 1)), y, valid, "t", "p", "task", "press", 0.5, "m", cat, onset, np.zeros(n))
+
+    traces = [tr(20, 10, True), tr(20, -1, False), tr(20, -1, False)]
+    scores = [np.r_[np.zeros(5), np.ones(15)], np.zeros(20), np.r_[np.zeros(19), 0.9]]
+    thr = choose_threshold(traces, scores, target_far=0.5)  # one of two healthy traces may alarm
+    assert 0.0 < thr <= 0.9
+    m = evaluate(traces, scores, 0, thr)
+    assert m["detect_rate_lead1"] == 1.0 and m["detect_rate_lead8"] == 0.0  # first alarm at 5, onset 10
+    assert m["lead_times"] == [5] and m["false_alarm_rate"] == 0.5
+    strict = evaluate(traces, scores, 0, choose_threshold(traces, scores, target_far=0.0))
+    assert strict["false_alarm_rate"] == 0.0
+
+
+def test_baseline_helpers():
+    assert rolling_min(np.array([3.0, 1, 4, 1, 5]), 2).tolist() == [3, 1, 1, 1, 1]
+    w = windows(np.arange(6, dtype=np.float32).reshape(3, 2), 2)
+    assert w.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3], [2, 3, 4, 5]]
+    assert EntropyRule().candidates[0] == 1
+
+
+def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path):
+    from hazard.predictor.train import run_report
+
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"]["traces"] = [str(traces_dir)]
+    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"),
+                         export=str(tmp_path / "ckpt"))
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    metrics = run_report(str(path))
+    saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    for key in ("pre_onset_auroc", "auroc", "detect_rate_lead8", "false_alarm_rate"):
+        assert key in saved["model"]["test"]
+        for b in ("entropy_rule", "logistic_regression", "gradient_boosting"):
+            assert key in saved["baselines"][b]["test"]
+    assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
+    assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
+    assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]
+    for png in ("pr_curves.png", "lead_times.png", "hazard_timelines.png"):
+        assert (tmp_path / "results" / png).stat().st_size > 1000
+
+    guard = HazardGuard.from_pretrained(tmp_path / "ckpt")
+    assert guard.threshold == metrics["model"]["val"]["threshold"]
+    guard.check_features(cfg_names := guard.feature_names)
+    with pytest.raises(HazardError, match="expects features"):
+        guard.check_features(list(reversed(cfg_names)))
+    # Streaming, batched with reset, equals the full-sequence forward.
+    from hazard.predictor.data import load_trace_arrays as lta
+
+    tr = lta([str(traces_dir)], cfg["data"]["feature_set"])[:2]
+    full = [guard.forward_sequence(t.x) for t in tr]
+    n = min(len(t.x) for t in tr)
+    guard.reset(batch=2)
+    for t in range(n):
+        p = guard.step(np.stack([tr[0].x[t], tr[1].x[t]])).numpy()
+        assert np.allclose(p[0], full[0][t], atol=1e-5) and np.allclose(p[1], full[1][t], atol=1e-5)
+    guard.reset(rows=[1])
+    p = guard.step(np.stack([tr[0].x[n], tr[1].x[0]])).numpy() if len(tr[0].x) > n else None
+    if p is not None:
+        assert np.allclose(p[1], full[1][0], atol=1e-5)
+
+
+def test_guard_checkpoint_errors(tmp_path, traces_dir):
+    with pytest.raises(HazardError, match="missing config.json"):
+        HazardGuard.from_pretrained(tmp_path)
+    from hazard.predictor.train import fit
+
+    model, dm = fit({"traces": [str(traces_dir)], "feature_set": "logit", "val_frac": 0.25, "test_frac": 0.25},
+                    {"net": "gru", "hidden": 8, "layers": 1}, {"max_epochs": 1, "accelerator": "cpu"},
+                    tmp_path / "runs", "x", seed=0)
+    from hazard.guard import export_guard
+
+    out = export_guard(model, tmp_path / "g", 0.5, 16, {})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["schema_version"] = 999
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HazardError, match="schema v999"):
+        HazardGuard.from_pretrained(out)
+    cfg["schema_version"] = 1
+    cfg["net_kwargs"]["hidden"] = 9
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HazardError, match="weights do not fit"):
+        HazardGuard.from_pretrained(out)
