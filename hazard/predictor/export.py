@@ -18,7 +18,11 @@ def export_ckpt(ckpt: str, out: str, threshold: float = 0.5, eval_horizon: int |
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     if "hyper_parameters" not in state or "feature_spec" not in state["hyper_parameters"]:
         raise HazardError(f"--ckpt: {path} is not a HazardModule checkpoint (no feature_spec in its hyperparameters)")
-    module = HazardModule(**state["hyper_parameters"])
+    import inspect
+
+    known = inspect.signature(HazardModule.__init__).parameters
+    # LightningCLI adds its own bookkeeping keys (e.g. _instantiator) to the saved hyperparameters.
+    module = HazardModule(**{k: v for k, v in state["hyper_parameters"].items() if k in known})
     module.load_state_dict(state["state_dict"])
     h = eval_horizon or module.hparams.eval_horizon
     return export_guard(module, out, threshold, h, {"trained_on": {"lightning_checkpoint": str(path)},
