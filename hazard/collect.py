@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from hazard import SCHEMA_VERSION, __version__, dist
@@ -92,20 +93,40 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     return row
 
 
-def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict) -> list[dict]:
-    """Reference run, then every press setting, for one chunk of prompts."""
+def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
+    """``<task>-<chunk>-<press>[-r<ratio>].parquet``: one shard per task chunk and press setting."""
+    setting = spec.name if spec.name == "none" else f"{spec.name}-r{spec.ratio:g}"
+    return f"{task}-{chunk:05d}-{setting}.parquet"
+
+
+def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict,
+             shard_path) -> tuple[int, int]:
+    """Reference run, then every press setting, for one chunk of prompts; one shard per setting.
+
+    Settings whose shard exists are skipped; the reference rows are read back from their shard when a
+    resumed run needs them. Returns (shards written, shards skipped).
+    """
     ids = [encode(tok, p) for p in prompts]
-    rows: list[dict] = []
-    refs: list[dict] = []
+    refs: list[dict] | None = None
+    written = skipped = 0
     for spec in specs:
-        gens = engine.generate(ids, build_press(spec))
-        for i, (p, g) in enumerate(zip(prompts, gens)):
-            text = tok.decode(g.tokens, skip_special_tokens=True)
-            row = build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta)
+        path = shard_path(spec)
+        if path.exists():
+            skipped += 1
             if spec.name == "none":
-                refs.append(row)
-            rows.append(row)
-    return rows
+                table = pq.read_table(path, columns=["prompt_id", "tokens", "correct"]).to_pylist()
+                by_id = {r["prompt_id"]: r for r in table}
+                refs = [by_id[p.id] for p in prompts]
+            continue
+        rows = []
+        for i, (p, g) in enumerate(zip(prompts, engine.generate(ids, build_press(spec)))):
+            text = tok.decode(g.tokens, skip_special_tokens=True)
+            rows.append(build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta))
+        if spec.name == "none":
+            refs = rows
+        write_shard(rows, path)
+        written += 1
+    return written, skipped
 
 
 def _git_sha() -> str:
@@ -191,15 +212,12 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     mine = units[rank::world]
     meta_base = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "seed": cfg.seed,
                  "max_new_tokens": cfg.max_new_tokens}
-    bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="shard", disable=None)
+    bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="chunk", disable=None)
     skipped = 0
     for task, chunk, prompts in bar:
-        path = out / "data" / f"{task.name}-{chunk:05d}.parquet"
-        if path.exists():
-            skipped += 1
-            continue
-        rows = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name})
-        write_shard(rows, path)
+        _, s = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name},
+                        lambda spec, t=task.name, c=chunk: out / "data" / shard_name(t, c, spec))
+        skipped += s
         bar.set_postfix(tok_s=f"{engine.generated_tokens / max(engine.seconds, 1e-9):.0f}")
     write_json(out / "stats" / f"rank-{rank:03d}.json",
                {"generated_tokens": engine.generated_tokens, "seconds": engine.seconds, "skipped_shards": skipped})

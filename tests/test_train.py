@@ -41,8 +41,8 @@ def test_splits_never_share_a_prompt(traces_dir):
 
 def test_leakage_check_would_fail_on_a_token_split(traces_dir):
     """The split test above can fail: a split by trace (not prompt) puts one prompt in two parts."""
-    traces = load_trace_arrays([str(traces_dir)], "logit")
-    by_trace = {"train": traces[0::2], "test": traces[1::2]}
+    traces = sorted(load_trace_arrays([str(traces_dir)], "logit"), key=lambda t: t.trace_id)
+    by_trace = {"train": traces[0::2], "test": traces[1::2]}  # a prompt's settings are adjacent
     assert {t.prompt_id for t in by_trace["train"]} & {t.prompt_id for t in by_trace["test"]}
 
 

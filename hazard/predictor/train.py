@@ -199,7 +199,9 @@ def format_report(metrics: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if argv and argv[0] == "report":
+    if not argv or argv[0] not in ("fit", "validate", "test", "report"):
+        raise HazardError("usage: hazard train fit|validate|test|report --config configs/train/<name>.yaml")
+    if argv[0] == "report":
         args = dict(zip(argv[1::2], argv[2::2]))
         if "--config" not in args:
             raise HazardError("usage: hazard train report --config configs/train/<name>.yaml")
