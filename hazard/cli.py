@@ -141,6 +141,9 @@ def _quiet_libraries() -> None:
     import datasets
     import transformers
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning vs torch 2.13, harmless
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from kvpress import BasePress
 from transformers import DynamicCache, PreTrainedModel
 
 from hazard.compression import is_decoding, tracker_of
+from hazard.errors import HazardError
 from hazard.signals import SIGNALS, AttentionProbe, ProbeContext, logit_signals
 
 
@@ -35,6 +36,8 @@ class Generation:
     kv_tokens : (len(tokens),) KV slots per layer held after token t was chosen.
     kv_bytes : (len(tokens),) bytes of K and V over all layers for those slots.
     prompt_len : prompt tokens; kv_tokens_prefill : slots kept after prefill compression.
+    control : what a controller did to this row (empty without one): events, relaxed steps,
+        rolled-back tokens, off-GPU bytes held.
     """
 
     tokens: list[int]
@@ -45,20 +48,37 @@ class Generation:
     prompt_len: int
     kv_tokens_prefill: int
     bytes_per_token: int
+    control: dict = field(default_factory=dict)
 
 
 @dataclass
 class _Row:
-    keys: list[torch.Tensor]  # per layer (1, kv_heads, slots, head_dim)
+    """A prompt's prefill result and what reversible eviction needs to undo it."""
+
+    keys: list[torch.Tensor]  # per layer (1, kv_heads, slots, head_dim), as packed at the start
     values: list[torch.Tensor]
     slot_pos: dict[int, torch.Tensor]  # probed layer -> (1, kv_heads, slots)
-    first_token: torch.Tensor  # (1,)
     first_packet: torch.Tensor  # (1, 1 + len(SIGNALS))
     prompt_len: int
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (1, kv_heads, n_kept)
+    evicted: dict[int, tuple] = field(default_factory=dict)  # layer -> (idx, keys, values) on the CPU
+    compressed: bool = False  # the prompt part of the live cache is the compressed one
+
+
+class Controller:
+    """Decides, after every step, what to do to each row's cache (see hazard.control)."""
+
+    def begin(self, rows: list[int], prompt_lens: list[int]) -> None:
+        """A new batch: ``rows`` are the prompt indices in it."""
+
+    def observe(self, rows: list[int], packets: np.ndarray, records: dict[int, list]) -> dict[int, list]:
+        """``packets`` (b, 1 + len(SIGNALS)): the step each row just took. Returns prompt index ->
+        actions, each ``("restore",)``, ``("rollback", m)`` or ``("recompress",)``."""
+        return {}
 
 
 class Engine:
-    """Greedy generation with signals, under a kvpress press.
+    """Greedy generation with signals, under a kvpress press, optionally with a controller.
 
     Parameters
     ----------
@@ -78,7 +98,7 @@ class Engine:
                  batch_size: int = 8, probe_layers: tuple[int, ...] = (0, -1)):
         self.model = model
         self.device = next(model.parameters()).device
-        self.end_ids = torch.tensor(sorted(end_ids), device=self.device)
+        self.end_ids = set(end_ids)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.probe = AttentionProbe(model, list(probe_layers))
@@ -86,15 +106,25 @@ class Engine:
         self.seconds = 0.0
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], press: BasePress | None = None) -> list[Generation]:
-        """Generate for every prompt (token id lists) under ``press``; results in prompt order."""
+    def generate(self, prompts: list[list[int]], press: BasePress | None = None,
+                 controller: Controller | None = None) -> list[Generation]:
+        """Generate for every prompt (token id lists) under ``press``; results in prompt order.
+
+        With a ``controller`` (prefill presses only), evicted K/V are kept on the CPU and the controller's
+        restore / rollback / recompress actions are applied to each row's live cache between steps.
+        """
+        if controller is not None and is_decoding(press):
+            raise HazardError("a controller acts on prefill compression; decode_* presses are not supported")
+        tracker = tracker_of(press)
+        if tracker is not None:
+            tracker.keep_evicted = controller is not None
         t0 = time.perf_counter()
         out: list[Generation] = []
         step = 1 if is_decoding(press) else self.batch_size
         try:
             for s in range(0, len(prompts), step):
                 with press(self.model) if is_decoding(press) else nullcontext():
-                    out += self._generate_batch(prompts[s:s + step], press)
+                    out += self._generate_batch(prompts[s:s + step], press, controller, s)
         finally:
             self.probe.ctx = None
         self.seconds += time.perf_counter() - t0
@@ -124,61 +154,133 @@ class Engine:
                                 use_cache=True, logits_to_keep=1).logits[:, -1]
         tracker = tracker_of(press)
         kept = tracker.pop_kept() if tracker is not None else {}
+        evicted = tracker.pop_evicted() if tracker is not None else {}
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
         # The probe above saw the whole prompt (compression runs after attention); the cache-length
         # signal reports what is held once the press is done.
         packet = self._packet(logits, torch.tensor([keys[0].shape[2]], device=self.device))
         slot_pos = {i: kept[i] if i in kept else full_pos for i in self.probe.layers}
-        return _Row(keys, values, slot_pos, packet[:, 0].long(), packet, n)
+        return _Row(keys, values, slot_pos, packet, n, kept, evicted, compressed=bool(kept))
 
-    def _pack(self, rows: list[_Row]):
-        """Left-pad per-row caches into one batch; returns cache, valid mask and slot positions."""
-        lens = [r.keys[0].shape[2] for r in rows]
-        width = max(lens)
-        b = len(rows)
+    def _pack(self, kv: list[list[tuple]], sps: list[dict]):
+        """Left-pad per-row caches (per layer (kv_heads, slots, head_dim)) into one batch.
+
+        Returns the cache, the (batch, width) valid mask and per probed layer (batch, kv_heads, width) slot
+        positions (-1 on padding).
+        """
+        lens = [row[0][0].shape[1] for row in kv]
+        width, b = max(lens), len(kv)
         valid = torch.zeros(b, width, dtype=torch.bool, device=self.device)
         layers = []
-        for li in range(len(rows[0].keys)):
-            k0 = rows[0].keys[li]
-            k = k0.new_zeros(b, k0.shape[1], width, k0.shape[3])
+        for li in range(len(kv[0])):
+            k0 = kv[0][li][0]
+            k = k0.new_zeros(b, k0.shape[0], width, k0.shape[2])
             v = torch.zeros_like(k)
-            for i, r in enumerate(rows):
-                k[i, :, width - lens[i]:] = r.keys[li][0]
-                v[i, :, width - lens[i]:] = r.values[li][0]
+            for i, row in enumerate(kv):
+                k[i, :, width - lens[i]:] = row[li][0]
+                v[i, :, width - lens[i]:] = row[li][1]
             layers.append((k, v))
         slot_pos = {}
         for li in self.probe.layers:
-            sp = torch.full((b, rows[0].slot_pos[li].shape[1], width), -1, dtype=torch.long, device=self.device)
-            for i, r in enumerate(rows):
-                sp[i, :, width - lens[i]:] = r.slot_pos[li][0]
+            sp = torch.full((b, sps[0][li].shape[0], width), -1, dtype=torch.long, device=self.device)
+            for i, row in enumerate(sps):
+                sp[i, :, width - lens[i]:] = row[li]
             slot_pos[li] = sp
         for i, n in enumerate(lens):
             valid[i, width - n:] = True
         return DynamicCache(ddp_cache_data=layers), valid, slot_pos
 
-    def _generate_batch(self, prompts: list[list[int]], press: BasePress | None) -> list[Generation]:
+    @staticmethod
+    def _unpack(cache: DynamicCache, valid: torch.Tensor, slot_pos: dict) -> tuple[list, list]:
+        """The inverse of ``_pack``: per row, per layer (keys, values) of its valid slots, and slot positions."""
+        kv, sps = [], []
+        for i in range(valid.shape[0]):
+            m = valid[i]
+            kv.append([(layer.keys[i][:, m], layer.values[i][:, m]) for layer in cache.layers])
+            sps.append({li: sp[i][:, m] for li, sp in slot_pos.items()})
+        return kv, sps
+
+    def _apply(self, row: _Row, kv: list[tuple], sp: dict, action: tuple) -> tuple[list, dict, int]:
+        """One controller action on one row's (unpacked) cache; returns the new cache, slots and m rolled back."""
+        kind = action[0]
+        if kind == "restore" and row.compressed:
+            # Put every evicted prompt entry back at its original index: the prompt part then equals the
+            # uncompressed prefill cache. Generated entries (computed while compressed) stay as they are.
+            n_kept, n = next(iter(row.kept.values())).shape[-1], row.prompt_len
+            new = []
+            for li, (k, v) in enumerate(kv):
+                idx, ek, ev = row.evicted[li]
+                full_k = k.new_empty(k.shape[0], n, k.shape[2])
+                full_v = torch.empty_like(full_k)
+                kept = row.kept[li][0].unsqueeze(-1).expand(-1, -1, k.shape[2])
+                ev_idx = idx[0].to(k.device).unsqueeze(-1).expand(-1, -1, k.shape[2])
+                full_k.scatter_(1, kept, k[:, :n_kept]).scatter_(1, ev_idx, ek[0].to(k.device, k.dtype))
+                full_v.scatter_(1, kept, v[:, :n_kept]).scatter_(1, ev_idx, ev[0].to(v.device, v.dtype))
+                new.append((torch.cat([full_k, k[:, n_kept:]], 1), torch.cat([full_v, v[:, n_kept:]], 1)))
+            pos = torch.arange(n, device=self.device)
+            sp = {li: torch.cat([pos.expand(s.shape[0], n), s[:, n_kept:]], 1) for li, s in sp.items()}
+            row.compressed = False
+            return new, sp, 0
+        if kind == "recompress" and not row.compressed and row.kept:
+            n = row.prompt_len
+            new = []
+            for li, (k, v) in enumerate(kv):
+                g = row.kept[li][0].unsqueeze(-1).expand(-1, -1, k.shape[2])
+                new.append((torch.cat([k[:, :n].gather(1, g), k[:, n:]], 1),
+                            torch.cat([v[:, :n].gather(1, g), v[:, n:]], 1)))
+            sp = {li: torch.cat([row.kept[li][0], s[:, n:]], 1) for li, s in sp.items()}
+            row.compressed = True
+            return new, sp, 0
+        if kind == "rollback":
+            m = int(action[1])
+            if m > 0:
+                return [(k[:, :-m], v[:, :-m]) for k, v in kv], {li: s[:, :-m] for li, s in sp.items()}, m
+        return kv, sp, 0
+
+    def _generate_batch(self, prompts: list[list[int]], press: BasePress | None,
+                        controller: Controller | None, offset: int) -> list[Generation]:
         rows = [self._prefill(ids, press) for ids in prompts]
-        cache, valid, slot_pos = self._pack(rows)
+        kv = [[(k[0], v[0]) for k, v in zip(r.keys, r.values)] for r in rows]
+        cache, valid, slot_pos = self._pack(kv, [{li: sp[0] for li, sp in r.slot_pos.items()} for r in rows])
         bytes_per_token = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k in
                               (layer.keys for layer in cache.layers))
         prompt_len = torch.tensor([r.prompt_len for r in rows], device=self.device)
         pos = prompt_len.clone()  # position of the token fed next
-        tokens = torch.cat([r.first_token for r in rows])
-        packets = torch.cat([r.first_packet for r in rows]).cpu().numpy()
-        active = list(range(len(rows)))  # batch row -> prompt index
-        records: list[list[np.ndarray]] = [[packets[i]] for i in range(len(rows))]
-        finished = [False] * len(rows)
+        packets = torch.cat([r.first_packet for r in rows])
+        tokens = packets[:, 0].long()
+        host = packets.cpu().numpy()
+        active = list(range(len(rows)))  # batch row -> index in this batch
+        records: dict[int, list[np.ndarray]] = {i: [host[i]] for i in range(len(rows))}
+        info = {i: {"events": [], "relaxed_steps": 0, "rollback_tokens": 0, "controller_s": 0.0} for i in active}
         tracker = tracker_of(press) if is_decoding(press) else None
-        end_ids = set(self.end_ids.tolist())
-
-        for _ in range(1, self.max_new_tokens):
-            keep = []
-            for j, i in enumerate(active):
-                if int(records[i][-1][0]) in end_ids:
-                    finished[i] = True
-                else:
-                    keep.append(j)
+        if controller is not None:
+            controller.begin([offset + i for i in active], [r.prompt_len for r in rows])
+        # Rollbacks re-generate tokens, so the loop is bounded by steps, not by tokens alone.
+        for _ in range(self.max_new_tokens * 4):
+            if controller is not None:
+                tc = time.perf_counter()
+                actions = controller.observe([offset + i for i in active], host,
+                                             {offset + i: records[i] for i in active})
+                if actions:
+                    kv, sps = self._unpack(cache, valid, slot_pos)
+                    for j, i in enumerate(active):
+                        for act in actions.get(offset + i, []):
+                            kv[j], sps[j], m = self._apply(rows[i], kv[j], sps[j], act)
+                            info[i]["events"].append((len(records[i]), act[0]))
+                            if m:
+                                m = min(m, len(records[i]) - 1)
+                                del records[i][len(records[i]) - m:]
+                                info[i]["rollback_tokens"] += m
+                                tokens[j] = int(records[i][-1][0])
+                                pos[j] = rows[i].prompt_len + len(records[i]) - 1
+                    cache, valid, slot_pos = self._pack(kv, sps)
+                dt = time.perf_counter() - tc
+                for i in active:
+                    info[i]["controller_s"] += dt / len(active)
+                    info[i]["relaxed_steps"] += int(not rows[i].compressed and bool(rows[i].kept))
+            keep = [j for j, i in enumerate(active)
+                    if int(records[i][-1][0]) not in self.end_ids and len(records[i]) < self.max_new_tokens]
             if len(keep) < len(active):
                 if not keep:
                     break
@@ -205,18 +307,20 @@ class Engine:
             host = packet.cpu().numpy()
             for j, i in enumerate(active):
                 records[i].append(host[j])
-        for i in active:
-            finished[i] = finished[i] or int(records[i][-1][0]) in end_ids
 
         out = []
         for i, r in enumerate(rows):
             rec = np.stack(records[i])
             kv_tokens = rec[:, -1].astype(np.int64)
+            control = {}
+            if controller is not None:
+                n_ev = sum(e[0].shape[-1] for e in r.evicted.values()) // max(len(r.evicted), 1)
+                control = {**info[i], "offload_bytes": n_ev * bytes_per_token}
             out.append(Generation(
-                tokens=rec[:, 0].astype(np.int64).tolist(), finished=finished[i],
+                tokens=rec[:, 0].astype(np.int64).tolist(), finished=int(rec[-1, 0]) in self.end_ids,
                 signals=rec[:, 1:].astype(np.float32), kv_tokens=kv_tokens,
                 kv_bytes=kv_tokens * bytes_per_token, prompt_len=r.prompt_len,
-                kv_tokens_prefill=r.keys[0].shape[2], bytes_per_token=bytes_per_token,
+                kv_tokens_prefill=r.keys[0].shape[2], bytes_per_token=bytes_per_token, control=control,
             ))
         return out
 

@@ -29,14 +29,24 @@ class TrackedPress(ScorerPress):
 
     Attributes
     ----------
+    keep_evicted : bool
+        Also keep the evicted K/V (on the CPU, pinned when the cache is on CUDA) so they can be restored.
+
+    Attributes
+    ----------
     kept : dict[int, torch.Tensor]
         layer index -> kept slot indices ``(batch, kv_heads, n_kept)`` of the last compression,
         in cache order after the gather; cleared by ``pop_kept``.
+    evicted : dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+        layer index -> (indices, keys, values) of the evicted slots, when ``keep_evicted``. Keys were
+        rotated at their original positions before eviction, so putting them back needs no re-rotation.
     """
 
     press: ScorerPress | None = None
     compression_ratio: float = 0.0
+    keep_evicted: bool = False
     kept: dict = field(default_factory=dict, repr=False)
+    evicted: dict = field(default_factory=dict, repr=False)
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
@@ -52,8 +62,20 @@ class TrackedPress(ScorerPress):
         idx = scores.topk(n_kept, dim=-1).indices
         self.kept[module.layer_idx] = idx
         gather = idx.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
+        if self.keep_evicted:
+            keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+            ev = (~keep).nonzero()[:, -1].view(*idx.shape[:2], -1)  # the complement, ascending per head
+            g = ev.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
+            pin = keys.is_cuda
+            self.evicted[module.layer_idx] = tuple(
+                t.to("cpu", non_blocking=pin).pin_memory() if pin else t.cpu()
+                for t in (ev, keys.gather(2, g), values.gather(2, g)))
         return keys.gather(2, gather).contiguous(), values.gather(2, gather).contiguous()
 
     def pop_kept(self) -> dict[int, torch.Tensor]:
         kept, self.kept = self.kept, {}
         return kept
+
+    def pop_evicted(self) -> dict[int, tuple]:
+        evicted, self.evicted = self.evicted, {}
+        return evicted

@@ -85,6 +85,9 @@ def fit(data_cfg: dict, model_cfg: dict, trainer_cfg: dict, run_dir: Path, name:
     for logger in trainer.loggers:
         logger.log_hyperparams({"data": data_cfg, "model": model_cfg, "feature_spec": dm.feature_spec["names"]})
     trainer.fit(model, dm)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # one W&B run per fit, not one shared by every fit of a report
     best = trainer.checkpoint_callback.best_model_path
     if best:  # weights only: no pickled objects are loaded
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
