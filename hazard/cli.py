@@ -138,10 +138,10 @@ def _convert(tp, value, where: str):
 
 def _quiet_libraries() -> None:
     # Our own progress bar reports tokens/s; per-file bars from datasets/transformers only add noise.
+    import warnings
+
     import datasets
     import transformers
-
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")  # lightning vs torch 2.13, harmless
     datasets.disable_progress_bars()

@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
 from hazard import SCHEMA_VERSION, __version__, dist
