@@ -266,10 +266,11 @@ class Engine:
                     kv, sps = self._unpack(cache, valid, slot_pos)
                     for j, i in enumerate(active):
                         for act in actions.get(offset + i, []):
+                            if act[0] == "rollback":  # never past the first token, which the prefill fixed
+                                act = ("rollback", min(int(act[1]), len(records[i]) - 1))
                             kv[j], sps[j], m = self._apply(rows[i], kv[j], sps[j], act)
                             info[i]["events"].append((len(records[i]), act[0]))
                             if m:
-                                m = min(m, len(records[i]) - 1)
                                 del records[i][len(records[i]) - m:]
                                 info[i]["rollback_tokens"] += m
                                 tokens[j] = int(records[i][-1][0])

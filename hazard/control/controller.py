@@ -1,0 +1,115 @@
+"""The closed loop inside the engine: per step, features -> HazardGuard.step -> policy -> cache actions.
+
+If the guard raises or returns NaN, generation goes on: every affected row takes the documented safe
+action, ``restore`` (full prompt cache: quality first), and the event is counted in ``guard_failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from hazard.engine import Controller
+from hazard.signals import SIGNALS
+
+log = logging.getLogger(__name__)
+_COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
+
+
+def features_from_packets(names: list[str], packets: np.ndarray, ratio: float, prompt_lens: np.ndarray,
+                          steps: np.ndarray, max_new_tokens: int) -> np.ndarray:
+    """The guard's features for one step of several rows, from the engine's per-step packets."""
+    cols = []
+    for name in names:
+        if name == "ratio":
+            cols.append(np.full(len(packets), ratio, dtype=np.float32))
+        elif name == "kv_fraction":
+            cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps + 1))
+        elif name == "step_frac":
+            cols.append(steps / max_new_tokens)
+        else:
+            cols.append(packets[:, _COL[name]])
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+class PolicyController(Controller):
+    """Runs one policy per row; feeds the guard when the policy needs it.
+
+    Parameters
+    ----------
+    policy_factory : callable
+        Returns the policy (one instance shared by the rows; state lives in ``RowState``).
+    guard : HazardGuard, optional
+        Needed by policies whose signal is ``hazard``.
+    ratio : float
+        The base press ratio (a guard feature).
+    max_new_tokens : int
+        Generation budget (a guard feature).
+    onsets : dict, optional
+        prompt index -> onset under the static press (the oracle's knowledge).
+    """
+
+    def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
+                 onsets: dict | None = None):
+        from hazard.control.policies import RowState
+
+        self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
+        self.onsets = onsets or {}
+        self._row_state = RowState
+        self.states: dict[int, object] = {}
+        self.guard_failures = 0
+        self.hazard: dict[int, list[float]] = {}
+
+    def begin(self, rows: list[int], prompt_lens: list[int]) -> None:
+        self._rows = list(rows)
+        self._lens = dict(zip(rows, prompt_lens))
+        for r in rows:
+            self.states[r] = self._row_state()
+            self.hazard[r] = []
+        if self.guard is not None:
+            self.guard.reset(batch=len(rows))
+
+    def _hazard(self, rows: list[int], packets: np.ndarray, records: dict) -> np.ndarray:
+        # The guard keeps one state per row of the batch as it began; rows that finished get repeats.
+        full = np.repeat(packets[:1], len(self._rows), axis=0)
+        where = {r: j for j, r in enumerate(rows)}
+        for k, r in enumerate(self._rows):
+            if r in where:
+                full[k] = packets[where[r]]
+        lens = np.array([self._lens[r] for r in self._rows])
+        steps = np.array([len(records[r]) - 1 if r in records else 0 for r in self._rows])
+        x = features_from_packets(self.guard.feature_names, full, self.ratio, lens, steps, self.max_new_tokens)
+        h = self.guard.horizons.index(self.guard.eval_horizon)
+        try:
+            p = self.guard.step(x)[:, h].cpu().numpy()
+            if not np.all(np.isfinite(p)):
+                raise FloatingPointError("guard returned NaN/inf")
+        except Exception as e:  # the guard must never stop generation
+            self.guard_failures += 1
+            log.warning("guard failed (%s); rows take the safe action (restore)", e)
+            return np.full(len(rows), np.inf)
+        return np.array([p[self._rows.index(r)] for r in rows])
+
+    def observe(self, rows: list[int], packets: np.ndarray, records: dict) -> dict[int, list]:
+        if self.policy.signal == "hazard":
+            signal = self._hazard(rows, packets, records)
+        elif self.policy.signal == "entropy":
+            signal = packets[:, _COL["entropy"]]
+        else:
+            signal = np.zeros(len(rows))
+        actions = {}
+        for j, r in enumerate(rows):
+            st = self.states[r]
+            t = len(records[r]) - 1
+            st.steps += 1
+            if self.policy.signal == "hazard":
+                self.hazard[r].append(float(signal[j]))
+            if not np.isfinite(signal[j]):  # guard failure: the safe action
+                acts = [] if st.relaxed else [("restore",)]
+                st.relaxed = True
+            else:
+                acts = self.policy.decide(float(signal[j]), t, st, self.onsets.get(r, -1))
+            if acts:
+                actions[r] = acts
+        return actions

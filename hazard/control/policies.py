@@ -1,0 +1,146 @@
+"""Policies: per row and per step, turn a signal into cache actions (restore, rollback, recompress).
+
+One small dataclass each, a plain registry, one shared state machine for the threshold rules:
+``compressed --(signal >= on for `sustain` tokens, no cool-down)--> relaxed`` (restore, optionally
+rollback), ``relaxed --(signal < off for `calm_tokens` tokens)--> compressed`` (recompress, then a
+cool-down of ``cooldown`` tokens with no new trigger). ``full`` is not a policy: it runs with no press.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hazard.errors import HazardError
+
+
+@dataclass
+class RowState:
+    relaxed: bool = False
+    above: int = 0
+    calm: int = 0
+    cooldown: int = 0
+    triggers: int = 0
+    steps: int = 0
+
+
+def _relax(st: RowState, rollback: int) -> list[tuple]:
+    st.relaxed, st.calm, st.above = True, 0, 0
+    st.triggers += 1
+    return [("restore",)] + ([("rollback", rollback)] if rollback else [])
+
+
+def _settle(st: RowState, calm: bool, calm_tokens: int, cooldown: int) -> list[tuple]:
+    st.calm = st.calm + 1 if calm else 0
+    if calm_tokens and st.calm >= calm_tokens:
+        st.relaxed, st.cooldown = False, cooldown
+        return [("recompress",)]
+    return []
+
+
+@dataclass
+class StaticPolicy:
+    """Never act: the base press as it is."""
+
+    name: str = "static"
+    signal: str = "none"
+
+    def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
+        return []
+
+
+@dataclass
+class ThresholdPolicy:
+    """Relax when ``signal`` >= ``on`` for ``sustain`` tokens; recompress after ``calm_tokens`` below ``off``.
+
+    Parameters
+    ----------
+    signal : str
+        ``hazard`` (the guard's probability) or ``entropy``.
+    on, off : float
+        Trigger and release levels (hysteresis: ``off`` <= ``on``; None means ``on``).
+    sustain : int
+        Consecutive tokens at or above ``on`` before triggering.
+    calm_tokens : int
+        Consecutive tokens below ``off`` before recompressing (0: never recompress).
+    cooldown : int
+        Tokens after a recompress during which no new trigger fires.
+    rollback : int
+        Generated tokens to discard and regenerate with the restored cache on a trigger.
+    """
+
+    name: str = "hazard"
+    signal: str = "hazard"
+    on: float = 0.5
+    off: float | None = None
+    sustain: int = 1
+    calm_tokens: int = 32
+    cooldown: int = 16
+    rollback: int = 0
+
+    def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
+        if st.relaxed:
+            return _settle(st, x < (self.on if self.off is None else self.off), self.calm_tokens, self.cooldown)
+        blocked, st.cooldown = st.cooldown > 0, max(st.cooldown - 1, 0)
+        st.above = st.above + 1 if x >= self.on else 0
+        return _relax(st, self.rollback) if st.above >= self.sustain and not blocked else []
+
+
+@dataclass
+class RandomPolicy:
+    """Trigger at random with probability ``rate`` per compressed token (set to the hazard policy's
+    measured trigger rate for a fair comparison); relax for ``calm_tokens`` tokens."""
+
+    name: str = "random"
+    signal: str = "none"
+    rate: float = 0.0
+    calm_tokens: int = 32
+    cooldown: int = 16
+    rollback: int = 0
+    seed: int = 0
+    rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
+
+    def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
+        if st.relaxed:
+            return _settle(st, True, self.calm_tokens, self.cooldown)
+        blocked, st.cooldown = st.cooldown > 0, max(st.cooldown - 1, 0)
+        return _relax(st, self.rollback) if not blocked and self.rng.random() < self.rate else []
+
+
+@dataclass
+class OraclePolicy:
+    """Fire ``lead`` tokens before the true onset (known from the static run of the same prompt): an upper
+    bound for any predictor with that lead. Stays relaxed to the end."""
+
+    name: str = "oracle"
+    signal: str = "none"
+    lead: int = 8
+    rollback: int = 0
+
+    def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
+        if not st.relaxed and onset >= 0 and t >= onset - self.lead:
+            return _relax(st, self.rollback)
+        return []
+
+
+POLICIES = {
+    "static": StaticPolicy,
+    "hazard": lambda **kw: ThresholdPolicy(**{"name": "hazard", "signal": "hazard", **kw}),
+    "entropy_rule": lambda **kw: ThresholdPolicy(**{"name": "entropy_rule", "signal": "entropy", **kw}),
+    "random": RandomPolicy,
+    "oracle": OraclePolicy,
+}
+POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
+
+
+def build_policy(name: str, **kwargs):
+    if name not in POLICIES:
+        raise HazardError(f"unknown policy {name!r}; known: {', '.join(POLICY_NAMES)}")
+    try:
+        return POLICIES[name](**kwargs)
+    except TypeError as e:
+        raise HazardError(f"policy {name}: {e}") from None

@@ -1,0 +1,163 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hazard.compression import PressSpec, build_press
+from hazard.control import PolicyController, build_policy
+from hazard.control.policies import RowState
+from hazard.engine import Controller, Engine
+from hazard.errors import HazardError
+
+
+def _prompts(n=3, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(250) for _ in range(rng.randrange(40, 70))] for _ in range(n)]
+
+
+@pytest.fixture
+def engine(model64):
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
+    yield eng
+    eng.probe.remove()
+
+
+def test_restore_gives_back_the_uncompressed_prompt_cache_bit_for_bit(engine):
+    ids = _prompts(1)[0]
+    press = build_press(PressSpec("snapkv", 0.75, {"window_size": 8}))
+    press.keep_evicted = True
+    with torch.inference_mode():
+        row = engine._prefill(ids, press)
+        full = engine._prefill(ids, None)
+        kv = [(k[0], v[0]) for k, v in zip(row.keys, row.values)]
+        assert kv[0][0].shape[1] < len(ids)
+        restored, sp, _ = engine._apply(row, kv, {li: s[0] for li, s in row.slot_pos.items()}, ("restore",))
+    for (k, v), fk, fv in zip(restored, full.keys, full.values):
+        assert torch.equal(k, fk[0]) and torch.equal(v, fv[0])
+    assert all(torch.equal(s, torch.arange(len(ids)).expand_as(s)) for s in sp.values())
+    with torch.inference_mode():
+        again, _, _ = engine._apply(row, restored, sp, ("recompress",))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, kv))  # recompress undoes restore exactly
+
+
+class Scripted(Controller):
+    """Restore and roll back to the prompt end once each row has generated ``at`` tokens."""
+
+    def __init__(self, at):
+        self.at, self.done = at, set()
+
+    def observe(self, rows, packets, records):
+        out = {}
+        for r in rows:
+            if r not in self.done and len(records[r]) == self.at:
+                self.done.add(r)
+                out[r] = [("restore",), ("rollback", 10**6)]
+        return out
+
+
+def test_restore_and_rollback_to_prompt_end_reproduce_the_uncompressed_run(engine):
+    prompts = _prompts(3, seed=1)
+    full = engine.generate(prompts, None)
+    spec = PressSpec("knorm", 0.75)
+    static = engine.generate(prompts, build_press(spec))
+    assert any(a.tokens != b.tokens for a, b in zip(full, static))  # compression changed something
+    at = max(2, min(6, *(len(s.tokens) for s in static)))  # every row must still be generating then
+    healed = engine.generate(prompts, build_press(spec), controller=Scripted(at=at))
+    for f, h in zip(full, healed):
+        assert h.tokens == f.tokens
+        assert h.control["rollback_tokens"] == at - 1
+        assert [e[1] for e in h.control["events"]] == ["restore", "rollback"]
+
+
+def test_memory_accounting_follows_the_actions(engine, model64):
+    ids = _prompts(1, seed=2)[0]
+    L = len(ids)
+
+    class RestoreThenRecompress(Controller):
+        def observe(self, rows, packets, records):
+            t = len(records[rows[0]])
+            return {rows[0]: [("restore",)]} if t == 4 else {rows[0]: [("recompress",)]} if t == 9 else {}
+
+    g = engine.generate([ids], build_press(PressSpec("streaming_llm", 0.5)), controller=RestoreThenRecompress())[0]
+    kept = L // 2
+    expected = [kept + t if t < 4 or t >= 9 else L + t for t in range(len(g.tokens))]
+    assert g.kv_tokens.tolist() == expected
+    cfg = model64.config
+    per_token = cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2 * 8
+    assert g.bytes_per_token == per_token and (g.kv_bytes == g.kv_tokens * per_token).all()
+    assert g.control["offload_bytes"] == (L - kept) * per_token
+    assert g.control["relaxed_steps"] == 5
+
+
+def test_threshold_policy_hysteresis_and_cooldown():
+    p = build_policy("hazard", on=0.5, off=0.3, sustain=2, calm_tokens=3, cooldown=2, rollback=4)
+    st = RowState()
+    xs = [0.6, 0.2, 0.6, 0.7, 0.4, 0.2, 0.2, 0.2, 0.9, 0.9, 0.9, 0.9]
+    acts = [p.decide(x, t, st) for t, x in enumerate(xs)]
+    assert acts[3] == [("restore",), ("rollback", 4)]  # two in a row at or above 0.5
+    assert all(a == [] for a in acts[:3])
+    assert acts[4] == [] and acts[7] == [("recompress",)]  # 0.4 is not calm (>= off); three calm tokens
+    assert acts[8] == [] and acts[9] == []  # cool-down of 2 tokens, then 2 sustained tokens needed
+    assert acts[10] == [("restore",), ("rollback", 4)] and st.triggers == 2
+
+
+def test_oracle_random_static_policies():
+    st = RowState()
+    oracle = build_policy("oracle", lead=3)
+    assert [oracle.decide(0, t, st, onset=10) for t in range(8)][7] == [("restore",)]
+    assert build_policy("static").decide(99.0, 0, RowState()) == []
+    never, always = build_policy("random", rate=0.0), build_policy("random", rate=1.0)
+    assert all(never.decide(0, t, RowState()) == [] for t in range(50))
+    assert always.decide(0, 0, RowState()) == [("restore",)]
+    with pytest.raises(HazardError, match="unknown policy"):
+        build_policy("pid")
+
+
+class BrokenGuard:
+    feature_names = ["entropy", "top1_prob"]
+    horizons = [8, 16]
+    eval_horizon = 16
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def reset(self, rows=None, batch=None):
+        pass
+
+    def step(self, x):
+        if self.mode == "raise":
+            raise RuntimeError("guard crashed")
+        return torch.full((len(x), 2), float("nan"))
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_a_failing_guard_never_stops_generation(engine, mode):
+    prompts = _prompts(2, seed=3)
+    ctl = PolicyController(build_policy("hazard", on=0.5), guard=BrokenGuard(mode), ratio=0.75, max_new_tokens=20)
+    gens = engine.generate(prompts, build_press(PressSpec("knorm", 0.75)), controller=ctl)
+    assert all(len(g.tokens) >= 1 for g in gens)
+    assert ctl.guard_failures > 0
+    assert all(g.control["events"][0][1] == "restore" and g.control["relaxed_steps"] > 0 for g in gens)
+
+
+def test_controller_rejects_decode_presses(engine):
+    with pytest.raises(HazardError, match="prefill compression"):
+        engine.generate(_prompts(1), build_press(PressSpec("decode_knorm", 0.5)), controller=Scripted(at=2))
+
+
+def test_features_from_packets_match_trace_features():
+    from hazard.control import features_from_packets
+    from hazard.predictor.features import trace_features
+    from hazard.signals import SIGNALS
+
+    rng = np.random.default_rng(0)
+    n = 6
+    row = {name: rng.random(n).astype(np.float32) for name in SIGNALS}
+    row.update(n_tokens=n, ratio=0.5, prompt_len=40, max_new_tokens=64, trace_id="x",
+               kv_tokens=np.arange(20, 20 + n))
+    row["cache_len"] = row["kv_tokens"].astype(np.float32)
+    names = ("entropy", "margin", "attn_sink_mass", "ratio", "kv_fraction", "step_frac")
+    packets = np.concatenate([np.zeros((n, 1)), np.stack([row[s] for s in SIGNALS], 1)], 1)
+    got = features_from_packets(list(names), packets, 0.5, np.full(n, 40), np.arange(n), 64)
+    assert np.allclose(got, trace_features(row, names))
