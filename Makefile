@@ -1,6 +1,6 @@
 # One command per job. Both install what they need into .venv first.
 #   make demo   collect labelled traces with a real small model (SmolLM2-135M) on this CPU, then train
-#               a hazard predictor on them and report it against the baselines
+#               a hazard predictor on them, and run it as a live controller (closed-loop table)
 #   make test   the test suite (CPU, tiny random models, no downloads)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -33,6 +33,7 @@ $(MODELS)/smollm2-135m-instruct.gguf:
 demo: install $(MODELS)/smollm2-135m-instruct.gguf
 	$(VENV)/bin/hazard collect --config configs/collect/demo.yaml --model.path $(MODELS) --tasks.0.options.path $(SHARED)/data/gsm8k
 	WANDB_MODE=offline $(VENV)/bin/hazard train report --config configs/train/demo.yaml
+	$(VENV)/bin/hazard evaluate --config configs/evaluate/demo.yaml --model.path $(MODELS)
 
 clean:
 	rm -rf traces runs

@@ -4,6 +4,7 @@
     hazard train fit --config configs/train/demo.yaml      (LightningCLI: one fit, any trainer flag)
     hazard train report --config configs/train/demo.yaml   (model + baselines + splits -> metrics.json, export)
     hazard export --ckpt runs/.../best.ckpt --out checkpoints/<name> [--threshold 0.5]
+    hazard evaluate --config configs/evaluate/demo.yaml     (the guard as a live controller -> closed_loop.json)
 
 Every option of the YAML can be overridden as ``--dotted.key value`` (the value is read as YAML, so
 ``--presses '[{name: knorm, ratio: 0.5}]'`` works). User errors end in one line: ``hazard: error: ...``.
@@ -21,10 +22,7 @@ import yaml
 
 from hazard.errors import HazardError
 
-NOT_YET = {
-    "evaluate": "the evaluate stage (closed-loop controller) is not built yet",
-}
-VERBS = ("collect", "train", "export", *NOT_YET)
+VERBS = ("collect", "train", "export", "evaluate")
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -126,7 +124,7 @@ def _convert(tp, value, where: str):
     if origin is list:
         if not isinstance(value, list):
             raise HazardError(f"{where}: expected a list, got {value!r}")
-        if where.endswith("presses"):
+        if where.endswith("presses"):  # presses and base_presses
             value = _expand_presses(value)
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -159,6 +157,14 @@ def collect(argv: list[str]) -> None:
         print(format_summary(summary))
 
 
+def evaluate(argv: list[str]) -> None:
+    from hazard.evaluate import EvaluateConfig, run_evaluate
+    from hazard.report import format_closed_loop
+
+    _quiet_libraries()
+    print(format_closed_loop(run_evaluate(build(EvaluateConfig, parse_args(argv)))))
+
+
 def format_summary(summary: dict) -> str:
     head = (f"{'task':14} {'press':20} {'ratio':>5} {'n':>4} {'acc':>5} {'loop':>5} {'nonterm':>7} "
             f"{'catas':>5} {'kept':>5}")
@@ -185,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             from hazard.predictor.train import main as train_main
 
             train_main(rest)
+        elif verb == "evaluate":
+            evaluate(rest)
         elif verb == "export":
             from hazard.predictor.export import main as export_main
 
             export_main(rest)
-        elif verb in NOT_YET:
-            raise HazardError(f"`hazard {verb}`: {NOT_YET[verb]}")
         else:
             raise HazardError(f"unknown verb {verb!r}; verbs: {', '.join(VERBS)}")
     except HazardError as e:

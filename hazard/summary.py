@@ -14,7 +14,7 @@ def summarize(ds) -> list[dict]:
     kvt = ds.select_columns(["kv_tokens"])["kv_tokens"]
     df["max_entropy"] = [float(np.max(e)) for e in ent]
     # Held KV over what an uncompressed cache would hold at the same step, averaged over the generation.
-    df["kv_fraction"] = [float(np.mean(np.asarray(k) / (p + np.arange(1, len(k) + 1))))
+    df["kv_fraction"] = [float(np.mean(np.asarray(k) / (p + np.arange(len(k)))))
                          for k, p in zip(kvt, df["prompt_len"])]
     rows = []
     for (task, press, ratio), g in df.groupby(["task", "press", "ratio"], sort=True):

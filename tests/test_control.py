@@ -91,7 +91,7 @@ def test_memory_accounting_follows_the_actions(engine, model64):
 
 
 def test_threshold_policy_hysteresis_and_cooldown():
-    p = build_policy("hazard", on=0.5, off=0.3, sustain=2, calm_tokens=3, cooldown=2, rollback=4)
+    p = build_policy("hazard", trigger=0.5, release=0.3, sustain=2, calm_tokens=3, cooldown=2, rollback=4)
     st = RowState()
     xs = [0.6, 0.2, 0.6, 0.7, 0.4, 0.2, 0.2, 0.2, 0.9, 0.9, 0.9, 0.9]
     acts = [p.decide(x, t, st) for t, x in enumerate(xs)]
@@ -134,7 +134,7 @@ class BrokenGuard:
 @pytest.mark.parametrize("mode", ["raise", "nan"])
 def test_a_failing_guard_never_stops_generation(engine, mode):
     prompts = _prompts(2, seed=3)
-    ctl = PolicyController(build_policy("hazard", on=0.5), guard=BrokenGuard(mode), ratio=0.75, max_new_tokens=20)
+    ctl = PolicyController(build_policy("hazard", trigger=0.5), guard=BrokenGuard(mode), ratio=0.75, max_new_tokens=20)
     gens = engine.generate(prompts, build_press(PressSpec("knorm", 0.75)), controller=ctl)
     assert all(len(g.tokens) >= 1 for g in gens)
     assert ctl.guard_failures > 0
@@ -161,3 +161,40 @@ def test_features_from_packets_match_trace_features():
     packets = np.concatenate([np.zeros((n, 1)), np.stack([row[s] for s in SIGNALS], 1)], 1)
     got = features_from_packets(list(names), packets, 0.5, np.full(n, 40), np.arange(n), 64)
     assert np.allclose(got, trace_features(row, names))
+
+
+def test_evaluate_end_to_end_with_an_exported_guard(tmp_path):
+    """collect -> train report (export) -> evaluate, on the tiny model: the closed-loop JSON has every row."""
+    import json
+
+    import yaml
+
+    from hazard.cli import main
+
+    traces = tmp_path / "traces"
+    assert main(["collect", "--config", "configs/collect/tiny.yaml", "--output_dir", str(traces),
+                 "--model.dtype", "float64",
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 12, n_pairs: 6}}]",
+                 "--presses", "[{name: knorm, ratio: 0.75}, {name: streaming_llm, ratio: 0.75}]"]) == 0
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"].update(traces=[str(traces)])
+    cfg["report"] = {"target_false_alarm_rate": 0.2, "patience": 2, "run_dir": str(tmp_path / "runs"),
+                     "out_dir": str(tmp_path / "res"), "export": str(tmp_path / "guard")}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "report", "--config", str(tmp_path / "train.yaml")]) == 0
+    out = tmp_path / "closed_loop.json"
+    assert main(["evaluate", "--output", str(out), "--guard", str(tmp_path / "guard"), "--model.tiny", "qwen2",
+                 "--model.dtype", "float64", "--model.device", "cpu", "--max_new_tokens", "24",
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
+                 "--base_presses", "[{name: knorm, ratio: 0.75}]",
+                 "--policy_options", "{hazard: {trigger: 0.0, rollback: 2}, oracle: {lead: 4}}"]) == 0
+    res = json.loads(out.read_text())
+    assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
+    keys = {"task", "model", "base_press", "base_ratio", "policy", "n", "accuracy", "catastrophe_rate",
+            "recovered_fraction", "mean_kv_fraction", "peak_kv_fraction", "false_trigger_rate", "overhead"}
+    assert all(keys <= r.keys() for r in res["rows"])
+    by = {r["policy"]: r for r in res["rows"]}
+    assert by["full"]["mean_kv_fraction"] == 1.0 and by["static"]["mean_kv_fraction"] < 0.5
+    # A guard threshold of 0 fires at once: the prompt cache is restored, so the KV held rises.
+    assert by["hazard"]["trigger_rate"] == 1.0 and by["hazard"]["mean_kv_fraction"] > by["static"]["mean_kv_fraction"]
+    assert out.with_suffix(".png").stat().st_size > 1000

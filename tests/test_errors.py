@@ -51,7 +51,7 @@ def test_missing_gsm8k_file(capsys, tmp_path):
 def test_unknown_config_key_and_verb(capsys, tmp_path):
     assert "unknown key(s) ['max_tokens']" in _err(capsys, ["collect", "--max_tokens", "3", *BASE])
     assert "unknown verb" in _err(capsys, ["fit"])
-    assert "not built yet" in _err(capsys, ["evaluate"])
+    assert "unknown policy 'pid'" in _err(capsys, ["evaluate", "--policies", "[pid]"])
     assert "usage: hazard train fit" in _err(capsys, ["train"])
     assert "does not exist" in _err(capsys, ["train", "report", "--config", "nope.yaml"])
     assert "does not exist" in _err(capsys, ["export", "--ckpt", "nope.ckpt", "--out", "x"])

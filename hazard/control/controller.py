@@ -25,7 +25,7 @@ def features_from_packets(names: list[str], packets: np.ndarray, ratio: float, p
         if name == "ratio":
             cols.append(np.full(len(packets), ratio, dtype=np.float32))
         elif name == "kv_fraction":
-            cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps + 1))
+            cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
         elif name == "step_frac":
             cols.append(steps / max_new_tokens)
         else:

@@ -1,8 +1,8 @@
 """Policies: per row and per step, turn a signal into cache actions (restore, rollback, recompress).
 
 One small dataclass each, a plain registry, one shared state machine for the threshold rules:
-``compressed --(signal >= on for `sustain` tokens, no cool-down)--> relaxed`` (restore, optionally
-rollback), ``relaxed --(signal < off for `calm_tokens` tokens)--> compressed`` (recompress, then a
+``compressed --(signal >= trigger for `sustain` tokens, no cool-down)--> relaxed`` (restore, optionally
+rollback), ``relaxed --(signal < release for `calm_tokens` tokens)--> compressed`` (recompress, then a
 cool-down of ``cooldown`` tokens with no new trigger). ``full`` is not a policy: it runs with no press.
 """
 
@@ -52,18 +52,19 @@ class StaticPolicy:
 
 @dataclass
 class ThresholdPolicy:
-    """Relax when ``signal`` >= ``on`` for ``sustain`` tokens; recompress after ``calm_tokens`` below ``off``.
+    """Relax when ``signal`` >= ``trigger`` for ``sustain`` tokens; recompress after ``calm_tokens`` below ``release``.
 
     Parameters
     ----------
     signal : str
         ``hazard`` (the guard's probability) or ``entropy``.
-    on, off : float
-        Trigger and release levels (hysteresis: ``off`` <= ``on``; None means ``on``).
+    trigger, release : float
+        Levels for relaxing and for counting calm tokens (hysteresis: ``release`` <= ``trigger``; None
+        means ``trigger``). Not ``on``/``off``: YAML reads those keys as booleans.
     sustain : int
-        Consecutive tokens at or above ``on`` before triggering.
+        Consecutive tokens at or above ``trigger`` before triggering.
     calm_tokens : int
-        Consecutive tokens below ``off`` before recompressing (0: never recompress).
+        Consecutive tokens below ``release`` before recompressing (0: never recompress).
     cooldown : int
         Tokens after a recompress during which no new trigger fires.
     rollback : int
@@ -72,8 +73,8 @@ class ThresholdPolicy:
 
     name: str = "hazard"
     signal: str = "hazard"
-    on: float = 0.5
-    off: float | None = None
+    trigger: float = 0.5
+    release: float | None = None
     sustain: int = 1
     calm_tokens: int = 32
     cooldown: int = 16
@@ -81,9 +82,10 @@ class ThresholdPolicy:
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if st.relaxed:
-            return _settle(st, x < (self.on if self.off is None else self.off), self.calm_tokens, self.cooldown)
+            level = self.trigger if self.release is None else self.release
+            return _settle(st, x < level, self.calm_tokens, self.cooldown)
         blocked, st.cooldown = st.cooldown > 0, max(st.cooldown - 1, 0)
-        st.above = st.above + 1 if x >= self.on else 0
+        st.above = st.above + 1 if x >= self.trigger else 0
         return _relax(st, self.rollback) if st.above >= self.sustain and not blocked else []
 
 

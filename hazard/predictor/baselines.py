@@ -79,8 +79,12 @@ class WindowClassifier:
         if len(y) > self.max_tokens:  # subsample tokens for speed, same seed every run
             keep = np.random.default_rng(self.seed).choice(len(y), self.max_tokens, replace=False)
             x, y = x[keep], y[keep]
-        self.model = self._model().fit(x, y)
+        # One class only (tiny or degenerate data): the prior is all that can be learned.
+        self.model = self._model().fit(x, y) if len(np.unique(y)) > 1 else None
+        self.prior = float(y.mean())
         return self
 
     def scores(self, traces: list[Trace]) -> list[np.ndarray]:
+        if self.model is None:
+            return [np.full(len(t.x), self.prior) for t in traces]
         return [self.model.predict_proba(windows(self.norm(t.x), self.window))[:, 1] for t in traces]

@@ -35,7 +35,7 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
         if name == "ratio":
             col = np.full(n, row["ratio"], dtype=np.float32)
         elif name == "kv_fraction":
-            col = np.asarray(row["kv_tokens"], dtype=np.float32) / (row["prompt_len"] + np.arange(1, n + 1))
+            col = np.asarray(row["kv_tokens"], dtype=np.float32) / (row["prompt_len"] + np.arange(n))
         elif name == "step_frac":
             col = np.arange(n, dtype=np.float32) / row["max_new_tokens"]
         else:

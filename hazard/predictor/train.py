@@ -181,6 +181,8 @@ def run_report(config_path: str) -> dict:
     if rep.get("export"):
         export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
             "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
+            # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
+            "baselines": {"entropy_rule": {"n": rule.n, "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
             "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
                            "n_traces": metrics["data"]["n_traces"]}})
     return metrics

@@ -1,0 +1,168 @@
+"""The evaluate stage: the guard as a live controller during generation, against static presses and rules.
+
+For every task and base press setting it runs the uncompressed model (policy ``full``), the static press,
+and each controlled policy on the same prompts, labels every run like the collect stage does (against
+the uncompressed twin), and reports accuracy, catastrophes, recovered accuracy and KV memory held.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hazard.collect import TaskSpec, build_row, encode, hardware
+from hazard.compression import PressSpec, build_press, is_decoding
+from hazard.control import POLICY_NAMES, PolicyController, build_policy
+from hazard.engine import Engine
+from hazard.errors import HazardError
+from hazard.guard import HazardGuard
+from hazard.models import ModelConfig, end_token_ids, load_model
+from hazard.report import pareto_plot
+from hazard.tasks import build_task
+from hazard.traces import write_json
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything ``hazard evaluate`` needs; YAML keys mirror these fields."""
+
+    output: str = "evaluate/results/closed_loop.json"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guard: str = ""
+    tasks: list[TaskSpec] = field(default_factory=list)
+    base_presses: list[PressSpec] = field(default_factory=list)
+    policies: list[str] = field(default_factory=lambda: list(POLICY_NAMES))
+    policy_options: dict = field(default_factory=dict)
+    max_new_tokens: int = 384
+    batch_size: int = 8
+    probe_layers: list[int] = field(default_factory=lambda: [0, -1])
+    seed: int = 0
+
+
+def _kv_fractions(row: dict) -> tuple[float, float]:
+    full = row["prompt_len"] + np.arange(row["n_tokens"])  # uncompressed: prompt + tokens fed so far
+    frac = np.asarray(row["kv_tokens"]) / full
+    return float(frac.mean()), float(frac.max())
+
+
+def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows: list[dict] | None,
+                     seconds: float, steps: int) -> dict:
+    """Rates over one (task, base press, policy) run; ``gens`` carry the controller's bookkeeping."""
+    kv = [_kv_fractions(r) for r in rows]
+    ctl = [g.control for g in gens]
+    healthy = [i for i, r in enumerate(static_rows or []) if not r["catastrophe"]]
+    triggered = [any(e[1] == "restore" for e in c.get("events", [])) for c in ctl]
+    return {
+        "n": len(rows),
+        "accuracy": float(np.mean([r["correct"] for r in rows])),
+        "catastrophe_rate": float(np.mean([r["loop"] or r["nonterm"] for r in rows])),
+        "compression_failure_rate": float(np.mean([f["correct"] and not r["correct"]
+                                                   for f, r in zip(full_rows, rows)])),
+        "mean_kv_fraction": float(np.mean([a for a, _ in kv])),
+        "peak_kv_fraction": float(np.mean([b for _, b in kv])),
+        "false_trigger_rate": float(np.mean([triggered[i] for i in healthy])) if healthy and ctl[0] else 0.0,
+        "trigger_rate": float(np.mean(triggered)) if ctl and ctl[0] else 0.0,
+        "relaxed_step_share": (sum(c.get("relaxed_steps", 0) for c in ctl) / max(steps, 1)),
+        "rollback_tokens_per_trace": float(np.mean([c.get("rollback_tokens", 0) for c in ctl])),
+        "offload_bytes_per_trace": float(np.mean([c.get("offload_bytes", 0) for c in ctl])),
+        "controller_ms_per_step": 1000.0 * sum(c.get("controller_s", 0.0) for c in ctl) / max(steps, 1),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None):
+    opts = dict(cfg.policy_options.get(name, {}))
+    if name == "hazard":
+        opts.setdefault("trigger", guard.threshold)
+    if name == "entropy_rule":
+        rule = (guard.config.get("baselines", {}) if guard else {}).get("entropy_rule", {})
+        opts.setdefault("trigger", rule.get("threshold", 2.5))
+        opts.setdefault("sustain", rule.get("n", 4))
+    if name == "random":
+        opts.setdefault("rate", hazard_rate if hazard_rate is not None else 0.01)
+        opts.setdefault("seed", cfg.seed)
+    return build_policy(name, **opts)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Closed-loop evaluation; writes ``cfg.output`` (JSON) and a Pareto PNG beside it."""
+    unknown = set(cfg.policies) - set(POLICY_NAMES)
+    if unknown:
+        raise HazardError(f"unknown policy {sorted(unknown)[0]!r}; known: {', '.join(POLICY_NAMES)}")
+    if not cfg.tasks or not cfg.base_presses:
+        raise HazardError("evaluate: configure at least one task and one base press")
+    for spec in cfg.base_presses:
+        if spec.ratio <= 0 or build_press(spec) is None or is_decoding(build_press(spec)):
+            raise HazardError(f"evaluate: base press {spec.label} must be a prefill press with ratio > 0")
+    needs_guard = "hazard" in cfg.policies
+    guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
+    tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
+    model, tok = load_model(cfg.model)
+    if guard is not None:
+        guard.check_features(guard.feature_names)
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    label = cfg.model.label()
+    out_rows = []
+    for task in tasks:
+        prompts = task.prompts()
+        ids = [encode(tok, p) for p in prompts]
+        meta = {"schema_version": 1, "model": label, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+                "task": task.name}
+
+        def label_run(gens, spec, refs, prompts=prompts, meta=meta):
+            return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta)
+                    for p, g, r in zip(prompts, gens, refs)]
+
+        t0 = time.perf_counter()
+        full_gens = engine.generate(ids, None)
+        full_secs = time.perf_counter() - t0
+        full_rows = label_run(full_gens, PressSpec("none"), [None] * len(prompts))
+        for spec in cfg.base_presses:
+            t0 = time.perf_counter()
+            static_gens = engine.generate(ids, build_press(spec))
+            static_secs = time.perf_counter() - t0
+            static_rows = label_run(static_gens, spec, full_rows)
+            onsets = {i: r["onset"] for i, r in enumerate(static_rows)}
+            results = {}
+            hazard_rate = None
+            for name in cfg.policies:
+                if name == "full":
+                    rows, gens, secs = full_rows, full_gens, full_secs
+                elif name == "static":
+                    rows, gens, secs = static_rows, static_gens, static_secs
+                else:
+                    ctl = PolicyController(_policy(name, cfg, guard, hazard_rate), guard if name == "hazard" else None,
+                                           spec.ratio, cfg.max_new_tokens, onsets)
+                    t0 = time.perf_counter()
+                    gens = engine.generate(ids, build_press(spec), controller=ctl)
+                    secs = time.perf_counter() - t0
+                    rows = label_run(gens, spec, full_rows)
+                steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
+                res = summarize_policy(rows, gens, full_rows, static_rows if name not in ("full", "static") else None,
+                                       secs, steps)
+                if name == "hazard":  # random fires at the hazard policy's measured rate per step
+                    hazard_rate = sum(sum(e[1] == "restore" for e in g.control["events"]) for g in gens) / max(steps, 1)
+                results[name] = res
+            acc_full, acc_static = results.get("full", {}).get("accuracy"), results.get("static", {}).get("accuracy")
+            for name, res in results.items():
+                rec = None
+                if acc_full is not None and acc_static is not None and acc_full != acc_static:
+                    rec = (res["accuracy"] - acc_static) / (acc_full - acc_static)
+                static_secs_per_tok = (results["static"]["seconds"] / max(sum(len(g.tokens) for g in static_gens), 1)
+                                       if "static" in results else None)
+                out_rows.append({
+                    "task": task.name, "model": label, "base_press": spec.name, "base_ratio": spec.ratio,
+                    "policy": name, **res, "recovered_fraction": rec,
+                    "overhead": res["controller_ms_per_step"],
+                    "static_ms_per_token": None if static_secs_per_tok is None else 1000 * static_secs_per_tok,
+                })
+    result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
+              "seed": cfg.seed, "policy_options": cfg.policy_options, "rows": out_rows}
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    pareto_plot(out_rows, out.with_suffix(".png"))
+    return result
