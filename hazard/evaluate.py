@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hazard import SCHEMA_VERSION
 from hazard.collect import TaskSpec, build_row, encode, hardware
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
@@ -20,7 +21,9 @@ from hazard.engine import Engine
 from hazard.errors import HazardError
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
+from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import pareto_plot
+from hazard.signals import SIGNALS
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
@@ -101,16 +104,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
     tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
     model, tok = load_model(cfg.model)
-    if guard is not None:
-        guard.check_features(guard.feature_names)
+    if guard is not None:  # every feature the guard wants must be one the engine can produce
+        missing = [n for n in guard.feature_names if n not in (*SIGNALS, *CONFIG_FEATURES)]
+        if missing:
+            raise HazardError(f"guard {cfg.guard}: features {missing} are not produced by this engine "
+                              f"(it gives {list(SIGNALS)} and {list(CONFIG_FEATURES)})")
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     label = cfg.model.label()
     out_rows = []
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
-        meta = {"schema_version": 1, "model": label, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
-                "task": task.name}
+        meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
+                "max_new_tokens": cfg.max_new_tokens, "task": task.name}
 
         def label_run(gens, spec, refs, prompts=prompts, meta=meta):
             return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta)

@@ -2,6 +2,8 @@
 
 If the guard raises or returns NaN, generation goes on: every affected row takes the documented safe
 action, ``restore`` (full prompt cache: quality first), and the event is counted in ``guard_failures``.
+After a rollback the guard's recurrent state is not rewound: it has seen the discarded tokens, and sees
+the regenerated ones as new steps.
 """
 
 from __future__ import annotations
