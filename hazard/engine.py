@@ -92,16 +92,19 @@ class Engine:
         Rows decoded together.
     probe_layers : list of int
         Layers whose attention the probe recomputes (negative indices count from the end).
+    signals : bool
+        Compute the per-token signals (False: greedy tokens only, signal columns are 0; for benchmarks).
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384,
-                 batch_size: int = 8, probe_layers: tuple[int, ...] = (0, -1)):
+                 batch_size: int = 8, probe_layers: tuple[int, ...] = (0, -1), signals: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
         self.end_ids = set(end_ids)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.probe = AttentionProbe(model, list(probe_layers))
+        self.signals = signals
+        self.probe = AttentionProbe(model, list(probe_layers) if signals else [])
         self.generated_tokens = 0
         self.seconds = 0.0
 
@@ -133,6 +136,10 @@ class Engine:
 
     def _packet(self, logits: torch.Tensor, cache_len: torch.Tensor) -> torch.Tensor:
         """Token + all signals of a step as one float32 tensor, so one host transfer moves them."""
+        if not self.signals:
+            out = logits.new_zeros(logits.shape[0], 1 + len(SIGNALS), dtype=torch.float32)
+            out[:, 0], out[:, -1] = logits.argmax(-1).float(), cache_len.float()
+            return out
         tokens, lsig = logit_signals(logits)
         asig = self.probe.stats(logits.shape[0], logits.device)
         return torch.cat([tokens.float()[:, None], lsig, asig, cache_len.float()[:, None]], dim=-1)

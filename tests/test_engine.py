@@ -103,3 +103,12 @@ def test_positions_after_eviction_follow_the_prompt(model64):
     assert np.allclose(ours.signals[:, :5], sigs, atol=1e-5)
     _, wrong = manual(False)  # the cache length as position: other logits from step 1 on
     assert np.abs(ours.signals[1:, 3] - wrong[1:, 3]).max() > 1e-3
+
+
+def test_signals_off_gives_the_same_tokens(model64):
+    prompts = _prompts(2, seed=5)
+    on = _run(model64, prompts, PressSpec("knorm", 0.5), batch_size=2)
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=2, signals=False)
+    off = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)))
+    assert [g.tokens for g in on] == [g.tokens for g in off]
+    assert all((g.signals[:, :-1] == 0).all() and (g.signals[:, -1] == g.kv_tokens).all() for g in off)
