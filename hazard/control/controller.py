@@ -9,6 +9,7 @@ the regenerated ones as new steps.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -50,10 +51,13 @@ class PolicyController(Controller):
         Generation budget (a guard feature).
     onsets : dict, optional
         prompt index -> onset under the static press (the oracle's knowledge).
+    guard_timeout_s : float, optional
+        A guard step slower than this counts as a failure: its answer is dropped for the safe action.
     """
 
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
-                 onsets: dict | None = None):
+                 onsets: dict | None = None, guard_timeout_s: float | None = None):
+        self.guard_timeout_s = guard_timeout_s
         from hazard.control.policies import RowState
 
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
@@ -84,7 +88,10 @@ class PolicyController(Controller):
         x = features_from_packets(self.guard.feature_names, full, self.ratio, lens, steps, self.max_new_tokens)
         h = self.guard.horizons.index(self.guard.eval_horizon)
         try:
+            t0 = time.perf_counter()
             p = self.guard.step(x)[:, h].cpu().numpy()
+            if self.guard_timeout_s is not None and time.perf_counter() - t0 > self.guard_timeout_s:
+                raise TimeoutError(f"guard step took longer than {self.guard_timeout_s} s")
             if not np.all(np.isfinite(p)):
                 raise FloatingPointError("guard returned NaN/inf")
         except Exception as e:  # the guard must never stop generation

@@ -135,6 +135,24 @@ class _Sequences(torch.utils.data.Dataset):
         return self.items[i]
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch): a run resumed from a checkpoint sees the same batches
+    as one that never stopped (Lightning calls ``set_epoch``)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def collate(batch):
     """Right-pad to the longest trace; padded tokens are masked out."""
     n = max(len(x) for x, _, _ in batch)
@@ -187,8 +205,9 @@ class HazardDataModule(L.LightningDataModule):
                 "horizons": self.horizons, "feature_set": self.hparams.feature_set}
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        return DataLoader(_Sequences(self.parts[part], self.norm), batch_size=self.hparams.batch_size,
-                          shuffle=shuffle, collate_fn=collate)
+        data = _Sequences(self.parts[part], self.norm)
+        sampler = EpochSampler(len(data), self.hparams.seed) if shuffle else None
+        return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=collate)
 
     def train_dataloader(self):
         return self._loader("train", True)

@@ -58,7 +58,17 @@ def cli_main(args: list[str]) -> None:
     HazardCLI(HazardModule, HazardDataModule, args=args, save_config_kwargs={"overwrite": True},
               trainer_defaults={"logger": loggers, "default_root_dir": str(run_dir), "deterministic": True,
                                 "callbacks": [EarlyStopping("val/loss", patience=rep.get("patience", 5)),
-                                              ModelCheckpoint(monitor="val/loss", save_last=True)]})
+                                              *checkpoints(run_dir / "fit" / "checkpoints")]})
+
+
+def checkpoints(folder: Path) -> list[ModelCheckpoint]:
+    """The best model by val/loss, and ``last.ckpt`` written after every epoch.
+
+    Two callbacks because ``save_last`` on a monitored checkpoint only refreshes ``last.ckpt`` when the
+    metric improves; resuming a killed run (``--ckpt_path <folder>/last.ckpt``) needs the latest epoch.
+    """
+    return [ModelCheckpoint(dirpath=folder, filename="best-{epoch}", monitor="val/loss"),
+            ModelCheckpoint(dirpath=folder, monitor=None, save_last=True)]
 
 
 def make_trainer(trainer_cfg: dict, run_dir: Path, name: str, wandb_project: str, patience: int = 5) -> L.Trainer:
@@ -70,8 +80,7 @@ def make_trainer(trainer_cfg: dict, run_dir: Path, name: str, wandb_project: str
     return L.Trainer(
         logger=loggers, default_root_dir=run_dir, deterministic=True, enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=1,
-        callbacks=[EarlyStopping("val/loss", patience=patience),
-                   ModelCheckpoint(dirpath=run_dir / name / "ckpt", monitor="val/loss", save_last=True)],
+        callbacks=[EarlyStopping("val/loss", patience=patience), *checkpoints(run_dir / name / "ckpt")],
         **cfg)
 
 
