@@ -98,7 +98,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if not cfg.tasks or not cfg.base_presses:
         raise HazardError("evaluate: configure at least one task and one base press")
     for spec in cfg.base_presses:
-        if spec.ratio <= 0 or build_press(spec) is None or is_decoding(build_press(spec)):
+        press = build_press(spec)
+        if spec.ratio <= 0 or press is None or is_decoding(press):
             raise HazardError(f"evaluate: base press {spec.label} must be a prefill press with ratio > 0")
     needs_guard = "hazard" in cfg.policies
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
@@ -153,17 +154,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     hazard_rate = sum(sum(e[1] == "restore" for e in g.control["events"]) for g in gens) / max(steps, 1)
                 results[name] = res
             acc_full, acc_static = results.get("full", {}).get("accuracy"), results.get("static", {}).get("accuracy")
+            static_ms = 1000 * static_secs / max(sum(len(g.tokens) for g in static_gens), 1)
             for name, res in results.items():
                 rec = None
                 if acc_full is not None and acc_static is not None and acc_full != acc_static:
                     rec = (res["accuracy"] - acc_static) / (acc_full - acc_static)
-                static_secs_per_tok = (results["static"]["seconds"] / max(sum(len(g.tokens) for g in static_gens), 1)
-                                       if "static" in results else None)
                 out_rows.append({
                     "task": task.name, "model": label, "base_press": spec.name, "base_ratio": spec.ratio,
                     "policy": name, **res, "recovered_fraction": rec,
                     "overhead": res["controller_ms_per_step"],
-                    "static_ms_per_token": None if static_secs_per_tok is None else 1000 * static_secs_per_tok,
+                    "static_ms_per_token": static_ms,
                 })
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "policy_options": cfg.policy_options, "rows": out_rows}
