@@ -199,14 +199,51 @@ class Engine:
         return DynamicCache(ddp_cache_data=layers), valid, slot_pos
 
     @staticmethod
-    def _unpack(cache: DynamicCache, valid: torch.Tensor, slot_pos: dict) -> tuple[list, list]:
-        """The inverse of ``_pack``: per row, per layer (keys, values) of its valid slots, and slot positions."""
-        kv, sps = [], []
-        for i in range(valid.shape[0]):
-            m = valid[i]
-            kv.append([(layer.keys[i][:, m], layer.values[i][:, m]) for layer in cache.layers])
-            sps.append({li: sp[i][:, m] for li, sp in slot_pos.items()})
-        return kv, sps
+    def _unpack_row(cache: DynamicCache, valid: torch.Tensor, slot_pos: dict, j: int) -> tuple[list, dict]:
+        """Batch row ``j``'s valid slots: per layer (keys, values) (kv_heads, slots, head_dim), and slot positions."""
+        m = valid[j]
+        return ([(layer.keys[j][:, m], layer.values[j][:, m]) for layer in cache.layers],
+                {li: sp[j][:, m] for li, sp in slot_pos.items()})
+
+    @staticmethod
+    def _repack_rows(cache: DynamicCache, valid: torch.Tensor, slot_pos: dict, updates: dict) -> tuple:
+        """Write new contents for a few batch rows into the packed cache, right-aligned as ``_pack`` does.
+
+        Only the rows a controller acted on are rewritten (a full unpack + pack of every row costs
+        rows x layers small copies per action step). The batch widens on the left when a row grows past
+        the current width; it never narrows, the extra slots are padding under the mask.
+        """
+        width = valid.shape[1]
+        new_w = max([width] + [kv[0][0].shape[1] for kv, _ in updates.values()])
+        grow = new_w - width
+
+        def widen(t: torch.Tensor, dim: int, fill) -> torch.Tensor:
+            if not grow:
+                return t
+            shape = list(t.shape)
+            shape[dim] = grow
+            return torch.cat([t.new_full(shape, fill), t], dim)
+
+        layers = []
+        for li, layer in enumerate(cache.layers):
+            k, v = widen(layer.keys, 2, 0), widen(layer.values, 2, 0)
+            for j, (kv, _) in updates.items():
+                n = kv[li][0].shape[1]
+                k[j, :, :new_w - n] = 0
+                v[j, :, :new_w - n] = 0
+                k[j, :, new_w - n:] = kv[li][0]
+                v[j, :, new_w - n:] = kv[li][1]
+            layers.append((k, v))
+        valid = widen(valid, 1, False)
+        slot_pos = {li: widen(sp, 2, -1) for li, sp in slot_pos.items()}
+        for j, (kv, sps) in updates.items():
+            n = kv[0][0].shape[1]
+            valid[j] = False
+            valid[j, new_w - n:] = True
+            for li, sp in slot_pos.items():
+                sp[j] = -1
+                sp[j, :, new_w - n:] = sps[li]
+        return DynamicCache(ddp_cache_data=layers), valid, slot_pos
 
     def _apply(self, row: _Row, kv: list[tuple], sp: dict, action: tuple) -> tuple[list, dict, int]:
         """One controller action on one row's (unpacked) cache; returns the new cache, slots and m rolled back."""
@@ -269,20 +306,22 @@ class Engine:
                 tc = time.perf_counter()
                 actions = controller.observe([offset + i for i in active], host,
                                              {offset + i: records[i] for i in active})
-                if actions:
-                    kv, sps = self._unpack(cache, valid, slot_pos)
-                    for j, i in enumerate(active):
-                        for act in actions.get(offset + i, []):
-                            if act[0] == "rollback":  # never past the first token, which the prefill fixed
-                                act = ("rollback", min(int(act[1]), len(records[i]) - 1))
-                            kv[j], sps[j], m = self._apply(rows[i], kv[j], sps[j], act)
-                            info[i]["events"].append((len(records[i]), act[0]))
-                            if m:
-                                del records[i][len(records[i]) - m:]
-                                info[i]["rollback_tokens"] += m
-                                tokens[j] = int(records[i][-1][0])
-                                pos[j] = rows[i].prompt_len + len(records[i]) - 1
-                    cache, valid, slot_pos = self._pack(kv, sps)
+                updates = {}
+                for j, i in enumerate(active):
+                    for act in actions.get(offset + i, []):
+                        if act[0] == "rollback":  # never past the first token, which the prefill fixed
+                            act = ("rollback", min(int(act[1]), len(records[i]) - 1))
+                        kv_j, sp_j = updates.get(j) or self._unpack_row(cache, valid, slot_pos, j)
+                        kv_j, sp_j, m = self._apply(rows[i], kv_j, sp_j, act)
+                        updates[j] = (kv_j, sp_j)
+                        info[i]["events"].append((len(records[i]), act[0]))
+                        if m:
+                            del records[i][len(records[i]) - m:]
+                            info[i]["rollback_tokens"] += m
+                            tokens[j] = int(records[i][-1][0])
+                            pos[j] = rows[i].prompt_len + len(records[i]) - 1
+                if updates:
+                    cache, valid, slot_pos = self._repack_rows(cache, valid, slot_pos, updates)
                 dt = time.perf_counter() - tc
                 for i in active:
                     info[i]["controller_s"] += dt / len(active)

@@ -7,6 +7,8 @@ the uncompressed twin), and reports accuracy, catastrophes, recovered accuracy a
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                               f"(it gives {list(SIGNALS)} and {list(CONFIG_FEATURES)})")
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     label = cfg.model.label()
+    out = Path(cfg.output)
+    # Each (task, base press, policy) run is saved when it finishes, so a killed evaluation resumes at
+    # the next run; the folder goes once the final JSON is written.
+    parts = out.with_name(out.stem + ".parts")
     out_rows = []
     for task in tasks:
         prompts = task.prompts()
@@ -119,56 +125,59 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
                 "max_new_tokens": cfg.max_new_tokens, "task": task.name}
 
-        def label_run(gens, spec, refs, prompts=prompts, meta=meta):
-            return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta)
-                    for p, g, r in zip(prompts, gens, refs)]
-
-        t0 = time.perf_counter()
-        full_gens = engine.generate(ids, None)
-        full_secs = time.perf_counter() - t0
-        full_rows = label_run(full_gens, PressSpec("none"), [None] * len(prompts))
-        for spec in cfg.base_presses:
+        def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
+                meta=meta, task=task) -> dict:
+            """One generation run, summarised; read back from ``parts`` when an earlier call finished it."""
+            path = parts / f"{task.name}__{key}.json"
+            if path.exists():
+                return json.loads(path.read_text())
             t0 = time.perf_counter()
-            static_gens = engine.generate(ids, build_press(spec))
-            static_secs = time.perf_counter() - t0
-            static_rows = label_run(static_gens, spec, full_rows)
-            onsets = {i: r["onset"] for i, r in enumerate(static_rows)}
+            gens = engine.generate(ids, build_press(spec), controller=policy)
+            secs = time.perf_counter() - t0
+            rows = [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta)
+                    for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
+            steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
+            res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
+            restores = sum(sum(e[1] == "restore" for e in g.control.get("events", [])) for g in gens)
+            rec = {"summary": res, "restore_rate": restores / max(steps, 1),
+                   "ms_per_token": 1000 * secs / max(sum(len(g.tokens) for g in gens), 1),
+                   "rows": [{k: r[k] for k in ("tokens", "correct", "onset", "catastrophe")} for r in rows]}
+            write_json(path, rec)
+            return rec
+
+        full = run("full", PressSpec("none"))
+        for spec in cfg.base_presses:
+            static = run(f"{spec.label}__static", spec, refs=full["rows"])
+            onsets = {i: r["onset"] for i, r in enumerate(static["rows"])}
             results = {}
             hazard_rate = None
             for name in cfg.policies:
                 if name == "full":
-                    rows, gens, secs = full_rows, full_gens, full_secs
+                    rec = full
                 elif name == "static":
-                    rows, gens, secs = static_rows, static_gens, static_secs
+                    rec = static
                 else:
                     ctl = PolicyController(_policy(name, cfg, guard, hazard_rate), guard if name == "hazard" else None,
                                            spec.ratio, cfg.max_new_tokens, onsets)
-                    t0 = time.perf_counter()
-                    gens = engine.generate(ids, build_press(spec), controller=ctl)
-                    secs = time.perf_counter() - t0
-                    rows = label_run(gens, spec, full_rows)
-                steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
-                res = summarize_policy(rows, gens, full_rows, static_rows if name not in ("full", "static") else None,
-                                       secs, steps)
+                    rec = run(f"{spec.label}__{name}", spec, ctl, full["rows"], static["rows"])
                 if name == "hazard":  # random fires at the hazard policy's measured rate per step
-                    hazard_rate = sum(sum(e[1] == "restore" for e in g.control["events"]) for g in gens) / max(steps, 1)
-                results[name] = res
-            acc_full, acc_static = results.get("full", {}).get("accuracy"), results.get("static", {}).get("accuracy")
-            static_ms = 1000 * static_secs / max(sum(len(g.tokens) for g in static_gens), 1)
+                    hazard_rate = rec["restore_rate"]
+                results[name] = rec["summary"]
+            acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
             for name, res in results.items():
                 rec = None
-                if acc_full is not None and acc_static is not None and acc_full != acc_static:
+                if acc_full != acc_static:
                     rec = (res["accuracy"] - acc_static) / (acc_full - acc_static)
                 out_rows.append({
                     "task": task.name, "model": label, "base_press": spec.name, "base_ratio": spec.ratio,
                     "policy": name, **res, "recovered_fraction": rec,
                     "overhead": res["controller_ms_per_step"],
-                    "static_ms_per_token": static_ms,
+                    "static_ms_per_token": static["ms_per_token"],
                 })
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "policy_options": cfg.policy_options, "rows": out_rows}
-    out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     pareto_plot(out_rows, out.with_suffix(".png"))
+    shutil.rmtree(parts, ignore_errors=True)
     return result

@@ -94,7 +94,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with ChatML special tokens, built in memory (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # alphabet() comes out of a Rust hash set, in a different order per call: sort it, or every tokenizer
+    # built in one process maps bytes to different ids.
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -163,7 +163,7 @@ def test_features_from_packets_match_trace_features():
     assert np.allclose(got, trace_features(row, names))
 
 
-def test_evaluate_end_to_end_with_an_exported_guard(tmp_path):
+def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     """collect -> train report (export) -> evaluate, on the tiny model: the closed-loop JSON has every row."""
     import json
 
@@ -183,12 +183,40 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "report", "--config", str(tmp_path / "train.yaml")]) == 0
     out = tmp_path / "closed_loop.json"
-    assert main(["evaluate", "--output", str(out), "--guard", str(tmp_path / "guard"), "--model.tiny", "qwen2",
-                 "--model.dtype", "float64", "--model.device", "cpu", "--max_new_tokens", "24",
-                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
-                 "--base_presses", "[{name: knorm, ratio: 0.75}]",
-                 "--policy_options", "{hazard: {trigger: 0.0, rollback: 2}, oracle: {lead: 4}}"]) == 0
+    args = ["evaluate", "--output", str(out), "--guard", str(tmp_path / "guard"), "--model.tiny", "qwen2",
+            "--model.dtype", "float64", "--model.device", "cpu", "--max_new_tokens", "24",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]",
+            "--policy_options", "{hazard: {trigger: 0.0, rollback: 2}, oracle: {lead: 4}}"]
+    assert main(args) == 0
     res = json.loads(out.read_text())
+    assert not (tmp_path / "closed_loop.parts").exists()
+
+    # Killed during its fourth run, an evaluation resumes from the three saved runs and ends the same.
+    from hazard.engine import Engine
+
+    generate, calls = Engine.generate, []
+
+    def dies_on_fourth(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return generate(self, *a, **kw)
+
+    monkeypatch.setattr(Engine, "generate", dies_on_fourth)
+    out.unlink()
+    with pytest.raises(RuntimeError):
+        main(args)
+    assert len(list((tmp_path / "closed_loop.parts").glob("*.json"))) == 3 and not out.exists()
+    calls.clear()
+    assert main(args) == 0 and len(calls) == 3  # full, static, hazard were saved; the other three run
+    calls.clear()
+
+    def timeless(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "overhead", "controller_ms_per_step",
+                                                         "static_ms_per_token")} for r in rows]
+
+    assert timeless(json.loads(out.read_text())["rows"]) == timeless(res["rows"])
     assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
     keys = {"task", "model", "base_press", "base_ratio", "policy", "n", "accuracy", "catastrophe_rate",
             "recovered_fraction", "mean_kv_fraction", "peak_kv_fraction", "false_trigger_rate", "overhead"}

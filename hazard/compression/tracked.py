@@ -30,7 +30,7 @@ class TrackedPress(ScorerPress):
     Attributes
     ----------
     keep_evicted : bool
-        Also keep the evicted K/V (on the CPU, pinned when the cache is on CUDA) so they can be restored.
+        Also keep the evicted K/V (on the CPU) so they can be restored.
 
     Attributes
     ----------
@@ -66,10 +66,9 @@ class TrackedPress(ScorerPress):
             keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
             ev = (~keep).nonzero()[:, -1].view(*idx.shape[:2], -1)  # the complement, ascending per head
             g = ev.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
-            pin = keys.is_cuda
-            self.evicted[module.layer_idx] = tuple(
-                t.to("cpu", non_blocking=pin).pin_memory() if pin else t.cpu()
-                for t in (ev, keys.gather(2, g), values.gather(2, g)))
+            # Plain (pageable) host copies: a few hundred KB per layer and row, where pinning each one
+            # (cudaHostAlloc per tensor, kept alive until the row ends) costs more than the copy.
+            self.evicted[module.layer_idx] = tuple(t.cpu() for t in (ev, keys.gather(2, g), values.gather(2, g)))
         return keys.gather(2, gather).contiguous(), values.gather(2, gather).contiguous()
 
     def pop_kept(self) -> dict[int, torch.Tensor]:
