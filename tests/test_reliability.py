@@ -1,4 +1,4 @@
-"""Faults injected on purpose: SIGKILL during collection, resumed training, bad and poisoned input."""
+"""Faults injected on purpose: SIGKILL during collection and during training, bad and poisoned input."""
 
 import json
 import os
@@ -51,7 +51,7 @@ def test_sigkill_during_collection_then_resume_equals_an_uninterrupted_run(tmp_p
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
 
 
-def test_training_resumed_from_its_last_checkpoint_ends_where_an_unbroken_run_ends(tmp_path):
+def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint_and_ends_the_same(tmp_path):
     import yaml
 
     from hazard.predictor.train import cli_main
@@ -60,22 +60,33 @@ def test_training_resumed_from_its_last_checkpoint_ends_where_an_unbroken_run_en
     assert main(["collect", "--config", str(ROOT / "configs/collect/tiny.yaml"), "--output_dir", str(traces)]) == 0
     cfg = yaml.safe_load(open(ROOT / "configs/train/tiny.yaml"))
     cfg["data"]["traces"] = [str(traces)]
+    epochs = 6
 
-    def run(name, epochs, resume=None):
+    def fit_args(name):
         cfg["report"] = {"run_dir": str(tmp_path / name)}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        args = ["fit", "--config", str(path), "--trainer.max_epochs", str(epochs)]
-        if resume:
-            args += ["--ckpt_path", str(resume)]
-        cli_main(args)
-        return tmp_path / name / "fit" / "checkpoints" / "last.ckpt"
+        return ["fit", "--config", str(path), "--trainer.max_epochs", str(epochs)]
 
-    unbroken = run("unbroken", 4)
-    first = run("broken", 2)  # what a job killed after epoch 2 leaves on disk
-    resumed = run("broken", 4, resume=first)
+    cli_main(fit_args("unbroken"))
+    unbroken = tmp_path / "unbroken" / "fit" / "checkpoints" / "last.ckpt"
+
+    # A real training process, SIGKILLed as soon as its first per-epoch checkpoint is on disk.
+    last = tmp_path / "broken" / "fit" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "hazard.cli", "train", *fit_args("broken")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the process must be killed, not finish"
+    killed_at = torch.load(last, weights_only=True)["epoch"]  # Lightning writes checkpoints atomically
+    assert killed_at < epochs - 1, "the kill must land before the last epoch"
+
+    cli_main(fit_args("broken") + ["--ckpt_path", str(last)])
     a = torch.load(unbroken, weights_only=True)
-    b = torch.load(resumed, weights_only=True)
+    b = torch.load(last, weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     for k in a["state_dict"]:
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
