@@ -119,12 +119,18 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
                 refs = [by_id[p.id] for p in prompts]
             continue
         rows = []
+        tokens0, seconds0 = engine.generated_tokens, engine.seconds
         for i, (p, g) in enumerate(zip(prompts, engine.generate(ids, build_press(spec)))):
             text = tok.decode(g.tokens, skip_special_tokens=True)
             rows.append(build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta))
         if spec.name == "none":
             refs = rows
         write_shard(rows, path)
+        # Per-shard timing survives a resume, so throughput over the whole collection can be reported
+        # even when it took several calls (the shard is written first: a timing never lacks its shard).
+        write_json(path.parent.parent / "stats" / "shards" / f"{path.stem}.json",
+                   {"generated_tokens": engine.generated_tokens - tokens0, "seconds": engine.seconds - seconds0,
+                    "hardware": hardware()})
         written += 1
     return written, skipped
 
@@ -176,6 +182,12 @@ def validate(cfg: CollectConfig) -> tuple[list, list[PressSpec]]:
     for s in specs:
         build_press(s)
     return tasks, specs
+
+
+def _shard_rate(out: Path) -> float | None:
+    timings = [json.loads(p.read_text()) for p in sorted((out / "stats" / "shards").glob("*.json"))]
+    tokens, seconds = sum(t["generated_tokens"] for t in timings), sum(t["seconds"] for t in timings)
+    return round(tokens / seconds, 2) if seconds > 0 else None
 
 
 def run_collect(cfg: CollectConfig) -> dict | None:
@@ -232,6 +244,9 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "git_sha": _git_sha(),
         # Throughput of this invocation (shards skipped on resume are not counted).
         "generated_tokens_per_s": round(tokens / seconds, 2) if tokens else None,
+        # Every shard of the collection, resumed calls included: tokens over the summed generation time of
+        # one process (prefill included), so with several ranks it is the per-process rate.
+        "shard_generated_tokens_per_s": _shard_rate(out),
         "configs": summarize(load_traces(out)),
     }
     write_json(out / "summary.json", summary)

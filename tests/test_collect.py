@@ -94,6 +94,12 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, tiny_dir, monkeyp
     a, b = _rows(load_traces(full)), _rows(load_traces(part))
     assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    # Throughput over the whole collection counts the shards of both calls, one timing per shard.
+    timings = sorted(p.stem for p in (part / "stats" / "shards").glob("*.json"))
+    assert timings == sorted(p.stem for p in (part / "data").glob("*.parquet"))
+    total = sum(json.loads(p.read_text())["generated_tokens"] for p in (part / "stats" / "shards").glob("*.json"))
+    assert total == sum(r["n_tokens"] for r in b)
+    assert json.loads((part / "summary.json").read_text())["shard_generated_tokens_per_s"] > 0
 
 
 def test_resume_refuses_a_different_config(tmp_path, tiny_dir, capsys):
@@ -112,7 +118,7 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_dir):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "summary.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in (two / "stats").iterdir()) == ["rank-000.json", "rank-001.json"]
+    assert sorted(p.name for p in (two / "stats").glob("rank-*.json")) == ["rank-000.json", "rank-001.json"]
     a, b = _rows(load_traces(one)), _rows(load_traces(two))
     assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
