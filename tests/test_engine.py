@@ -112,3 +112,30 @@ def test_signals_off_gives_the_same_tokens(model64):
     off = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)))
     assert [g.tokens for g in on] == [g.tokens for g in off]
     assert all((g.signals[:, :-1] == 0).all() and (g.signals[:, -1] == g.kv_tokens).all() for g in off)
+
+
+@pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "knorm", "expected_attention", "tova", "keydiff"])
+def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name):
+    """Our recording wrapper must compress exactly like the plain kvpress press it wraps."""
+    from transformers import DynamicCache
+
+    from hazard.compression.registry import SCORERS
+
+    ids = torch.tensor([_prompts(1, seed=3)[0]])
+    kwargs = {"window_size": 8} if name == "snapkv" else {}
+
+    def prefill(press):
+        cache = DynamicCache()
+        with press(model64):
+            model64(input_ids=ids, past_key_values=cache, use_cache=True)
+        return [layer.keys for layer in cache.layers]
+
+    ours = build_press(PressSpec(name, 0.5, kwargs))
+    theirs = SCORERS[name](compression_ratio=0.5, **kwargs)
+    for a, b in zip(prefill(ours), prefill(theirs)):
+        assert torch.equal(a, b)
+    if name == "streaming_llm":  # the 4 sink slots and the most recent ones, nothing from the middle
+        n = ids.shape[1]
+        kept = ours.pop_kept()[0][0, 0].sort().values.tolist()
+        n_kept = compute_n_kept(n, 0.5)
+        assert kept == list(range(4)) + list(range(n - n_kept + 4, n))

@@ -52,6 +52,10 @@ class TrackedPress(ScorerPress):
         self.press.post_init_from_model(model)
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs):
+        # Some scorers read their own ratio inside score (StreamingLLMPress prunes the middle by it). The
+        # ratio lives here (a DecodingPress sets it per call), so hand it down first: with the inner
+        # default of 0, StreamingLLM scored every slot 1 and topk kept an arbitrary set (a real bug).
+        self.press.compression_ratio = self.compression_ratio
         return self.press.score(module, hidden_states, keys, values, attentions, kwargs)
 
     def compress(self, module: nn.Module, hidden_states, keys, values, attentions, kwargs):
