@@ -7,6 +7,7 @@ the uncompressed twin), and reports accuracy, catastrophes, recovered accuracy a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -118,6 +119,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     # Each (task, base press, policy) run is saved when it finishes, so a killed evaluation resumes at
     # the next run; the folder goes once the final JSON is written.
     parts = out.with_name(out.stem + ".parts")
+    config = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    if (parts / "config.json").is_file() and json.loads((parts / "config.json").read_text()) != config:
+        raise HazardError(f"{parts} holds runs of a different evaluate config; delete it to start over")
+    write_json(parts / "config.json", config)
     out_rows = []
     for task in tasks:
         prompts = task.prompts()
@@ -165,12 +170,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 results[name] = rec["summary"]
             acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
             for name, res in results.items():
-                rec = None
+                recovered = None
                 if acc_full != acc_static:
-                    rec = (res["accuracy"] - acc_static) / (acc_full - acc_static)
+                    recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static)
                 out_rows.append({
                     "task": task.name, "model": label, "base_press": spec.name, "base_ratio": spec.ratio,
-                    "policy": name, **res, "recovered_fraction": rec,
+                    "policy": name, **res, "recovered_fraction": recovered,
                     "overhead": res["controller_ms_per_step"],
                     "static_ms_per_token": static["ms_per_token"],
                 })

@@ -207,7 +207,8 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     out.unlink()
     with pytest.raises(RuntimeError):
         main(args)
-    assert len(list((tmp_path / "closed_loop.parts").glob("*.json"))) == 3 and not out.exists()
+    assert len(list((tmp_path / "closed_loop.parts").glob("*__*.json"))) == 3 and not out.exists()
+    assert main([*args, "--max_new_tokens", "20"]) == 2  # saved runs of another config are not mixed in
     calls.clear()
     assert main(args) == 0 and len(calls) == 3  # full, static, hazard were saved; the other three run
     calls.clear()
