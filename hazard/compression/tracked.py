@@ -31,9 +31,6 @@ class TrackedPress(ScorerPress):
     ----------
     keep_evicted : bool
         Also keep the evicted K/V (on the CPU) so they can be restored.
-
-    Attributes
-    ----------
     kept : dict[int, torch.Tensor]
         layer index -> kept slot indices ``(batch, kv_heads, n_kept)`` of the last compression,
         in cache order after the gather; cleared by ``pop_kept``.
@@ -70,8 +67,8 @@ class TrackedPress(ScorerPress):
             keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
             ev = (~keep).nonzero()[:, -1].view(*idx.shape[:2], -1)  # the complement, ascending per head
             g = ev.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
-            # Plain (pageable) host copies: a few hundred KB per layer and row, where pinning each one
-            # (cudaHostAlloc per tensor, kept alive until the row ends) costs more than the copy.
+            # Plain (pageable) host copies of a few hundred KB per layer and row: pinned ones would
+            # page-lock one allocation per tensor for as long as the row lives.
             self.evicted[module.layer_idx] = tuple(t.cpu() for t in (ev, keys.gather(2, g), values.gather(2, g)))
         return keys.gather(2, gather).contiguous(), values.gather(2, gather).contiguous()
 
