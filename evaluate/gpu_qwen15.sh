@@ -2,7 +2,7 @@
 # Issues 3 and 4 on one H100, executed on the device machine from the repo root (see ../shared/GPU.md):
 #   collect  GSM8K train problems 1-300 with Qwen2.5-Coder-1.5B-Instruct  (configs/collect/gpu_qwen15_train.yaml)
 #   train    GRU + baselines + LOPO report, export the guard              (configs/train/gpu_qwen15.yaml)
-#   evaluate the guard live on GSM8K test problems 1-200, six policies      (configs/evaluate/gpu_qwen15.yaml)
+#   evaluate the guard live on GSM8K test problems 1-100, six policies      (configs/evaluate/gpu_qwen15.yaml)
 # Every step resumes where the previous call stopped (collect per shard, evaluate per run; train restarts,
 # so it only starts with enough time left), so the same command is repeated until it prints "all done".
 # Before the first call: the 21 GGUF chunks in /tmp/models (one staging call each), the wheels in .whl and
