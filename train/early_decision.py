@@ -53,7 +53,8 @@ def main() -> None:
         rows.append(r)
     by_press = {p: {"n": int(sum(t.press == p for t in test)),
                     "catastrophe_rate": float(np.mean([t.catastrophe for t in test if t.press == p])),
-                    "onset_le_1": float(np.mean([t.onset <= 1 for t in test if t.press == p and t.catastrophe]))}
+                    "onset_le_1": float(np.mean([t.onset <= 1 for t in test if t.press == p and t.catastrophe])),
+                    "median_onset": float(np.median([t.onset for t in test if t.press == p and t.catastrophe]))}
                 for p in sorted({t.press for t in test})}
     out = {"config": args.config, "guard": args.guard, "traces": data["traces"], "n_test_traces": len(test),
            "catastrophe_rate": float(y.mean()), "by_press": by_press, "rows": rows}
