@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from kvpress.utils import compute_n_kept, get_prerope_query_states
+from kvpress.utils import compute_n_kept
 from sklearn.metrics import roc_auc_score
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import rotate_half
 
 from hazard.collect import encode
 from hazard.compression import PressSpec, build_press
 from hazard.models import ModelConfig, load_model
+from hazard.signals.attention import last_queries
 from hazard.tasks import build_task
 
 
@@ -46,10 +46,7 @@ def evicted_mass(model, ids: list[int], presses: dict, n_queries: int) -> dict[s
         h = kwargs["hidden_states"]
         keys = kwargs["past_key_values"].layers[module.layer_idx].keys  # (1, kv_heads, n, d), rotated
         values = kwargs["past_key_values"].layers[module.layer_idx].values
-        q = get_prerope_query_states(module, h[:, -n_queries:])  # (1, heads, m, d)
-        cos, sin = kwargs["position_embeddings"]
-        cos, sin = cos[:, -n_queries:].unsqueeze(1), sin[:, -n_queries:].unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
+        q = last_queries(module, kwargs, n_queries)  # (1, heads, m, d)
         b, hq, m, d = q.shape
         hkv, n = keys.shape[1], keys.shape[2]
         q = q.view(b, hkv, hq // hkv, m, d).float()

@@ -62,6 +62,15 @@ def attention_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, ctx: Prob
     return torch.stack([ent, *mass], dim=-1).mean(dim=(1, 2))
 
 
+def last_queries(module, kwargs: dict, m: int) -> torch.Tensor:
+    """Rotated queries of the last ``m`` tokens, (batch, q_heads, m, head_dim), from an attention module's
+    forward kwargs (as a forward hook with ``with_kwargs=True`` sees them)."""
+    q = get_prerope_query_states(module, kwargs["hidden_states"][:, -m:])
+    cos, sin = kwargs["position_embeddings"]
+    cos, sin = cos[:, -m:].unsqueeze(1), sin[:, -m:].unsqueeze(1)
+    return q * cos + rotate_half(q) * sin
+
+
 class AttentionProbe:
     """Forward hooks on the attention modules of ``layers``; ``stats()`` gives the mean over them.
 
@@ -80,11 +89,7 @@ class AttentionProbe:
     def _hook(self, module, args, kwargs, output):
         if self.ctx is None:
             return
-        h = kwargs["hidden_states"][:, -1:]
-        cos, sin = kwargs["position_embeddings"]
-        q = get_prerope_query_states(module, h)  # (batch, heads, 1, head_dim)
-        cos, sin = cos[:, -1:].unsqueeze(1), sin[:, -1:].unsqueeze(1)
-        q = (q * cos + rotate_half(q) * sin)[:, :, 0]
+        q = last_queries(module, kwargs, 1)[:, :, 0]
         keys = kwargs["past_key_values"].layers[module.layer_idx].keys
         self._out[module.layer_idx] = attention_stats(q, keys, module.scaling, self.ctx, module.layer_idx)
 
