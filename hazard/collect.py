@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
 
 
 def _git_sha() -> str:
+    if os.environ.get("HAZARD_GIT_SHA"):  # the GPU machine gets a working tree without .git
+        return os.environ["HAZARD_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"

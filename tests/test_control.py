@@ -18,27 +18,7 @@ def _prompts(n=3, seed=0):
 
 @pytest.fixture
 def engine(model64):
-    eng = Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
-    yield eng
-    eng.probe.remove()
-
-
-def test_restore_gives_back_the_uncompressed_prompt_cache_bit_for_bit(engine):
-    ids = _prompts(1)[0]
-    press = build_press(PressSpec("snapkv", 0.75, {"window_size": 8}))
-    press.keep_evicted = True
-    with torch.inference_mode():
-        row = engine._prefill(ids, press)
-        full = engine._prefill(ids, None)
-        kv = [(k[0], v[0]) for k, v in zip(row.keys, row.values)]
-        assert kv[0][0].shape[1] < len(ids)
-        restored, sp, _ = engine._apply(row, kv, {li: s[0] for li, s in row.slot_pos.items()}, ("restore",))
-    for (k, v), fk, fv in zip(restored, full.keys, full.values):
-        assert torch.equal(k, fk[0]) and torch.equal(v, fv[0])
-    assert all(torch.equal(s, torch.arange(len(ids)).expand_as(s)) for s in sp.values())
-    with torch.inference_mode():
-        again, _, _ = engine._apply(row, restored, sp, ("recompress",))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, kv))  # recompress undoes restore exactly
+    return Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
 
 
 class Scripted(Controller):
@@ -47,10 +27,10 @@ class Scripted(Controller):
     def __init__(self, at):
         self.at, self.done = at, set()
 
-    def observe(self, rows, packets, records):
+    def observe(self, slots, rows, packets, steps):
         out = {}
-        for r in rows:
-            if r not in self.done and len(records[r]) == self.at:
+        for r, t in zip(rows.tolist(), steps.tolist()):
+            if r not in self.done and t == self.at:
                 self.done.add(r)
                 out[r] = [("restore",), ("rollback", 10**6)]
         return out
@@ -75,8 +55,8 @@ def test_memory_accounting_follows_the_actions(engine, model64):
     L = len(ids)
 
     class RestoreThenRecompress(Controller):
-        def observe(self, rows, packets, records):
-            t = len(records[rows[0]])
+        def observe(self, slots, rows, packets, steps):
+            t = int(steps[0])
             return {rows[0]: [("restore",)]} if t == 4 else {rows[0]: [("recompress",)]} if t == 9 else {}
 
     g = engine.generate([ids], build_press(PressSpec("streaming_llm", 0.5)), controller=RestoreThenRecompress())[0]
@@ -86,7 +66,7 @@ def test_memory_accounting_follows_the_actions(engine, model64):
     cfg = model64.config
     per_token = cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2 * 8
     assert g.bytes_per_token == per_token and (g.kv_bytes == g.kv_tokens * per_token).all()
-    assert g.control["offload_bytes"] == (L - kept) * per_token
+    assert g.control["offload_bytes"] == L * per_token  # the whole prompt is kept off the GPU
     assert g.control["relaxed_steps"] == 5
 
 

@@ -26,22 +26,21 @@ def _prompts(n=4, seed=0):
 
 def _run(model, prompts, spec, batch_size, max_new=20):
     eng = Engine(model, [256], max_new_tokens=max_new, batch_size=batch_size, probe_layers=(0, -1))
-    try:
-        return eng.generate(prompts, build_press(spec))
-    finally:
-        eng.probe.remove()
+    return eng.generate(prompts, build_press(spec))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
 def test_batched_equals_single(model64, spec):
-    prompts = _prompts()
-    batched = _run(model64, prompts, spec, batch_size=4)
+    """One prompt at a time, all at once, and continuous batching (5 prompts through 2 slots, refilled as
+    rows finish) give the same rows."""
+    prompts = _prompts(5)
     single = _run(model64, prompts, spec, batch_size=1)
-    for a, b in zip(batched, single):
-        assert a.tokens == b.tokens
-        assert a.finished == b.finished
-        assert (a.kv_tokens == b.kv_tokens).all()
-        assert torch.allclose(torch.from_numpy(a.signals), torch.from_numpy(b.signals), atol=1e-5)
+    for batch in (5, 2):
+        for a, b in zip(_run(model64, prompts, spec, batch_size=batch), single):
+            assert a.tokens == b.tokens
+            assert a.finished == b.finished
+            assert (a.kv_tokens == b.kv_tokens).all()
+            assert torch.allclose(torch.from_numpy(a.signals), torch.from_numpy(b.signals), atol=1e-5)
 
 
 def test_engine_matches_hf_generate_without_press(model64):
@@ -108,8 +107,8 @@ def test_positions_after_eviction_follow_the_prompt(model64):
 def test_signals_off_gives_the_same_tokens(model64):
     prompts = _prompts(2, seed=5)
     on = _run(model64, prompts, PressSpec("knorm", 0.5), batch_size=2)
-    eng = Engine(model64, [256], max_new_tokens=20, batch_size=2, signals=False)
-    off = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)))
+    off = Engine(model64, [256], max_new_tokens=20, batch_size=2, signals=False).generate(
+        prompts, build_press(PressSpec("knorm", 0.5)))
     assert [g.tokens for g in on] == [g.tokens for g in off]
     assert all((g.signals[:, :-1] == 0).all() and (g.signals[:, -1] == g.kv_tokens).all() for g in off)
 
@@ -139,3 +138,148 @@ def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name):
         kept = ours.pop_kept()[0][0, 0].sort().values.tolist()
         n_kept = compute_n_kept(n, 0.5)
         assert kept == list(range(4)) + list(range(n - n_kept + 4, n))
+
+
+@pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "knorm", "expected_attention", "tova", "keydiff",
+                                  "lagkv", "random"])
+def test_batched_prefill_keeps_what_kvpress_keeps_for_each_prompt_alone(model64, name):
+    """Prompts of different lengths prefilled together: each row's store holds exactly the entries the
+    press keeps when it compresses that prompt alone (kept positions and K/V, every layer)."""
+    from transformers import DynamicCache
+
+    from hazard.engine import KVStore
+    from hazard.engine.prefill import Prefill
+    from hazard.engine.runner import ModelRunner
+
+    kwargs = {"window_size": 8} if name == "snapkv" else {"seed": 0} if name == "random" else {}
+    if name == "lagkv":
+        kwargs = {"n_sink": 2, "lag_size": 8}
+    prompts = _prompts(4, seed=7) + [_prompts(1, seed=7)[0]]  # a repeated length: one group of two
+    cfg = model64.config
+    d = cfg.hidden_size // cfg.num_attention_heads
+    runner = ModelRunner(model64, [0, -1])
+    store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, d, 6, 128, 0, torch.float64, torch.device("cpu"))
+    slots = [5, 0, 3, 1, 2]
+    Prefill(runner, token_budget=150)(store, slots, prompts, build_press(PressSpec(name, 0.5, kwargs)), False)
+    for slot, p in zip(slots, prompts):
+        alone = build_press(PressSpec(name, 0.5, kwargs))
+        cache = DynamicCache()
+        with torch.inference_mode(), alone(model64):
+            model64(input_ids=torch.tensor([p]), past_key_values=cache, use_cache=True)
+        kept = alone.pop_kept()
+        n = compute_n_kept(len(p), 0.5)
+        assert int(store.lens[slot]) == n
+        for li, layer in enumerate(cache.layers):
+            order = kept[li][0].sort(-1)
+            assert torch.equal(store.pos[li, slot, :, :n], order.values)
+            g = order.indices[..., None].expand(-1, -1, d)
+            assert torch.allclose(store.k[li, slot, :, :n], layer.keys[0].gather(1, g), atol=1e-12)
+            assert torch.allclose(store.v[li, slot, :, :n], layer.values[0].gather(1, g), atol=1e-12)
+
+
+def test_attention_signals_match_eager_attention_weights(model64):
+    """The signals the engine computes without attention weights (prefill probe and decode step) equal
+    statistics of the model's own eager attention weights for the same tokens."""
+    from hazard.signals.attention import N_RECENT, N_SINK
+
+    p = _prompts(1, seed=8)[0]
+    g = Engine(model64, [256], max_new_tokens=3, batch_size=1, probe_layers=(0, -1), ignore_eos=True).generate([p])[0]
+    ids = torch.tensor([p + g.tokens[:2]])
+    model64.config._attn_implementation = "eager"
+    try:
+        with torch.inference_mode():
+            out = model64(ids, output_attentions=True)
+    finally:
+        model64.config._attn_implementation = "sdpa"
+    n = len(p)
+    for t in range(3):  # token t was chosen by the forward of position n - 1 + t
+        q = n - 1 + t
+        ref = []
+        for li in (0, len(out.attentions) - 1):
+            a = out.attentions[li][0, :, q, : q + 1]  # (heads, keys)
+            ent = -(a * a.clamp_min(1e-300).log()).sum(-1).mean()
+            pos = torch.arange(q + 1)
+            ref.append(torch.stack([ent, a[:, pos < N_SINK].sum(-1).mean(), a[:, pos > q - N_RECENT].sum(-1).mean(),
+                                    a[:, pos < n].sum(-1).mean(), a[:, pos >= n].sum(-1).mean()]))
+        assert np.allclose(g.signals[t, 5:10], torch.stack(ref).mean(0).numpy(), atol=1e-5), t
+
+
+def _store_after_prefill(model64, prompt, spec, reversible=True):
+    from hazard.engine import KVStore
+    from hazard.engine.prefill import Prefill
+    from hazard.engine.runner import ModelRunner
+
+    cfg = model64.config
+    d = cfg.hidden_size // cfg.num_attention_heads
+    store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, d, 2, 128, 64 if reversible else 0,
+                    torch.float64, torch.device("cpu"))
+    Prefill(ModelRunner(model64, [0]))(store, [1], [prompt], build_press(spec), reversible)
+    return store
+
+
+def test_restore_recall_recompress_on_the_store(model64):
+    """restore == the uncompressed prefill bit for bit; recall of every evicted entry == restore; recompress
+    returns to the press's entries; a partial recall holds kept + recalled entries in position order."""
+    p = _prompts(1, seed=9)[0]
+    n = len(p)
+    full = _store_after_prefill(model64, p, PressSpec("none"))
+    spec = PressSpec("snapkv", 0.75, {"window_size": 8})
+    a = _store_after_prefill(model64, p, spec)
+    k0, pos0, n_kept = a.k.clone(), a.pos.clone(), int(a.lens[1])
+    assert n_kept == compute_n_kept(n, 0.75)
+    with torch.inference_mode():
+        a.restore([1])
+    assert int(a.lens[1]) == n
+    assert torch.equal(a.k[:, 1, :, :n], full.k[:, 1, :, :n]) and torch.equal(a.v[:, 1, :, :n], full.v[:, 1, :, :n])
+    assert torch.equal(a.pos[:, 1, :, :n], full.pos[:, 1, :, :n])
+    with torch.inference_mode():
+        a.recompress([1])
+    assert int(a.lens[1]) == n_kept and torch.equal(a.k[:, 1, :, :n_kept], k0[:, 1, :, :n_kept])
+    assert torch.equal(a.pos[:, 1, :, :n_kept], pos0[:, 1, :, :n_kept])
+    held = a.held([1])[:, 0]  # (L, H, N)
+    evicted = (~held[..., :n]).nonzero()[:, -1].view(held.shape[0], held.shape[1], -1)
+    with torch.inference_mode():
+        a.recall([1], evicted[:, None])
+    assert torch.equal(a.k[:, 1, :, :n], full.k[:, 1, :, :n]) and torch.equal(a.pos[:, 1, :, :n], full.pos[:, 1, :, :n])
+    with torch.inference_mode():
+        a.recompress([1])
+        a.recall([1], evicted[:, None, :, :3])
+    pos = a.pos[:, 1, :, : n_kept + 3]
+    assert int(a.lens[1]) == n_kept + 3 and (pos[..., 1:] > pos[..., :-1]).all()
+    want = torch.cat([pos0[:, 1, :, :n_kept], evicted[..., :3]], -1).sort(-1).values
+    assert torch.equal(pos, want)
+    g = want[..., None].expand(-1, -1, -1, a.head_dim)
+    assert torch.equal(a.k[:, 1, :, : n_kept + 3], full.k[:, 1].gather(2, g))
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(model64, monkeypatch, caplog):
+    """A step that runs out of memory: the batch halves, unfinished rows run again, finished ones are kept;
+    the rows equal an unbroken run (no row lost or duplicated)."""
+    from hazard.engine.runner import ModelRunner
+
+    prompts = _prompts(5, seed=10)
+    spec = PressSpec("knorm", 0.5)
+    ref = _run(model64, prompts, spec, batch_size=4)
+    step, calls = ModelRunner.step, []
+
+    def oom_once(self, n, width):
+        calls.append(n)
+        if len(calls) == 7:
+            raise torch.OutOfMemoryError("injected")
+        return step(self, n, width)
+
+    monkeypatch.setattr(ModelRunner, "step", oom_once)
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=4)
+    got = eng.generate(prompts, build_press(spec))
+    assert eng.batch_size == 2 and "out of GPU memory" in caplog.text
+    assert [g.tokens for g in got] == [g.tokens for g in ref]
+    assert all(np.array_equal(a.signals, b.signals) for a, b in zip(got, ref))
+
+
+def test_failed_graph_capture_falls_back_to_eager_with_one_warning(model64, caplog):
+    prompts = _prompts(2, seed=11)
+    eager = _run(model64, prompts, PressSpec("knorm", 0.5), batch_size=2)
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=2, cuda_graphs=True)  # no CUDA here: capture fails
+    got = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)))
+    assert [g.tokens for g in got] == [g.tokens for g in eager]
+    assert caplog.text.count("CUDA graph capture failed") == 1

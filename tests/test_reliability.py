@@ -133,5 +133,4 @@ def test_slow_guard_counts_as_a_failure_and_rows_fall_back(model64):
     eng = Engine(model64, [256], max_new_tokens=8, batch_size=2)
     ctl = PolicyController(build_policy("hazard", trigger=0.5), SlowGuard(), 0.5, 8, guard_timeout_s=0.001)
     gens = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)), controller=ctl)
-    eng.probe.remove()
     assert ctl.guard_failures > 0 and all(g.control["events"][0][1] == "restore" for g in gens)

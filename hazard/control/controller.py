@@ -66,30 +66,33 @@ class PolicyController(Controller):
         self.states: dict[int, object] = {}
         self.guard_failures = 0
         self.hazard: dict[int, list[float]] = {}
+        self._lens: dict[int, int] = {}
+        self.n_slots = 0
 
-    def begin(self, rows: list[int], prompt_lens: list[int]) -> None:
-        self._rows = list(rows)
-        self._lens = dict(zip(rows, prompt_lens))
-        for r in rows:
+    def begin(self, n_slots: int) -> None:
+        self.n_slots = n_slots
+        if self.guard is not None:
+            self.guard.reset(batch=n_slots)  # one recurrent state per slot, reset when a row enters it
+
+    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
+        for r, n in zip(rows, prompt_lens):
             self.states[r] = self._row_state()
             self.hazard[r] = []
+            self._lens[r] = n
         if self.guard is not None:
-            self.guard.reset(batch=len(rows))
+            self.guard.reset(rows=list(slots))
 
-    def _hazard(self, rows: list[int], packets: np.ndarray, records: dict) -> np.ndarray:
-        # The guard keeps one state per row of the batch as it began; rows that finished get repeats.
-        full = np.repeat(packets[:1], len(self._rows), axis=0)
-        where = {r: j for j, r in enumerate(rows)}
-        for k, r in enumerate(self._rows):
-            if r in where:
-                full[k] = packets[where[r]]
-        lens = np.array([self._lens[r] for r in self._rows])
-        steps = np.array([len(records[r]) - 1 if r in records else 0 for r in self._rows])
-        x = features_from_packets(self.guard.feature_names, full, self.ratio, lens, steps, self.max_new_tokens)
+    def _hazard(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        # The guard steps every slot (free ones with zeros, their state is reset on admission).
+        full = np.zeros((self.n_slots, packets.shape[1]), dtype=np.float32)
+        lens = np.ones(self.n_slots)
+        at = np.zeros(self.n_slots)
+        full[slots], lens[slots], at[slots] = packets, [self._lens[int(r)] for r in rows], steps - 1
+        x = features_from_packets(self.guard.feature_names, full, self.ratio, lens, at, self.max_new_tokens)
         h = self.guard.horizons.index(self.guard.eval_horizon)
         try:
             t0 = time.perf_counter()
-            p = self.guard.step(x)[:, h].cpu().numpy()
+            p = self.guard.step(x)[:, h].cpu().numpy()[slots]
             if self.guard_timeout_s is not None and time.perf_counter() - t0 > self.guard_timeout_s:
                 raise TimeoutError(f"guard step took longer than {self.guard_timeout_s} s")
             if not np.all(np.isfinite(p)):
@@ -97,20 +100,20 @@ class PolicyController(Controller):
         except Exception as e:  # the guard must never stop generation
             self.guard_failures += 1
             log.warning("guard failed (%s); rows take the safe action (restore)", e)
-            return np.full(len(rows), np.inf)
-        return np.array([p[self._rows.index(r)] for r in rows])
+            return np.full(len(slots), np.inf)
+        return p
 
-    def observe(self, rows: list[int], packets: np.ndarray, records: dict) -> dict[int, list]:
+    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> dict[int, list]:
         if self.policy.signal == "hazard":
-            signal = self._hazard(rows, packets, records)
+            signal = self._hazard(slots, rows, packets, steps)
         elif self.policy.signal == "entropy":
             signal = packets[:, _COL["entropy"]]
         else:
             signal = np.zeros(len(rows))
         actions = {}
-        for j, r in enumerate(rows):
+        for j, r in enumerate(rows.tolist()):
             st = self.states[r]
-            t = len(records[r]) - 1
+            t = int(steps[j]) - 1
             st.steps += 1
             if self.policy.signal == "hazard":
                 self.hazard[r].append(float(signal[j]))

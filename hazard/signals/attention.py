@@ -1,13 +1,12 @@
 """Attention statistics that work under SDPA, which returns no weights.
 
-For a few chosen layers, a forward hook on the attention module recomputes the current query from the
-module's input (q_proj + rotary embedding, as kvpress does) and takes softmax(q K^T * scale) over the
-cached keys itself. Cost: O(heads x cache) per probed layer and step, small next to the model.
+The engine computes, for a few probed layers, softmax(q K^T * scale) of the current query over the cached
+keys itself (its decode step holds q; the prefill recomputes the last prompt token's query from the
+attention module's input with q_proj + rotary embedding, as kvpress does), and reduces it to five numbers
+per row. Cost: O(heads x cache) per probed layer and step, small next to the model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from kvpress.utils import get_prerope_query_states
@@ -18,48 +17,57 @@ N_SINK = 4
 N_RECENT = 32
 
 
-@dataclass
-class ProbeContext:
-    """What the probe needs to know about the cache at this step (set by the engine before a forward).
-
-    valid : (batch, slots) bool, True where the cache slot (after this step's append) holds a real entry.
-    slot_pos : layer -> (batch, kv_heads, slots) original token position of each slot, -1 for padding.
-    cur_pos : (batch,) position of the token being processed.
-    prompt_len : (batch,) prompt length; positions below it are prompt tokens.
-    """
-
-    valid: torch.Tensor
-    slot_pos: dict[int, torch.Tensor]
-    cur_pos: torch.Tensor
-    prompt_len: torch.Tensor
-
-
-def attention_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, ctx: ProbeContext, layer: int) -> torch.Tensor:
-    """Statistics of one layer's attention for the last query.
+def attention_probs(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of one query per row over its cache slots, in float32.
 
     Parameters
     ----------
     q : (batch, q_heads, head_dim) rotated query of the current token.
     keys : (batch, kv_heads, slots, head_dim) cached keys, the current token's included.
+    valid : (batch, slots) bool, True where a slot holds a real entry.
 
     Returns
     -------
-    (batch, 5) float32 in ``ATTENTION_SIGNALS`` order, each averaged over query heads.
+    (batch, kv_heads, q_heads // kv_heads, slots) probabilities (0 on invalid slots).
     """
     b, hq, d = q.shape
     hkv = keys.shape[1]
-    q = q.view(b, hkv, hq // hkv, d).float()
-    scores = torch.einsum("bhgd,bhsd->bhgs", q, keys.float()) * scale
-    valid = ctx.valid[:, None, None, :]
-    attn = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    # The matmul runs in the cache dtype (a float32 copy of the cache would cost more than the model's own
+    # attention); only the scores are promoted.
+    scores = torch.matmul(q.view(b, hkv, hq // hkv, d), keys.transpose(-1, -2)).float() * scale
+    return torch.softmax(scores.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1)
+
+
+def stats_from_probs(attn: torch.Tensor, slot_pos: torch.Tensor, valid: torch.Tensor, cur_pos: torch.Tensor,
+                     prompt_len: torch.Tensor) -> torch.Tensor:
+    """Reduce attention probabilities to ``ATTENTION_SIGNALS``.
+
+    Parameters
+    ----------
+    attn : (batch, kv_heads, group, slots) from ``attention_probs``.
+    slot_pos : (batch, kv_heads, slots) original token position held by each slot.
+    valid : (batch, slots) bool.
+    cur_pos : (batch,) position of the current token; prompt_len : (batch,) prompt tokens.
+
+    Returns
+    -------
+    (batch, 5) float32: entropy, then mass on sink, recent, prompt and generated positions, each averaged
+    over query heads.
+    """
     ent = -torch.where(attn > 0, attn * attn.clamp_min(1e-30).log(), torch.zeros_like(attn)).sum(-1)
-    pos = ctx.slot_pos[layer][:, :, None, :]  # broadcast over the query heads of each KV group
-    cur = ctx.cur_pos[:, None, None, None]
-    plen = ctx.prompt_len[:, None, None, None]
-    real = pos >= 0
+    pos = slot_pos[:, :, None, :]  # broadcast over the query heads of each KV group
+    real = valid[:, None, None, :]
+    cur = cur_pos[:, None, None, None]
+    plen = prompt_len[:, None, None, None]
     masks = (real & (pos < N_SINK), real & (pos > cur - N_RECENT), real & (pos < plen), real & (pos >= plen))
     mass = [(attn * m).sum(-1) for m in masks]
-    return torch.stack([ent, *mass], dim=-1).mean(dim=(1, 2))
+    return torch.stack([ent, *mass], dim=-1).mean(dim=(1, 2)).float()
+
+
+def attention_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: torch.Tensor, slot_pos: torch.Tensor,
+                    cur_pos: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
+    """``stats_from_probs(attention_probs(...))``: (batch, 5) statistics of one layer's attention."""
+    return stats_from_probs(attention_probs(q, keys, scale, valid), slot_pos, valid, cur_pos, prompt_len)
 
 
 def last_queries(module, kwargs: dict, m: int) -> torch.Tensor:
@@ -69,38 +77,3 @@ def last_queries(module, kwargs: dict, m: int) -> torch.Tensor:
     cos, sin = kwargs["position_embeddings"]
     cos, sin = cos[:, -m:].unsqueeze(1), sin[:, -m:].unsqueeze(1)
     return q * cos + rotate_half(q) * sin
-
-
-class AttentionProbe:
-    """Forward hooks on the attention modules of ``layers``; ``stats()`` gives the mean over them.
-
-    Register before any press so the hook sees the cache before a press hook compresses it.
-    """
-
-    def __init__(self, model, layers: list[int]):
-        decoder = model.model.language_model if hasattr(model.model, "language_model") else model.model
-        n = len(decoder.layers)
-        self.layers = sorted({i % n for i in layers})
-        self.ctx: ProbeContext | None = None
-        self._out: dict[int, torch.Tensor] = {}
-        self._handles = [decoder.layers[i].self_attn.register_forward_hook(self._hook, with_kwargs=True)
-                         for i in self.layers]
-
-    def _hook(self, module, args, kwargs, output):
-        if self.ctx is None:
-            return
-        q = last_queries(module, kwargs, 1)[:, :, 0]
-        keys = kwargs["past_key_values"].layers[module.layer_idx].keys
-        self._out[module.layer_idx] = attention_stats(q, keys, module.scaling, self.ctx, module.layer_idx)
-
-    def stats(self, batch: int, device) -> torch.Tensor:
-        """(batch, 5) mean over probed layers; NaN when no layer is probed."""
-        if not self.layers:
-            return torch.full((batch, len(ATTENTION_SIGNALS)), float("nan"), device=device)
-        out = torch.stack([self._out[i] for i in self.layers]).mean(0)
-        self._out = {}
-        return out
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()

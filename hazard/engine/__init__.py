@@ -1,0 +1,15 @@
+"""The generation engine: continuous batching over a preallocated KV store, CUDA-graph decode steps with
+signals on the device, kvpress prefill compression per prompt, and controller actions on the live store.
+
+    scheduler.py  Engine: queue, slots, one host transfer per step, decode-time compression, controller
+    store.py      KVStore: K/V, slot positions, lengths; restore / recall / rollback / recompress
+    runner.py     ModelRunner: the decode step (attention over the store, signals), graph capture
+    prefill.py    Prefill: batched prefill, each prompt compressed as kvpress would compress it alone
+    types.py      Generation, Controller
+"""
+
+from hazard.engine.scheduler import Engine
+from hazard.engine.store import KVStore
+from hazard.engine.types import Controller, Generation
+
+__all__ = ["Controller", "Engine", "Generation", "KVStore"]

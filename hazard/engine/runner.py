@@ -1,0 +1,162 @@
+"""The model runner: one decode step of every row in the store, signals included, on the device.
+
+The step runs the model's own modules (embedding, norms, projections, MLPs, lm_head) but does attention
+itself over the store, so it needs no HF cache object: the new K/V go to slot ``lens[b]`` of each row,
+attention is SDPA over the first ``width`` slots with a per-row mask, and the probed layers also reduce
+their attention to the signals. It reads and advances ``tokens``, ``next_pos`` and ``lens`` in place and
+writes one packet per row, so the host only copies that packet back: the step is capturable as a CUDA
+graph, one per (rows, width) bucket, replayed with no Python in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import rotate_half
+
+from hazard.engine.store import KVStore
+from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
+
+log = logging.getLogger(__name__)
+WIDTH_STEP = 128  # attention width buckets: a graph per multiple of this
+
+
+def decoder_of(model: PreTrainedModel):
+    return model.model.language_model if hasattr(model.model, "language_model") else model.model
+
+
+def row_bucket(n: int, max_rows: int) -> int:
+    """Rows a step runs for ``n`` live slots: the next power of two, at most the store's rows."""
+    return min(1 << max(n - 1, 0).bit_length(), max_rows)
+
+
+def width_bucket(n: int, capacity: int) -> int:
+    return min(-(-n // WIDTH_STEP) * WIDTH_STEP, capacity)
+
+
+class ModelRunner:
+    """Decode steps over a ``KVStore``, eager or replayed from CUDA graphs.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        A Qwen2/Llama-style causal LM (the modules are used as they are; no weights are copied).
+    probe_layers : list of int
+        Layers whose attention is reduced to the attention signals (negative counts from the end).
+    signals : bool
+        Compute the per-token signals; False gives the greedy token and cache length only.
+    cuda_graphs : bool
+        Capture each (rows, width) step once and replay it; a failed capture falls back to eager.
+    """
+
+    def __init__(self, model: PreTrainedModel, probe_layers, signals: bool = True, cuda_graphs: bool = False):
+        decoder = decoder_of(model)
+        self.model, self.decoder = model, decoder
+        self.layers = list(decoder.layers)
+        cfg = model.config
+        self.q_heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        n = len(self.layers)
+        self.probe_layers = sorted({i % n for i in probe_layers}) if signals else []
+        self.signals = signals
+        self.cuda_graphs = cuda_graphs
+        self.store: KVStore | None = None
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = None
+        self._graph_failed = False
+
+    def bind(self, store: KVStore) -> None:
+        """Run on ``store`` from now on (graphs captured on another store are dropped)."""
+        if store is not self.store:
+            self.graphs.clear()
+            self._pool = None
+            self.store = store
+
+    # ---- the step -----------------------------------------------------------------------------------
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + rotate_half(x) * sin
+
+    def _step(self, n: int, width: int) -> None:
+        st = self.store
+        hq, hkv, d = self.q_heads, self.kv_heads, self.head_dim
+        rows = st.arange[:n]
+        lens, pos, plen = st.lens[:n], st.next_pos[:n], st.prompt_len[:n]
+        # Dead slots keep counting; clamping keeps their (ignored) writes inside the row.
+        write = lens.clamp(max=st.capacity - 1)
+        valid = st.arange[:width][None, :] <= write[:, None]
+        x = self.decoder.embed_tokens(st.tokens[:n])[:, None]
+        cos, sin = self.decoder.rotary_emb(x, pos[:, None])  # (n, 1, d): broadcasts over heads
+        stats = []
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = self._rope(attn.q_proj(h).view(n, hq, d), cos, sin)
+            k = self._rope(attn.k_proj(h).view(n, hkv, d), cos, sin)
+            st.k[li, rows, :, write] = k
+            st.v[li, rows, :, write] = attn.v_proj(h).view(n, hkv, d)
+            st.pos[li, rows, :, write] = pos[:, None]
+            keys, values = st.k[li, :n, :, :width], st.v[li, :n, :, :width]
+            # GQA without copying K/V: a KV head's query heads become its "query length".
+            o = F.scaled_dot_product_attention(q.view(n, hkv, hq // hkv, d), keys, values,
+                                               attn_mask=valid[:, None, None, :], scale=attn.scaling)
+            x = x + attn.o_proj(o.reshape(n, 1, hq * d))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if li in self.probe_layers:
+                probs = attention_probs(q, keys, attn.scaling, valid)
+                stats.append(stats_from_probs(probs, st.pos[li, :n, :, :width], valid, pos, plen))
+        logits = self.model.lm_head(self.decoder.norm(x)[:, 0]).float()
+        held = (write + 1).float()[:, None]
+        if self.signals:
+            tokens, lsig = logit_signals(logits)
+            asig = torch.stack(stats).mean(0) if stats else lsig.new_full((n, len(ATTENTION_SIGNALS)), float("nan"))
+            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, held], dim=-1)
+        else:
+            tokens = logits.argmax(-1)
+            st.packet[:n, 0] = tokens.float()
+            st.packet[:n, -1:] = held
+        st.tokens[:n] = tokens
+        st.next_pos[:n] += 1
+        st.lens[:n] += 1
+
+    # ---- graphs -------------------------------------------------------------------------------------
+    def _capture(self, n: int, width: int) -> torch.cuda.CUDAGraph | None:
+        st = self.store
+        saved = [t.clone() for t in (st.tokens, st.next_pos, st.lens, st.packet)]
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up outside the graph (lazy inits, workspaces)
+                self._step(n, width)
+            torch.cuda.current_stream().wait_stream(stream)
+            for t, s in zip((st.tokens, st.next_pos, st.lens, st.packet), saved):
+                t.copy_(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._step(n, width)
+            if self._pool is None:
+                self._pool = graph.pool()
+            return graph
+        except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly, say so once
+            for t, s in zip((st.tokens, st.next_pos, st.lens, st.packet), saved):
+                t.copy_(s)
+            if not self._graph_failed:
+                log.warning("CUDA graph capture failed (%s: %s); decoding eagerly", type(e).__name__, e)
+            self._graph_failed = True
+            return None
+
+    def step(self, n: int, width: int) -> None:
+        """Advance rows ``[0, n)`` by one token, attending over ``width`` slots (buckets: see above)."""
+        if self.cuda_graphs and not self._graph_failed:
+            key = (n, width)
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self._capture(n, width)
+                if graph is not None:
+                    self.graphs[key] = graph
+            if graph is not None:
+                graph.replay()
+                return
+        self._step(n, width)

@@ -1,0 +1,345 @@
+"""The engine: continuous batching over the KV store, one host transfer per decode step.
+
+Prompts wait in a queue; free slots are refilled with a batched prefill once enough of them are free
+(or none is live), every live row advances one token per step, and a row leaves its slot when it emits
+an end token or reaches ``max_new_tokens``. Per step the host copies back one small packet per row
+(token, signals, cache length) and does its bookkeeping with numpy over the live rows: records,
+finished rows, decode-time compression and a controller's actions, each vectorised over the rows it
+touches. Near the end, when no prompt is waiting, live rows are moved to the lowest slots so the step
+runs at a smaller batch bucket.
+
+A step that runs out of GPU memory halves the batch and runs again every row not yet finished (greedy
+decoding is deterministic, so nothing is lost or duplicated); finished rows are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+import torch
+from kvpress import BasePress
+from kvpress.utils import compute_n_kept
+from transformers import PreTrainedModel
+
+from hazard.compression import is_decoding, tracker_of
+from hazard.engine.prefill import Prefill
+from hazard.engine.runner import ModelRunner, row_bucket, width_bucket
+from hazard.engine.store import KVStore
+from hazard.engine.types import Controller, Generation
+from hazard.errors import HazardError
+from hazard.signals import SIGNALS
+
+log = logging.getLogger(__name__)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class Engine:
+    """Greedy generation with signals, under a kvpress press, optionally with a controller.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        A Qwen2/Llama-style causal LM.
+    end_ids : list of int
+        Token ids that finish a row.
+    max_new_tokens : int
+        Generation budget per prompt.
+    batch_size : int
+        Slots decoded together.
+    probe_layers : tuple of int
+        Layers whose attention gives the attention signals (negative indices count from the end).
+    signals : bool
+        Compute the per-token signals (False: greedy tokens and cache length only; for benchmarks).
+    cuda_graphs : bool, optional
+        Replay captured decode steps (default: on CUDA).
+    prefill_tokens : int
+        Padded prompt tokens per prefill forward.
+    refill_fraction : float
+        Refill free slots once this fraction of the batch is free (or nothing is live).
+    ignore_eos : bool
+        Generate ``max_new_tokens`` for every row (benchmarks).
+    """
+
+    def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
+                 probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
+                 prefill_tokens: int = 16384, refill_fraction: float = 0.25, ignore_eos: bool = False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.end_ids = np.array(sorted(set(end_ids)), dtype=np.int64)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.signals = signals
+        self.refill_fraction = refill_fraction
+        self.ignore_eos = ignore_eos
+        cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs)
+        self.prefill = Prefill(self.runner, prefill_tokens)
+        self.store: KVStore | None = None
+        self.generated_tokens = 0
+        self.seconds = 0.0
+        self.steps = 0
+        self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0}
+
+    # ---- public API ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], press: BasePress | None = None,
+                 controller: Controller | None = None) -> list[Generation]:
+        """Generate for every prompt (token id lists) under ``press``; results in prompt order.
+
+        With a ``controller`` (prefill presses only) each prompt's whole K/V is kept off the GPU and the
+        controller's restore / recall / rollback / recompress actions apply to the live rows between steps.
+        """
+        if controller is not None and is_decoding(press):
+            raise HazardError("a controller acts on prefill compression; decode_* presses are not supported")
+        if any(len(p) == 0 for p in prompts):
+            raise HazardError("engine: empty prompt; every prompt needs at least one token")
+        t0 = time.perf_counter()
+        results: dict[int, Generation] = {}
+        while True:
+            todo = [i for i in range(len(prompts)) if i not in results]
+            if not todo:
+                break
+            try:
+                self._run(prompts, todo, press, controller, results)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of GPU memory; batch size now %d, %d rows run again",
+                            self.batch_size, len(prompts) - len(results))
+                self.store = None
+                self.runner.bind(None)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        out = [results[i] for i in range(len(prompts))]
+        self.seconds += time.perf_counter() - t0
+        self.generated_tokens += sum(len(g.tokens) for g in out)
+        return out
+
+    # ---- setup --------------------------------------------------------------------------------------
+    def _store_for(self, prompts: list[list[int]], press: BasePress | None, reversible: bool) -> KVStore:
+        tracker = tracker_of(press)
+        longest = max(len(p) for p in prompts)
+        if tracker is not None and not is_decoding(press) and not reversible and tracker.compression_ratio > 0:
+            held = max(compute_n_kept(len(p), tracker.compression_ratio) for p in prompts)
+        else:
+            held = longest
+        cap = _round_up(held + self.max_new_tokens + 1, 64)
+        n_prompt = _round_up(longest, 64) if reversible else 0
+        cfg = self.model.config
+        if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype):
+            if self.store is not None:  # large stores: free the old one first
+                self.store = None
+                self.runner.bind(None)
+            cap = max(cap, self.store.capacity if self.store else 0)
+            self.store = KVStore(len(self.runner.layers), cfg.num_key_value_heads, self.runner.head_dim,
+                                 self.batch_size, cap, n_prompt, self.dtype, self.device)
+        self.runner.bind(self.store)
+        return self.store
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def _run(self, prompts, order, press, controller, results) -> None:
+        st = self._store_for([prompts[i] for i in order], press, controller is not None)
+        b, max_new = st.rows, self.max_new_tokens
+        decoding = is_decoding(press)
+        tracker = tracker_of(press)
+        prefill_press = tracker if tracker is not None and not decoding else None
+        reversible = controller is not None
+        cuda = self.device.type == "cuda"
+        queue = deque(order)
+        row = np.full(b, -1, dtype=np.int64)  # prompt index in each slot, -1 free
+        ntok = np.zeros(b, dtype=np.int64)  # tokens recorded
+        nsteps = np.zeros(b, dtype=np.int64)  # decode steps taken (rollbacks regenerate)
+        lens = np.zeros(b, dtype=np.int64)  # mirror of st.lens
+        plen = np.zeros(b, dtype=np.int64)
+        prompt_held = np.zeros(b, dtype=np.int64)  # prompt entries on the GPU
+        kept_n = np.zeros(b, dtype=np.int64)  # prompt entries the press keeps
+        since_compress = np.zeros(b, dtype=np.int64)
+        rec = np.zeros((b, max_new, 1 + len(SIGNALS)), dtype=np.float32)
+        info: dict[int, dict] = {}
+        host = torch.zeros(b, rec.shape[2], dtype=torch.float32, pin_memory=cuda)
+        refill_at = max(1, int(np.ceil(self.refill_fraction * b)))
+        if controller is not None:
+            controller.begin(b)
+
+        def finish(slots: np.ndarray) -> None:
+            for s in slots:
+                r = int(row[s])
+                data = rec[s, : ntok[s]]
+                kv = data[:, -1].astype(np.int64)
+                control = {}
+                if reversible:
+                    control = {**info.pop(r), "offload_bytes": int(plen[s]) * st.bytes_per_token}
+                results[r] = Generation(
+                    tokens=data[:, 0].astype(np.int64).tolist(),
+                    finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
+                    kv_tokens=kv, kv_bytes=kv * st.bytes_per_token, prompt_len=int(plen[s]),
+                    kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
+            row[slots] = -1
+            st.clear_rows(slots.tolist())
+            lens[slots] = 0
+
+        def done(slots: np.ndarray) -> np.ndarray:
+            tok = rec[slots, ntok[slots] - 1, 0].astype(np.int64)
+            end = np.zeros(len(slots), bool) if self.ignore_eos else np.isin(tok, self.end_ids)
+            return slots[end | (ntok[slots] >= max_new) | (nsteps[slots] >= 4 * max_new)]
+
+        while True:
+            free = np.flatnonzero(row < 0)
+            if queue and len(free) and (len(free) >= refill_at or len(free) == b):
+                take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                slots = free[: len(take)]
+                t0 = time.perf_counter()
+                packets = self.prefill(st, slots.tolist(), [prompts[i] for i in take], prefill_press, reversible)
+                pk = packets.cpu().numpy()
+                self.timings["prefill_s"] += time.perf_counter() - t0
+                row[slots], ntok[slots], nsteps[slots], since_compress[slots] = take, 1, 0, 0
+                plen[slots] = [len(prompts[i]) for i in take]
+                lens[slots] = kept_n[slots] = prompt_held[slots] = pk[:, -1].astype(np.int64)
+                rec[slots, 0] = pk
+                if controller is not None:
+                    for i in take:
+                        info[i] = {"events": [], "relaxed_steps": 0, "rollback_tokens": 0, "controller_s": 0.0}
+                    controller.admit(slots.tolist(), take, plen[slots].tolist())
+                    acts = controller.observe(slots, row[slots], pk, ntok[slots].copy())
+                    self._apply(acts, row, slots, ntok, lens, plen, prompt_held, kept_n, rec, info)
+                finished = done(slots)
+                if len(finished):
+                    finish(finished)
+                continue
+            live = np.flatnonzero(row >= 0)
+            if not len(live):
+                if queue:
+                    continue
+                break
+            if not queue and controller is None and live.max() + 1 > row_bucket(len(live), b):
+                live = self._compact(live, row, [ntok, nsteps, lens, plen, prompt_held, kept_n, since_compress], rec)
+            n = row_bucket(int(live.max()) + 1, b)
+            width = width_bucket(int(lens[live].max()) + 1, st.capacity)
+            t0 = time.perf_counter()
+            self.runner.step(n, width)
+            host[:n].copy_(st.packet[:n], non_blocking=True)
+            if cuda:
+                torch.cuda.current_stream().synchronize()
+            t1 = time.perf_counter()
+            self.timings["decode_s"] += t1 - t0
+            self.steps += 1
+            pk = host[:n].numpy()[live]
+            rec[live, ntok[live]] = pk
+            ntok[live] += 1
+            nsteps[live] += 1
+            lens[live] += 1
+            since_compress[live] += 1
+            if decoding:
+                self._decode_compress(press, live, lens, since_compress, plen, ntok)
+            if controller is not None:
+                tc = time.perf_counter()
+                acts = controller.observe(live, row[live], pk, ntok[live].copy())
+                self._apply(acts, row, live, ntok, lens, plen, prompt_held, kept_n, rec, info)
+                dt = time.perf_counter() - tc
+                self.timings["controller_s"] += dt
+                for s in live:
+                    r = int(row[s])
+                    info[r]["controller_s"] += dt / len(live)
+                    info[r]["relaxed_steps"] += int(prompt_held[s] > kept_n[s])
+            finished = done(live)
+            if len(finished):
+                finish(finished)
+            self.timings["host_s"] += time.perf_counter() - t1
+
+    def _compact(self, live: np.ndarray, row: np.ndarray, arrays: list[np.ndarray], rec: np.ndarray) -> np.ndarray:
+        """Move the live rows of high slots into free low slots; returns the new live slots."""
+        k = len(live)
+        src = live[live >= k]
+        dst = np.setdiff1d(np.arange(k), live)[: len(src)]
+        self.store.move(src.tolist(), dst.tolist())
+        for a in (row, *arrays):
+            a[dst] = a[src]
+        rec[dst] = rec[src]
+        row[src] = -1
+        self.store.clear_rows(src.tolist())
+        for a in arrays:
+            a[src] = 0
+        return np.flatnonzero(row >= 0)
+
+    def _decode_compress(self, press, live, lens, since_compress, plen, ntok) -> None:
+        """kvpress's decoding press, per row: every ``compression_interval`` steps a row keeps
+        ``int(tokens seen x (1 - ratio))`` entries, scored by the press on that row's cache alone."""
+        due = live[since_compress[live] >= press.compression_interval]
+        if not len(due):
+            return
+        since_compress[due] = 0
+        st, scorer = self.store, press.base_press
+        seen = plen[due] + ntok[due] - 1  # the position of the token just fed, plus one
+        target = np.maximum(1, (seen * (1 - press.target_compression_ratio)).astype(np.int64))
+        groups: dict[tuple, list[int]] = {}
+        per_row = type(scorer.press).__name__ == "RandomPress"
+        for s, t in zip(due, target):
+            if lens[s] > t:
+                groups.setdefault((int(lens[s]), int(t), int(s) if per_row else -1), []).append(int(s))
+        hidden = self.model.config.hidden_size
+        for (n, t, _), slots in groups.items():
+            scorer.compression_ratio = press._find_target_compression_ratio(n, t)
+            sl = torch.tensor(slots, device=self.device)
+            for li, layer in enumerate(self.runner.layers):
+                keys, values = st.k[li, sl, :, :n], st.v[li, sl, :, :n]
+                empty = keys.new_zeros(len(slots), 0, hidden)
+                scorer.compress(layer.self_attn, empty, keys, values, None, {})
+                st.select(li, sl, scorer.pop_kept()[li].sort(-1).values)
+            kept = compute_n_kept(n, scorer.compression_ratio)
+            st.lens[sl] = kept
+            lens[slots] = kept
+        scorer.compression_ratio = 0.0
+
+    def _apply(self, acts: dict, row, live, ntok, lens, plen, prompt_held, kept_n, rec, info) -> None:
+        """A controller's actions, in rounds: the i-th action of every row, vectorised per kind."""
+        if not acts:
+            return
+        slot_of = {int(row[s]): int(s) for s in live}
+        st = self.store
+        for i in range(max(len(a) for a in acts.values())):
+            by_kind: dict[str, list] = {}
+            for r, a in acts.items():
+                if i < len(a):
+                    by_kind.setdefault(a[i][0], []).append((slot_of[r], a[i]))
+            restore = [s for s, _ in by_kind.get("restore", []) if prompt_held[s] < plen[s]]
+            if restore:
+                st.restore(restore)
+                lens[restore] += plen[restore] - prompt_held[restore]
+                prompt_held[restore] = plen[restore]
+            again = [s for s, _ in by_kind.get("recompress", []) if prompt_held[s] > kept_n[s]]
+            if again:
+                st.recompress(again)
+                lens[again] -= prompt_held[again] - kept_n[again]
+                prompt_held[again] = kept_n[again]
+            recalls = by_kind.get("recall", [])
+            if recalls:
+                by_k: dict[int, list] = {}
+                for s, a in recalls:
+                    by_k.setdefault(int(np.shape(a[1])[-1]), []).append((s, a[1]))
+                for k, items in by_k.items():
+                    slots = [s for s, _ in items]
+                    st.recall(slots, torch.stack([torch.as_tensor(p) for _, p in items], 1))
+                    lens[slots] += k
+                    prompt_held[slots] += k
+            rb = [(s, min(int(a[1]), int(ntok[s]) - 1)) for s, a in by_kind.get("rollback", [])]
+            rb = [(s, m) for s, m in rb if m > 0]
+            if rb:
+                slots = [s for s, _ in rb]
+                m = np.array([m for _, m in rb])
+                ntok[slots] -= m
+                lens[slots] -= m
+                st.rollback(slots, m, rec[slots, ntok[slots] - 1, 0].astype(np.int64))
+                for s, mm in rb:
+                    info[int(row[s])]["rollback_tokens"] += mm
+            for kind, items in by_kind.items():
+                for s, _ in items:
+                    info[int(row[s])]["events"].append((int(ntok[s]) if kind != "rollback" else
+                                                        int(ntok[s]) + dict(rb).get(s, 0), kind))

@@ -1,0 +1,211 @@
+"""The KV store: preallocated per-slot K/V for every layer, with the bookkeeping eviction needs.
+
+Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
+
+- ``k``, ``v`` (L, B, H, C, D): a row's cache is slots ``[0, lens[b])`` of every layer and head; its
+  prompt entries come first, in position order, then the generated ones. Presses keep the same number
+  of entries in every layer and head, so one length per row serves them all.
+- ``pos`` (L, B, H, C): the original token position each slot holds (RoPE was applied at it).
+- ``lens``, ``tokens``, ``next_pos``, ``prompt_len`` (B,): slots held, the token fed next and its
+  position, the prompt length. The decode step reads and advances them on the device.
+- Reversible rows (a controller may act) also keep the whole prompt's K/V in host memory (pinned on
+  CUDA; ``host_k``/``host_v`` (B, L, N, H, D)) and the press's kept set ``kept`` (L, B, H, N), so
+  restore, recall and recompress are gathers on the device fed by one host-to-device copy per row.
+
+Every row operation is vectorised over the rows it touches and needs no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hazard.signals import SIGNALS
+
+REBUILD_CHUNK = 8  # rows rebuilt at once: bounds the temporary (rows x layers x prompt) gather source
+
+
+class KVStore:
+    """Preallocated KV cache for ``rows`` batch slots.
+
+    Parameters
+    ----------
+    layers, kv_heads, head_dim : int
+        The model's attention shape.
+    rows : int
+        Batch slots.
+    capacity : int
+        Cache slots per row (prompt entries held + generated tokens).
+    prompt_capacity : int
+        Longest prompt a reversible row may hold off the GPU (0: rows are not reversible).
+    dtype, device
+        Of the cache.
+    """
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, rows: int, capacity: int, prompt_capacity: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.rows, self.capacity, self.prompt_capacity = rows, capacity, prompt_capacity
+        self.dtype, self.device = dtype, device
+        shape = (layers, rows, kv_heads, capacity)
+        self.k = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full(shape, -1, dtype=torch.long, device=device)
+        self.lens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.tokens = torch.zeros_like(self.lens)
+        self.next_pos = torch.zeros_like(self.lens)
+        self.prompt_len = torch.zeros_like(self.lens)
+        self.packet = torch.zeros(rows, 1 + len(SIGNALS), dtype=torch.float32, device=device)
+        self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
+        if prompt_capacity:
+            pin = device.type == "cuda"
+            hshape = (rows, layers, prompt_capacity, kv_heads, head_dim)
+            self.host_k = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
+            self.host_v = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
+            self.kept = torch.zeros(layers, rows, kv_heads, prompt_capacity, dtype=torch.bool, device=device)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes of K and V over all layers for one slot of one row."""
+        return self.layers * self.kv_heads * self.head_dim * self.k.element_size() * 2
+
+    def fits(self, rows: int, capacity: int, prompt_capacity: int, dtype: torch.dtype) -> bool:
+        return (rows == self.rows and capacity <= self.capacity and prompt_capacity <= self.prompt_capacity
+                and dtype == self.dtype and (prompt_capacity > 0) == (self.prompt_capacity > 0))
+
+    def _slots(self, slots) -> torch.Tensor:
+        return torch.as_tensor(slots, dtype=torch.long).to(self.device)
+
+    # ---- filling rows -------------------------------------------------------------------------------
+    def write_prompt(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     positions: torch.Tensor) -> None:
+        """Put kept prompt entries (g, H, n, D) at slots ``[0, n)`` of rows ``slots`` in ``layer``."""
+        n = keys.shape[2]
+        self.k[layer, slots, :, :n] = keys
+        self.v[layer, slots, :, :n] = values
+        self.pos[layer, slots, :, :n] = positions
+        self.pos[layer, slots, :, n:] = -1
+
+    def save_prompt(self, layer: int, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep one row's whole prompt (H, n, D) of ``layer`` in host memory (asynchronously on CUDA)."""
+        n = keys.shape[1]
+        self.host_k[slot, layer, :n].copy_(keys.transpose(0, 1), non_blocking=True)
+        self.host_v[slot, layer, :n].copy_(values.transpose(0, 1), non_blocking=True)
+
+    def set_kept(self, layer: int, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        """Record the press's kept prompt positions (g, H, n) of ``layer`` (recompress returns to them)."""
+        kept = torch.zeros(len(slots), self.kv_heads, self.prompt_capacity, dtype=torch.bool, device=self.device)
+        self.kept[layer, slots] = kept.scatter_(-1, positions, True)
+
+    def start_rows(self, slots: torch.Tensor, tokens: torch.Tensor, prompt_len: torch.Tensor,
+                   held: torch.Tensor) -> None:
+        """Rows that were just prefilled: first generated token, prompt length, slots held."""
+        self.tokens[slots] = tokens
+        self.next_pos[slots] = prompt_len
+        self.prompt_len[slots] = prompt_len
+        self.lens[slots] = held
+
+    def clear_rows(self, slots) -> None:
+        """Free slots: length 0, so the decode step of a dead row writes in bounds and reads nothing."""
+        s = self._slots(slots)
+        self.lens[s] = 0
+        self.next_pos[s] = 0
+        self.tokens[s] = 0
+
+    def move(self, src, dst) -> None:
+        """Copy rows ``src`` into slots ``dst`` (compaction of the batch's tail)."""
+        s, d = self._slots(src), self._slots(dst)
+        for t in (self.k, self.v, self.pos):
+            t[:, d] = t[:, s]
+        for t in (self.lens, self.tokens, self.next_pos, self.prompt_len):
+            t[d] = t[s]
+        if self.prompt_capacity:
+            self.kept[:, d] = self.kept[:, s]
+            self.host_k[list(dst)] = self.host_k[list(src)]
+            self.host_v[list(dst)] = self.host_v[list(src)]
+
+    # ---- controller operations ----------------------------------------------------------------------
+    def held(self, slots) -> torch.Tensor:
+        """(L, R, H, N) bool: prompt positions each row holds now."""
+        s = self._slots(slots)
+        pos, plen = self.pos[:, s], self.prompt_len[s]
+        valid = self.arange[: self.capacity] < self.lens[s][:, None]
+        is_prompt = (pos >= 0) & (pos < plen[None, :, None, None]) & valid[None, :, None, :]
+        out = torch.zeros(*pos.shape[:3], self.prompt_capacity + 1, dtype=torch.bool, device=self.device)
+        # Slots that are not prompt entries scatter into a spare column that is dropped.
+        idx = torch.where(is_prompt, pos, self.prompt_capacity)
+        return out.scatter_(-1, idx, True)[..., : self.prompt_capacity]
+
+    def rebuild(self, slots, present: torch.Tensor) -> None:
+        """Make each row's prompt part hold exactly the prompt positions in ``present`` (L, R, H, N), in
+        position order, followed by its generated entries as they are.
+
+        Every (layer, head) of a row must hold the same number of positions. Prompt entries come from the
+        host copy of the whole prompt, so they equal the uncompressed prefill bit for bit.
+        """
+        slots = list(slots)
+        for c in range(0, len(slots), REBUILD_CHUNK):
+            self._rebuild(slots[c:c + REBUILD_CHUNK], present[:, c:c + REBUILD_CHUNK])
+
+    def _rebuild(self, slots: list[int], present: torch.Tensor) -> None:
+        s = self._slots(slots)
+        cap, n_max, dd = self.capacity, self.prompt_capacity, self.head_dim
+        a = self.arange[:cap]
+        plen, lens, cur_pos = self.prompt_len[s], self.lens[s], self.pos[:, s]
+        valid = a < lens[:, None]
+        n_prompt_now = ((cur_pos[0, :, 0] >= 0) & (cur_pos[0, :, 0] < plen[:, None]) & valid).sum(-1)
+        n_new = present[0, :, 0].sum(-1)
+        n_gen = lens - n_prompt_now
+        ap = self.arange[:n_max]
+        # Held positions first, ascending; the rest sorted after them (value >= n_max marks "not held").
+        order = torch.where(present, ap, ap + n_max).sort(-1).values
+        order = order[..., :cap] if n_max >= cap else torch.nn.functional.pad(order, (0, cap - n_max))
+        is_prompt = (a < n_new[:, None])[None, :, None, :]
+        gen_src = (n_prompt_now[:, None] + a - n_new[:, None]).clamp(0, cap - 1)[None, :, None, :]
+        gen_src = gen_src.expand_as(order)
+        # Source index into [whole prompt (n_max slots) | current row (cap slots)].
+        idx = torch.where(is_prompt, order.clamp(max=n_max - 1), n_max + gen_src)
+        full_k = torch.stack([self.host_k[i].to(self.device, non_blocking=True) for i in slots], 1)
+        full_v = torch.stack([self.host_v[i].to(self.device, non_blocking=True) for i in slots], 1)
+        g = idx[..., None].expand(*idx.shape, dd)
+        new_k = torch.cat([full_k.transpose(2, 3), self.k[:, s]], 3).gather(3, g)
+        new_v = torch.cat([full_v.transpose(2, 3), self.v[:, s]], 3).gather(3, g)
+        new_pos = torch.where(is_prompt, order, cur_pos.gather(3, gen_src))
+        new_pos = torch.where((a < (n_new + n_gen)[:, None])[None, :, None, :], new_pos, -1)
+        self.k[:, s], self.v[:, s], self.pos[:, s] = new_k, new_v, new_pos
+        self.lens[s] = n_new + n_gen
+
+    def restore(self, slots) -> None:
+        """Every prompt entry back at its position: the prompt part equals the uncompressed prefill."""
+        s = self._slots(slots)
+        ap = self.arange[: self.prompt_capacity]
+        present = (ap[None, None, None, :] < self.prompt_len[s][None, :, None, None])
+        self.rebuild(slots, present.expand(self.layers, len(s), self.kv_heads, -1))
+
+    def recompress(self, slots) -> None:
+        """Back to the press's kept prompt entries; generated entries stay."""
+        self.rebuild(slots, self.kept[:, self._slots(slots)])
+
+    def recall(self, slots, positions: torch.Tensor) -> None:
+        """Add evicted prompt entries ``positions`` (L, R, H, k) to what each row holds, at their positions.
+
+        ``positions`` must name entries the row does not hold (the same number in every layer and head).
+        """
+        held = self.held(slots)
+        self.rebuild(slots, held.scatter(-1, positions.to(self.device), True))
+
+    def rollback(self, slots, m, tokens) -> None:
+        """Drop each row's last ``m`` generated entries; ``tokens`` are fed next (at the earlier position)."""
+        s = self._slots(slots)
+        m = torch.as_tensor(m, dtype=torch.long).to(self.device)
+        self.lens[s] -= m
+        self.next_pos[s] -= m
+        self.tokens[s] = torch.as_tensor(tokens, dtype=torch.long).to(self.device)
+
+    def select(self, layer: int, slots: torch.Tensor, keep: torch.Tensor) -> None:
+        """Keep only the slots ``keep`` (g, H, n), ascending, of rows ``slots`` in ``layer`` (decode-time
+        compression); the row length is set by the caller once every layer is done."""
+        n = keep.shape[-1]
+        g = keep[..., None].expand(*keep.shape, self.head_dim)
+        self.k[layer, slots, :, :n] = self.k[layer, slots].gather(2, g)
+        self.v[layer, slots, :, :n] = self.v[layer, slots].gather(2, g)
+        self.pos[layer, slots, :, :n] = self.pos[layer, slots].gather(2, keep)

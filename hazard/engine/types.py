@@ -1,0 +1,57 @@
+"""What the engine hands out (``Generation``) and what it calls back (``Controller``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Generation:
+    """One finished row.
+
+    tokens : generated ids, the end token included when there is one.
+    finished : an end token was produced within ``max_new_tokens``.
+    signals : (len(tokens), len(SIGNALS)) float32, row t from the forward that chose token t.
+    kv_tokens : (len(tokens),) KV slots per layer held on the GPU after token t was chosen.
+    kv_bytes : (len(tokens),) bytes of K and V over all layers for those slots.
+    prompt_len : prompt tokens; kv_tokens_prefill : slots kept after prefill compression.
+    control : what a controller did to this row (empty without one): events ``(t, kind)``, relaxed steps,
+        rolled-back tokens, controller seconds, bytes of prompt K/V held off the GPU.
+    """
+
+    tokens: list[int]
+    finished: bool
+    signals: np.ndarray
+    kv_tokens: np.ndarray
+    kv_bytes: np.ndarray
+    prompt_len: int
+    kv_tokens_prefill: int
+    bytes_per_token: int
+    control: dict = field(default_factory=dict)
+
+
+class Controller:
+    """Decides, after every decode step, what to do to each live row's cache (see hazard.control).
+
+    Rows are prompt indices of the ``generate`` call; slots are the batch positions they occupy. A slot is
+    reused by the next prompt once its row finishes (continuous batching), so per-row state must be reset
+    in ``admit``.
+    """
+
+    def begin(self, n_slots: int) -> None:
+        """A ``generate`` call starts; at most ``n_slots`` rows are live at once."""
+
+    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
+        """``rows`` were prefilled into ``slots``."""
+
+    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> dict[int, list]:
+        """One decode step of the live rows.
+
+        ``packets`` (n, 1 + len(SIGNALS)): token and signals each row just produced; ``steps`` (n,): tokens
+        recorded for the row so far, this one included. Returns row -> actions, each ``("restore",)``,
+        ``("recall", positions)`` (an int array (layers, kv_heads, k) of evicted prompt positions),
+        ``("rollback", m)`` or ``("recompress",)``, applied in order.
+        """
+        return {}
