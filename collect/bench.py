@@ -64,6 +64,8 @@ class BenchConfig:
     guard_max_batch : int
         Largest batch for the controller variant (its host prompt copies grow with the batch).
     max_new_tokens : int
+    prefill_tokens : int
+        Padded prompt tokens per prefill forward.
     probe_layers : list of int
     out : str
     """
@@ -78,6 +80,7 @@ class BenchConfig:
     guard: str = "checkpoints/qwen2.5-coder-1.5b-gru"
     guard_max_batch: int = 256
     max_new_tokens: int = 256
+    prefill_tokens: int = 32768
     probe_layers: list[int] = field(default_factory=lambda: [0, 14, -1])
     out: str = "collect/results/throughput.json"
 
@@ -102,25 +105,21 @@ def hf_row(model, tok, ids: list[list[int]], max_new: int, compile_: bool, cuda:
         mask[i, width - len(p):] = 1
     x, mask = x.to(model.device), mask.to(model.device)
     kw = dict(max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False, pad_token_id=pad)
-    if compile_:
-        kw.update(cache_implementation="static", compile_config=None)
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
-    try:
-        if compile_:  # compilation and graph capture happen in the first calls
-            model.generate(x, attention_mask=mask, **kw)
-        _sync(cuda)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        out = model.generate(x, attention_mask=mask, **kw)
-        _sync(cuda)
-        secs = time.perf_counter() - t0
-    finally:
-        if compile_:
-            model.forward = type(model).forward.__get__(model)
+    note = "dynamic cache, eager"
+    if compile_:  # transformers compiles the decoding forward itself when the cache is static
+        kw.update(cache_implementation="static")
+        note = "static cache; transformers' own torch.compile of the decoding step (compiled in a warm-up call)"
+        model.generate(x, attention_mask=mask, **kw)
+    _sync(cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = model.generate(x, attention_mask=mask, **kw)
+    _sync(cuda)
+    secs = time.perf_counter() - t0
     n = (out.shape[1] - width) * b
     return {"generated_tokens": n, "seconds": round(secs, 3), "generated_tokens_per_s": round(n / secs, 1),
-            "ms_per_step": round(1000 * secs / max_new, 2), "peak_gpu_mem_gb": _peak(cuda)}
+            "ms_per_step": round(1000 * secs / max_new, 2), "peak_gpu_mem_gb": _peak(cuda), "note": note}
 
 
 def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda: bool) -> dict:
@@ -130,7 +129,7 @@ def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda
     signals, press_name, guarded = VARIANTS[variant]
     spec = PressSpec(press_name, cfg.ratio) if press_name else PressSpec("none")
     eng = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, batch, tuple(cfg.probe_layers),
-                 signals=signals, ignore_eos=True)
+                 signals=signals, ignore_eos=True, prefill_tokens=cfg.prefill_tokens)
 
     def controller():
         if not guarded:

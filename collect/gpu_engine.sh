@@ -27,7 +27,8 @@ G=.data/gsm8k
 for m in ${BENCH_MODELS:-q05 q15}; do
   name=$([ $m = q05 ] && echo qwen2.5-coder-0.5b-instruct || echo qwen2.5-coder-1.5b-instruct)
   probe=$([ $m = q05 ] && echo '[0, 12, -1]' || echo '[0, 14, -1]')
+  compile=$([ $m = q05 ] && echo '[64]' || echo '[]')  # HF static cache + torch.compile: one batch, compile is slow
   run bench_$m 60 python3 collect/bench.py --model.path /tmp/$m --model.name $name --model.dtype bfloat16 \
-    --gsm8k $G --probe_layers "$probe" ${BENCH_ARGS:-}
+    --gsm8k $G --probe_layers "$probe" --hf_compile_batch_sizes "$compile" ${BENCH_ARGS:-}
 done
 echo "all done"

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from hazard.control.policies import OraclePolicy, RowState, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
 from hazard.signals import SIGNALS
 
@@ -58,27 +59,26 @@ class PolicyController(Controller):
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
                  onsets: dict | None = None, guard_timeout_s: float | None = None):
         self.guard_timeout_s = guard_timeout_s
-        from hazard.control.policies import RowState
-
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
         self.onsets = onsets or {}
         self._row_state = RowState
         self.states: dict[int, object] = {}
         self.guard_failures = 0
-        self.hazard: dict[int, list[float]] = {}
         self._lens: dict[int, int] = {}
         self.n_slots = 0
+        self._busy = np.zeros(0, dtype=bool)  # per slot: the row's policy state is not the idle one
 
     def begin(self, n_slots: int) -> None:
         self.n_slots = n_slots
+        self._busy = np.zeros(n_slots, dtype=bool)
         if self.guard is not None:
             self.guard.reset(batch=n_slots)  # one recurrent state per slot, reset when a row enters it
 
     def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
         for r, n in zip(rows, prompt_lens):
             self.states[r] = self._row_state()
-            self.hazard[r] = []
             self._lens[r] = n
+        self._busy[list(slots)] = False
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
@@ -103,6 +103,20 @@ class PolicyController(Controller):
             return np.full(len(slots), np.inf)
         return p
 
+    def _candidates(self, signal: np.ndarray, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Indices of the rows whose policy may act or change state this step; the others would return
+        [] and keep their state (a Python call per row and step costs more than the model step at
+        batch 256)."""
+        p = self.policy
+        if isinstance(p, StaticPolicy):
+            return np.zeros(0, dtype=np.int64)
+        if isinstance(p, ThresholdPolicy):
+            return np.flatnonzero(self._busy[slots] | ~(signal < p.trigger))  # NaN/inf (guard failure) included
+        if isinstance(p, OraclePolicy):
+            onset = np.array([self.onsets.get(int(r), -1) for r in rows])
+            return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= onset - p.lead)))
+        return np.arange(len(rows))
+
     def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> dict[int, list]:
         if self.policy.signal == "hazard":
             signal = self._hazard(slots, rows, packets, steps)
@@ -111,17 +125,16 @@ class PolicyController(Controller):
         else:
             signal = np.zeros(len(rows))
         actions = {}
-        for j, r in enumerate(rows.tolist()):
+        for j in self._candidates(signal, slots, rows, steps):
+            r = int(rows[j])
             st = self.states[r]
             t = int(steps[j]) - 1
-            st.steps += 1
-            if self.policy.signal == "hazard":
-                self.hazard[r].append(float(signal[j]))
             if not np.isfinite(signal[j]):  # guard failure: the safe action
                 acts = [] if st.relaxed else [("restore",)]
                 st.relaxed = True
             else:
                 acts = self.policy.decide(float(signal[j]), t, st, self.onsets.get(r, -1))
+            self._busy[slots[j]] = bool(st.relaxed or st.above or st.cooldown or st.calm)
             if acts:
                 actions[r] = acts
         return actions

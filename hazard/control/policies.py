@@ -22,7 +22,6 @@ class RowState:
     calm: int = 0
     cooldown: int = 0
     triggers: int = 0
-    steps: int = 0
 
 
 def _relax(st: RowState, rollback: int) -> list[tuple]:

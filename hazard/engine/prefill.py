@@ -7,7 +7,9 @@ token never sees the padding after it), and a hook on every attention layer hand
 of equal-length prompts without their padding: the press's own ``compress`` on exactly the rows it would
 see alone (one prompt at a time for presses whose scores depend on the batch, such as ``random``). Kept
 entries go straight into the store, in position order; reversible rows also keep the whole prompt in
-host memory. The first generated token and its signals come from the last real position of each row.
+host memory. The presses in hazard.compression.batched are scored for the whole chunk at once, with the
+padding masked out (same scores as each prompt alone, tested), which removes the per-group calls. The
+first generated token and its signals come from the last real position of each row.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from kvpress import RandomPress
+from kvpress import RandomPress, SnapKVPress
+from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
+from hazard.compression.batched import batched_scorer
 from hazard.compression.tracked import TrackedPress
 from hazard.engine.runner import ModelRunner
 from hazard.engine.store import KVStore
+from hazard.errors import HazardError
 from hazard.signals import ATTENTION_SIGNALS, attention_stats, logit_signals
 from hazard.signals.attention import last_queries
 
@@ -48,7 +53,7 @@ class Prefill:
         Padded tokens per forward (bounds activation and temporary cache memory).
     """
 
-    def __init__(self, runner: ModelRunner, token_budget: int = 16384):
+    def __init__(self, runner: ModelRunner, token_budget: int = 32768):
         self.runner, self.token_budget = runner, token_budget
 
     @torch.inference_mode()
@@ -75,57 +80,82 @@ class Prefill:
             ids[i, : len(p)] = torch.tensor(p)
             mask[i, : len(p)] = 1
         lengths = torch.tensor([len(p) for p in prompts], device=dev)
-        per_row = isinstance(getattr(press, "press", None), RandomPress)  # its scores depend on the batch shape
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, p in enumerate(prompts):
-            groups[(len(p), i) if per_row else len(p)].append(i)
-        groups_t = {key: torch.tensor(rows, device=dev) for key, rows in groups.items()}
+        at = torch.arange(width, device=dev)
         slots_t = torch.tensor(slots, device=dev)
-        held = torch.zeros(b, dtype=torch.long, device=dev)
-        n_attn = len(ATTENTION_SIGNALS)
-        asig = torch.zeros(b, len(runner.probe_layers), n_attn, dtype=torch.float32, device=dev)
+        compress = press is not None and press.compression_ratio > 0
+        scorer = batched_scorer(press) if compress else None
+        if compress:
+            n_kept = [compute_n_kept(len(p), press.compression_ratio) for p in prompts]
+            window = getattr(press.press, "window_size", 0) if type(press.press) in (SnapKVPress,) else 0
+            if window and min(map(len, prompts)) <= window:
+                raise HazardError(f"snapkv: a prompt of {min(map(len, prompts))} tokens is not longer than its "
+                                  f"window_size {window}; lower window_size")
+        else:
+            n_kept = [len(p) for p in prompts]
+        kmax = max(n_kept)
+        junk = torch.arange(kmax, device=dev)[None, None, :] >= torch.tensor(n_kept, device=dev)[:, None, None]
+        groups: dict = defaultdict(list)  # presses scored by their own `score`: one call per length group
+        if compress and scorer is None:
+            per_row = isinstance(press.press, RandomPress)  # its scores depend on the batch shape
+            for i, p in enumerate(prompts):
+                groups[(len(p), i) if per_row else (len(p), -1)].append(i)
+        groups_t = {key: torch.tensor(rows, device=dev) for key, rows in groups.items()}
+        asig = torch.zeros(b, len(runner.probe_layers), len(ATTENTION_SIGNALS), dtype=torch.float32, device=dev)
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx
             layer_cache = kwargs["past_key_values"].layers[li]
+            keys, values = layer_cache.keys, layer_cache.values  # (b, H, width, D), right-padded
             hs, (cos, sin) = kwargs["hidden_states"], kwargs["position_embeddings"]
             cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)  # one position row serves the batch
-            for key, rows in groups_t.items():
-                n = key[0] if per_row else key
-                keys, values = layer_cache.keys[rows, :, :n], layer_cache.values[rows, :, :n]
-                kw = {"hidden_states": hs[rows, :n], "position_embeddings": (cos[rows, :n], sin[rows, :n])}
-                if li in runner.probe_layers:  # the last prompt token's attention over the whole prompt
-                    full = torch.ones(len(rows), n, dtype=torch.bool, device=dev)
-                    at = torch.arange(n, device=dev)
-                    last = torch.full((len(rows),), n - 1, device=dev)
-                    asig[rows, runner.probe_layers.index(li)] = attention_stats(
-                        last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, full,
-                        at.expand(len(rows), keys.shape[1], n), last, last + 1)
-                if reversible:
-                    for r in groups[key]:
-                        store.save_prompt(li, slots[r], layer_cache.keys[r, :, :n], layer_cache.values[r, :, :n])
-                if press is not None and press.compression_ratio > 0:
-                    press.compress(module, kw["hidden_states"], keys, values, None, kw)
-                    kept = press.pop_kept()[li].sort(-1).values  # position order in the store
-                    g = kept[..., None].expand(*kept.shape, keys.shape[-1])
-                    keys, values = keys.gather(2, g), values.gather(2, g)
-                else:
-                    kept = torch.arange(n, device=dev).expand(len(rows), keys.shape[1], n)
-                store.write_prompt(li, slots_t[rows], keys, values, kept)
-                if reversible:
-                    store.set_kept(li, slots_t[rows], kept)
-                held[rows] = kept.shape[-1]
+            if li in runner.probe_layers:  # the last prompt token's attention over the whole prompt
+                last = (lengths - 1)[:, None]
+                kw = {"hidden_states": hs.gather(1, last[..., None].expand(-1, -1, hs.shape[-1])),
+                      "position_embeddings": tuple(t.gather(1, last[..., None].expand(-1, -1, t.shape[-1]))
+                                                   for t in (cos, sin))}
+                valid = at[None, :] < lengths[:, None]
+                asig[:, runner.probe_layers.index(li)] = attention_stats(
+                    last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, valid,
+                    at.expand(b, keys.shape[1], width), lengths - 1, lengths)
+            if not compress:
+                kept = at[:kmax].expand(b, keys.shape[1], kmax)
+            elif scorer is not None:
+                press.press.compression_ratio = press.compression_ratio  # some scorers read it
+                scores = scorer(press.press, module, hs, keys, lengths, cos, sin)
+                kept = scores.topk(kmax, dim=-1).indices
+            else:
+                kept = torch.zeros(b, keys.shape[1], kmax, dtype=torch.long, device=dev)
+                for (n, _), rows in groups_t.items():
+                    kw = {"hidden_states": hs[rows, :n], "position_embeddings": (cos[rows, :n], sin[rows, :n])}
+                    press.compress(module, kw["hidden_states"], keys[rows, :, :n], values[rows, :, :n], None, kw)
+                    got = press.pop_kept()[li]
+                    kept[rows, :, : got.shape[-1]] = got
+            # Position order in the store; slots past a row's own count are padding (position -1).
+            kept = kept.masked_fill(junk, width).sort(-1).values
+            g = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
+            kept = kept.masked_fill(junk, -1)
+            store.write_prompt(li, slots_t, keys.gather(2, g), values.gather(2, g), kept)
+            if reversible:
+                store.set_kept(li, slots_t, kept)
             return output
 
         handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in runner.layers]
+        cache = DynamicCache()
         try:
-            out = runner.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=DynamicCache(),
+            out = runner.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
                                  use_cache=True).last_hidden_state
         finally:
             for h in handles:
                 h.remove()
+        if reversible:  # the whole prompt, every layer, off the GPU: one copy per row for K and one for V
+            for r, p in enumerate(prompts):
+                n = len(p)
+                store.save_prompt(slots[r], torch.stack([c.keys[r, :, :n] for c in cache.layers]),
+                                  torch.stack([c.values[r, :, :n] for c in cache.layers]))
+        del cache
         last = out[torch.arange(b, device=dev), lengths - 1]
-        logits = runner.model.lm_head(last).float()
+        logits = runner.model.lm_head(last)
+        held = torch.tensor(n_kept, device=dev)
         packet = torch.zeros(b, store.packet.shape[1], dtype=torch.float32, device=dev)
         if runner.signals:
             tokens, lsig = logit_signals(logits)

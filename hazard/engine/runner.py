@@ -107,7 +107,7 @@ class ModelRunner:
             if li in self.probe_layers:
                 probs = attention_probs(q, keys, attn.scaling, valid)
                 stats.append(stats_from_probs(probs, st.pos[li, :n, :, :width], valid, pos, plen))
-        logits = self.model.lm_head(self.decoder.norm(x)[:, 0]).float()
+        logits = self.model.lm_head(self.decoder.norm(x)[:, 0])  # signals read it in its own dtype
         held = (write + 1).float()[:, None]
         if self.signals:
             tokens, lsig = logit_signals(logits)

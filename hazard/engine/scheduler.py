@@ -68,7 +68,7 @@ class Engine:
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
-                 prefill_tokens: int = 16384, refill_fraction: float = 0.25, ignore_eos: bool = False):
+                 prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -163,7 +163,9 @@ class Engine:
         kept_n = np.zeros(b, dtype=np.int64)  # prompt entries the press keeps
         since_compress = np.zeros(b, dtype=np.int64)
         rec = np.zeros((b, max_new, 1 + len(SIGNALS)), dtype=np.float32)
-        info: dict[int, dict] = {}
+        info: dict[int, dict] = {}  # controller bookkeeping per row: events, rolled-back tokens
+        ctl_s = np.zeros(b)  # per slot: controller seconds, steps with more prompt entries than the press keeps
+        relaxed = np.zeros(b, dtype=np.int64)
         host = torch.zeros(b, rec.shape[2], dtype=torch.float32, pin_memory=cuda)
         refill_at = max(1, int(np.ceil(self.refill_fraction * b)))
         if controller is not None:
@@ -176,7 +178,8 @@ class Engine:
                 kv = data[:, -1].astype(np.int64)
                 control = {}
                 if reversible:
-                    control = {**info.pop(r), "offload_bytes": int(plen[s]) * st.bytes_per_token}
+                    control = {**info.pop(r), "controller_s": float(ctl_s[s]), "relaxed_steps": int(relaxed[s]),
+                               "offload_bytes": int(plen[s]) * st.bytes_per_token}
                 results[r] = Generation(
                     tokens=data[:, 0].astype(np.int64).tolist(),
                     finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
@@ -206,7 +209,8 @@ class Engine:
                 rec[slots, 0] = pk
                 if controller is not None:
                     for i in take:
-                        info[i] = {"events": [], "relaxed_steps": 0, "rollback_tokens": 0, "controller_s": 0.0}
+                        info[i] = {"events": [], "rollback_tokens": 0}
+                    ctl_s[slots], relaxed[slots] = 0.0, 0
                     controller.admit(slots.tolist(), take, plen[slots].tolist())
                     acts = controller.observe(slots, row[slots], pk, ntok[slots].copy())
                     self._apply(acts, row, slots, ntok, lens, plen, prompt_held, kept_n, rec, info)
@@ -245,10 +249,8 @@ class Engine:
                 self._apply(acts, row, live, ntok, lens, plen, prompt_held, kept_n, rec, info)
                 dt = time.perf_counter() - tc
                 self.timings["controller_s"] += dt
-                for s in live:
-                    r = int(row[s])
-                    info[r]["controller_s"] += dt / len(live)
-                    info[r]["relaxed_steps"] += int(prompt_held[s] > kept_n[s])
+                ctl_s[live] += dt / len(live)
+                relaxed[live] += prompt_held[live] > kept_n[live]
             finished = done(live)
             if len(finished):
                 finish(finished)

@@ -9,7 +9,7 @@ Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
 - ``lens``, ``tokens``, ``next_pos``, ``prompt_len`` (B,): slots held, the token fed next and its
   position, the prompt length. The decode step reads and advances them on the device.
 - Reversible rows (a controller may act) also keep the whole prompt's K/V in host memory (pinned on
-  CUDA; ``host_k``/``host_v`` (B, L, N, H, D)) and the press's kept set ``kept`` (L, B, H, N), so
+  CUDA; ``host_k``/``host_v`` (B, N, L, H, D)) and the press's kept set ``kept`` (L, B, H, N), so
   restore, recall and recompress are gathers on the device fed by one host-to-device copy per row.
 
 Every row operation is vectorised over the rows it touches and needs no host synchronisation.
@@ -58,7 +58,7 @@ class KVStore:
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         if prompt_capacity:
             pin = device.type == "cuda"
-            hshape = (rows, layers, prompt_capacity, kv_heads, head_dim)
+            hshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
             self.host_k = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
             self.host_v = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
             self.kept = torch.zeros(layers, rows, kv_heads, prompt_capacity, dtype=torch.bool, device=device)
@@ -85,16 +85,18 @@ class KVStore:
         self.pos[layer, slots, :, :n] = positions
         self.pos[layer, slots, :, n:] = -1
 
-    def save_prompt(self, layer: int, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep one row's whole prompt (H, n, D) of ``layer`` in host memory (asynchronously on CUDA)."""
-        n = keys.shape[1]
-        self.host_k[slot, layer, :n].copy_(keys.transpose(0, 1), non_blocking=True)
-        self.host_v[slot, layer, :n].copy_(values.transpose(0, 1), non_blocking=True)
+    def save_prompt(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep one row's whole prompt (L, H, n, D) in host memory (asynchronously on CUDA: the host layout
+        (n, L, H, D) makes the destination one contiguous block)."""
+        n = keys.shape[2]
+        self.host_k[slot, :n].copy_(keys.permute(2, 0, 1, 3), non_blocking=True)
+        self.host_v[slot, :n].copy_(values.permute(2, 0, 1, 3), non_blocking=True)
 
     def set_kept(self, layer: int, slots: torch.Tensor, positions: torch.Tensor) -> None:
-        """Record the press's kept prompt positions (g, H, n) of ``layer`` (recompress returns to them)."""
-        kept = torch.zeros(len(slots), self.kv_heads, self.prompt_capacity, dtype=torch.bool, device=self.device)
-        self.kept[layer, slots] = kept.scatter_(-1, positions, True)
+        """Record the press's kept prompt positions (g, H, n; -1 = none) of ``layer`` (recompress returns to them)."""
+        kept = torch.zeros(len(slots), self.kv_heads, self.prompt_capacity + 1, dtype=torch.bool, device=self.device)
+        idx = positions.masked_fill(positions < 0, self.prompt_capacity)
+        self.kept[layer, slots] = kept.scatter_(-1, idx, True)[..., : self.prompt_capacity]
 
     def start_rows(self, slots: torch.Tensor, tokens: torch.Tensor, prompt_len: torch.Tensor,
                    held: torch.Tensor) -> None:
@@ -164,11 +166,12 @@ class KVStore:
         gen_src = gen_src.expand_as(order)
         # Source index into [whole prompt (n_max slots) | current row (cap slots)].
         idx = torch.where(is_prompt, order.clamp(max=n_max - 1), n_max + gen_src)
-        full_k = torch.stack([self.host_k[i].to(self.device, non_blocking=True) for i in slots], 1)
-        full_v = torch.stack([self.host_v[i].to(self.device, non_blocking=True) for i in slots], 1)
+        # (R, N, L, H, D) host copies -> (L, R, H, N, D)
+        full_k = torch.stack([self.host_k[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
+        full_v = torch.stack([self.host_v[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
         g = idx[..., None].expand(*idx.shape, dd)
-        new_k = torch.cat([full_k.transpose(2, 3), self.k[:, s]], 3).gather(3, g)
-        new_v = torch.cat([full_v.transpose(2, 3), self.v[:, s]], 3).gather(3, g)
+        new_k = torch.cat([full_k, self.k[:, s]], 3).gather(3, g)
+        new_v = torch.cat([full_v, self.v[:, s]], 3).gather(3, g)
         new_pos = torch.where(is_prompt, order, cur_pos.gather(3, gen_src))
         new_pos = torch.where((a < (n_new + n_gen)[:, None])[None, :, None, :], new_pos, -1)
         self.k[:, s], self.v[:, s], self.pos[:, s] = new_k, new_v, new_pos
