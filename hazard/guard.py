@@ -78,15 +78,34 @@ class HazardGuard:
         else:
             self._state = self.net.reset_rows(self._state, torch.as_tensor(rows, dtype=torch.long))
 
+    def to(self, device: str | torch.device) -> HazardGuard:
+        """Move the net, the normalisation and the recurrent state (the engine runs it beside the model)."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+        if torch.is_tensor(self._state):
+            self._state = self._state.to(self.device)
+        return self
+
     @torch.no_grad()
-    def step(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(batch, n_features) raw features of one token per row -> (batch, n_horizons) probabilities."""
+    def step(self, features: torch.Tensor | np.ndarray, active: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_features) raw features of one token per row -> (batch, n_horizons) probabilities.
+
+        ``active`` (batch,) bool: only these rows take the step; the others keep their state (their
+        outputs are meaningless)."""
         x = torch.as_tensor(features, dtype=torch.float32, device=self.device)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise HazardError(f"guard.step expects (batch, {len(self.feature_names)}) features, got {tuple(x.shape)}")
         if self._state is None or x.shape[0] != self._batch:
             self.reset(batch=x.shape[0])
+        old = self._state
         logits, self._state = self.net.step((x - self._mean) / self._std, self._state)
+        if active is not None:
+            if torch.is_tensor(self._state):  # (layers, batch, hidden)
+                self._state = torch.where(active.to(self.device)[None, :, None], self._state, old)
+            else:  # per-row histories, appended in place: take the step back where inactive
+                for i in torch.nonzero(~active.cpu()).flatten().tolist():
+                    self._state[i].pop()
         return torch.sigmoid(logits)
 
     @torch.no_grad()

@@ -27,7 +27,7 @@ class Scripted(Controller):
     def __init__(self, at):
         self.at, self.done = at, set()
 
-    def observe(self, slots, rows, packets, steps):
+    def observe(self, slots, rows, packets, steps, extra=None):
         out = {}
         for r, t in zip(rows.tolist(), steps.tolist()):
             if r not in self.done and t == self.at:
@@ -55,7 +55,7 @@ def test_memory_accounting_follows_the_actions(engine, model64):
     L = len(ids)
 
     class RestoreThenRecompress(Controller):
-        def observe(self, slots, rows, packets, steps):
+        def observe(self, slots, rows, packets, steps, extra=None):
             t = int(steps[0])
             return {rows[0]: [("restore",)]} if t == 4 else {rows[0]: [("recompress",)]} if t == 9 else {}
 
@@ -105,7 +105,7 @@ class BrokenGuard:
     def reset(self, rows=None, batch=None):
         pass
 
-    def step(self, x):
+    def step(self, x, active=None):
         if self.mode == "raise":
             raise RuntimeError("guard crashed")
         return torch.full((len(x), 2), float("nan"))
@@ -141,6 +141,26 @@ def test_features_from_packets_match_trace_features():
     packets = np.concatenate([np.zeros((n, 1)), np.stack([row[s] for s in SIGNALS], 1)], 1)
     got = features_from_packets(list(names), packets, 0.5, np.full(n, 40), np.arange(n), 64)
     assert np.allclose(got, trace_features(row, names))
+    from hazard.control.controller import features_from_device_packets
+
+    on_device = features_from_device_packets(list(names), torch.from_numpy(packets).float(), 0.5,
+                                             torch.full((n,), 40.0), torch.arange(n).float(), 64)
+    assert np.allclose(on_device.numpy(), got, atol=1e-6)
+
+
+def test_guard_step_leaves_inactive_rows_alone():
+    """Admitting a row steps its guard state alone: the other rows' states, and so their next outputs,
+    are those of a guard that never saw that step."""
+    from hazard.guard import HazardGuard
+
+    guard = HazardGuard.from_pretrained("checkpoints/qwen2.5-coder-1.5b-gru")
+    ref = HazardGuard.from_pretrained("checkpoints/qwen2.5-coder-1.5b-gru")
+    x = torch.randn(3, len(guard.feature_names))
+    guard.step(x)
+    ref.step(x)
+    guard.step(torch.randn(3, x.shape[1]), torch.tensor([False, True, False]))
+    a, b = guard.step(x), ref.step(x)
+    assert torch.allclose(a[[0, 2]], b[[0, 2]]) and not torch.allclose(a[1], b[1])
 
 
 def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):

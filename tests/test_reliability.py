@@ -124,7 +124,7 @@ def test_slow_guard_counts_as_a_failure_and_rows_fall_back(model64):
         def reset(self, rows=None, batch=None):
             pass
 
-        def step(self, x):
+        def step(self, x, active=None):
             time.sleep(0.01)
             return torch.zeros(len(x), 1)
 

@@ -1,5 +1,9 @@
 """The closed loop inside the engine: per step, features -> HazardGuard.step -> policy -> cache actions.
 
+The guard runs on the model's device, right after the decode step, on the packets still there
+(``device_step``); its probabilities travel to the host with the packets, in the step's one transfer, and
+the policy decides on the host for the rows whose state can change.
+
 If the guard raises or returns NaN, generation goes on: every affected row takes the documented safe
 action, ``restore`` (full prompt cache: quality first), and the event is counted in ``guard_failures``.
 After a rollback the guard's recurrent state is not rewound: it has seen the discarded tokens, and sees
@@ -12,6 +16,7 @@ import logging
 import time
 
 import numpy as np
+import torch
 
 from hazard.control.policies import OraclePolicy, RowState, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
@@ -37,15 +42,31 @@ def features_from_packets(names: list[str], packets: np.ndarray, ratio: float, p
     return np.stack(cols, axis=1).astype(np.float32)
 
 
+def features_from_device_packets(names: list[str], packets: torch.Tensor, ratio: float, prompt_lens: torch.Tensor,
+                                 steps: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """``features_from_packets`` on device tensors (no host round trip)."""
+    cols = []
+    for name in names:
+        if name == "ratio":
+            cols.append(torch.full_like(packets[:, 0], ratio))
+        elif name == "kv_fraction":
+            cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
+        elif name == "step_frac":
+            cols.append(steps / max_new_tokens)
+        else:
+            cols.append(packets[:, _COL[name]])
+    return torch.stack(cols, dim=1).float()
+
+
 class PolicyController(Controller):
     """Runs one policy per row; feeds the guard when the policy needs it.
 
     Parameters
     ----------
-    policy_factory : callable
-        Returns the policy (one instance shared by the rows; state lives in ``RowState``).
+    policy : object
+        A policy from ``build_policy`` (one instance shared by the rows; state lives in ``RowState``).
     guard : HazardGuard, optional
-        Needed by policies whose signal is ``hazard``.
+        Needed by policies whose signal is ``hazard``; moved to the engine's device.
     ratio : float
         The base press ratio (a guard feature).
     max_new_tokens : int
@@ -61,47 +82,50 @@ class PolicyController(Controller):
         self.guard_timeout_s = guard_timeout_s
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
         self.onsets = onsets or {}
-        self._row_state = RowState
-        self.states: dict[int, object] = {}
+        self.states: dict[int, RowState] = {}
         self.guard_failures = 0
-        self._lens: dict[int, int] = {}
         self.n_slots = 0
         self._busy = np.zeros(0, dtype=bool)  # per slot: the row's policy state is not the idle one
 
-    def begin(self, n_slots: int) -> None:
+    def begin(self, n_slots: int, device=None) -> None:
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         if self.guard is not None:
+            if device is not None and hasattr(self.guard, "to"):
+                self.guard.to(device)
             self.guard.reset(batch=n_slots)  # one recurrent state per slot, reset when a row enters it
 
     def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
-        for r, n in zip(rows, prompt_lens):
-            self.states[r] = self._row_state()
-            self._lens[r] = n
+        for r in rows:
+            self.states[r] = RowState()
         self._busy[list(slots)] = False
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
-    def _hazard(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        # The guard steps every slot (free ones with zeros, their state is reset on admission).
-        full = np.zeros((self.n_slots, packets.shape[1]), dtype=np.float32)
-        lens = np.ones(self.n_slots)
-        at = np.zeros(self.n_slots)
-        full[slots], lens[slots], at[slots] = packets, [self._lens[int(r)] for r in rows], steps - 1
-        x = features_from_packets(self.guard.feature_names, full, self.ratio, lens, at, self.max_new_tokens)
+    def device_step(self, slots, packets, prompt_lens, steps):
+        if self.policy.signal != "hazard" or self.guard is None:
+            return None
         h = self.guard.horizons.index(self.guard.eval_horizon)
         try:
             t0 = time.perf_counter()
-            p = self.guard.step(x)[:, h].cpu().numpy()[slots]
+            x = features_from_device_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
+                                             steps.float(), self.max_new_tokens)
+            full = x.new_zeros(self.n_slots, x.shape[1])
+            if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
+                full[slots] = x
+                p = self.guard.step(full)[slots, h: h + 1]
+            else:  # admitted rows take their first token; the others keep their state
+                idx = torch.as_tensor(list(slots), device=x.device)
+                full[idx] = x
+                active = torch.zeros(self.n_slots, dtype=torch.bool, device=x.device)
+                active[idx] = True
+                p = self.guard.step(full, active)[idx, h: h + 1]
             if self.guard_timeout_s is not None and time.perf_counter() - t0 > self.guard_timeout_s:
                 raise TimeoutError(f"guard step took longer than {self.guard_timeout_s} s")
-            if not np.all(np.isfinite(p)):
-                raise FloatingPointError("guard returned NaN/inf")
+            return p.float()
         except Exception as e:  # the guard must never stop generation
-            self.guard_failures += 1
             log.warning("guard failed (%s); rows take the safe action (restore)", e)
-            return np.full(len(slots), np.inf)
-        return p
+            return packets.new_full((packets.shape[0], 1), float("inf"))
 
     def _candidates(self, signal: np.ndarray, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Indices of the rows whose policy may act or change state this step; the others would return
@@ -117,9 +141,14 @@ class PolicyController(Controller):
             return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= onset - p.lead)))
         return np.arange(len(rows))
 
-    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> dict[int, list]:
+    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray,
+                extra: np.ndarray | None = None) -> dict[int, list]:
         if self.policy.signal == "hazard":
-            signal = self._hazard(slots, rows, packets, steps)
+            signal = extra[:, 0] if extra is not None else np.full(len(rows), np.inf)
+            if not np.all(np.isfinite(signal)):  # raised, NaN or too slow: counted once per step
+                self.guard_failures += 1
+                if np.isnan(signal).any():
+                    log.warning("guard returned NaN/inf; rows take the safe action (restore)")
         elif self.policy.signal == "entropy":
             signal = packets[:, _COL["entropy"]]
         else:

@@ -168,8 +168,9 @@ class Engine:
         relaxed = np.zeros(b, dtype=np.int64)
         host = torch.zeros(b, rec.shape[2], dtype=torch.float32, pin_memory=cuda)
         refill_at = max(1, int(np.ceil(self.refill_fraction * b)))
+        host_extra = None
         if controller is not None:
-            controller.begin(b)
+            controller.begin(b, self.device)
 
         def finish(slots: np.ndarray) -> None:
             for s in slots:
@@ -201,6 +202,12 @@ class Engine:
                 slots = free[: len(take)]
                 t0 = time.perf_counter()
                 packets = self.prefill(st, slots.tolist(), [prompts[i] for i in take], prefill_press, reversible)
+                extra = None
+                if controller is not None:
+                    sl = torch.as_tensor(slots, device=self.device)
+                    extra = controller.device_step(slots.tolist(), packets, st.prompt_len[sl],
+                                                   st.next_pos[sl] - st.prompt_len[sl])
+                    extra = extra.cpu().numpy() if extra is not None else None
                 pk = packets.cpu().numpy()
                 self.timings["prefill_s"] += time.perf_counter() - t0
                 row[slots], ntok[slots], nsteps[slots], since_compress[slots] = take, 1, 0, 0
@@ -212,7 +219,7 @@ class Engine:
                         info[i] = {"events": [], "rollback_tokens": 0}
                     ctl_s[slots], relaxed[slots] = 0.0, 0
                     controller.admit(slots.tolist(), take, plen[slots].tolist())
-                    acts = controller.observe(slots, row[slots], pk, ntok[slots].copy())
+                    acts = controller.observe(slots, row[slots], pk, ntok[slots].copy(), extra)
                     self._apply(acts, row, slots, ntok, lens, plen, prompt_held, kept_n, rec, info)
                 finished = done(slots)
                 if len(finished):
@@ -230,6 +237,18 @@ class Engine:
             t0 = time.perf_counter()
             self.runner.step(n, width)
             host[:n].copy_(st.packet[:n], non_blocking=True)
+            extra = None
+            if controller is not None:  # e.g. the guard, on the device, before the step's one sync
+                tc = time.perf_counter()
+                extra = controller.device_step(slice(0, n), st.packet[:n], st.prompt_len[:n],
+                                               st.next_pos[:n] - st.prompt_len[:n])
+                if extra is not None:
+                    if host_extra is None or host_extra.shape[1] != extra.shape[1]:
+                        host_extra = torch.zeros(b, extra.shape[1], dtype=torch.float32, pin_memory=cuda)
+                    host_extra[:n].copy_(extra, non_blocking=True)
+                dt = time.perf_counter() - tc
+                self.timings["controller_s"] += dt
+                ctl_s[live] += dt / len(live)
             if cuda:
                 torch.cuda.current_stream().synchronize()
             t1 = time.perf_counter()
@@ -245,7 +264,8 @@ class Engine:
                 self._decode_compress(press, live, lens, since_compress, plen, ntok)
             if controller is not None:
                 tc = time.perf_counter()
-                acts = controller.observe(live, row[live], pk, ntok[live].copy())
+                acts = controller.observe(live, row[live], pk, ntok[live].copy(),
+                                          host_extra[:n].numpy()[live] if extra is not None else None)
                 self._apply(acts, row, live, ntok, lens, plen, prompt_held, kept_n, rec, info)
                 dt = time.perf_counter() - tc
                 self.timings["controller_s"] += dt

@@ -40,17 +40,26 @@ class Controller:
     in ``admit``.
     """
 
-    def begin(self, n_slots: int) -> None:
-        """A ``generate`` call starts; at most ``n_slots`` rows are live at once."""
+    def begin(self, n_slots: int, device=None) -> None:
+        """A ``generate`` call starts on ``device``; at most ``n_slots`` rows are live at once."""
 
     def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
         """``rows`` were prefilled into ``slots``."""
 
-    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray) -> dict[int, list]:
-        """One decode step of the live rows.
+    def device_step(self, slots, packets, prompt_lens, steps):
+        """Optional work on the device right after a step, before the host transfer: ``slots`` (a slice
+        for a decode step, a list after a prefill), their ``packets`` (k, 1 + len(SIGNALS)), prompt lengths
+        and generated-token index (k,), all device tensors. A (k, m) float32 device tensor returned here
+        reaches ``observe`` as ``extra`` in the same transfer (the guard runs here: no extra sync)."""
+        return None
+
+    def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray,
+                extra: np.ndarray | None = None) -> dict[int, list]:
+        """One step of the live rows.
 
         ``packets`` (n, 1 + len(SIGNALS)): token and signals each row just produced; ``steps`` (n,): tokens
-        recorded for the row so far, this one included. Returns row -> actions, each ``("restore",)``,
+        recorded for the row so far, this one included; ``extra``: what ``device_step`` returned for
+        these rows, on the host. Returns row -> actions, each ``("restore",)``,
         ``("recall", positions)`` (an int array (layers, kv_heads, k) of evicted prompt positions),
         ``("rollback", m)`` or ``("recompress",)``, applied in order.
         """

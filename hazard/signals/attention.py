@@ -54,14 +54,13 @@ def stats_from_probs(attn: torch.Tensor, slot_pos: torch.Tensor, valid: torch.Te
     (batch, 5) float32: entropy, then mass on sink, recent, prompt and generated positions, each averaged
     over query heads.
     """
-    ent = -torch.where(attn > 0, attn * attn.clamp_min(1e-30).log(), torch.zeros_like(attn)).sum(-1)
-    pos = slot_pos[:, :, None, :]  # broadcast over the query heads of each KV group
-    real = valid[:, None, None, :]
-    cur = cur_pos[:, None, None, None]
-    plen = prompt_len[:, None, None, None]
-    masks = (real & (pos < N_SINK), real & (pos > cur - N_RECENT), real & (pos < plen), real & (pos >= plen))
-    mass = [(attn * m).sum(-1) for m in masks]
-    return torch.stack([ent, *mass], dim=-1).mean(dim=(1, 2)).float()
+    ent = -torch.special.xlogy(attn, attn).sum(-1)  # 0 log 0 = 0
+    real = valid[:, None, :]
+    cur, plen = cur_pos[:, None, None], prompt_len[:, None, None]
+    masks = torch.stack([real & (slot_pos < N_SINK), real & (slot_pos > cur - N_RECENT),
+                         real & (slot_pos < plen), real & (slot_pos >= plen)], dim=-1).to(attn.dtype)
+    mass = torch.matmul(attn, masks)  # (batch, kv_heads, group, 4): one pass over the probabilities
+    return torch.cat([ent[..., None], mass], dim=-1).mean(dim=(1, 2)).float()
 
 
 def attention_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: torch.Tensor, slot_pos: torch.Tensor,

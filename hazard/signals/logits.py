@@ -54,6 +54,20 @@ def _partition(logits: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, tor
     return e.sum(-1), torch.where(e > 0, e * z, torch.zeros_like(e)).sum(-1)
 
 
+def _top5(logits: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits.topk(5)`` on CUDA in two cheap passes: the 5 largest values lie in the 5 blocks with the
+    largest maxima, so a block max over the vocabulary and a top-k over 5 x ``block`` candidates find them
+    (a full top-k over 150k entries per row costs ~0.4 ms at batch 256 on an H100)."""
+    b, v = logits.shape
+    k = min(5, v)
+    if not logits.is_cuda or v % block or v < k * block:
+        return logits.topk(k, dim=-1)
+    blocks = logits.view(b, v // block, block).amax(-1).topk(k, dim=-1).indices.sort(-1).values
+    cand = (blocks[..., None] * block + torch.arange(block, device=logits.device)).view(b, k * block)
+    val, pos = logits.gather(1, cand).topk(k, dim=-1)
+    return val, cand.gather(1, pos)
+
+
 def logit_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy token and logit signals.
 
@@ -70,7 +84,7 @@ def logit_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(batch, 5)`` float32 in ``LOGIT_SIGNALS`` order: entropy (nats), top-1 probability,
         top-5 probability mass, top-1 minus top-2 logit, log-probability of the chosen token.
     """
-    top_val, top_idx = logits.topk(min(5, logits.shape[-1]), dim=-1)  # in the logits' dtype: the same order
+    top_val, top_idx = _top5(logits)  # in the logits' dtype: the same order as in float32
     top = top_val.to(torch.promote_types(logits.dtype, torch.float32))
     m = top[:, 0]
     s, t = _partition(logits, m)
