@@ -195,13 +195,14 @@ def run(cfg: BenchConfig) -> dict:
                           k_shot=3, seed=0).prompts()
     ids = [encode(tok, p) for p in problems]
     meta = {"model": label, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens, "git_sha": _git_sha(),
+            "probe_layers": cfg.probe_layers,
             "prompt_tokens_mean": round(sum(map(len, ids)) / len(ids), 1)}
 
     def save(row: dict) -> None:
         rows.append({**meta, **row})
         print(json.dumps(rows[-1]), flush=True)
         write_json(out, {"description": __doc__.split("\n\n")[0], "prompts": "GSM8K test, 3-shot chat, seed-0",
-                         "ratio": cfg.ratio, "probe_layers": cfg.probe_layers, **summarize(rows), "rows": rows})
+                         "ratio": cfg.ratio, **summarize(rows), "rows": rows})
 
     plan = [("hf_generate", b) for b in cfg.hf_batch_sizes]
     plan += [(v, b) for b in cfg.batch_sizes for v in cfg.variants

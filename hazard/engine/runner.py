@@ -139,7 +139,9 @@ class ModelRunner:
             if self._pool is None:
                 self._pool = graph.pool()
             return graph
-        except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly, say so once
+        except torch.OutOfMemoryError:  # the scheduler's business: it shrinks the batch
+            raise
+        except Exception as e:  # noqa: BLE001 - any other capture failure: run eagerly, say so once
             for t, s in zip((st.tokens, st.next_pos, st.lens, st.packet), saved):
                 t.copy_(s)
             if not self._graph_failed:

@@ -112,8 +112,9 @@ class Engine:
                 if self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
-                log.warning("out of GPU memory; batch size now %d, %d rows run again",
-                            self.batch_size, len(prompts) - len(results))
+                self.prefill.token_budget = max(1, self.prefill.token_budget // 2)
+                log.warning("out of GPU memory; batch size now %d, prefill chunks %d tokens, %d rows run again",
+                            self.batch_size, self.prefill.token_budget, len(prompts) - len(results))
                 self.store = None
                 self.runner.bind(None)
                 if self.device.type == "cuda":
