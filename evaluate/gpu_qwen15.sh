@@ -5,7 +5,7 @@
 #   evaluate the guard live on GSM8K test problems 1-100, six policies      (configs/evaluate/gpu_qwen15.yaml)
 # Every step resumes where the previous call stopped (collect per shard, evaluate per run; train restarts,
 # so it only starts with enough time left), so the same command is repeated until it prints "all done".
-# Before the first call: the 21 GGUF chunks in /tmp/models (one staging call each), the wheels in .whl and
+# Before the first call: the 21 GGUF chunks staged (gpu/README.md), the wheels in .whl and
 # GSM8K in .data/gsm8k (cp -r ../shared/data/gsm8k .data/). Each call packs /tmp/hz (results, checkpoint,
 # logs) into $OUT/hz.tar.gz, and the finished traces once, in 15 MiB pieces; copy them into the repo with
 # evaluate/unpack_gpu.sh.
@@ -13,9 +13,8 @@ set -euo pipefail
 BUDGET=${BUDGET:-560}  # seconds this call may spend, leaving time to pack before the device's limit
 start=$SECONDS
 left() { echo $((BUDGET - (SECONDS - start))); }
-mkdir -p /tmp/models /tmp/hz/logs
-mv .stage/*.part* /tmp/models/ 2>/dev/null || true
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+mkdir -p /tmp/hz/logs
+source gpu/setup.sh q15
 export WANDB_MODE=disabled                # wandb is not installed on the device image: CSV logs only there
 export CUBLAS_WORKSPACE_CONFIG=:4096:8    # Trainer(deterministic=True) on CUDA needs it
 
@@ -29,19 +28,6 @@ pack() {
   ls -la "$out"
 }
 trap pack EXIT
-
-if [ ! -f /tmp/q15/config.json ]; then
-  cat /tmp/models/qwen2.5-coder-1.5b-instruct.gguf.part* > /tmp/models/m.gguf
-  rm /tmp/models/qwen2.5-coder-1.5b-instruct.gguf.part*
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  python3 - <<'PY'
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-AutoModelForCausalLM.from_pretrained('/tmp/models', gguf_file='m.gguf', dtype=torch.bfloat16).save_pretrained('/tmp/q15')
-AutoTokenizer.from_pretrained('/tmp/models', gguf_file='m.gguf').save_pretrained('/tmp/q15')
-PY
-  echo "converted in $((SECONDS - start)) s"
-fi
 
 step() {  # step NAME MIN_SECONDS CMD...: run CMD if MIN_SECONDS are left, stop the call cleanly on timeout
   local name=$1 need=$2; shift 2

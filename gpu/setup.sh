@@ -7,6 +7,7 @@
 # Installs the carried wheels (.whl: kvpress and the transformers it pins, datasets, gguf, wandb) into
 # /tmp/site once per machine, and exports PYTHONPATH and the offline/quiet variables.
 # Staging the chunks (one call per chunk; gpu/README.md): ../shared/tools/models.py split ... --dest .stage.
+_hz_opts=$(set +o)  # sourced: the caller's shell options come back at the end
 set -euo pipefail
 declare -A GGUF=([q05]=qwen2.5-coder-0.5b-instruct [q15]=qwen2.5-coder-1.5b-instruct [smol]=smollm2-135m-instruct)
 declare -A SHA=(  # of the assembled GGUF files, as ../shared/tools/models.py lists them
@@ -44,4 +45,4 @@ PY
   rm -f "/tmp/models/$name.gguf"
   echo "gpu/setup.sh: $name -> /tmp/$short in $((SECONDS - t0)) s"
 done
-set +euo pipefail
+eval "$_hz_opts"

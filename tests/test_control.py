@@ -141,10 +141,8 @@ def test_features_from_packets_match_trace_features():
     packets = np.concatenate([np.zeros((n, 1)), np.stack([row[s] for s in SIGNALS], 1)], 1)
     got = features_from_packets(list(names), packets, 0.5, np.full(n, 40), np.arange(n), 64)
     assert np.allclose(got, trace_features(row, names))
-    from hazard.control.controller import features_from_device_packets
-
-    on_device = features_from_device_packets(list(names), torch.from_numpy(packets).float(), 0.5,
-                                             torch.full((n,), 40.0), torch.arange(n).float(), 64)
+    on_device = features_from_packets(list(names), torch.from_numpy(packets).float(), 0.5,
+                                      torch.full((n,), 40.0), torch.arange(n).float(), 64)
     assert np.allclose(on_device.numpy(), got, atol=1e-6)
 
 

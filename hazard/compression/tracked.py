@@ -1,9 +1,9 @@
 """A ScorerPress wrapper that records which cache slots each compression kept.
 
-kvpress gathers the kept K/V and forgets the indices. We need them: the attention probe asks which
-original position each cache slot holds (sink, recent, prompt or generated), and reversible eviction
-needs to know what was dropped. The selection below is ScorerPress.compress, step for step, with the
-indices kept.
+kvpress gathers the kept K/V and forgets the indices. We need them: the engine's store keeps each row's
+slots in position order, the attention signals ask which original position a slot holds (sink, recent,
+prompt or generated), and recompress returns to the kept set. The selection below is
+ScorerPress.compress, step for step, with the indices kept.
 """
 
 from __future__ import annotations
@@ -29,21 +29,14 @@ class TrackedPress(ScorerPress):
 
     Attributes
     ----------
-    keep_evicted : bool
-        Also keep the evicted K/V (on the CPU) so they can be restored.
     kept : dict[int, torch.Tensor]
         layer index -> kept slot indices ``(batch, kv_heads, n_kept)`` of the last compression,
         in cache order after the gather; cleared by ``pop_kept``.
-    evicted : dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-        layer index -> (indices, keys, values) of the evicted slots, when ``keep_evicted``. Keys were
-        rotated at their original positions before eviction, so putting them back needs no re-rotation.
     """
 
     press: ScorerPress | None = None
     compression_ratio: float = 0.0
-    keep_evicted: bool = False
     kept: dict = field(default_factory=dict, repr=False)
-    evicted: dict = field(default_factory=dict, repr=False)
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
@@ -63,19 +56,8 @@ class TrackedPress(ScorerPress):
         idx = scores.topk(n_kept, dim=-1).indices
         self.kept[module.layer_idx] = idx
         gather = idx.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
-        if self.keep_evicted:
-            keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-            ev = (~keep).nonzero()[:, -1].view(*idx.shape[:2], -1)  # the complement, ascending per head
-            g = ev.unsqueeze(-1).expand(-1, -1, -1, module.head_dim)
-            # Plain (pageable) host copies of a few hundred KB per layer and row: pinned ones would
-            # page-lock one allocation per tensor for as long as the row lives.
-            self.evicted[module.layer_idx] = tuple(t.cpu() for t in (ev, keys.gather(2, g), values.gather(2, g)))
         return keys.gather(2, gather).contiguous(), values.gather(2, gather).contiguous()
 
     def pop_kept(self) -> dict[int, torch.Tensor]:
         kept, self.kept = self.kept, {}
         return kept
-
-    def pop_evicted(self) -> dict[int, tuple]:
-        evicted, self.evicted = self.evicted, {}
-        return evicted

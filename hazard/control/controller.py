@@ -26,25 +26,16 @@ log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
 
 
-def features_from_packets(names: list[str], packets: np.ndarray, ratio: float, prompt_lens: np.ndarray,
-                          steps: np.ndarray, max_new_tokens: int) -> np.ndarray:
-    """The guard's features for one step of several rows, from the engine's per-step packets."""
-    cols = []
-    for name in names:
-        if name == "ratio":
-            cols.append(np.full(len(packets), ratio, dtype=np.float32))
-        elif name == "kv_fraction":
-            cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
-        elif name == "step_frac":
-            cols.append(steps / max_new_tokens)
-        else:
-            cols.append(packets[:, _COL[name]])
-    return np.stack(cols, axis=1).astype(np.float32)
+def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, steps, max_new_tokens: int):
+    """The guard's features for one step of several rows, from the engine's per-step packets.
 
-
-def features_from_device_packets(names: list[str], packets: torch.Tensor, ratio: float, prompt_lens: torch.Tensor,
-                                 steps: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """``features_from_packets`` on device tensors (no host round trip)."""
+    Works on device tensors (the engine's path: no host round trip) and on numpy arrays (returns numpy).
+    """
+    if isinstance(packets, np.ndarray):
+        out = features_from_packets(names, torch.from_numpy(packets).double(), ratio,
+                                    torch.as_tensor(prompt_lens).double(), torch.as_tensor(steps).double(),
+                                    max_new_tokens)
+        return out.numpy()
     cols = []
     for name in names:
         if name == "ratio":
@@ -108,8 +99,8 @@ class PolicyController(Controller):
         h = self.guard.horizons.index(self.guard.eval_horizon)
         try:
             t0 = time.perf_counter()
-            x = features_from_device_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
-                                             steps.float(), self.max_new_tokens)
+            x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
+                                      steps.float(), self.max_new_tokens)
             full = x.new_zeros(self.n_slots, x.shape[1])
             if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
                 full[slots] = x
