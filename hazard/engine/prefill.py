@@ -148,10 +148,8 @@ class Prefill:
             for h in handles:
                 h.remove()
         if reversible:  # the whole prompt, every layer, off the GPU: one copy per row for K and one for V
-            for r, p in enumerate(prompts):
-                n = len(p)
-                store.save_prompt(slots[r], torch.stack([c.keys[r, :, :n] for c in cache.layers]),
-                                  torch.stack([c.values[r, :, :n] for c in cache.layers]))
+            store.save_prompts(slots, [len(p) for p in prompts], [c.keys for c in cache.layers],
+                               [c.values for c in cache.layers])
         del cache
         last = out[torch.arange(b, device=dev), lengths - 1]
         logits = runner.model.lm_head(last)
