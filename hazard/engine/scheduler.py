@@ -20,7 +20,7 @@ from collections import deque
 
 import numpy as np
 import torch
-from kvpress import BasePress
+from kvpress import BasePress, RandomPress
 from kvpress.utils import compute_n_kept
 from transformers import PreTrainedModel
 
@@ -139,7 +139,6 @@ class Engine:
             if self.store is not None:  # large stores: free the old one first
                 self.store = None
                 self.runner.bind(None)
-            cap = max(cap, self.store.capacity if self.store else 0)
             self.store = KVStore(len(self.runner.layers), cfg.num_key_value_heads, self.runner.head_dim,
                                  self.batch_size, cap, n_prompt, self.dtype, self.device)
         self.runner.bind(self.store)
@@ -303,7 +302,7 @@ class Engine:
         seen = plen[due] + ntok[due] - 1  # the position of the token just fed, plus one
         target = np.maximum(1, (seen * (1 - press.target_compression_ratio)).astype(np.int64))
         groups: dict[tuple, list[int]] = {}
-        per_row = type(scorer.press).__name__ == "RandomPress"
+        per_row = isinstance(scorer.press, RandomPress)  # its scores depend on the batch shape
         for s, t in zip(due, target):
             if lens[s] > t:
                 groups.setdefault((int(lens[s]), int(t), int(s) if per_row else -1), []).append(int(s))

@@ -70,8 +70,10 @@ class KVStore:
         return self.layers * self.kv_heads * self.head_dim * self.k.element_size() * 2
 
     def fits(self, rows: int, capacity: int, prompt_capacity: int, dtype: torch.dtype) -> bool:
+        """Whether this store can serve a run (a reversible store serves non-reversible runs too, so an
+        evaluation that alternates static and controlled runs allocates its host memory once)."""
         return (rows == self.rows and capacity <= self.capacity and prompt_capacity <= self.prompt_capacity
-                and dtype == self.dtype and (prompt_capacity > 0) == (self.prompt_capacity > 0))
+                and dtype == self.dtype)
 
     def _slots(self, slots) -> torch.Tensor:
         return torch.as_tensor(slots, dtype=torch.long).to(self.device)
