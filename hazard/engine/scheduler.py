@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from kvpress import BasePress, RandomPress
 from kvpress.utils import compute_n_kept
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hazard.compression import is_decoding, tracker_of
@@ -102,6 +103,8 @@ class Engine:
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
         t0 = time.perf_counter()
         results: dict[int, Generation] = {}
+        # Rows finished, on a terminal only (tqdm's disable=None); a long generate is never silent there.
+        self._bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=None, leave=False)
         while True:
             todo = [i for i in range(len(prompts)) if i not in results]
             if not todo:
@@ -119,6 +122,7 @@ class Engine:
                 self.runner.bind(None)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+        self._bar.close()
         out = [results[i] for i in range(len(prompts))]
         self.seconds += time.perf_counter() - t0
         self.generated_tokens += sum(len(g.tokens) for g in out)
@@ -186,6 +190,7 @@ class Engine:
                     finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
                     kv_tokens=kv, kv_bytes=kv * st.bytes_per_token, prompt_len=int(plen[s]),
                     kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
+            self._bar.update(len(slots))
             row[slots] = -1
             st.clear_rows(slots.tolist())
             lens[slots] = 0
