@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from kvpress import KeyDiffPress, KnormPress, SnapKVPress, StreamingLLMPress, TOVAPress
-from kvpress.utils import get_prerope_query_states
-from transformers.models.llama.modeling_llama import rotate_half
+
+from hazard.signals.attention import last_queries
 
 
 def _window_attention(module, hidden, keys, lengths, window: int, cos, sin) -> torch.Tensor:
@@ -32,9 +32,9 @@ def _window_attention(module, hidden, keys, lengths, window: int, cos, sin) -> t
     at = torch.arange(L, device=keys.device)
     rows = lengths[:, None] - window + torch.arange(window, device=keys.device)  # (b, window) absolute positions
     pick = rows[..., None].expand(-1, -1, hidden.shape[-1])
-    q = get_prerope_query_states(module, hidden.gather(1, pick))  # (b, hq, window, d)
-    c, s = (t.gather(1, rows[..., None].expand(-1, -1, d)).unsqueeze(1) for t in (cos, sin))
-    q = q * c + rotate_half(q) * s
+    at_rows = {"hidden_states": hidden.gather(1, pick),
+               "position_embeddings": tuple(t.gather(1, rows[..., None].expand(-1, -1, d)) for t in (cos, sin))}
+    q = last_queries(module, at_rows, window)  # (b, hq, window, d)
     hq = q.shape[1]
     w = torch.matmul(q.reshape(b, hkv, hq // hkv * window, d), keys.transpose(2, 3)).view(b, hq, window, L)
     w = w / math.sqrt(d)

@@ -15,10 +15,10 @@ import logging
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
-from transformers.models.llama.modeling_llama import rotate_half
 
 from hazard.engine.store import KVStore
 from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
+from hazard.signals.attention import rope
 
 log = logging.getLogger(__name__)
 WIDTH_STEP = 128  # attention width buckets: a graph per multiple of this
@@ -76,9 +76,6 @@ class ModelRunner:
             self.store = store
 
     # ---- the step -----------------------------------------------------------------------------------
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + rotate_half(x) * sin
-
     def _step(self, n: int, width: int) -> None:
         st = self.store
         hq, hkv, d = self.q_heads, self.kv_heads, self.head_dim
@@ -93,8 +90,8 @@ class ModelRunner:
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = self._rope(attn.q_proj(h).view(n, hq, d), cos, sin)
-            k = self._rope(attn.k_proj(h).view(n, hkv, d), cos, sin)
+            q = rope(attn.q_proj(h).view(n, hq, d), cos, sin)
+            k = rope(attn.k_proj(h).view(n, hkv, d), cos, sin)
             st.k[li, rows, :, write] = k
             st.v[li, rows, :, write] = attn.v_proj(h).view(n, hkv, d)
             st.pos[li, rows, :, write] = pos[:, None]

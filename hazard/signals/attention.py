@@ -69,10 +69,14 @@ def attention_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: to
     return stats_from_probs(attention_probs(q, keys, scale, valid), slot_pos, valid, cur_pos, prompt_len)
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as Llama/Qwen2 apply it (``cos``/``sin`` broadcast over the heads)."""
+    return x * cos + rotate_half(x) * sin
+
+
 def last_queries(module, kwargs: dict, m: int) -> torch.Tensor:
     """Rotated queries of the last ``m`` tokens, (batch, q_heads, m, head_dim), from an attention module's
     forward kwargs (as a forward hook with ``with_kwargs=True`` sees them)."""
     q = get_prerope_query_states(module, kwargs["hidden_states"][:, -m:])
     cos, sin = kwargs["position_embeddings"]
-    cos, sin = cos[:, -m:].unsqueeze(1), sin[:, -m:].unsqueeze(1)
-    return q * cos + rotate_half(q) * sin
+    return rope(q, cos[:, -m:].unsqueeze(1), sin[:, -m:].unsqueeze(1))
