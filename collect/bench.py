@@ -31,12 +31,17 @@ from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
-VARIANTS = {  # name -> (signals, press, guard + controller)
-    "engine": (False, None, False),
-    "engine+signals": (True, None, False),
-    "engine+signals+snapkv": (True, "snapkv", False),
-    "engine+signals+snapkv+guard": (True, "snapkv", True),
+VARIANTS = {  # name -> (signals, press, controller, decode attention)
+    "engine": (False, None, None, "auto"),
+    "engine+signals": (True, None, None, "auto"),
+    "engine+signals+snapkv": (True, "snapkv", None, "auto"),
+    "engine+signals+snapkv+guard": (True, "snapkv", "guard", "auto"),
+    # Diagnostics (not run by default): where the guard's cost goes, and what the attention kernel buys.
+    "engine+signals+snapkv+reversible": (True, "snapkv", "reversible", "auto"),  # host prompt copies only
+    "engine+signals+snapkv+guard_idle": (True, "snapkv", "idle", "auto"),  # + the guard, never acting
+    "engine+signals+snapkv/sdpa": (True, "snapkv", None, "sdpa"),
 }
+MAIN_VARIANTS = list(VARIANTS)[:4]
 
 
 @dataclass
@@ -56,7 +61,8 @@ class BenchConfig:
     hf_compile_batch_sizes : list of int
         Batch sizes for HF ``generate`` with a static cache and ``torch.compile`` (empty: skip).
     variants : list of str
-        Engine variants (see VARIANTS).
+        Engine variants (see VARIANTS; the diagnostics split the guard's cost into host prompt copies,
+        guard compute and actions, and compare the attention kernel with SDPA).
     ratio : float
         SnapKV compression ratio of the compressed variants.
     guard : str
@@ -75,7 +81,7 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     hf_batch_sizes: list[int] = field(default_factory=lambda: [64, 128, 256])
     hf_compile_batch_sizes: list[int] = field(default_factory=list)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(MAIN_VARIANTS))
     ratio: float = 0.875
     guard: str = "checkpoints/qwen2.5-coder-1.5b-gru"
     guard_max_batch: int = 256
@@ -126,16 +132,19 @@ def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda
     from hazard.control import PolicyController, build_policy
     from hazard.guard import HazardGuard
 
-    signals, press_name, guarded = VARIANTS[variant]
+    signals, press_name, mode, attention = VARIANTS[variant]
     spec = PressSpec(press_name, cfg.ratio) if press_name else PressSpec("none")
     eng = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, batch, tuple(cfg.probe_layers),
-                 signals=signals, ignore_eos=True, prefill_tokens=cfg.prefill_tokens)
+                 signals=signals, ignore_eos=True, prefill_tokens=cfg.prefill_tokens, attention=attention)
 
     def controller():
-        if not guarded:
+        if mode is None:
             return None
+        if mode == "reversible":  # a controller that never acts: the engine keeps the host prompt copies
+            return PolicyController(build_policy("static"), None, cfg.ratio, cfg.max_new_tokens)
         guard = HazardGuard.from_pretrained(cfg.guard)
-        return PolicyController(build_policy("hazard", trigger=guard.threshold), guard, cfg.ratio, cfg.max_new_tokens)
+        trigger = guard.threshold if mode == "guard" else float("inf")
+        return PolicyController(build_policy("hazard", trigger=trigger), guard, cfg.ratio, cfg.max_new_tokens)
 
     eng.generate(ids, build_press(spec), controller())  # warm-up: graph capture, lazy initialisation
     eng.timings = dict.fromkeys(eng.timings, 0.0)
@@ -154,8 +163,9 @@ def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda
            "ms_per_step": round(1000 * secs / steps, 2), "steps": eng.steps,
            "split_ms_per_step": {k.removesuffix("_s"): round(1000 * v / steps, 3) for k, v in eng.timings.items()},
            "peak_gpu_mem_gb": _peak(cuda), "cuda_graphs": bool(eng.runner.graphs),
+           "attention": "triton" if eng.runner.kernel else "sdpa",
            "mean_kv_tokens": round(float(sum(g.kv_tokens.mean() for g in gens) / len(gens)), 1)}
-    if guarded:
+    if mode in ("guard", "idle"):
         row["triggered_rows"] = sum(any(e[1] == "restore" for e in g.control["events"]) for g in gens)
     return row
 
@@ -169,7 +179,9 @@ def summarize(rows: list[dict]) -> dict:
         hf = key.get((m, b, "hf_generate"))
         if r["setting"].startswith("engine") and hf:
             r["x_hf_generate"] = round(r["generated_tokens_per_s"] / hf["generated_tokens_per_s"], 2)
-        base = {"engine+signals": "engine", "engine+signals+snapkv+guard": "engine+signals+snapkv"}.get(r["setting"])
+        base = {"engine+signals": "engine"}.get(r["setting"])
+        if r["setting"].startswith("engine+signals+snapkv") and r["setting"] != "engine+signals+snapkv":
+            base = "engine+signals+snapkv"
         if base and (m, b, base) in key:
             r["overhead_vs_" + base] = round(key[(m, b, base)]["generated_tokens_per_s"]
                                              / r["generated_tokens_per_s"] - 1, 3)
@@ -206,7 +218,7 @@ def run(cfg: BenchConfig) -> dict:
 
     plan = [("hf_generate", b) for b in cfg.hf_batch_sizes]
     plan += [(v, b) for b in cfg.batch_sizes for v in cfg.variants
-             if not (v.endswith("guard") and b > cfg.guard_max_batch)]
+             if not (VARIANTS[v][2] and b > cfg.guard_max_batch)]
     plan += [("hf_generate_static_compile", b) for b in cfg.hf_compile_batch_sizes]
     for setting, b in plan:
         if (label, b, setting) in done:

@@ -75,6 +75,8 @@ class HazardGuard:
         if rows is None:
             self._batch = batch if batch is not None else self._batch
             self._state = self.net.init_state(self._batch) if self._batch else None
+        elif torch.is_tensor(self._state):  # in place: a captured step keeps reading the same tensor
+            self._state.copy_(self.net.reset_rows(self._state, torch.as_tensor(rows, dtype=torch.long)))
         else:
             self._state = self.net.reset_rows(self._state, torch.as_tensor(rows, dtype=torch.long))
 
@@ -98,12 +100,14 @@ class HazardGuard:
             raise HazardError(f"guard.step expects (batch, {len(self.feature_names)}) features, got {tuple(x.shape)}")
         if self._state is None or x.shape[0] != self._batch:
             self.reset(batch=x.shape[0])
-        old = self._state
-        logits, self._state = self.net.step((x - self._mean) / self._std, self._state)
-        if active is not None:
-            if torch.is_tensor(self._state):  # (layers, batch, hidden)
-                self._state = torch.where(active.to(self.device)[None, :, None], self._state, old)
-            else:  # per-row histories, appended in place: take the step back where inactive
+        logits, new = self.net.step((x - self._mean) / self._std, self._state)
+        if torch.is_tensor(new):  # (layers, batch, hidden), updated in place (CUDA-graph capturable)
+            if active is not None:
+                new = torch.where(active.to(self.device)[None, :, None], new, self._state)
+            self._state.copy_(new)
+        else:  # per-row histories, appended in place: take the step back where inactive
+            self._state = new
+            if active is not None:
                 for i in torch.nonzero(~active.cpu()).flatten().tolist():
                     self._state[i].pop()
         return torch.sigmoid(logits)

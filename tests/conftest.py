@@ -6,6 +6,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The decode-attention kernel (Triton) runs on CPU tensors in Triton's interpreter; set before any import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import json  # noqa: E402
 

@@ -66,11 +66,15 @@ class PolicyController(Controller):
         prompt index -> onset under the static press (the oracle's knowledge).
     guard_timeout_s : float, optional
         A guard step slower than this counts as a failure: its answer is dropped for the safe action.
+    cuda_graphs : bool
+        On CUDA, replay the decode-step guard from a graph per batch bucket (recurrent guards).
     """
 
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
-                 onsets: dict | None = None, guard_timeout_s: float | None = None):
+                 onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True):
         self.guard_timeout_s = guard_timeout_s
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict | None = None
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
         self.onsets = onsets or {}
         self.states: dict[int, RowState] = {}
@@ -85,6 +89,10 @@ class PolicyController(Controller):
             if device is not None and hasattr(self.guard, "to"):
                 self.guard.to(device)
             self.guard.reset(batch=n_slots)  # one recurrent state per slot, reset when a row enters it
+        # Decode-step guard graphs: CUDA, a recurrent (tensor) state updated in place; None = eager.
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        state = getattr(self.guard, "_state", None)
+        self._graphs = {} if self.cuda_graphs and on_cuda and torch.is_tensor(state) else None
 
     def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
         for r in rows:
@@ -96,27 +104,61 @@ class PolicyController(Controller):
     def device_step(self, slots, packets, prompt_lens, steps):
         if self.policy.signal != "hazard" or self.guard is None:
             return None
-        h = self.guard.horizons.index(self.guard.eval_horizon)
         try:
             t0 = time.perf_counter()
-            x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
-                                      steps.float(), self.max_new_tokens)
-            full = x.new_zeros(self.n_slots, x.shape[1])
-            if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
-                full[slots] = x
-                p = self.guard.step(full)[slots, h: h + 1]
-            else:  # admitted rows take their first token; the others keep their state
-                idx = torch.as_tensor(list(slots), device=x.device)
-                full[idx] = x
-                active = torch.zeros(self.n_slots, dtype=torch.bool, device=x.device)
-                active[idx] = True
-                p = self.guard.step(full, active)[idx, h: h + 1]
+            if isinstance(slots, slice) and self._graphs is not None:
+                p = self._graphed(slots.stop, packets, prompt_lens, steps)
+            else:
+                p = self._probs(slots, packets, prompt_lens, steps)
             if self.guard_timeout_s is not None and time.perf_counter() - t0 > self.guard_timeout_s:
                 raise TimeoutError(f"guard step took longer than {self.guard_timeout_s} s")
-            return p.float()
+            return p
         except Exception as e:  # the guard must never stop generation
             log.warning("guard failed (%s); rows take the safe action (restore)", e)
             return packets.new_full((packets.shape[0], 1), float("inf"))
+
+    def _probs(self, slots, packets, prompt_lens, steps) -> torch.Tensor:
+        h = self.guard.horizons.index(self.guard.eval_horizon)
+        x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
+                                  steps.float(), self.max_new_tokens)
+        full = x.new_zeros(self.n_slots, x.shape[1])
+        if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
+            full[slots] = x
+            return self.guard.step(full)[slots, h: h + 1].float()
+        idx = torch.as_tensor(list(slots), device=x.device)  # admitted rows take their first token; the
+        full[idx] = x  # others keep their state
+        active = torch.zeros(self.n_slots, dtype=torch.bool, device=x.device)
+        active[idx] = True
+        return self.guard.step(full, active)[idx, h: h + 1].float()
+
+    def _graphed(self, n: int, packets, prompt_lens, steps) -> torch.Tensor:
+        """The decode-step guard for rows [0, n) replayed from a CUDA graph (captured once per n): some
+        fifty small kernels whose launches would otherwise cost more host time than the model step."""
+        entry = self._graphs.get(n)
+        if entry is None:
+            ins = (packets.clone(), prompt_lens.clone(), steps.clone())
+            saved = self.guard._state.clone()
+            try:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):  # warm-up outside the graph (cuDNN plans, workspaces)
+                    self._probs(slice(0, n), *ins)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = self._probs(slice(0, n), *ins)
+            except Exception as e:  # noqa: BLE001 - run it eagerly from now on, say so once
+                log.warning("guard CUDA graph capture failed (%s: %s); the guard runs eagerly", type(e).__name__, e)
+                self._graphs = None
+                self.guard._state.copy_(saved)
+                return self._probs(slice(0, n), packets, prompt_lens, steps)
+            self.guard._state.copy_(saved)  # the warm-up stepped it
+            entry = self._graphs[n] = (graph, ins, out)
+        graph, ins, out = entry
+        for buf, x in zip(ins, (packets, prompt_lens, steps)):
+            buf.copy_(x)
+        graph.replay()
+        return out
 
     def _candidates(self, signal: np.ndarray, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Indices of the rows whose policy may act or change state this step; the others would return

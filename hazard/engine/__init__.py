@@ -4,6 +4,7 @@ signals on the device, kvpress prefill compression per prompt, and controller ac
     scheduler.py  Engine: queue, slots, one host transfer per step, decode-time compression, controller
     store.py      KVStore: K/V, slot positions, lengths; restore / recall / rollback / recompress
     runner.py     ModelRunner: the decode step (attention over the store, signals), graph capture
+    attention.py  decode attention with per-row lengths (Triton), the attention signals in the same pass
     prefill.py    Prefill: batched prefill, each prompt compressed as kvpress would compress it alone
     types.py      Generation, Controller
 """

@@ -2,10 +2,11 @@
 
 The step runs the model's own modules (embedding, norms, projections, MLPs, lm_head) but does attention
 itself over the store, so it needs no HF cache object: the new K/V go to slot ``lens[b]`` of each row,
-attention is SDPA over the first ``width`` slots with a per-row mask, and the probed layers also reduce
-their attention to the signals. It reads and advances ``tokens``, ``next_pos`` and ``lens`` in place and
+attention reads each row's own slots (``engine.attention``'s Triton kernel, which also reduces a probed
+layer's attention to the signals in the same pass; SDPA over the first ``width`` slots with a per-row
+mask where Triton is not there). It reads and advances ``tokens``, ``next_pos`` and ``lens`` in place and
 writes one packet per row, so the host only copies that packet back: the step is capturable as a CUDA
-graph, one per (rows, width) bucket, replayed with no Python in the loop.
+graph, one per rows bucket (per (rows, width) bucket with SDPA), replayed with no Python in the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from hazard.engine import attention as decode_attn
 from hazard.engine.store import KVStore
 from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
 from hazard.signals.attention import rope
@@ -50,9 +52,13 @@ class ModelRunner:
         Compute the per-token signals; False gives the greedy token and cache length only.
     cuda_graphs : bool
         Capture each (rows, width) step once and replay it; a failed capture falls back to eager.
+    attention : {"auto", "triton", "sdpa"}
+        Decode attention: the Triton kernel (each row reads its own length; the probed layers' signals in
+        the same pass) or SDPA over the common width with a mask. "auto": Triton on CUDA where installed.
     """
 
-    def __init__(self, model: PreTrainedModel, probe_layers, signals: bool = True, cuda_graphs: bool = False):
+    def __init__(self, model: PreTrainedModel, probe_layers, signals: bool = True, cuda_graphs: bool = False,
+                 attention: str = "auto"):
         decoder = decoder_of(model)
         self.model, self.decoder = model, decoder
         self.layers = list(decoder.layers)
@@ -63,6 +69,13 @@ class ModelRunner:
         self.probe_layers = sorted({i % n for i in probe_layers}) if signals else []
         self.signals = signals
         self.cuda_graphs = cuda_graphs
+        device = next(model.parameters()).device
+        if attention not in ("auto", "triton", "sdpa"):
+            raise ValueError(f"attention must be auto, triton or sdpa, got {attention!r}")
+        if attention == "triton" and decode_attn.triton is None:
+            raise ValueError("attention='triton' needs the triton package; install it or use attention='sdpa'")
+        self.kernel = attention == "triton" or (attention == "auto" and decode_attn.available(device))
+        self._splits: dict[int, int] = {}
         self.store: KVStore | None = None
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
@@ -83,7 +96,9 @@ class ModelRunner:
         lens, pos, plen = st.lens[:n], st.next_pos[:n], st.prompt_len[:n]
         # Dead slots keep counting; clamping keeps their (ignored) writes inside the row.
         write = lens.clamp(max=st.capacity - 1)
-        valid = st.arange[:width][None, :] <= write[:, None]
+        valid = st.arange[:width][None, :] <= write[:, None] if not self.kernel else None
+        if self.kernel and n not in self._splits:
+            self._splits[n] = decode_attn.splits_for(n, hkv, st.device)
         x = self.decoder.embed_tokens(st.tokens[:n])[:, None]
         cos, sin = self.decoder.rotary_emb(x, pos[:, None])  # (n, 1, d): broadcasts over heads
         stats = []
@@ -95,15 +110,23 @@ class ModelRunner:
             st.k[li, rows, :, write] = k
             st.v[li, rows, :, write] = attn.v_proj(h).view(n, hkv, d)
             st.pos[li, rows, :, write] = pos[:, None]
-            keys, values = st.k[li, :n, :, :width], st.v[li, :n, :, :width]
-            # GQA without copying K/V: a KV head's query heads become its "query length".
-            o = F.scaled_dot_product_attention(q.view(n, hkv, hq // hkv, d), keys, values,
-                                               attn_mask=valid[:, None, None, :], scale=attn.scaling)
+            probed = li in self.probe_layers
+            if self.kernel:  # each row reads its own length; a probed layer's signals in the same pass
+                o, s = decode_attn.decode_attention(
+                    q.view(n, hkv, hq // hkv, d), st.k[li], st.v[li], lens, attn.scaling,
+                    *((st.pos[li], pos, plen) if probed else ()), splits=self._splits[n])
+                if probed:
+                    stats.append(s)
+            else:
+                keys, values = st.k[li, :n, :, :width], st.v[li, :n, :, :width]
+                # GQA without copying K/V: a KV head's query heads become its "query length".
+                o = F.scaled_dot_product_attention(q.view(n, hkv, hq // hkv, d), keys, values,
+                                                   attn_mask=valid[:, None, None, :], scale=attn.scaling)
+                if probed:
+                    probs = attention_probs(q, keys, attn.scaling, valid)
+                    stats.append(stats_from_probs(probs, st.pos[li, :n, :, :width], valid, pos, plen))
             x = x + attn.o_proj(o.reshape(n, 1, hq * d))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-            if li in self.probe_layers:
-                probs = attention_probs(q, keys, attn.scaling, valid)
-                stats.append(stats_from_probs(probs, st.pos[li, :n, :, :width], valid, pos, plen))
         logits = self.model.lm_head(self.decoder.norm(x)[:, 0])  # signals read it in its own dtype
         held = (write + 1).float()[:, None]
         if self.signals:
@@ -148,6 +171,8 @@ class ModelRunner:
 
     def step(self, n: int, width: int) -> None:
         """Advance rows ``[0, n)`` by one token, attending over ``width`` slots (buckets: see above)."""
+        if self.kernel:
+            width = 0  # the kernel reads each row's own length: one graph per row bucket
         if self.cuda_graphs and not self._graph_failed:
             key = (n, width)
             graph = self.graphs.get(key)

@@ -65,11 +65,14 @@ class Engine:
         Refill free slots once this fraction of the batch is free (or nothing is live).
     ignore_eos : bool
         Generate ``max_new_tokens`` for every row (benchmarks).
+    attention : {"auto", "triton", "sdpa"}
+        Decode attention (see ``ModelRunner``); "auto" takes the Triton kernel on CUDA.
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
-                 prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False):
+                 prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False,
+                 attention: str = "auto"):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -80,7 +83,7 @@ class Engine:
         self.refill_fraction = refill_fraction
         self.ignore_eos = ignore_eos
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs)
+        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention)
         self.prefill = Prefill(self.runner, prefill_tokens)
         self.store: KVStore | None = None
         self.generated_tokens = 0

@@ -57,6 +57,7 @@ class KVStore:
         self.packet = torch.zeros(rows, 1 + len(SIGNALS), dtype=torch.float32, device=device)
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and prompt_capacity else None
+        self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its host copy has landed once this fires
         if prompt_capacity:
             pin = device.type == "cuda"
             hshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
@@ -109,6 +110,9 @@ class KVStore:
             for r, (slot, n) in enumerate(zip(slots, lengths)):
                 self.host_k[slot, :n].copy_(k[r, :n], non_blocking=True)
                 self.host_v[slot, :n].copy_(v[r, :n], non_blocking=True)
+                # Per row: a restore waits for its own row's copy, not for a whole refill's gigabytes.
+                self.copied[slot] = torch.cuda.Event()
+                self.copied[slot].record(self.copy_stream)
         k.record_stream(self.copy_stream)
         v.record_stream(self.copy_stream)
 
@@ -143,6 +147,7 @@ class KVStore:
         if self.prompt_capacity:
             if self.copy_stream is not None:
                 self.copy_stream.synchronize()
+            self.copied.clear()
             self.kept[:, d] = self.kept[:, s]
             self.host_k[list(dst)] = self.host_k[list(src)]
             self.host_v[list(dst)] = self.host_v[list(src)]
@@ -188,8 +193,10 @@ class KVStore:
         gen_src = gen_src.expand_as(order)
         # Source index into [whole prompt (n_max slots) | current row (cap slots)].
         idx = torch.where(is_prompt, order.clamp(max=n_max - 1), n_max + gen_src)
-        if self.copy_stream is not None:  # the rows' host copies must have landed
-            torch.cuda.current_stream().wait_stream(self.copy_stream)
+        if self.copy_stream is not None:  # these rows' host copies must have landed (a device-side wait)
+            for i in slots:
+                if i in self.copied:
+                    torch.cuda.current_stream().wait_event(self.copied[i])
         # (R, N, L, H, D) host copies -> (L, R, H, N, D)
         full_k = torch.stack([self.host_k[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
         full_v = torch.stack([self.host_v[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
