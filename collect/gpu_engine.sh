@@ -15,7 +15,8 @@ left() { echo $((BUDGET - (SECONDS - start))); }
 source gpu/setup.sh ${MODELS:-q05 q15} || exit 2
 mkdir -p /tmp/hz
 [ -f /tmp/hz/throughput.json ] && cp /tmp/hz/throughput.json collect/results/throughput.json
-for f in ab_reference gpu_checks decode_attention; do [ -f /tmp/hz/$f.done ] && cp /tmp/hz/$f.json collect/results/ 2>/dev/null; done
+for f in ab:ab_reference checks:gpu_checks kernel:decode_attention; do  # step:result of the steps done here
+  [ -f /tmp/hz/${f%%:*}.done ] && cp /tmp/hz/${f#*:}.json collect/results/ 2>/dev/null; done
 R=collect/results
 finish() { cp $R/ab_reference.json $R/gpu_checks.json $R/decode_attention.json $R/throughput.json "${OUT:-/tmp}/" 2>/dev/null;
            cp $R/ab_reference.json $R/gpu_checks.json $R/decode_attention.json $R/throughput.json /tmp/hz/ 2>/dev/null

@@ -6,7 +6,7 @@ import torch
 
 from hazard.compression import PressSpec, build_press
 from hazard.control import PolicyController, build_policy
-from hazard.control.policies import RowState
+from hazard.control.policies import RowState, RowStates
 from hazard.engine import Controller, Engine
 from hazard.errors import HazardError
 
@@ -80,6 +80,25 @@ def test_threshold_policy_hysteresis_and_cooldown():
     assert acts[4] == [] and acts[7] == [("recompress",)]  # 0.4 is not calm (>= off); three calm tokens
     assert acts[8] == [] and acts[9] == []  # cool-down of 2 tokens, then 2 sustained tokens needed
     assert acts[10] == [("restore",), ("rollback", 4)] and st.triggers == 2
+
+
+@pytest.mark.parametrize("kw", [dict(trigger=0.5, release=0.3, sustain=2, calm_tokens=3, cooldown=2, rollback=4),
+                                dict(trigger=0.6, sustain=1, calm_tokens=0, cooldown=0)])
+def test_threshold_policy_rows_at_once_equal_one_at_a_time(kw):
+    """``decide_rows`` (the controller's vectorised path) == ``decide`` per row, on random signals for 40
+    rows, a random subset stepping each time."""
+    p = build_policy("hazard", **kw)
+    rng = np.random.default_rng(0)
+    n = 40
+    one, many = [RowState() for _ in range(n)], RowStates.zeros(n)
+    for t in range(60):
+        idx = np.flatnonzero(rng.random(n) < 0.8)
+        x = rng.random(len(idx))
+        got = p.decide_rows(x, many, idx)
+        want = {j: a for j, (i, xi) in enumerate(zip(idx, x)) if (a := p.decide(float(xi), t, one[i]))}
+        assert got == want, t
+        for f in ("relaxed", "above", "calm", "cooldown", "triggers"):
+            assert np.array_equal(getattr(many, f), [getattr(s, f) for s in one]), (t, f)
 
 
 def test_oracle_random_static_policies():

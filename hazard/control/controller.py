@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from hazard.control.policies import OraclePolicy, RowState, StaticPolicy, ThresholdPolicy
+from hazard.control.policies import OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
 from hazard.signals import SIGNALS
 
@@ -85,6 +85,7 @@ class PolicyController(Controller):
     def begin(self, n_slots: int, device=None) -> None:
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
+        self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays
         if self.guard is not None:
             if device is not None and hasattr(self.guard, "to"):
                 self.guard.to(device)
@@ -98,6 +99,7 @@ class PolicyController(Controller):
         for r in rows:
             self.states[r] = RowState()
         self._busy[list(slots)] = False
+        self._rows.reset(list(slots))
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
@@ -163,12 +165,10 @@ class PolicyController(Controller):
     def _candidates(self, signal: np.ndarray, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Indices of the rows whose policy may act or change state this step; the others would return
         [] and keep their state (a Python call per row and step costs more than the model step at
-        batch 256)."""
+        batch 256; ``ThresholdPolicy`` steps all rows as arrays instead)."""
         p = self.policy
         if isinstance(p, StaticPolicy):
             return np.zeros(0, dtype=np.int64)
-        if isinstance(p, ThresholdPolicy):
-            return np.flatnonzero(self._busy[slots] | ~(signal < p.trigger))  # NaN/inf (guard failure) included
         if isinstance(p, OraclePolicy):
             onset = np.array([self.onsets.get(int(r), -1) for r in rows])
             return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= onset - p.lead)))
@@ -187,6 +187,15 @@ class PolicyController(Controller):
         else:
             signal = np.zeros(len(rows))
         actions = {}
+        if isinstance(self.policy, ThresholdPolicy):  # every row at once
+            ok = np.isfinite(signal)
+            for j, acts in self.policy.decide_rows(signal[ok], self._rows, slots[ok]).items():
+                actions[int(rows[ok][j])] = acts
+            for j in np.flatnonzero(~ok):  # guard failure: the safe action
+                if not self._rows.relaxed[slots[j]]:
+                    actions[int(rows[j])] = [("restore",)]
+                self._rows.relaxed[slots[j]] = True
+            return actions
         for j in self._candidates(signal, slots, rows, steps):
             r = int(rows[j])
             st = self.states[r]

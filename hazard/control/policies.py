@@ -87,6 +87,56 @@ class ThresholdPolicy:
         st.above = st.above + 1 if x >= self.trigger else 0
         return _relax(st, self.rollback) if st.above >= self.sustain and not blocked else []
 
+    def decide_rows(self, x: np.ndarray, states: RowStates, idx: np.ndarray) -> dict[int, list[tuple]]:
+        """``decide`` for the rows ``idx`` of ``states`` with signals ``x``, vectorised (a Python call per
+        row and step costs more than the model step at batch 256); returns {position in idx: actions}."""
+        fire, settle = _threshold_rows(self, x, states, idx)
+        out = {int(j): [("restore",)] + ([("rollback", self.rollback)] if self.rollback else [])
+               for j in np.flatnonzero(fire)}
+        out.update({int(j): [("recompress",)] for j in np.flatnonzero(settle)})
+        return out
+
+
+@dataclass
+class RowStates:
+    """``RowState`` for many rows as arrays (one entry per batch slot), for ``ThresholdPolicy.decide_rows``."""
+
+    relaxed: np.ndarray
+    above: np.ndarray
+    calm: np.ndarray
+    cooldown: np.ndarray
+    triggers: np.ndarray
+
+    @classmethod
+    def zeros(cls, n: int) -> RowStates:
+        return cls(np.zeros(n, bool), *(np.zeros(n, np.int64) for _ in range(4)))
+
+    def reset(self, idx) -> None:
+        for a in (self.relaxed, self.above, self.calm, self.cooldown, self.triggers):
+            a[idx] = 0
+
+    def busy(self, idx) -> np.ndarray:
+        """Rows whose state is not the idle one."""
+        return self.relaxed[idx] | (self.above[idx] > 0) | (self.cooldown[idx] > 0) | (self.calm[idx] > 0)
+
+
+def _threshold_rows(p: ThresholdPolicy, x: np.ndarray, s: RowStates, idx: np.ndarray):
+    """``ThresholdPolicy.decide`` for rows ``idx`` at once: returns (fired, recompressed) boolean masks."""
+    relaxed = s.relaxed[idx]
+    level = p.trigger if p.release is None else p.release
+    calm = np.where(x < level, s.calm[idx] + 1, 0)
+    settle = relaxed & (p.calm_tokens > 0) & (calm >= p.calm_tokens)
+    blocked = s.cooldown[idx] > 0
+    above = np.where(x >= p.trigger, s.above[idx] + 1, 0)
+    fire = ~relaxed & (above >= p.sustain) & ~blocked
+    s.calm[idx] = np.where(relaxed, calm, np.where(fire, 0, s.calm[idx]))
+    s.cooldown[idx] = np.where(relaxed, np.where(settle, p.cooldown, s.cooldown[idx]),
+                               np.maximum(s.cooldown[idx] - 1, 0))
+    s.above[idx] = np.where(relaxed, s.above[idx], np.where(fire, 0, above))
+    s.relaxed[idx] = (relaxed & ~settle) | fire
+    s.triggers[idx] += fire
+    return fire, settle
+
 
 @dataclass
 class RandomPolicy:
