@@ -90,15 +90,20 @@ def test_threshold_policy_rows_at_once_equal_one_at_a_time(kw):
     p = build_policy("hazard", **kw)
     rng = np.random.default_rng(0)
     n = 40
-    one, many = [RowState() for _ in range(n)], RowStates.zeros(n)
+    one, many, some = [RowState() for _ in range(n)], RowStates.zeros(n), RowStates.zeros(n)
     for t in range(60):
         idx = np.flatnonzero(rng.random(n) < 0.8)
         x = rng.random(len(idx))
         got = p.decide_rows(x, many, idx)
         want = {j: a for j, (i, xi) in enumerate(zip(idx, x)) if (a := p.decide(float(xi), t, one[i]))}
         assert got == want, t
+        # The controller steps only the rows a signal can change: the same actions.
+        cand = np.flatnonzero(some.busy(idx) | (x >= p.trigger))
+        assert {int(cand[j]): a for j, a in p.decide_rows(x[cand], some, idx[cand]).items()} == want, t
         for f in ("relaxed", "above", "calm", "cooldown", "triggers"):
             assert np.array_equal(getattr(many, f), [getattr(s, f) for s in one]), (t, f)
+        for f in ("relaxed", "above", "cooldown", "triggers"):
+            assert np.array_equal(getattr(some, f), [getattr(s, f) for s in one]), (t, f)
 
 
 def test_oracle_random_static_policies():

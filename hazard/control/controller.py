@@ -187,11 +187,16 @@ class PolicyController(Controller):
         else:
             signal = np.zeros(len(rows))
         actions = {}
-        if isinstance(self.policy, ThresholdPolicy):  # every row at once
-            ok = np.isfinite(signal)
+        if isinstance(self.policy, ThresholdPolicy):
+            # Only rows whose state can change (not idle, or at/above the trigger; NaN/inf included), all
+            # at once: most steps of most rows cost nothing on the host.
+            cand = np.flatnonzero(self._rows.busy(slots) | ~(signal < self.policy.trigger))
+            if not len(cand):
+                return actions
+            ok = cand[np.isfinite(signal[cand])]
             for j, acts in self.policy.decide_rows(signal[ok], self._rows, slots[ok]).items():
-                actions[int(rows[ok][j])] = acts
-            for j in np.flatnonzero(~ok):  # guard failure: the safe action
+                actions[int(rows[ok[j]])] = acts
+            for j in cand[~np.isfinite(signal[cand])]:  # guard failure: the safe action
                 if not self._rows.relaxed[slots[j]]:
                     actions[int(rows[j])] = [("restore",)]
                 self._rows.relaxed[slots[j]] = True

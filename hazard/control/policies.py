@@ -116,8 +116,9 @@ class RowStates:
             a[idx] = 0
 
     def busy(self, idx) -> np.ndarray:
-        """Rows whose state is not the idle one."""
-        return self.relaxed[idx] | (self.above[idx] > 0) | (self.cooldown[idx] > 0) | (self.calm[idx] > 0)
+        """Rows a signal below the trigger may still change (relaxed, counting, or cooling down); the
+        others would keep their state (a compressed row never reads its calm count)."""
+        return self.relaxed[idx] | (self.above[idx] > 0) | (self.cooldown[idx] > 0)
 
 
 def _threshold_rows(p: ThresholdPolicy, x: np.ndarray, s: RowStates, idx: np.ndarray):
