@@ -73,6 +73,8 @@ class BenchConfig:
     prefill_tokens : int
         Padded prompt tokens per prefill forward.
     probe_layers : list of int
+    rerun : bool
+        Drop this model's rows measured on this hardware first (a new commit), instead of resuming.
     out : str
     """
 
@@ -88,6 +90,7 @@ class BenchConfig:
     max_new_tokens: int = 256
     prefill_tokens: int = 32768
     probe_layers: list[int] = field(default_factory=lambda: [0, 14, -1])
+    rerun: bool = False
     out: str = "collect/results/throughput.json"
 
 
@@ -200,6 +203,8 @@ def run(cfg: BenchConfig) -> dict:
     old = json.loads(out.read_text()) if out.is_file() else {}
     label = cfg.model.label()
     rows = [r for r in old.get("rows", []) if r["model"] != label or r.get("hardware") == hardware()]
+    if cfg.rerun:
+        rows = [r for r in rows if r["model"] != label]
     done = {(r["model"], r["batch"], r["setting"]) for r in rows}
     model, tok = load_model(cfg.model)
     cuda = next(model.parameters()).is_cuda

@@ -6,6 +6,9 @@
 #   bench   collect/bench.py            (0.5B, then 1.5B; HF generate anchors + engine)   -> throughput.json
 # (all under collect/results/)
 # Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl, GSM8K in .data/gsm8k.
+# STEPS picks steps (default "ab checks kernel bench"); e.g. the 1.5B rows alone, replacing the old ones:
+#   STEPS=bench MODELS=q15 BENCH_MODELS=q15 BENCH_ARGS="--rerun true" bash collect/gpu_engine.sh
+# (--rerun drops that model's rows once; a resumed call on the same machine must leave it out.)
 # Steps resume on a warm machine: a step that succeeded is skipped, the benchmark resumes per row; run
 # again until it prints "all done". Results are copied to $OUT.
 set -uo pipefail
@@ -31,13 +34,15 @@ run() {  # run NAME MIN_SECONDS CMD...
   return "$rc"
 }
 G=.data/gsm8k
-[ -f /tmp/hz/ab.done ] || { run ab 120 python3 collect/ab_reference.py --model.path /tmp/q05 \
+STEPS=${STEPS:-ab checks kernel bench}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+want ab && [ ! -f /tmp/hz/ab.done ] && { run ab 120 python3 collect/ab_reference.py --model.path /tmp/q05 \
   --model.name qwen2.5-coder-0.5b-instruct --gsm8k $G && touch /tmp/hz/ab.done; }
-[ -f /tmp/hz/checks.done ] || { run checks 120 python3 collect/gpu_checks.py --model.path /tmp/q05 \
+want checks && [ ! -f /tmp/hz/checks.done ] && { run checks 120 python3 collect/gpu_checks.py --model.path /tmp/q05 \
   --model.name qwen2.5-coder-0.5b-instruct --gsm8k $G && touch /tmp/hz/checks.done; }
-[ -f /tmp/hz/kernel.done ] || { run kernel 60 python3 collect/bench_attention.py && touch /tmp/hz/kernel.done; }
+want kernel && [ ! -f /tmp/hz/kernel.done ] && { run kernel 60 python3 collect/bench_attention.py && touch /tmp/hz/kernel.done; }
 ALL='["engine", "engine+signals", "engine+signals+snapkv", "engine+signals+snapkv+guard", "engine+signals+snapkv+reversible", "engine+signals+snapkv+guard_idle", "engine+signals+snapkv/sdpa"]'
-for m in ${BENCH_MODELS:-q05 q15}; do
+want bench && for m in ${BENCH_MODELS:-q05 q15}; do
   name=$([ $m = q05 ] && echo qwen2.5-coder-0.5b-instruct || echo qwen2.5-coder-1.5b-instruct)
   probe=$([ $m = q05 ] && echo '[0, 12, -1]' || echo '[0, 14, -1]')
   compile=$([ $m = q05 ] && echo '[64]' || echo '[]')  # HF static cache + torch.compile: one batch, compile is slow
