@@ -3,4 +3,8 @@
 __version__ = "0.1.0"
 
 # Bumped whenever the trace Features change; readers refuse other versions.
-SCHEMA_VERSION = 1
+# v2: onsets a reader would point at (stall / answered / claim columns; divergence no longer an onset).
+SCHEMA_VERSION = 2
+# Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
+# label-only schema change keeps exported guards usable.
+SIGNALS_VERSION = 1

@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,7 +24,7 @@ from hazard import SCHEMA_VERSION, __version__, dist
 from hazard.compression import PressSpec, build_press
 from hazard.engine import Engine, Generation
 from hazard.errors import HazardError
-from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, verdict
+from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.signals import SIGNALS
 from hazard.summary import summarize
@@ -60,20 +61,33 @@ def encode(tok, prompt: Prompt) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
-              meta: dict) -> dict:
-    """One trace row: outcome, detectors, onset, labels and per-token arrays.
+def decode_prefix(tok, tokens: list[int], m: int) -> str:
+    """The text of the first ``m`` of ``tokens``, decoded as the whole generation is."""
+    return tok.decode(tokens[:m], skip_special_tokens=True)
 
-    ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run).
+
+def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
+              meta: dict, decode_prefix=None) -> dict:
+    """One trace row: outcome, detectors, onsets, labels and per-token arrays.
+
+    ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run);
+    ``decode_prefix(m)`` the text of the first m generated tokens (default: none, so the rules that place
+    onsets in the text give -1).
     """
     answer = parse_answer(text)
     correct = score(answer, prompt.gold)
     loop = detect_loop(gen.tokens, gen.finished)
     diverge = divergence(gen.tokens, ref["tokens"]) if ref is not None else -1
-    v = verdict(loop.onset if loop else -1, not gen.finished, correct,
-                ref["correct"] if ref is not None else None, diverge)
-    labels, post = hazard_labels(len(gen.tokens), v.onset)
     question = prompt.messages[-1]["content"]
+    n = len(gen.tokens)
+    prog = progress_onsets(gen.tokens, gen.finished, text, decode_prefix or (lambda m: ""), question,
+                           ref.get("text") if ref is not None else None)
+    if decode_prefix is None:
+        prog["answered_at"] = prog["claim_onset"] = -1
+    ref_len = min(int(ref["n_tokens"]), n - 1) if ref is not None and ref.get("finished") else -1
+    v = verdict(loop.onset if loop else -1, not gen.finished, correct, ref["correct"] if ref is not None else None,
+                stall=prog["stall_onset"], answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len)
+    labels, post = hazard_labels(n, v.onset)
     row = {
         **meta,
         "trace_id": f"{meta['model']}/{meta['task']}/{prompt.id}/{spec.label}/s{meta['seed']}",
@@ -85,7 +99,7 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
         "loop": loop is not None, "loop_onset": loop.onset if loop else -1,
         "loop_period": loop.period if loop else 0, "nonterm": not gen.finished,
         "amnesia": detect_amnesia(text, answer, prompt.gold, prompt.distractors, prompt.exemplar_texts, question),
-        "divergence": diverge, "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
+        "divergence": diverge, **prog, "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
         "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes, "post_onset": post,
         **{f"label_h{k}": labels[k] for k in HORIZONS},
     }
@@ -115,7 +129,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         if path.exists():
             skipped += 1
             if spec.name == "none":
-                table = pq.read_table(path, columns=["prompt_id", "tokens", "correct"]).to_pylist()
+                cols = ["prompt_id", "tokens", "correct", "text", "finished", "n_tokens"]
+                table = pq.read_table(path, columns=cols).to_pylist()
                 by_id = {r["prompt_id"]: r for r in table}
                 refs = [by_id[p.id] for p in prompts]
             continue
@@ -123,7 +138,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
         for i, (p, g) in enumerate(zip(prompts, engine.generate(ids, build_press(spec)))):
             text = tok.decode(g.tokens, skip_special_tokens=True)
-            rows.append(build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta))
+            prefix = partial(decode_prefix, tok, g.tokens)
+            rows.append(build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta, prefix))
         if spec.name == "none":
             refs = rows
         write_shard(rows, path)

@@ -12,12 +12,13 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, build_row, encode, hardware
+from hazard.collect import TaskSpec, build_row, decode_prefix, encode, hardware
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.engine import Engine
@@ -29,6 +30,9 @@ from hazard.report import pareto_plot
 from hazard.signals import SIGNALS
 from hazard.tasks import build_task
 from hazard.traces import write_json
+
+# What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules).
+ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "text", "finished", "n_tokens")
 
 
 @dataclass
@@ -139,14 +143,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             t0 = time.perf_counter()
             gens = engine.generate(ids, build_press(spec), controller=policy)
             secs = time.perf_counter() - t0
-            rows = [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta)
+            rows = [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
+                              partial(decode_prefix, tok, g.tokens))
                     for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
             restores = sum(sum(e[1] == "restore" for e in g.control.get("events", [])) for g in gens)
             rec = {"summary": res, "restore_rate": restores / max(steps, 1),
                    "ms_per_token": 1000 * secs / max(sum(len(g.tokens) for g in gens), 1),
-                   "rows": [{k: r[k] for k in ("tokens", "correct", "onset", "catastrophe")} for r in rows]}
+                   "rows": [{k: r[k] for k in ROW_KEYS} for r in rows]}
             write_json(path, rec)
             return rec
 

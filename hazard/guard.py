@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hazard import SCHEMA_VERSION
+from hazard import SCHEMA_VERSION, SIGNALS_VERSION
 from hazard.errors import HazardError
 from hazard.predictor.nets import NETS
 
@@ -51,9 +51,12 @@ class HazardGuard:
         config = json.loads((path / "config.json").read_text())
         if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
             raise HazardError(f"guard checkpoint {path}: not a {FORMAT} v{FORMAT_VERSION} config.json")
-        if config.get("schema_version") != SCHEMA_VERSION:
-            raise HazardError(f"guard checkpoint {path}: trained on trace schema v{config.get('schema_version')}, "
-                              f"this hazard produces v{SCHEMA_VERSION}; retrain or install the matching hazard")
+        # Guards exported before signals_version existed were trained on trace schema v1 = signals v1.
+        signals = config.get("signals_version", 1 if config.get("schema_version") == 1 else None)
+        if signals != SIGNALS_VERSION:
+            raise HazardError(f"guard checkpoint {path}: trained on signals v{signals} (trace schema "
+                              f"v{config.get('schema_version')}), this hazard produces signals v{SIGNALS_VERSION}; "
+                              "retrain or install the matching hazard")
         if config["net"] not in NETS:
             raise HazardError(f"guard checkpoint {path}: unknown net {config['net']!r}")
         net = NETS[config["net"]](len(config["features"]["names"]), len(config["horizons"]), **config["net_kwargs"])
@@ -125,6 +128,7 @@ def export_guard(module, out: str | os.PathLike, threshold: float, eval_horizon:
     hp = module.hparams
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+        "signals_version": SIGNALS_VERSION,
         "net": hp.net, "net_kwargs": module.net_kwargs(), "features": hp.feature_spec,
         "horizons": hp.feature_spec["horizons"], "eval_horizon": eval_horizon, "threshold": threshold, **extra,
     }

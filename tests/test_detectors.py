@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hazard.labels import detect_amnesia, detect_loop, divergence, hazard_labels, verdict
+from hazard.labels import detect_amnesia, detect_loop, divergence, hazard_labels, stall_onset, verdict
 
 
 def test_loop_after_prefix():
@@ -63,17 +63,59 @@ def test_amnesia():
     assert not detect_amnesia(out, None, "1", [], [ex], question=out)
 
 
-@pytest.mark.parametrize("args,expected", [
-    ((-1, False, True, True, -1), (False, -1, "none")),
-    ((12, True, False, True, 3), (True, 12, "loop")),
-    ((-1, True, False, False, 7), (True, 7, "divergence")),
-    ((-1, False, False, True, 5), (True, 5, "divergence")),  # wrong where the reference was right
-    ((-1, False, False, False, 5), (False, -1, "none")),  # wrong like the reference: not induced
-    ((-1, True, False, None, -1), (True, -1, "unknown")),  # uncompressed run, no twin
+@pytest.mark.parametrize("args,kw,expected", [
+    ((-1, False, True, True), {}, (False, -1, "none")),
+    ((12, True, False, True), {"stall": 5}, (True, 12, "loop")),  # a loop's own onset wins
+    ((-1, True, False, False), {"stall": 40, "answered": 30}, (True, 30, "answered")),  # the earlier
+    ((-1, True, False, False), {"stall": 40}, (True, 40, "stall")),
+    ((-1, True, False, True), {"ref_len": 90}, (True, 90, "overrun")),  # twin ended at 90, this ran on
+    ((-1, True, False, None), {}, (True, -1, "unknown")),  # uncompressed run, nothing to place it
+    ((-1, True, False, None), {"stall": 60}, (True, 60, "stall")),  # ... but a stall needs no twin
+    ((-1, False, False, True), {"claim": 17}, (True, 17, "claim")),  # wrong where the reference was right
+    ((-1, False, False, True), {}, (True, -1, "unknown")),
+    ((-1, False, False, False), {"claim": 5}, (False, -1, "none")),  # wrong like the reference: not induced
 ])
-def test_verdict(args, expected):
-    v = verdict(*args)
+def test_verdict(args, kw, expected):
+    v = verdict(*args, **kw)
     assert (v.catastrophe, v.onset, v.source) == expected
+
+
+def test_stall_onset_is_where_the_run_stops_saying_new_things():
+    rng = np.random.default_rng(0)
+    fresh = rng.integers(1000, 2000, 80).tolist()  # progress: every 4-gram new
+    assert stall_onset(fresh) == -1
+    # then it only recombines two phrases it already wrote (not a strict cycle: the order varies)
+    a, b = fresh[10:16], fresh[30:37]
+    tail = sum(([a, b][i] for i in rng.integers(0, 2, 14)), [])
+    onset = stall_onset(fresh + tail)
+    assert 80 <= onset <= 80 + 8, onset  # within a few tokens of where the recombining starts
+    assert detect_loop(fresh + tail) is None  # no single cycle: the loop detector would not place it
+    assert stall_onset(fresh + tail[:20]) == -1  # shorter than a window: not a stall
+    assert stall_onset([7] * 50) <= 1  # the second 7 repeats the first
+    assert stall_onset(fresh + tail + [999], finished=True) == onset  # the end token is left out
+
+
+def test_progress_onsets_place_answer_and_first_wrong_claim():
+    from hazard.labels.progress import first_new_number, numbers, progress_onsets, token_of_char
+
+    words = ["She ", "has ", "3 ", "+ ", "4 ", "= ", "7 ", "eggs. ", "Then ", "7 ", "* ", "9 ", "= ", "63. ",
+             "The answer is 63. ", "Next ", "question: ", "..."]
+    text = "".join(words)
+
+    def prefix(m):
+        return "".join(words[:m])
+
+    assert token_of_char(prefix, len(words), text.index("63")) == 11 + 2  # "63. " is word 13
+    assert numbers("1,200 and 3.50 and 7.") == {"1200", "3.5", "7"}
+    assert first_new_number(text, {"3", "4", "7"}) == text.index("9")
+    question, ref = "She has 3 eggs and buys 4.", "3 + 4 = 7 eggs. Then 7 * 2 = 14. The answer is 14."
+    out = progress_onsets(list(range(len(words))), True, text, prefix, question, ref)
+    assert out["answered_at"] == 15  # the token after "The answer is 63. "
+    assert out["claim_onset"] == 11  # "9": the first number the healthy twin never wrote
+    assert out["stall_onset"] == -1
+    same = progress_onsets(list(range(len(words))), True, text, prefix, question, text)  # every number shared
+    assert same["claim_onset"] == 14  # falls back to the answer statement
+    assert progress_onsets([1, 2], False, "no answer", lambda m: "", "q", None)["answered_at"] == -1
 
 
 def test_hazard_labels():

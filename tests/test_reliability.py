@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hazard import SCHEMA_VERSION
 from hazard.cli import main
 from hazard.errors import HazardError
 from hazard.models import save_tiny
@@ -106,7 +107,7 @@ def test_poisoned_and_empty_inputs(tmp_path):
                       "entropy": np.array([np.inf, 0, 0], np.float32)}], tmp_path / "x.parquet")
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "x.parquet.tmp").exists()
     (tmp_path / "empty" / "data").mkdir(parents=True)
-    (tmp_path / "empty" / "manifest.json").write_text(json.dumps({"schema_version": 1}))
+    (tmp_path / "empty" / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
     with pytest.raises(HazardError, match="no finished shards"):
         load_traces(tmp_path / "empty")
 

@@ -152,11 +152,15 @@ def test_guard_checkpoint_errors(tmp_path, traces_dir):
 
     out = export_guard(model, tmp_path / "g", 0.5, 16, {})
     cfg = json.loads((out / "config.json").read_text())
-    cfg["schema_version"] = 999
+    assert cfg["signals_version"] == 1 and cfg["schema_version"] == 2
+    cfg["signals_version"] = 999
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(HazardError, match="schema v999"):
+    with pytest.raises(HazardError, match="signals v999"):
         HazardGuard.from_pretrained(out)
+    del cfg["signals_version"]  # a guard exported before signals_version: trace schema v1 means signals v1
     cfg["schema_version"] = 1
+    (out / "config.json").write_text(json.dumps(cfg))
+    HazardGuard.from_pretrained(out)
     cfg["net_kwargs"]["hidden"] = 9
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HazardError, match="weights do not fit"):

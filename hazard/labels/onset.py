@@ -8,23 +8,40 @@ from dataclasses import dataclass
 @dataclass
 class Verdict:
     catastrophe: bool
-    onset: int  # -1: no catastrophe, or one whose onset is unknown (no loop and no reference twin)
-    source: str  # "loop" | "divergence" | "none" | "unknown"
+    onset: int  # -1: no catastrophe, or one whose onset no rule places
+    source: str  # "loop" | "stall" | "answered" | "overrun" | "claim" | "none" | "unknown"
 
 
-def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | None, diverge: int) -> Verdict:
+def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | None, *, stall: int = -1,
+            answered: int = -1, claim: int = -1, ref_len: int = -1) -> Verdict:
     """A catastrophe is a loop, a non-termination, or a wrong answer where the uncompressed run was right.
 
-    Onset is the loop onset where there is a loop, otherwise the token where the run departs from its
-    uncompressed twin. The uncompressed run itself has no twin (``ref_correct`` None): its non-loop
-    catastrophes get onset -1 and source ``unknown``, and are left out of hazard labels.
+    Onsets (``hazard.labels.progress`` states the rules), in this order:
+
+    - loop: the start of the first sustained cycle;
+    - non-termination: where progress stops, the earlier of the stall onset (the final stretch that only
+      recombines what the run already said) and the token after the first explicit answer (what follows
+      is off task); failing both, the length at which the uncompressed twin ended (``ref_len``:
+      "overrun");
+    - wrong answer: the first number the healthy twin never wrote ("claim"), else the answer statement.
+
+    Divergence from the twin is not an onset (bf16 batch arithmetic alone parts identical runs); it stays
+    an analysis column of the traces. A catastrophe no rule places gets onset -1, source ``unknown``, and
+    is left out of hazard labels.
     """
-    loop = loop_onset >= 0
     induced_wrong = ref_correct is True and not correct
-    if not (loop or nonterm or induced_wrong):
+    if not (loop_onset >= 0 or nonterm or induced_wrong):
         return Verdict(False, -1, "none")
-    if loop:
+    if loop_onset >= 0:
         return Verdict(True, loop_onset, "loop")
-    if diverge >= 0:
-        return Verdict(True, diverge, "divergence")
+    if nonterm:
+        cands = [(t, s) for t, s in ((stall, "stall"), (answered, "answered")) if t >= 0]
+        if cands:
+            t, s = min(cands)
+            return Verdict(True, t, s)
+        if ref_len >= 0:
+            return Verdict(True, ref_len, "overrun")
+        return Verdict(True, -1, "unknown")
+    if claim >= 0:
+        return Verdict(True, claim, "claim")
     return Verdict(True, -1, "unknown")

@@ -1,0 +1,112 @@
+"""Where a run stops making progress, and where it makes its first wrong claim: the onsets a reader would
+point at for non-termination and wrong answers (the loop detector gives the loop onset).
+
+Rules (tested in tests/test_detectors.py; checked by hand on GPU traces, see collect/results/onset_check):
+
+stall
+    A token is *novel* when the ``n``-gram of generated tokens ending at it has not occurred earlier in the
+    generation. The final stretch without progress is the longest suffix, at least ``window`` tokens long,
+    in which at most ``max_novel`` of the tokens are novel (a stretch that only recombines what the run
+    already said: a loop, a near-loop with drifting numbers, a list that keeps repeating its items; the
+    seams between recombined phrases stay sparse). Its onset is moved forward to the first repeated phrase
+    in it: the first non-novel token, less the n-1 tokens its n-gram reaches back. None without one.
+answered
+    The token after the first explicit answer statement ("The answer is N", ``\\boxed{N}``, "#### N"): a
+    run that goes on after answering is off task from there (it invents follow-up problems, restates, pads).
+claim
+    For a wrong answer: the first number the run writes that neither the prompt's question nor the
+    uncompressed twin's (correct) output contains: the first step the healthy run never took. Its first
+    token is the onset. None when every number is shared (then the answer statement is used).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from hazard.tasks.base import ANSWER_PATTERNS, normalise_number
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+
+
+def novelty(tokens, n: int = 4) -> np.ndarray:
+    """(len,) bool: the ``n``-gram ending at each token is new in the sequence (the first n-1 tokens count
+    as novel)."""
+    seen: set[tuple] = set()
+    out = np.ones(len(tokens), dtype=bool)
+    for t in range(n - 1, len(tokens)):
+        g = tuple(tokens[t - n + 1: t + 1])
+        out[t] = g not in seen
+        seen.add(g)
+    return out
+
+
+def stall_onset(tokens, finished: bool = False, n: int = 4, window: int = 32, max_novel: float = 0.25) -> int:
+    """Start of the final stretch without progress (see module docstring); -1 if there is none."""
+    seq = list(tokens[:-1] if finished else tokens)
+    if len(seq) < window:
+        return -1
+    nov = novelty(seq, n)
+    suffix_novel = np.cumsum(nov[::-1])[::-1]  # novel tokens in seq[t:]
+    length = len(seq) - np.arange(len(seq))
+    ok = np.flatnonzero((suffix_novel <= max_novel * length) & (length >= window))
+    if not len(ok):
+        return -1
+    t = int(ok[0])
+    repeated = np.flatnonzero(~nov[t:])
+    return max(t, t + int(repeated[0]) - (n - 1)) if len(repeated) else t
+
+
+def answer_span(text: str) -> tuple[int, int] | None:
+    """Character span of the first explicit answer statement in ``text``, or None."""
+    spans = [m.span() for p in ANSWER_PATTERNS if (m := p.search(text))]
+    return min(spans) if spans else None
+
+
+def numbers(text: str) -> set[str]:
+    """Normalised numbers written in ``text``."""
+    return {x for m in _NUMBER.finditer(text) if (x := normalise_number(m.group())) is not None}
+
+
+def first_new_number(text: str, known: set[str]) -> int | None:
+    """Character offset of the first number in ``text`` not in ``known`` (normalised), or None."""
+    for m in _NUMBER.finditer(text):
+        x = normalise_number(m.group())
+        if x is not None and x not in known:
+            return m.start()
+    return None
+
+
+def token_of_char(decode_prefix: Callable[[int], str], n_tokens: int, char: int) -> int:
+    """The token whose text holds character ``char`` of the decoded generation: the smallest m with
+    ``len(decode_prefix(m + 1)) > char`` (binary search; prefix decodes grow with m)."""
+    lo, hi = 0, n_tokens - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(decode_prefix(mid + 1)) > char:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[int], str], question: str,
+                    ref_text: str | None) -> dict[str, int]:
+    """The onsets of this module for one run (-1 where a rule does not apply).
+
+    ``decode_prefix(m)`` is the text of the first ``m`` generated tokens, decoded as ``text`` was.
+    """
+    n = len(tokens)
+    out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1}
+    span = answer_span(text)
+    if span is not None and n:
+        out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
+    if ref_text is not None and n:
+        c = first_new_number(text, numbers(question) | numbers(ref_text))
+        if c is not None:
+            out["claim_onset"] = token_of_char(decode_prefix, n, c)
+        elif span is not None:
+            out["claim_onset"] = token_of_char(decode_prefix, n, span[0])
+    return out
