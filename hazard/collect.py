@@ -25,10 +25,12 @@ from hazard.compression import PressSpec, build_press
 from hazard.engine import Engine, Generation
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
+from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.signals import SIGNALS
 from hazard.summary import summarize
 from hazard.tasks import Prompt, build_task, parse_answer, score
+from hazard.tasks.base import normalise_number
 from hazard.traces import load_traces, write_json, write_shard
 
 
@@ -61,6 +63,9 @@ def encode(tok, prompt: Prompt) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+CUT_TOKENS = 8  # a run cut by the budget within this many tokens of its answer statement answered
+
+
 def decode_prefix(tok, tokens: list[int], m: int) -> str:
     """The text of the first ``m`` of ``tokens``, decoded as the whole generation is."""
     return tok.decode(tokens[:m], skip_special_tokens=True)
@@ -85,8 +90,14 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     if decode_prefix is None:
         prog["answered_at"] = prog["claim_onset"] = -1
     ref_len = min(int(ref["n_tokens"]), n - 1) if ref is not None and ref.get("finished") else -1
-    v = verdict(loop.onset if loop else -1, not gen.finished, correct, ref["correct"] if ref is not None else None,
-                stall=prog["stall_onset"], answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len)
+    # Not catastrophes (the hand check, collect/results/onset_check.md): a run that wrote the gold number
+    # last but dropped the "The answer is N" format, and one the budget cut right after its answer.
+    format_only = gen.finished and answer is None and last_number(text) == normalise_number(prompt.gold)
+    cut_after_answer = not gen.finished and prog["answered_at"] >= 0 and prog["answered_at"] >= n - CUT_TOKENS
+    v = verdict(loop.onset if loop else -1, not gen.finished and not cut_after_answer, correct or format_only,
+                ref["correct"] if ref is not None else None, stall=prog["stall_onset"],
+                answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len,
+                off_topic=prog["off_topic_at"])
     labels, post = hazard_labels(n, v.onset)
     row = {
         **meta,
@@ -99,7 +110,8 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
         "loop": loop is not None, "loop_onset": loop.onset if loop else -1,
         "loop_period": loop.period if loop else 0, "nonterm": not gen.finished,
         "amnesia": detect_amnesia(text, answer, prompt.gold, prompt.distractors, prompt.exemplar_texts, question),
-        "divergence": diverge, **prog, "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
+        "divergence": diverge, **prog, "format_only": format_only, "cut_after_answer": cut_after_answer,
+        "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
         "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes, "post_onset": post,
         **{f"label_h{k}": labels[k] for k in HORIZONS},
     }

@@ -122,3 +122,34 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_dir):
     a, b = _rows(load_traces(one)), _rows(load_traces(two))
     assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+
+
+def test_build_row_format_only_and_cut_after_answer_are_not_catastrophes():
+    from hazard.collect import build_row
+    from hazard.compression import PressSpec
+    from hazard.engine import Generation
+    from hazard.tasks import Prompt
+
+    def gen(words, finished):
+        n = len(words)
+        return Generation(tokens=list(range(n)), finished=finished,
+                          signals=np.zeros((n, len(SIGNALS)), np.float32), kv_tokens=np.full(n, 10),
+                          kv_bytes=np.full(n, 100), prompt_len=10, kv_tokens_prefill=10, bytes_per_token=10)
+
+    prompt = Prompt("p0", [{"role": "user", "content": "Travis has 61 apps, deletes 9, downloads 18. How many?"}], "70")
+    meta = {"model": "m", "task": "gsm8k", "seed": 0}
+    ref = {"tokens": [0], "correct": True, "text": "61 - 9 = 52, 52 + 18 = 70. The answer is 70.", "finished": True,
+           "n_tokens": 14}
+    words = ["61 ", "- ", "9 ", "= ", "52, ", "52 ", "+ ", "18 ", "= ", "70. ", "Travis ", "has ", "70 ", "apps."]
+    text = "".join(words)
+    row = build_row(prompt, gen(words, True), ref, PressSpec("snapkv", 0.5), text, meta,
+                    lambda m: "".join(words[:m]))
+    assert row["answer"] is None and not row["correct"] and row["format_only"] and not row["catastrophe"]
+    cut = words[:10] + ["The ", "answer ", "is ", "70"]  # the budget ends right after the answer
+    row = build_row(prompt, gen(cut, False), ref, PressSpec("snapkv", 0.5), "".join(cut), meta,
+                    lambda m: "".join(cut[:m]))
+    assert row["nonterm"] and row["cut_after_answer"] and row["correct"] and not row["catastrophe"]
+    wrong = words[:9] + ["71. ", "The ", "answer ", "is ", "71."]
+    row = build_row(prompt, gen(wrong, True), ref, PressSpec("snapkv", 0.5), "".join(wrong), meta,
+                    lambda m: "".join(wrong[:m]))
+    assert row["catastrophe"] and row["onset_source"] == "claim" and row["onset"] == 9  # "71" is new

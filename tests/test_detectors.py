@@ -128,3 +128,17 @@ def test_hazard_labels():
     labels, post = hazard_labels(3, 0, horizons=(4,))
     assert labels[4].tolist() == [1, 1, 1] and post.all()
     assert labels[4].dtype == np.int8
+
+
+def test_off_topic_last_number_and_their_verdict():
+    from hazard.labels.progress import last_number, off_topic
+
+    q = "Janet's ducks lay 16 eggs per day. She eats three for breakfast. How much does she make at the market?"
+    assert off_topic("The total rainfall in Virginia over one year is 12 inches.\nThe average...", q)
+    assert not off_topic("Janet's ducks lay 16 eggs per day and she eats 3.", q)
+    assert not off_topic("JoJoJoJo", q)  # fewer than 3 content words: no judgement (the loop detector's)
+    assert last_number("52 + 18 = 70\nTherefore, Travis now has 70 apps.") == "70"
+    assert last_number("no numbers") is None
+    v = verdict(-1, True, False, True, stall=40, off_topic=0)
+    assert (v.catastrophe, v.onset, v.source) == (True, 0, "off_topic")
+    assert verdict(-1, False, True, True, off_topic=0).catastrophe is False  # right answer: no catastrophe

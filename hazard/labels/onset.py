@@ -9,11 +9,11 @@ from dataclasses import dataclass
 class Verdict:
     catastrophe: bool
     onset: int  # -1: no catastrophe, or one whose onset no rule places
-    source: str  # "loop" | "stall" | "answered" | "overrun" | "claim" | "none" | "unknown"
+    source: str  # "loop" | "off_topic" | "stall" | "answered" | "overrun" | "claim" | "none" | "unknown"
 
 
 def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | None, *, stall: int = -1,
-            answered: int = -1, claim: int = -1, ref_len: int = -1) -> Verdict:
+            answered: int = -1, claim: int = -1, ref_len: int = -1, off_topic: int = -1) -> Verdict:
     """A catastrophe is a loop, a non-termination, or a wrong answer where the uncompressed run was right.
 
     Onsets (``hazard.labels.progress`` states the rules), in this order:
@@ -23,7 +23,8 @@ def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | N
       recombines what the run already said) and the token after the first explicit answer (what follows
       is off task); failing both, the length at which the uncompressed twin ended (``ref_len``:
       "overrun");
-    - wrong answer: the first number the healthy twin never wrote ("claim"), else the answer statement.
+    - wrong answer: the first number the healthy twin never wrote ("claim"), else the answer statement;
+    - either, when the run's first sentence has nothing to do with the question: token 0 ("off_topic").
 
     Divergence from the twin is not an onset (bf16 batch arithmetic alone parts identical runs); it stays
     an analysis column of the traces. A catastrophe no rule places gets onset -1, source ``unknown``, and
@@ -34,6 +35,8 @@ def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | N
         return Verdict(False, -1, "none")
     if loop_onset >= 0:
         return Verdict(True, loop_onset, "loop")
+    if off_topic >= 0:
+        return Verdict(True, off_topic, "off_topic")
     if nonterm:
         cands = [(t, s) for t, s in ((stall, "stall"), (answered, "answered")) if t >= 0]
         if cands:

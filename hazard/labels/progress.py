@@ -13,6 +13,10 @@ stall
 answered
     The token after the first explicit answer statement ("The answer is N", ``\\boxed{N}``, "#### N"): a
     run that goes on after answering is off task from there (it invents follow-up problems, restates, pads).
+off_topic
+    Token 0 when the run's first sentence (up to the first line break or full stop) has at least 3
+    content words (4+ letters, not stop words; numbers) and shares none with the question: the run answers
+    something else from its first word (heavy eviction of the question). None otherwise.
 claim
     For a wrong answer: the first number the run writes that neither the prompt's question nor the
     uncompressed twin's (correct) output contains: the first step the healthy run never took. Its first
@@ -59,6 +63,30 @@ def stall_onset(tokens, finished: bool = False, n: int = 4, window: int = 32, ma
     return max(t, t + int(repeated[0]) - (n - 1)) if len(repeated) else t
 
 
+_STOP = frozenset((
+    "that this with from have will then there their they what when which your into each were been more than "
+    "them some much many would could should about also only over after before first next total lets solve "
+    "step problem answer find need").split())
+_WORD = re.compile(r"[a-z]{4,}|\d+(?:\.\d+)?")
+
+
+def _content(text: str) -> set[str]:
+    return {w.rstrip("s") for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def off_topic(text: str, question: str) -> bool:
+    """The first sentence of ``text`` shares no content word with ``question`` (see module docstring)."""
+    first = re.split(r"\n|\.\s", text.strip(), maxsplit=1)[0]
+    words = _content(first)
+    return len(words) >= 3 and not (words & _content(question))
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text``, normalised."""
+    found = [m.group() for m in _NUMBER.finditer(text)]
+    return normalise_number(found[-1]) if found else None
+
+
 def answer_span(text: str) -> tuple[int, int] | None:
     """Character span of the first explicit answer statement in ``text``, or None."""
     spans = [m.span() for p in ANSWER_PATTERNS if (m := p.search(text))]
@@ -99,7 +127,8 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
     ``decode_prefix(m)`` is the text of the first ``m`` generated tokens, decoded as ``text`` was.
     """
     n = len(tokens)
-    out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1}
+    out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1,
+           "off_topic_at": 0 if off_topic(text, question) else -1}
     span = answer_span(text)
     if span is not None and n:
         out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
