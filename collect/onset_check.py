@@ -4,7 +4,7 @@ around it, so a reader can say whether that is where the failure begins.
     python collect/onset_check.py --traces /tmp/traces/q15_onsets --tokenizer /tmp/q15 \
         --out collect/results/onset_check.json
 
-For every onset source (loop, stall, answered, overrun, claim, unknown) up to ``per_source`` compressed
+For every onset source (loop, off_topic, stall, answered, overrun, claim, unknown) up to ``per_source`` compressed
 catastrophes are drawn at random (seeded); each entry holds the prompt id, press and ratio, the onset and
 its source, the other rules' onsets and the divergence from the twin, the text of the ``context`` tokens
 before the onset and after it (the onset token starts the second part), and the whole generated text.
@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from hazard.cli import build, parse_args
 from hazard.traces import load_traces, write_json
 
-SOURCES = ("loop", "stall", "answered", "overrun", "claim", "unknown")
+SOURCES = ("loop", "off_topic", "stall", "answered", "overrun", "claim", "unknown")
 
 
 @dataclass
