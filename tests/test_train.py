@@ -116,6 +116,8 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
     assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]
+    assert set(saved["signals"]) == set(HazardGuard.from_pretrained(tmp_path / "ckpt").feature_names)
+    assert all(set(v) == {"trace_auroc", "pre_onset_auroc", "settings"} for v in saved["signals"].values())
     for png in ("pr_curves.png", "lead_times.png", "hazard_timelines.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000
 

@@ -20,6 +20,7 @@ import torch
 
 from hazard.control.policies import OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
+from hazard.errors import HazardError
 from hazard.signals import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,11 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
             cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
         elif name == "step_frac":
             cols.append(steps / max_new_tokens)
-        else:
+        elif name in _COL:
             cols.append(packets[:, _COL[name]])
+        else:
+            raise HazardError(f"guard feature {name!r} needs the trace's history; the live controller computes "
+                              "per-step features only: export a guard trained on a set without dynamics")
     return torch.stack(cols, dim=1).float()
 
 
@@ -83,6 +87,12 @@ class PolicyController(Controller):
         self._busy = np.zeros(0, dtype=bool)  # per slot: the row's policy state is not the idle one
 
     def begin(self, n_slots: int, device=None) -> None:
+        if self.guard is not None:
+            live = set(_COL) | {"ratio", "kv_fraction", "step_frac"}
+            missing = [n for n in self.guard.feature_names if n not in live]
+            if missing:
+                raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller "
+                                  "computes per-step features only: export a guard trained on a set without dynamics")
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS
-from hazard.predictor.features import feature_names, trace_features
+from hazard.predictor.features import base_columns, feature_names, trace_features
 from hazard.traces import load_traces
 
 
@@ -50,7 +50,7 @@ def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> 
         raise HazardError("data.traces is empty; list at least one collection folder")
     names = feature_names(feature_set)
     ds = datasets.concatenate_datasets([load_traces(p) for p in paths])
-    cols = sorted(set(META) | {n for n in names if n in ds.column_names} | {f"label_h{k}" for k in horizons})
+    cols = sorted(set(META) | (base_columns(names) & set(ds.column_names)) | {f"label_h{k}" for k in horizons})
     out = []
     for row in ds.select_columns(cols):
         if row["catastrophe"] and row["onset"] < 0:

@@ -3,6 +3,14 @@
 ``config`` features describe the compression setting and where the generation is: the press ratio, the
 share of an uncompressed cache the row holds, and the step over the generation budget. No press identity
 is used, so leave-one-press-out stays meaningful.
+
+Dynamics (causal, from the trace's own history; the public prior work's logit-only variant used rolling
+statistics): ``roll<W>_<stat>:<signal>`` is the mean / std / min / max of a signal over the last W tokens
+(fewer at the start), ``drift:<signal>`` its mean over the last 16 tokens less its mean over the first 16
+(the change since the verify window), and ``novel<n>_<W>`` the share of the last W tokens whose n-gram of
+generated tokens is new in the generation (repetition: it falls before a loop and in a stall). A GRU has
+memory and needs them less; a per-token model (gradient boosting) cannot see history without them. The
+live controller computes per-step features only, so guards for it use the sets without dynamics.
 """
 
 from __future__ import annotations
@@ -13,12 +21,65 @@ from hazard.errors import HazardError
 from hazard.signals import ATTENTION_SIGNALS, LOGIT_SIGNALS
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
+DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass")
+DYNAMICS = (
+    *(f"roll{w}_{s}:{sig}" for sig in DYN_SIGNALS for w in (8, 32) for s in ("mean", "std", "min", "max")),
+    *(f"drift:{sig}" for sig in DYN_SIGNALS),
+    "novel2_32", "novel4_32", "novel8_32",
+)
 FEATURE_SETS = {
     "logit": (*LOGIT_SIGNALS,),
     "logit_config": (*LOGIT_SIGNALS, *CONFIG_FEATURES),
     "logit_attn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS),
     "logit_attn_config": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *CONFIG_FEATURES),
+    "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *CONFIG_FEATURES, *DYNAMICS),
 }
+
+
+def base_columns(names) -> set[str]:
+    """Trace columns the features ``names`` are computed from."""
+    cols = set()
+    for name in names:
+        if name in CONFIG_FEATURES:
+            cols |= {"ratio", "kv_tokens", "prompt_len", "max_new_tokens", "n_tokens"}
+        elif name.startswith("novel"):
+            cols.add("tokens")
+        else:
+            cols.add(name.split(":")[-1])
+    return cols
+
+
+def _rolling(x: np.ndarray, w: int, stat: str) -> np.ndarray:
+    """Causal rolling statistic over the last ``w`` values (fewer at the start)."""
+    n = len(x)
+    if stat in ("mean", "std"):
+        cs = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+        cs2 = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
+        hi = np.arange(1, n + 1)
+        lo = np.maximum(hi - w, 0)
+        cnt = hi - lo
+        mean = (cs[hi] - cs[lo]) / cnt
+        if stat == "mean":
+            return mean
+        return np.sqrt(np.maximum((cs2[hi] - cs2[lo]) / cnt - mean ** 2, 0.0))
+    fill = np.inf if stat == "min" else -np.inf
+    padded = np.concatenate([np.full(w - 1, fill), x])
+    win = np.lib.stride_tricks.sliding_window_view(padded, w)
+    return win.min(1) if stat == "min" else win.max(1)
+
+
+def _derived(row: dict, name: str, n: int) -> np.ndarray:
+    from hazard.labels.progress import novelty  # labels -> tasks: imported on use
+
+    if name.startswith("novel"):
+        k, w = (int(v) for v in name[len("novel"):].split("_"))
+        return _rolling(novelty(list(row["tokens"]), k).astype(np.float64), w, "mean")
+    head, sig = name.split(":")
+    x = np.asarray(row[sig], dtype=np.float64)
+    if head == "drift":
+        return _rolling(x, 16, "mean") - np.cumsum(x)[np.minimum(np.arange(n), 15)] / np.minimum(np.arange(n) + 1, 16)
+    w, stat = head[len("roll"):].split("_")
+    return _rolling(x, int(w), stat)
 
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
@@ -38,6 +99,8 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
             col = np.asarray(row["kv_tokens"], dtype=np.float32) / (row["prompt_len"] + np.arange(n))
         elif name == "step_frac":
             col = np.arange(n, dtype=np.float32) / row["max_new_tokens"]
+        elif ":" in name or name.startswith("novel"):
+            col = _derived(row, name, n).astype(np.float32)
         else:
             col = np.asarray(row[name], dtype=np.float32)
         if not np.all(np.isfinite(col)):

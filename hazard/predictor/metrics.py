@@ -76,3 +76,38 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)
     return out
+
+
+def signal_report(traces: list[Trace], names: list[str], horizon: int, min_per_class: int = 5) -> dict:
+    """Which features carry information, each alone, within a press setting (so that the ratio, which
+    separates settings, cannot stand in for the signal).
+
+    For every (press, ratio) with at least ``min_per_class`` healthy and failing traces: the trace AUROC of
+    the feature's mean over the pre-onset tokens (failing vs healthy traces; below 0.5 = inverted), and the
+    pre-onset token AUROC against the labels at column ``horizon``. Reported: their trace-weighted means
+    over settings, and the settings used. No fitting: any split may be passed.
+    """
+    groups: dict[tuple, list[Trace]] = {}
+    for t in traces:
+        groups.setdefault((t.press, t.ratio), []).append(t)
+    out = {}
+    for j, name in enumerate(names):
+        trace_aucs, token_aucs, weights = [], [], []
+        for group in groups.values():
+            usable = [t for t in group if t.valid.any()]
+            y = np.array([t.catastrophe for t in usable])
+            if min(y.sum(), (~y).sum()) < min_per_class:
+                continue
+            mean = np.array([t.x[t.valid, j].mean() for t in usable])
+            auc, _ = _auc(y.astype(int), mean)
+            tok, _ = _auc(np.concatenate([t.y[t.valid, horizon] for t in usable]),
+                          np.concatenate([t.x[t.valid, j] for t in usable]))
+            if auc is None or tok is None:
+                continue
+            trace_aucs.append(auc)
+            token_aucs.append(tok)
+            weights.append(len(usable))
+        out[name] = ({"trace_auroc": float(np.average(trace_aucs, weights=weights)),
+                      "pre_onset_auroc": float(np.average(token_aucs, weights=weights)), "settings": len(weights)}
+                     if weights else {"trace_auroc": None, "pre_onset_auroc": None, "settings": 0})
+    return out

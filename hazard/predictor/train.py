@@ -25,7 +25,7 @@ from hazard.errors import HazardError
 from hazard.guard import export_guard
 from hazard.predictor.baselines import EntropyRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule
-from hazard.predictor.metrics import choose_threshold, evaluate
+from hazard.predictor.metrics import choose_threshold, evaluate, signal_report
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
 from hazard.traces import write_json
@@ -157,6 +157,8 @@ def run_report(config_path: str) -> dict:
         baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
         curves[label] = clf.scores(test)
     metrics["baselines"] = baselines
+    # Each feature alone, within each press setting, over all traces (nothing is fitted).
+    metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
 
     for net in rep.get("architectures", []):
         alt = {**cfg, "model": {**cfg["model"], "net": net}}

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from hazard.predictor.features import DYNAMICS, FEATURE_SETS, base_columns, trace_features
+from hazard.signals import SIGNALS
+
+
+def _row(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    row = {s: rng.random(n).astype(np.float32) for s in SIGNALS}
+    row.update(trace_id="t", n_tokens=n, ratio=0.5, kv_tokens=np.arange(n) + 10, prompt_len=20,
+               max_new_tokens=64, tokens=rng.integers(0, 5, n).tolist())
+    return row
+
+
+def test_dynamics_are_causal_and_equal_brute_force():
+    names = FEATURE_SETS["logit_attn_config_dyn"]
+    row = _row()
+    x = trace_features(row, names)
+    assert x.shape == (60, len(names)) and np.isfinite(x).all()
+    # Changing the future changes nothing before it.
+    later = _row()
+    for s in SIGNALS:
+        later[s][40:] = 7.0
+    later["tokens"][40:] = [9] * 20
+    assert np.array_equal(trace_features(later, names)[:40], x[:40])
+    e = row["entropy"].astype(np.float64)
+    col = {n: i for i, n in enumerate(names)}
+    for t in (0, 5, 31, 59):
+        win = e[max(0, t - 31): t + 1]
+        assert np.isclose(x[t, col["roll32_mean:entropy"]], win.mean(), atol=1e-5)
+        assert np.isclose(x[t, col["roll32_std:entropy"]], win.std(), atol=1e-4)
+        assert x[t, col["roll8_min:entropy"]] == np.float32(e[max(0, t - 7): t + 1].min())
+        assert np.isclose(x[t, col["drift:entropy"]], e[max(0, t - 15): t + 1].mean() - e[: min(t, 15) + 1].mean(),
+                          atol=1e-5)
+
+
+def test_novelty_rate_falls_in_a_repetition():
+    row = _row()
+    row["tokens"] = list(range(30)) + [1, 2, 3] * 10
+    x = trace_features(row, ("novel4_32",))[:, 0]
+    assert x[29] == 1.0 and x[-1] <= 0.25  # only the seams into the cycle are new
+
+
+def test_base_columns_and_unknown_features():
+    assert base_columns(["roll8_mean:entropy", "novel4_32", "ratio"]) >= {"entropy", "tokens", "ratio"}
+    assert set(DYNAMICS) <= set(FEATURE_SETS["logit_attn_config_dyn"])
+    with pytest.raises(KeyError):
+        trace_features(_row(), ("roll8_mean:nope",))
+
+
+def test_live_controller_refuses_a_guard_with_history_features():
+    from hazard.control import PolicyController, build_policy
+    from hazard.errors import HazardError
+
+    class Guard:
+        feature_names = ["entropy", "roll8_mean:entropy"]
+
+    with pytest.raises(HazardError, match="history"):
+        PolicyController(build_policy("hazard"), Guard()).begin(4)
+
+
+def test_signal_report_finds_the_informative_feature_within_a_setting():
+    from hazard.predictor.data import Trace
+    from hazard.predictor.metrics import signal_report
+
+    rng = np.random.default_rng(0)
+    traces = []
+    for i in range(40):
+        bad = i % 2 == 0
+        n, onset = 30, 20 if bad else -1
+        x = rng.random((n, 2)).astype(np.float32)
+        if bad:
+            x[10:, 0] += 2.0  # feature 0 rises before the onset; feature 1 is noise
+        y = np.zeros((n, 1), np.float32)
+        if bad:
+            y[12:, 0] = 1
+        valid = np.arange(n) < onset if bad else np.ones(n, bool)
+        traces.append(Trace(x, y, valid, f"t{i}", f"p{i}", "gsm8k", "snapkv", 0.875, "m", bad, onset, x[:, 0]))
+    rep = signal_report(traces, ["rise", "noise"], 0)
+    assert rep["rise"]["trace_auroc"] > 0.95 and rep["rise"]["pre_onset_auroc"] > 0.9 and rep["rise"]["settings"] == 1
+    assert 0.2 < rep["noise"]["trace_auroc"] < 0.8
+    assert signal_report(traces[:4], ["rise"], 0)["rise"]["settings"] == 0  # too few traces per class
