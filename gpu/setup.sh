@@ -20,7 +20,15 @@ if [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   touch /tmp/site/.installed
 fi
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# W&B (wandb and its dependencies, .whl/wandb; `pip download wandb --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 -d .whl/wandb`, 26 MB): its own folder, *last* on the path, so the
+# image's packages (pydantic, protobuf, ...) win and only what the image lacks comes from it.
+if compgen -G ".whl/wandb/*.whl" > /dev/null && [ ! -f /tmp/site-wandb/.installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-wandb .whl/wandb/*.whl
+  touch /tmp/site-wandb/.installed
+fi
+export PYTHONPATH=/tmp/site:$PWD:/tmp/site-wandb HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1 \
+  TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-offline}
 for short in "$@"; do
   name=${GGUF[$short]:?unknown model $short (known: ${!GGUF[*]})}
   [ -f "/tmp/$short/config.json" ] && continue
