@@ -179,12 +179,29 @@ class OraclePolicy:
         return []
 
 
+@dataclass
+class ScheduledPolicy:
+    """Restore every evicted entry once the row has generated ``at`` tokens, and stay relaxed: the probe of
+    the point-of-no-return procedure (``hazard.ponr``). ``at`` <= 1 restores before the first decode step
+    (the first token comes from the uncompressed prefill forward, so the run is the uncompressed one)."""
+
+    name: str = "scheduled"
+    signal: str = "none"
+    at: int = 0
+
+    def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
+        if not st.relaxed and t + 1 >= self.at:
+            return _relax(st, 0)
+        return []
+
+
 POLICIES = {
     "static": StaticPolicy,
     "hazard": lambda **kw: ThresholdPolicy(**{"name": "hazard", "signal": "hazard", **kw}),
     "entropy_rule": lambda **kw: ThresholdPolicy(**{"name": "entropy_rule", "signal": "entropy", **kw}),
     "random": RandomPolicy,
     "oracle": OraclePolicy,
+    "scheduled": ScheduledPolicy,
 }
 POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
 

@@ -1,0 +1,87 @@
+"""Point of no return: the latest token at which restoring the evicted KV still saves a failing run.
+
+For each failing run of a press setting (a catastrophe under the static press, the twin healthy) the
+prompt is generated again with the same press and every evicted prompt entry restored once the row has
+generated t tokens, for t on a grid; greedy decoding makes the first t tokens those of the failing run
+(up to bf16 batch noise, reported as ``same_prefix``). The run is labelled as collect labels it (same
+detectors, same twin). The point of no return is the largest grid t whose restored run ends healthy
+(-1: none does); ``healthy`` keeps the whole curve, which need not be monotone.
+
+This is the label a controller needs: restoring before it helps, after it does not. Cost: one generation
+of the sampled failing prompts per grid point, on the fast engine.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from hazard.collect import build_row, decode_prefix, encode
+from hazard.compression import PressSpec, build_press
+from hazard.control import PolicyController, build_policy
+from hazard.engine import Engine
+from hazard.tasks import Prompt
+
+GRID = (1, 4, 8, 16, 32, 64, 128)
+
+
+def _rows(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta: dict, refs=None, at=None):
+    controller = None
+    if at is not None:
+        controller = PolicyController(build_policy("scheduled", at=at), None, spec.ratio, engine.max_new_tokens)
+    gens = engine.generate(ids, build_press(spec), controller)
+    return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
+                      partial(decode_prefix, tok, g.tokens))
+            for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
+
+
+def point_of_no_return(engine: Engine, tok, prompts: list[Prompt], spec: PressSpec, meta: dict,
+                       grid=GRID, max_failing: int | None = None, seed: int = 0) -> list[dict]:
+    """Run the procedure (module docstring) for ``prompts`` under ``spec``; one dict per failing run.
+
+    ``meta`` holds the trace metadata collect writes (model, task, seed, max_new_tokens, ...);
+    ``max_failing`` samples that many failing runs (seeded) when there are more.
+    """
+    ids = [encode(tok, p) for p in prompts]
+    refs = _rows(engine, tok, prompts, ids, PressSpec("none"), meta)
+    static = _rows(engine, tok, prompts, ids, spec, meta, refs)
+    failing = [i for i, r in enumerate(static) if r["catastrophe"] and refs[i]["correct"]]
+    if max_failing is not None and len(failing) > max_failing:
+        failing = sorted(np.random.default_rng(seed).choice(failing, max_failing, replace=False).tolist())
+    sub = [prompts[i] for i in failing]
+    sub_ids = [ids[i] for i in failing]
+    sub_refs = [refs[i] for i in failing]
+    curves = {t: _rows(engine, tok, sub, sub_ids, spec, meta, sub_refs, at=t) for t in grid}
+    out = []
+    for j, i in enumerate(failing):
+        s = static[i]
+        healthy = [not curves[t][j]["catastrophe"] for t in grid]
+        # The restored run follows the failing one until it restores (greedy, same press): check it did.
+        same = [curves[t][j]["tokens"][: t] == s["tokens"][: t] for t in grid]
+        saved = [t for t, h in zip(grid, healthy) if h]
+        out.append({"prompt_id": s["prompt_id"], "press": spec.name, "ratio": spec.ratio,
+                    "onset": s["onset"], "onset_source": s["onset_source"], "n_tokens": s["n_tokens"],
+                    "grid": list(grid), "healthy": healthy, "same_prefix": same,
+                    "point_of_no_return": max(saved) if saved else -1})
+    return out
+
+
+def _quartiles(a: np.ndarray) -> list[float] | None:
+    return [float(v) for v in np.percentile(a, [25, 50, 75])] if len(a) else None
+
+
+def summarize_ponr(rows: list[dict]) -> dict:
+    """Per (press, ratio): how many failing runs, the share any restore saves, and the distribution of the
+    point of no return (quartiles over the runs that some restore saves) and of its lead on the onset."""
+    out = {}
+    for key in sorted({(r["press"], r["ratio"]) for r in rows}):
+        rs = [r for r in rows if (r["press"], r["ratio"]) == key]
+        saved = [r for r in rs if r["point_of_no_return"] >= 0]
+        ponr = np.array([r["point_of_no_return"] for r in saved])
+        lead = np.array([r["point_of_no_return"] - r["onset"] for r in saved if r["onset"] >= 0])
+        out[f"{key[0]}@{key[1]:g}"] = {
+            "failing": len(rs), "saved_by_some_restore": len(saved), "ponr_quartiles": _quartiles(ponr),
+            "ponr_minus_onset_quartiles": _quartiles(lead),
+            "prefix_mismatch": sum(not all(r["same_prefix"]) for r in rs)}
+    return out

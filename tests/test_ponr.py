@@ -1,0 +1,36 @@
+"""The point-of-no-return procedure: its restore probe at the extremes, and the summary."""
+
+from hazard.compression import PressSpec
+from hazard.engine import Engine
+from hazard.ponr import _rows, point_of_no_return, summarize_ponr
+from hazard.tasks import build_task
+
+
+def test_restore_probe_at_the_extremes(model64, tok, gsm8k_dir):
+    """Restoring after the first token is the uncompressed run; restoring never is the static press."""
+    prompts = build_task("gsm8k", path=str(gsm8k_dir), split="test", limit=3, k_shot=0, seed=0).prompts()
+    from hazard.collect import encode
+
+    ids = [encode(tok, p) for p in prompts]
+    eng = Engine(model64, [tok.eos_token_id], max_new_tokens=12, batch_size=3)
+    meta = {"model": "tiny", "task": "gsm8k", "seed": 0, "max_new_tokens": 12}
+    spec = PressSpec("snapkv", 0.75, {"window_size": 4})
+    full = _rows(eng, tok, prompts, ids, PressSpec("none"), meta)
+    static = _rows(eng, tok, prompts, ids, spec, meta, full)
+    early = _rows(eng, tok, prompts, ids, spec, meta, full, at=1)
+    never = _rows(eng, tok, prompts, ids, spec, meta, full, at=10**6)
+    assert [r["tokens"] for r in early] == [r["tokens"] for r in full]
+    assert [r["tokens"] for r in never] == [r["tokens"] for r in static]
+    assert any(a["tokens"] != b["tokens"] for a, b in zip(full, static))  # the press changes something
+    mid = _rows(eng, tok, prompts, ids, spec, meta, full, at=5)
+    assert all(m["tokens"][:5] == s["tokens"][:5] for m, s in zip(mid, static))  # same run until it restores
+    # A random tiny model solves nothing, so no run qualifies as failing-with-a-healthy-twin.
+    assert point_of_no_return(eng, tok, prompts, spec, meta, grid=(1, 4)) == []
+
+
+def test_summary_of_points_of_no_return():
+    rows = [{"press": "knorm", "ratio": 0.875, "onset": o, "point_of_no_return": p, "same_prefix": [True, True]}
+            for o, p in [(10, 8), (20, 16), (5, -1), (30, 32)]]
+    s = summarize_ponr(rows)["knorm@0.875"]
+    assert s["failing"] == 4 and s["saved_by_some_restore"] == 3
+    assert s["ponr_quartiles"][1] == 16 and s["ponr_minus_onset_quartiles"][1] == -2 and s["prefix_mismatch"] == 0
