@@ -142,3 +142,13 @@ def test_off_topic_last_number_and_their_verdict():
     v = verdict(-1, True, False, True, stall=40, off_topic=0)
     assert (v.catastrophe, v.onset, v.source) == (True, 0, "off_topic")
     assert verdict(-1, False, True, True, off_topic=0).catastrophe is False  # right answer: no catastrophe
+
+
+def test_an_output_of_a_word_or_two_is_off_topic_from_token_0():
+    from hazard.labels.progress import progress_onsets
+
+    out = progress_onsets([5, 6], True, "Char", lambda m: "Char"[: 2 * m], "How many apples?", "x")
+    assert out["off_topic_at"] == 0
+    full = "Tom has 3 apples and buys 4 more, so 7."
+    assert progress_onsets(list(range(9)), True, full, lambda m: full, "Tom has 3 apples and buys 4.", full)[
+        "off_topic_at"] == -1

@@ -16,7 +16,8 @@ answered
 off_topic
     Token 0 when the run's first sentence (up to the first line break or full stop) has at least 3
     content words (4+ letters, not stop words; numbers) and shares none with the question: the run answers
-    something else from its first word (heavy eviction of the question). None otherwise.
+    something else from its first word (heavy eviction of the question); also token 0 when the whole output
+    holds fewer than 3 words (it gave up at once: "P", "Char"). None otherwise.
 claim
     For a wrong answer: the first number the run writes that neither the prompt's question nor the
     uncompressed twin's (correct) output contains: the first step the healthy run never took. Its first
@@ -128,7 +129,7 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
     """
     n = len(tokens)
     out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1,
-           "off_topic_at": 0 if off_topic(text, question) else -1}
+           "off_topic_at": 0 if off_topic(text, question) or len(re.findall(r"\w+", text)) < 3 else -1}
     span = answer_span(text)
     if span is not None and n:
         out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
