@@ -109,7 +109,7 @@ def run(cfg: AttentionBenchConfig) -> dict:
                     extra = (pos, cur, plen) if stats else ()
                     sdpa = partial(_sdpa, q, k[:, :, :width], v[:, :, :width], valid, scale, *extra)
                     kernel = partial(decode_attn.decode_attention, q, k, v, lens, scale, *extra, splits=splits)
-                    (o_ref, s_ref), (o, s) = sdpa(), kernel()
+                    (o_ref, s_ref), (o, s, _) = sdpa(), kernel()
                     row = {"model_shape": model, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "batch": n,
                            "layout": layout, "stats": stats, "mean_len": round(float(lens.float().mean()), 1),
                            "sdpa_width": width, "splits": splits,

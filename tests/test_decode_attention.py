@@ -33,12 +33,14 @@ def test_kernel_equals_masked_sdpa_and_attention_stats(dtype, splits):
     valid = torch.arange(cap)[None] <= lens.clamp(max=cap - 1)[:, None]
     ref = F.scaled_dot_product_attention(q, k[:n], v[:n], attn_mask=valid[:, None, None, :], scale=0.3)
     ref_stats = attention_stats(q.reshape(n, hkv * grp, d), k[:n], 0.3, valid, pos[:n], cur, plen)
-    out, stats = attention.decode_attention(q, k, v, lens, 0.3, pos, cur, plen, splits=splits)
+    out, stats, lse = attention.decode_attention(q, k, v, lens, 0.3, pos, cur, plen, splits=splits)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(out, ref, atol=tol)
     assert stats.dtype == torch.float32 and torch.allclose(stats, ref_stats, atol=1e-5)
-    out2, none = attention.decode_attention(q, k, v, lens, 0.3, splits=splits)
-    assert none is None and torch.allclose(out2, ref, atol=tol)
+    scores = (q @ k[:n].transpose(-1, -2) * 0.3).masked_fill(~valid[:, None, None, :], float("-inf"))
+    assert torch.allclose(lse, torch.logsumexp(scores, -1).float(), atol=1e-5)
+    out2, none, no_lse = attention.decode_attention(q, k, v, lens, 0.3, splits=splits)
+    assert none is None and no_lse is None and torch.allclose(out2, ref, atol=tol)
 
 
 @pytest.mark.parametrize("spec", [PressSpec("none"), PressSpec("snapkv", 0.5, {"window_size": 8}),

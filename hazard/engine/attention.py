@@ -98,6 +98,7 @@ if triton is not None:
                 tl.store(base + 2, recent / l_sum, mask=gmask)
                 tl.store(base + 3, prompt / l_sum, mask=gmask)
                 tl.store(base + 4, gen / l_sum, mask=gmask)
+                tl.store(base + 5, m + tl.log(l_sum), mask=gmask)  # log-partition: the lost-mass signal's
             else:
                 tl.store(base, t_sum, mask=gmask)
                 tl.store(base + 1, sink, mask=gmask)
@@ -150,6 +151,7 @@ if triton is not None:
             tl.store(base + 2, recent / l_all, mask=gmask)
             tl.store(base + 3, prompt / l_all, mask=gmask)
             tl.store(base + 4, gen / l_all, mask=gmask)
+            tl.store(base + 5, m_all + tl.log(l_all), mask=gmask)
 
 
 def available(device: torch.device) -> bool:
@@ -186,6 +188,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: to
     -------
     out : (n, kv_heads, group, head_dim) in q's dtype
     stats : (n, 5) float32 ``ATTENTION_SIGNALS`` averaged over query heads, or None without ``pos``.
+    lse : (n, kv_heads, group) float32 log-partition of each query head's scores, or None without ``pos``.
     """
     n, hkv, grp, dim = q.shape
     q = q.contiguous()
@@ -193,7 +196,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: to
     g_pad = max(16, triton.next_power_of_2(grp))  # tl.dot needs >= 16 rows
     out = torch.empty_like(q)
     fdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    st = torch.empty(n, hkv, grp, N_STATS, dtype=fdt, device=q.device) if stats_on else out
+    st = torch.empty(n, hkv, grp, N_STATS + 1, dtype=fdt, device=q.device) if stats_on else out  # + log-partition
     if stats_on:
         cur_pos, prompt_len = cur_pos.contiguous(), prompt_len.contiguous()
         pos_args = (pos, cur_pos, prompt_len)
@@ -228,4 +231,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: to
             ml.stride(2), *pst_strides, out.stride(0), out.stride(1), out.stride(2),
             *((st.stride(0), st.stride(1), st.stride(2)) if stats_on else (0, 0, 0)),
             G=grp, G_PAD=g_pad, D=dim, SPLITS=splits, STATS=stats_on, ACC=acc)
-    return out, (st.mean(dim=(1, 2)).float() if stats_on else None)
+    if not stats_on:
+        return out, None, None
+    return out, st[..., :N_STATS].mean(dim=(1, 2)).float(), st[..., N_STATS].float()

@@ -26,7 +26,7 @@ from hazard.compression.tracked import TrackedPress
 from hazard.engine.runner import ModelRunner
 from hazard.engine.store import KVStore
 from hazard.errors import HazardError
-from hazard.signals import ATTENTION_SIGNALS, attention_stats, logit_signals
+from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
 from hazard.signals.attention import last_queries
 
 
@@ -101,6 +101,8 @@ class Prefill:
                 groups[(len(p), i) if per_row else (len(p), -1)].append(i)
         groups_t = {key: torch.tensor(rows, device=dev) for key, rows in groups.items()}
         asig = torch.zeros(b, len(runner.probe_layers), len(ATTENTION_SIGNALS), dtype=torch.float32, device=dev)
+        lost = torch.zeros(b, len(runner.probe_layers), dtype=torch.float32, device=dev)
+        sketch = compress and store.sketch_active
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx
@@ -114,9 +116,9 @@ class Prefill:
                       "position_embeddings": tuple(t.gather(1, last[..., None].expand(-1, -1, t.shape[-1]))
                                                    for t in (cos, sin))}
                 valid = at[None, :] < lengths[:, None]
-                asig[:, runner.probe_layers.index(li)] = attention_stats(
-                    last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, valid,
-                    at.expand(b, keys.shape[1], width), lengths - 1, lengths)
+                probs = attention_probs(last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, valid)
+                asig[:, runner.probe_layers.index(li)] = stats_from_probs(
+                    probs, at.expand(b, keys.shape[1], width), valid, lengths - 1, lengths)
             if not compress:
                 kept = at[:kmax].expand(b, keys.shape[1], kmax)
             elif scorer is not None:
@@ -134,6 +136,14 @@ class Prefill:
             kept = kept.masked_fill(junk, width).sort(-1).values
             g = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
             kept = kept.masked_fill(junk, -1)
+            if compress and li in runner.probe_layers:  # what the press evicted: exact mass now, sketch for later
+                held = torch.zeros(b, keys.shape[1], width + 1, dtype=torch.bool, device=dev)
+                held.scatter_(-1, kept.masked_fill(kept < 0, width), True)
+                evicted = ~held[..., :width] & (at[None, None, :] < lengths[:, None, None])
+                j = runner.probe_layers.index(li)
+                lost[:, j] = (probs * evicted[:, :, None, :]).sum(-1).mean(dim=(1, 2)).float()
+                if sketch:
+                    store.write_sketch(j, slots_t, keys, evicted)
             store.write_prompt(li, slots_t, keys.gather(2, g), values.gather(2, g), kept)
             if reversible:
                 store.set_kept(li, slots_t, kept)
@@ -158,7 +168,8 @@ class Prefill:
         if runner.signals:
             tokens, lsig = logit_signals(logits)
             attn = asig.mean(1) if runner.probe_layers else torch.full_like(asig[:, 0], float("nan"))
-            packet[:, 1:] = torch.cat([lsig, attn, held.float()[:, None]], dim=-1)
+            ev = lost.mean(1, keepdim=True) if runner.probe_layers else torch.full_like(asig[:, :1], float("nan"))
+            packet[:, 1:] = torch.cat([lsig, attn, ev, held.float()[:, None]], dim=-1)
         else:
             tokens = logits.argmax(-1)
             packet[:, -1] = held.float()

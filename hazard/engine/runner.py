@@ -101,7 +101,7 @@ class ModelRunner:
             self._splits[n] = decode_attn.splits_for(n, hkv, st.device)
         x = self.decoder.embed_tokens(st.tokens[:n])[:, None]
         cos, sin = self.decoder.rotary_emb(x, pos[:, None])  # (n, 1, d): broadcasts over heads
-        stats = []
+        stats, lost = [], []
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -112,7 +112,7 @@ class ModelRunner:
             st.pos[li, rows, :, write] = pos[:, None]
             probed = li in self.probe_layers
             if self.kernel:  # each row reads its own length; a probed layer's signals in the same pass
-                o, s = decode_attn.decode_attention(
+                o, s, lse = decode_attn.decode_attention(
                     q.view(n, hkv, hq // hkv, d), st.k[li], st.v[li], lens, attn.scaling,
                     *((st.pos[li], pos, plen) if probed else ()), splits=self._splits[n])
                 if probed:
@@ -123,8 +123,11 @@ class ModelRunner:
                 o = F.scaled_dot_product_attention(q.view(n, hkv, hq // hkv, d), keys, values,
                                                    attn_mask=valid[:, None, None, :], scale=attn.scaling)
                 if probed:
-                    probs = attention_probs(q, keys, attn.scaling, valid)
+                    probs, lse = attention_probs(q, keys, attn.scaling, valid, return_lse=True)
                     stats.append(stats_from_probs(probs, st.pos[li, :n, :, :width], valid, pos, plen))
+            if probed and self.signals:
+                lost.append(self._lost_mass(self.probe_layers.index(li), q, lse, attn.scaling, n)
+                            if st.sketch_active else lse.new_zeros(n))
             x = x + attn.o_proj(o.reshape(n, 1, hq * d))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.model.lm_head(self.decoder.norm(x)[:, 0])  # signals read it in its own dtype
@@ -132,7 +135,8 @@ class ModelRunner:
         if self.signals:
             tokens, lsig = logit_signals(logits)
             asig = torch.stack(stats).mean(0) if stats else lsig.new_full((n, len(ATTENTION_SIGNALS)), float("nan"))
-            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, held], dim=-1)
+            ev = torch.stack(lost).mean(0)[:, None] if lost else lsig.new_full((n, 1), float("nan"))
+            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, ev, held], dim=-1)
         else:
             tokens = logits.argmax(-1)
             st.packet[:n, 0] = tokens.float()
@@ -140,6 +144,18 @@ class ModelRunner:
         st.tokens[:n] = tokens
         st.next_pos[:n] += 1
         st.lens[:n] += 1
+
+    def _lost_mass(self, j: int, q: torch.Tensor, lse: torch.Tensor, scale: float, n: int) -> torch.Tensor:
+        """Upper bound of the softmax share the evicted prompt entries would get, (n,) averaged over query
+        heads: each page's keys score at most ``q+ . max + q- . min``; with U the sum over pages of
+        count x exp(bound) and Z the held entries' partition, U / (Z + U) >= the exact share."""
+        st = self.store
+        hkv = st.kv_heads
+        q4 = q.view(n, hkv, -1, q.shape[-1])
+        mx, mn, cnt = st.sk_max[j, :n], st.sk_min[j, :n], st.sk_n[j, :n]  # (n, H, P, D), (n, H, P)
+        bound = (q4.clamp(min=0) @ mx.transpose(-1, -2) + q4.clamp(max=0) @ mn.transpose(-1, -2)).float() * scale
+        log_u = torch.logsumexp(bound + cnt.log()[:, :, None, :], dim=-1)  # (n, H, G); -inf with none evicted
+        return torch.sigmoid(log_u - lse.float()).mean(dim=(1, 2))
 
     # ---- graphs -------------------------------------------------------------------------------------
     def _capture(self, n: int, width: int) -> torch.cuda.CUDAGraph | None:

@@ -142,12 +142,17 @@ class Engine:
         cap = _round_up(held + self.max_new_tokens + 1, 64)
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
-        if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype):
+        # The evicted-key sketch, for the lost-mass signal: probed layers, prefill presses that evict.
+        evicts = tracker is not None and not is_decoding(press) and tracker.compression_ratio > 0
+        sk_layers = len(self.runner.probe_layers) if self.signals and evicts else 0
+        sk_pos = longest if sk_layers else 0
+        if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype, sk_layers, sk_pos):
             if self.store is not None:  # large stores: free the old one first
                 self.store = None
                 self.runner.bind(None)
             self.store = KVStore(len(self.runner.layers), cfg.num_key_value_heads, self.runner.head_dim,
-                                 self.batch_size, cap, n_prompt, self.dtype, self.device)
+                                 self.batch_size, cap, n_prompt, self.dtype, self.device, sk_layers, sk_pos)
+        self.store.sketch_active = sk_layers > 0
         self.runner.bind(self.store)
         return self.store
 

@@ -12,6 +12,13 @@ Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
   CUDA; ``host_k``/``host_v`` (B, N, L, H, D)) and the press's kept set ``kept`` (L, B, H, N), so
   restore, recall and recompress are gathers on the device fed by one host-to-device copy per row.
 
+- With the eviction signal on, the probed layers also keep a sketch of the prompt entries the press
+  evicted: per page of ``PAGE`` prompt positions and KV head, the elementwise min and max of the evicted
+  keys and how many there are (``sk_min``/``sk_max`` (Lp, B, H, P, D), ``sk_n`` (Lp, B, H, P)). For a
+  query q, ``q+ . max + q- . min`` bounds q . k from above for every key of the page (as in ArkVale), so
+  the evicted entries' share of the softmax is bounded without keeping them: D/4 bytes per evicted token,
+  head and probed layer (bf16), against 4D for their K and V.
+
 Every row operation is vectorised over the rows it touches and needs no host synchronisation.
 """
 
@@ -22,6 +29,7 @@ import torch
 from hazard.signals import SIGNALS
 
 REBUILD_CHUNK = 8  # rows rebuilt at once: bounds the temporary (rows x layers x prompt) gather source
+PAGE = 16  # prompt positions per page of the evicted-key sketch
 
 
 class KVStore:
@@ -39,10 +47,12 @@ class KVStore:
         Longest prompt a reversible row may hold off the GPU (0: rows are not reversible).
     dtype, device
         Of the cache.
+    sketch_layers, sketch_positions : int
+        Probed layers and prompt positions of the evicted-key sketch (0: none).
     """
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, rows: int, capacity: int, prompt_capacity: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, sketch_layers: int = 0, sketch_positions: int = 0):
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.rows, self.capacity, self.prompt_capacity = rows, capacity, prompt_capacity
         self.dtype, self.device = dtype, device
@@ -58,6 +68,14 @@ class KVStore:
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and prompt_capacity else None
         self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its host copy has landed once this fires
+        self.sk_min = self.sk_max = self.sk_n = self.sk_n0 = None
+        self.sketch_active = bool(sketch_layers and sketch_positions)  # this run's press evicts at prefill
+        if sketch_layers and sketch_positions:
+            pages = -(-sketch_positions // PAGE)
+            self.sk_min = torch.zeros(sketch_layers, rows, kv_heads, pages, head_dim, dtype=dtype, device=device)
+            self.sk_max = torch.zeros_like(self.sk_min)
+            self.sk_n = torch.zeros(sketch_layers, rows, kv_heads, pages, dtype=torch.float32, device=device)
+            self.sk_n0 = torch.zeros_like(self.sk_n)  # the press's evicted set (recompress returns to it)
         if prompt_capacity:
             pin = device.type == "cuda"
             hshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
@@ -70,11 +88,32 @@ class KVStore:
         """Bytes of K and V over all layers for one slot of one row."""
         return self.layers * self.kv_heads * self.head_dim * self.k.element_size() * 2
 
-    def fits(self, rows: int, capacity: int, prompt_capacity: int, dtype: torch.dtype) -> bool:
+    def fits(self, rows: int, capacity: int, prompt_capacity: int, dtype: torch.dtype, sketch_layers: int = 0,
+             sketch_positions: int = 0) -> bool:
         """Whether this store can serve a run (a reversible store serves non-reversible runs too, so an
         evaluation that alternates static and controlled runs allocates its host memory once)."""
+        pages = self.sk_n.shape[-1] if self.sk_n is not None else 0
+        sketch_ok = (not sketch_layers or (self.sk_n is not None and self.sk_n.shape[0] == sketch_layers
+                                           and sketch_positions <= pages * PAGE))
         return (rows == self.rows and capacity <= self.capacity and prompt_capacity <= self.prompt_capacity
-                and dtype == self.dtype)
+                and dtype == self.dtype and sketch_ok)
+
+    def write_sketch(self, j: int, slots: torch.Tensor, keys: torch.Tensor, evicted: torch.Tensor) -> None:
+        """Sketch of the evicted keys of probed layer ``j``: ``keys`` (g, H, width, D) as cached, ``evicted``
+        (g, H, width) bool."""
+        g, h, width, d = keys.shape
+        pages = self.sk_n.shape[-1]
+        pad = pages * PAGE - width
+        keys = torch.nn.functional.pad(keys, (0, 0, 0, pad)).view(g, h, pages, PAGE, d)
+        ev = torch.nn.functional.pad(evicted, (0, pad)).view(g, h, pages, PAGE)
+        n = ev.sum(-1)
+        big = torch.finfo(keys.dtype).max
+        kmin = torch.where(ev[..., None], keys, big).amin(3)
+        kmax = torch.where(ev[..., None], keys, -big).amax(3)
+        empty = (n == 0)[..., None]
+        self.sk_min[j, slots] = kmin.masked_fill(empty, 0)
+        self.sk_max[j, slots] = kmax.masked_fill(empty, 0)
+        self.sk_n[j, slots] = self.sk_n0[j, slots] = n.float()
 
     def _slots(self, slots) -> torch.Tensor:
         return torch.as_tensor(slots, dtype=torch.long).to(self.device)
@@ -144,6 +183,9 @@ class KVStore:
             t[:, d] = t[:, s]
         for t in (self.lens, self.tokens, self.next_pos, self.prompt_len):
             t[d] = t[s]
+        if self.sk_n is not None:
+            for t in (self.sk_min, self.sk_max, self.sk_n, self.sk_n0):
+                t[:, d] = t[:, s]
         if self.prompt_capacity:
             if self.copy_stream is not None:
                 self.copy_stream.synchronize()
@@ -214,15 +256,21 @@ class KVStore:
         ap = self.arange[: self.prompt_capacity]
         present = (ap[None, None, None, :] < self.prompt_len[s][None, :, None, None])
         self.rebuild(slots, present.expand(self.layers, len(s), self.kv_heads, -1))
+        if self.sk_n is not None:  # nothing is evicted any more
+            self.sk_n[:, s] = 0
 
     def recompress(self, slots) -> None:
         """Back to the press's kept prompt entries; generated entries stay."""
         self.rebuild(slots, self.kept[:, self._slots(slots)])
+        if self.sk_n is not None:
+            s = self._slots(slots)
+            self.sk_n[:, s] = self.sk_n0[:, s]
 
     def recall(self, slots, positions: torch.Tensor) -> None:
         """Add evicted prompt entries ``positions`` (L, R, H, k) to what each row holds, at their positions.
 
         ``positions`` must name entries the row does not hold (the same number in every layer and head).
+        The eviction sketch keeps counting them: the lost-mass bound stays an upper bound, a looser one.
         """
         held = self.held(slots)
         self.rebuild(slots, held.scatter(-1, positions.to(self.device), True))

@@ -1,8 +1,12 @@
 from hazard.signals.attention import ATTENTION_SIGNALS, attention_probs, attention_stats, stats_from_probs
 from hazard.signals.logits import LOGIT_SIGNALS, logit_signals
 
+# The attention mass the evicted prompt entries would get from the current query at the probed layers: exact
+# for the first token (the prefill sees the whole prompt), an upper bound from a per-page min/max sketch of
+# the evicted keys afterwards (hazard.engine.store); 0 when nothing was evicted.
+EVICTION_SIGNALS = ("lost_mass_ub",)
 # Order of the per-token signal columns in traces and of the engine's per-step host transfer.
-SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, "cache_len")
+SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, "cache_len")
 
-__all__ = ["ATTENTION_SIGNALS", "LOGIT_SIGNALS", "SIGNALS", "attention_probs", "attention_stats", "logit_signals",
-           "stats_from_probs"]
+__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "SIGNALS", "attention_probs", "attention_stats",
+           "logit_signals", "stats_from_probs"]

@@ -17,7 +17,7 @@ N_SINK = 4
 N_RECENT = 32
 
 
-def attention_probs(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: torch.Tensor) -> torch.Tensor:
+def attention_probs(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: torch.Tensor, return_lse: bool = False):
     """Softmax attention of one query per row over its cache slots, in float32.
 
     Parameters
@@ -28,14 +28,17 @@ def attention_probs(q: torch.Tensor, keys: torch.Tensor, scale: float, valid: to
 
     Returns
     -------
-    (batch, kv_heads, q_heads // kv_heads, slots) probabilities (0 on invalid slots).
+    (batch, kv_heads, q_heads // kv_heads, slots) probabilities (0 on invalid slots); with ``return_lse``
+    also the (batch, kv_heads, group) log-partition of the scores.
     """
     b, hq, d = q.shape
     hkv = keys.shape[1]
     # The matmul runs in the cache dtype (a float32 copy of the cache would cost more than the model's own
     # attention); only the scores are promoted.
     scores = torch.matmul(q.view(b, hkv, hq // hkv, d), keys.transpose(-1, -2)).float() * scale
-    return torch.softmax(scores.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return (probs, torch.logsumexp(scores, dim=-1)) if return_lse else probs
 
 
 def stats_from_probs(attn: torch.Tensor, slot_pos: torch.Tensor, valid: torch.Tensor, cur_pos: torch.Tensor,
