@@ -77,7 +77,7 @@ class ModelRunner:
         self.kernel = attention == "triton" or (attention == "auto" and decode_attn.available(device))
         self._splits: dict[int, int] = {}
         self.store: KVStore | None = None
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._graph_failed = False
 
@@ -190,7 +190,7 @@ class ModelRunner:
         if self.kernel:
             width = 0  # the kernel reads each row's own length: one graph per row bucket
         if self.cuda_graphs and not self._graph_failed:
-            key = (n, width)
+            key = (n, width, self.store.sketch_active)  # the step reads the eviction sketch or not
             graph = self.graphs.get(key)
             if graph is None:
                 graph = self._capture(n, width)
