@@ -45,12 +45,18 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
             cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
         elif name == "step_frac":
             cols.append(steps / max_new_tokens)
-        elif name in _COL:
-            cols.append(packets[:, _COL[name]])
         else:
-            raise HazardError(f"guard feature {name!r} needs the trace's history; the live controller computes "
-                              "per-step features only: export a guard trained on a set without dynamics")
+            check_live([name])
+            cols.append(packets[:, _COL[name]])
     return torch.stack(cols, dim=1).float()
+
+
+def check_live(names) -> None:
+    """Fail with one line unless every feature in ``names`` follows from one step's packet."""
+    missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac")]
+    if missing:
+        raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "
+                          "per-step features only: export a guard trained on a set without dynamics")
 
 
 class PolicyController(Controller):
@@ -88,11 +94,7 @@ class PolicyController(Controller):
 
     def begin(self, n_slots: int, device=None) -> None:
         if self.guard is not None:
-            live = set(_COL) | {"ratio", "kv_fraction", "step_frac"}
-            missing = [n for n in self.guard.feature_names if n not in live]
-            if missing:
-                raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller "
-                                  "computes per-step features only: export a guard trained on a set without dynamics")
+            check_live(self.guard.feature_names)
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays

@@ -137,9 +137,9 @@ class Prefill:
             g = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
             kept = kept.masked_fill(junk, -1)
             if compress and li in runner.probe_layers:  # what the press evicted: exact mass now, sketch for later
-                held = torch.zeros(b, keys.shape[1], width + 1, dtype=torch.bool, device=dev)
-                held.scatter_(-1, kept.masked_fill(kept < 0, width), True)
-                evicted = ~held[..., :width] & (at[None, None, :] < lengths[:, None, None])
+                in_cache = torch.zeros(b, keys.shape[1], width + 1, dtype=torch.bool, device=dev)
+                in_cache.scatter_(-1, kept.masked_fill(kept < 0, width), True)
+                evicted = ~in_cache[..., :width] & (at[None, None, :] < lengths[:, None, None])
                 j = runner.probe_layers.index(li)
                 lost[:, j] = (probs * evicted[:, :, None, :]).sum(-1).mean(dim=(1, 2)).float()
                 if sketch:

@@ -16,8 +16,9 @@ Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
   evicted: per page of ``PAGE`` prompt positions and KV head, the elementwise min and max of the evicted
   keys and how many there are (``sk_min``/``sk_max`` (Lp, B, H, P, D), ``sk_n`` (Lp, B, H, P)). For a
   query q, ``q+ . max + q- . min`` bounds q . k from above for every key of the page (as in ArkVale), so
-  the evicted entries' share of the softmax is bounded without keeping them: D/4 bytes per evicted token,
-  head and probed layer (bf16), against 4D for their K and V.
+  the evicted entries' share of the softmax is bounded without keeping them: D/4 + 0.25 bytes per prompt
+  position, KV head and probed layer (bf16 min and max, a float32 count per page of 16), against 4D for
+  the K and V of an evicted entry.
 
 Every row operation is vectorised over the rows it touches and needs no host synchronisation.
 """
