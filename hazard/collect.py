@@ -85,15 +85,13 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     diverge = divergence(gen.tokens, ref["tokens"]) if ref is not None else -1
     question = prompt.messages[-1]["content"]
     n = len(gen.tokens)
-    prog = progress_onsets(gen.tokens, gen.finished, text, decode_prefix or (lambda m: ""), question,
+    prog = progress_onsets(gen.tokens, gen.finished, text, decode_prefix, question,
                            ref.get("text") if ref is not None else None)
-    if decode_prefix is None:
-        prog["answered_at"] = prog["claim_onset"] = -1
     ref_len = min(int(ref["n_tokens"]), n - 1) if ref is not None and ref.get("finished") else -1
     # Not catastrophes (the hand check, collect/results/onset_check.md): a run that wrote the gold number
     # last but dropped the "The answer is N" format, and one the budget cut right after its answer.
     format_only = gen.finished and answer is None and last_number(text) == normalise_number(prompt.gold)
-    cut_after_answer = not gen.finished and prog["answered_at"] >= 0 and prog["answered_at"] >= n - CUT_TOKENS
+    cut_after_answer = not gen.finished and prog["answered_at"] >= max(n - CUT_TOKENS, 0)
     v = verdict(loop.onset if loop else -1, not gen.finished and not cut_after_answer, correct or format_only,
                 ref["correct"] if ref is not None else None, stall=prog["stall_onset"],
                 answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len,
@@ -118,6 +116,14 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     for i, name in enumerate(SIGNALS):
         row[name] = gen.signals[:, i]
     return row
+
+
+def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[dict] | None, spec: PressSpec,
+               meta: dict) -> list[dict]:
+    """``build_row`` for one generate call: each row's text decoded once, onsets placed in it."""
+    return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
+                      partial(decode_prefix, tok, g.tokens))
+            for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
 
 
 def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
@@ -146,12 +152,9 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
                 by_id = {r["prompt_id"]: r for r in table}
                 refs = [by_id[p.id] for p in prompts]
             continue
-        rows = []
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
-        for i, (p, g) in enumerate(zip(prompts, engine.generate(ids, build_press(spec)))):
-            text = tok.decode(g.tokens, skip_special_tokens=True)
-            prefix = partial(decode_prefix, tok, g.tokens)
-            rows.append(build_row(p, g, None if spec.name == "none" else refs[i], spec, text, meta, prefix))
+        rows = build_rows(tok, prompts, engine.generate(ids, build_press(spec)), None if spec.name == "none" else refs,
+                          spec, meta)
         if spec.name == "none":
             refs = rows
         write_shard(rows, path)

@@ -12,13 +12,12 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, build_row, decode_prefix, encode, hardware
+from hazard.collect import TaskSpec, build_rows, encode, hardware
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.engine import Engine
@@ -143,9 +142,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             t0 = time.perf_counter()
             gens = engine.generate(ids, build_press(spec), controller=policy)
             secs = time.perf_counter() - t0
-            rows = [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
-                              partial(decode_prefix, tok, g.tokens))
-                    for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
+            rows = build_rows(tok, prompts, gens, refs, spec, meta)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
             restores = sum(sum(e[1] == "restore" for e in g.control.get("events", [])) for g in gens)

@@ -13,11 +13,9 @@ of the sampled failing prompts per grid point, on the fast engine.
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 
-from hazard.collect import build_row, decode_prefix, encode
+from hazard.collect import build_rows, encode
 from hazard.compression import PressSpec, build_press
 from hazard.control import PolicyController, build_policy
 from hazard.engine import Engine
@@ -30,10 +28,7 @@ def _rows(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta
     controller = None
     if at is not None:
         controller = PolicyController(build_policy("scheduled", at=at), None, spec.ratio, engine.max_new_tokens)
-    gens = engine.generate(ids, build_press(spec), controller)
-    return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
-                      partial(decode_prefix, tok, g.tokens))
-            for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
+    return build_rows(tok, prompts, engine.generate(ids, build_press(spec), controller), refs, spec, meta)
 
 
 def point_of_no_return(engine: Engine, tok, prompts: list[Prompt], spec: PressSpec, meta: dict,

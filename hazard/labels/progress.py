@@ -121,19 +121,22 @@ def token_of_char(decode_prefix: Callable[[int], str], n_tokens: int, char: int)
     return lo
 
 
-def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[int], str], question: str,
+def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[int], str] | None, question: str,
                     ref_text: str | None) -> dict[str, int]:
     """The onsets of this module for one run (-1 where a rule does not apply).
 
-    ``decode_prefix(m)`` is the text of the first ``m`` generated tokens, decoded as ``text`` was.
+    ``decode_prefix(m)`` is the text of the first ``m`` generated tokens, decoded as ``text`` was; without
+    it the rules that place an onset in the text (answered, claim) give -1.
     """
     n = len(tokens)
     out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1,
            "off_topic_at": 0 if off_topic(text, question) or len(re.findall(r"\w+", text)) < 3 else -1}
+    if decode_prefix is None or not n:
+        return out
     span = answer_span(text)
-    if span is not None and n:
+    if span is not None:
         out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
-    if ref_text is not None and n:
+    if ref_text is not None:
         c = first_new_number(text, numbers(question) | numbers(ref_text))
         if c is not None:
             out["claim_onset"] = token_of_char(decode_prefix, n, c)
