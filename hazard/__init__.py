@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 # Bumped whenever the trace Features change; readers refuse other versions.
 # v2: onsets a reader would point at (stall / answered / claim columns; divergence no longer an onset).
-SCHEMA_VERSION = 2
+# v3: a ``format`` column (prompt format label: exemplar set, shot count, system wording).
+SCHEMA_VERSION = 3
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

@@ -8,6 +8,7 @@ setting, and writes one shard. Under torchrun, rank r takes units r, r + world, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -36,10 +37,28 @@ from hazard.traces import load_traces, write_json, write_shard
 
 @dataclass
 class TaskSpec:
-    """A task by registry name with its options (see hazard/tasks)."""
+    """A task by registry name with its options (see hazard/tasks).
+
+    ``grid`` maps option names to lists of values: the spec stands for one task per combination (e.g.
+    ``{k_shot: [0, 3, 8], seed: [0, 1]}`` is six prompt formats of the same problems).
+    """
 
     name: str
     options: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+
+    def expand(self) -> list[dict]:
+        """The option dicts this spec stands for, in grid order."""
+        for key, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise HazardError(f"task {self.name}: grid.{key} must be a non-empty list")
+        combos = itertools.product(*self.grid.values())
+        return [{**self.options, **dict(zip(self.grid, c))} for c in combos]
+
+
+def format_of(task) -> str:
+    """A task's prompt-format label (``default`` for tasks with a single format)."""
+    return getattr(task, "format", "default")
 
 
 @dataclass
@@ -97,9 +116,11 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
                 answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len,
                 off_topic=prog["off_topic_at"])
     labels, post = hazard_labels(n, v.onset)
+    fmt = meta.get("format", "default")
+    unit = meta["task"] if fmt == "default" else f"{meta['task']}.{fmt}"
     row = {
-        **meta,
-        "trace_id": f"{meta['model']}/{meta['task']}/{prompt.id}/{spec.label}/s{meta['seed']}",
+        "format": fmt, **meta,
+        "trace_id": f"{meta['model']}/{unit}/{prompt.id}/{spec.label}/s{meta['seed']}",
         "prompt_id": prompt.id, "press": spec.name, "ratio": float(spec.ratio),
         "prompt_len": gen.prompt_len, "kv_tokens_prefill": gen.kv_tokens_prefill,
         "bytes_per_token": gen.bytes_per_token, "n_tokens": len(gen.tokens), "tokens": gen.tokens,
@@ -126,10 +147,12 @@ def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[di
             for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
 
 
-def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
-    """``<task>-<chunk>-<press>[-r<ratio>].parquet``: one shard per task chunk and press setting."""
+def shard_name(task: str, chunk: int, spec: PressSpec, fmt: str = "default") -> str:
+    """``<task>[.<format>]-<chunk>-<press>[-r<ratio>].parquet``: one shard per task format, chunk and press
+    setting (the format is left out of the name when a task has only its default one)."""
     setting = spec.name if spec.name == "none" else f"{spec.name}-r{spec.ratio:g}"
-    return f"{task}-{chunk:05d}-{setting}.parquet"
+    unit = task if fmt == "default" else f"{task}.{fmt}"
+    return f"{unit}-{chunk:05d}-{setting}.parquet"
 
 
 def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict,
@@ -208,10 +231,12 @@ def validate(cfg: CollectConfig) -> tuple[list, list[PressSpec]]:
         raise HazardError("collect: no tasks configured; add at least one under `tasks:`")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.shard_size < 1:
         raise HazardError("collect: max_new_tokens, batch_size and shard_size must be >= 1")
-    tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
-    names = [t.name for t in cfg.tasks]
+    tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
+    names = [(t.name, format_of(t)) for t in tasks]
     if len(set(names)) != len(names):
-        raise HazardError(f"collect: task listed twice in {names}; shards are named by task, list each once")
+        twice = sorted({f"{n}/{f}" for n, f in names if names.count((n, f)) > 1})
+        raise HazardError(f"collect: task format listed twice ({', '.join(twice)}); shards are named by task and "
+                          "format, list each once")
     specs = [PressSpec("none")] + [s for s in cfg.presses if s.name != "none"]
     for s in specs:
         build_press(s)
@@ -261,8 +286,9 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="chunk", disable=None)
     skipped = 0
     for task, chunk, prompts in bar:
-        _, s = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name},
-                        lambda spec, t=task.name, c=chunk: out / "data" / shard_name(t, c, spec))
+        fmt = format_of(task)
+        _, s = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name, "format": fmt},
+                        lambda spec, t=task.name, c=chunk, f=fmt: out / "data" / shard_name(t, c, spec, f))
         skipped += s
         bar.set_postfix(tok_s=f"{engine.generated_tokens / max(engine.seconds, 1e-9):.0f}")
     write_json(out / "stats" / f"rank-{rank:03d}.json",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, build_rows, encode, hardware
+from hazard.collect import TaskSpec, build_rows, encode, format_of, hardware
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.engine import Engine
@@ -109,7 +109,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             raise HazardError(f"evaluate: base press {spec.label} must be a prefill press with ratio > 0")
     needs_guard = "hazard" in cfg.policies
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
-    tasks = [build_task(t.name, **t.options) for t in cfg.tasks]
+    tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
     model, tok = load_model(cfg.model)
     if guard is not None:  # every feature the guard wants must be one the engine can produce
         missing = [n for n in guard.feature_names if n not in (*SIGNALS, *CONFIG_FEATURES)]
@@ -131,12 +131,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
-                "max_new_tokens": cfg.max_new_tokens, "task": task.name}
+                "max_new_tokens": cfg.max_new_tokens, "task": task.name, "format": format_of(task)}
 
         def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
                 meta=meta, task=task) -> dict:
             """One generation run, summarised; read back from ``parts`` when an earlier call finished it."""
-            path = parts / f"{task.name}__{key}.json"
+            unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
+            path = parts / f"{unit}__{key}.json"
             if path.exists():
                 return json.loads(path.read_text())
             t0 = time.perf_counter()
@@ -176,8 +177,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 if acc_full != acc_static:
                     recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static)
                 out_rows.append({
-                    "task": task.name, "model": label, "base_press": spec.name, "base_ratio": spec.ratio,
-                    "policy": name, **res, "recovered_fraction": recovered,
+                    "task": task.name, "format": format_of(task), "model": label, "base_press": spec.name,
+                    "base_ratio": spec.ratio, "policy": name, **res, "recovered_fraction": recovered,
                     "overhead": res["controller_ms_per_step"],
                     "static_ms_per_token": static["ms_per_token"],
                 })

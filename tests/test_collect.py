@@ -153,3 +153,20 @@ def test_build_row_format_only_and_cut_after_answer_are_not_catastrophes():
     row = build_row(prompt, gen(wrong, True), ref, PressSpec("snapkv", 0.5), "".join(wrong), meta,
                     lambda m: "".join(wrong[:m]))
     assert row["catastrophe"] and row["onset_source"] == "claim" and row["onset"] == 9  # "71" is new
+
+
+def test_a_task_grid_collects_every_format_with_its_label(tmp_path, tiny_dir, gsm8k_dir):
+    out = tmp_path / "formats"
+    tasks = json.dumps([{"name": "gsm8k", "options": {"path": str(gsm8k_dir), "limit": 2},
+                         "grid": {"k_shot": [0, 1], "system": [1]}}])
+    assert main(_args(out, tiny_dir, "--tasks", tasks, "--presses", "[{name: knorm, ratio: 0.5}]",
+                      "--max_new_tokens", "6")) == 0
+    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == [
+        "gsm8k.k0e-s1-00000-knorm-r0.5.parquet", "gsm8k.k0e-s1-00000-none.parquet",
+        "gsm8k.k1e0s1-00000-knorm-r0.5.parquet", "gsm8k.k1e0s1-00000-none.parquet"]
+    ds = load_traces(out)
+    assert sorted(set(ds["format"])) == ["k0e-s1", "k1e0s1"] and set(ds["task"]) == {"gsm8k"}
+    # the same problem in two formats: one prompt id, two traces (with their own ids) per setting
+    assert len(set(ds["prompt_id"])) == 2 and len(set(ds["trace_id"])) == len(ds) == 8
+    listed_twice = json.dumps([{"name": "gsm8k", "options": {"path": str(gsm8k_dir)}, "grid": {"k_shot": [1, 1]}}])
+    assert main(_args(tmp_path / "twice", tiny_dir, "--tasks", listed_twice)) == 2

@@ -37,6 +37,25 @@ def test_gsm8k_prompts(gsm8k_dir):
     assert len(prompts[0].distractors) == 2 and len(prompts[0].exemplar_texts) == 2
 
 
+def test_gsm8k_formats_change_the_prompt_not_the_problem(gsm8k_dir):
+    from hazard.collect import TaskSpec
+    from hazard.tasks.gsm8k import SYSTEMS
+
+    spec = TaskSpec("gsm8k", {"path": str(gsm8k_dir), "limit": 2}, grid={"k_shot": [0, 2], "system": [0, 2]})
+    tasks = [build_task("gsm8k", **o) for o in spec.expand()]
+    assert [t.format for t in tasks] == ["k0e-s0", "k0e-s2", "k2e0s0", "k2e0s2"]
+    by_format = {t.format: t.prompts() for t in tasks}
+    assert {p.format for p in by_format["k2e0s2"]} == {"k2e0s2"}
+    assert by_format["k0e-s2"][0].messages[0]["content"] == SYSTEMS[2] != SYSTEMS[0]
+    assert len(by_format["k0e-s0"][0].messages) == 2 and len(by_format["k2e0s0"][0].messages) == 6
+    # one problem keeps one id in every format, so prompt-grouped splits keep its formats together
+    assert len({p.id for ps in by_format.values() for p in ps}) == 2
+    with pytest.raises(HazardError, match="system 3 is unknown"):
+        build_task("gsm8k", path=str(gsm8k_dir), system=3).prompts()
+    with pytest.raises(HazardError, match="grid.k_shot must be a non-empty list"):
+        TaskSpec("gsm8k", grid={"k_shot": 3}).expand()
+
+
 def test_gsm8k_train_split_never_uses_the_question_as_exemplar(gsm8k_dir):
     prompts = build_task("gsm8k", path=str(gsm8k_dir), split="train", limit=0, k_shot=2).prompts()
     assert len(prompts) == 2

@@ -5,10 +5,11 @@ import pytest
 import torch
 import yaml
 
+from hazard import SCHEMA_VERSION, SIGNALS_VERSION
 from hazard.errors import HazardError
 from hazard.guard import HazardGuard
 from hazard.predictor.baselines import EntropyRule, rolling_min, windows
-from hazard.predictor.data import HazardDataModule, load_trace_arrays, split_traces
+from hazard.predictor.data import HazardDataModule, Trace, load_trace_arrays, split_traces
 from hazard.predictor.metrics import choose_threshold, evaluate
 from hazard.predictor.nets import NETS
 
@@ -37,6 +38,32 @@ def test_splits_never_share_a_prompt(traces_dir):
     assert {t.press for t in lopo["test"]} == {"snapkv"} and "snapkv" not in {t.press for t in lopo["train"]}
     task = split_traces(traces, "task:var_tracking")
     assert {t.task for t in task["test"]} == {"var_tracking"} and {t.task for t in task["train"]} == {"kv_retrieval"}
+
+
+def _fake(prompt: str, fmt: str, model: str, press: str = "snapkv") -> Trace:
+    z = np.zeros((4, 1), np.float32)
+    return Trace(z, np.zeros((4, 5), np.float32), np.ones(4, bool), f"{model}/{fmt}/{prompt}/{press}", prompt,
+                 "gsm8k", press, 0.875, model, False, -1, z[:, 0], fmt)
+
+
+def test_held_out_format_and_cross_model_splits():
+    fmts = ["k0e-s0", "k3e0s0", "k3e1s1", "k8e2s0"]
+    traces = [_fake(f"p{i}", f, m) for i in range(40) for f in fmts for m in ("small", "large")]
+    parts = split_traces(traces, "format:k8*", 0.2, 0.3)
+    assert {t.format for t in parts["test"]} == {"k8e2s0"}
+    assert "k8e2s0" not in {t.format for t in parts["train"] + parts["val"]}
+    cross = split_traces(traces, "model:large", 0.2, 0.3)
+    assert {t.model for t in cross["test"]} == {"large"} and {t.model for t in cross["train"]} == {"small"}
+    for split in (parts, split_traces(traces, "format:*e1*", 0.2, 0.3), cross):
+        ids = {k: {t.prompt_id for t in v} for k, v in split.items()}  # new prompts in test as well
+        assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+        assert len(ids["test"]) == 12  # 0.3 of 40 prompts
+    with pytest.raises(HazardError, match="no traces match 'k5\\*'"):
+        split_traces(traces, "format:k5*")
+    with pytest.raises(HazardError, match="every trace matches"):
+        split_traces(traces, "format:k*")
+    with pytest.raises(HazardError, match="unknown split 'shots:3'"):
+        split_traces(traces, "shots:3")
 
 
 def test_leakage_check_would_fail_on_a_token_split(traces_dir):
@@ -89,6 +116,13 @@ def test_metrics_on_hand_made_traces():
     assert m["lead_times"] == [5] and m["false_alarm_rate"] == 0.5
     strict = evaluate(traces, scores, 0, choose_threshold(traces, scores, target_far=0.0))
     assert strict["false_alarm_rate"] == 0.0
+    # fast detection: an alarm 3 tokens after a loop's onset counts within 4 (and 8), not within 2
+    late = tr(20, 10, True)
+    late.kind = "loop"
+    m = evaluate([late, *traces[1:]], [np.r_[np.zeros(13), np.ones(7)], *scores[1:]], 0, thr)
+    assert m["detect_rate_lead1"] == 0.0 and m["detect_rate_within2"] == 0.0
+    assert m["detect_rate_within4"] == m["detect_rate_within8"] == 1.0 and m["median_delay"] == 3.0
+    assert m["by_type"] == {"loop": {"n": 1, **{k: m[k] for k in m["by_type"]["loop"] if k != "n"}}}
 
 
 def test_baseline_helpers():
@@ -109,12 +143,14 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     path.write_text(yaml.safe_dump(cfg))
     metrics = run_report(str(path))
     saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    for key in ("pre_onset_auroc", "auroc", "detect_rate_lead8", "false_alarm_rate"):
+    for key in ("pre_onset_auroc", "auroc", "detect_rate_lead8", "detect_rate_within4", "false_alarm_rate", "by_type"):
         assert key in saved["model"]["test"]
         for b in ("entropy_rule", "logistic_regression", "gradient_boosting"):
             assert key in saved["baselines"][b]["test"]
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
+    assert set(saved["split_baselines"]) == {"lopo-snapkv", "task-kv_retrieval", "task-var_tracking"}
+    assert "pre_onset_auroc" in saved["split_baselines"]["lopo-snapkv"]["gradient_boosting"]
     assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]
     assert set(saved["signals"]) == set(HazardGuard.from_pretrained(tmp_path / "ckpt").feature_names)
     assert all(set(v) == {"trace_auroc", "pre_onset_auroc", "settings"} for v in saved["signals"].values())
@@ -154,7 +190,7 @@ def test_guard_checkpoint_errors(tmp_path, traces_dir):
 
     out = export_guard(model, tmp_path / "g", 0.5, 16, {})
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["signals_version"] == 1 and cfg["schema_version"] == 2
+    assert cfg["signals_version"] == SIGNALS_VERSION == 1 and cfg["schema_version"] == SCHEMA_VERSION
     cfg["signals_version"] = 999
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HazardError, match="signals v999"):

@@ -138,23 +138,25 @@ class KVStore:
         is one contiguous block that goes to host memory in one copy; on CUDA the copies run on a side
         stream (they are PCIe-bound) and overlap the decode steps.
         """
-        k = torch.stack(keys, 2).permute(0, 3, 2, 1, 4).contiguous()  # (rows, width, L, H, D)
-        v = torch.stack(values, 2).permute(0, 3, 2, 1, 4).contiguous()
         if self.copy_stream is None:
+            k, v = _row_major(keys), _row_major(values)
             for r, (slot, n) in enumerate(zip(slots, lengths)):
                 self.host_k[slot, :n].copy_(k[r, :n])
                 self.host_v[slot, :n].copy_(v[r, :n])
             return
         self.copy_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.copy_stream):
+            # The layout kernel runs on the side stream too, so the decode steps do not wait for it; the
+            # prefill's per-layer tensors must then outlive their use there.
+            for t in (*keys, *values):
+                t.record_stream(self.copy_stream)
+            k, v = _row_major(keys), _row_major(values)
             for r, (slot, n) in enumerate(zip(slots, lengths)):
                 self.host_k[slot, :n].copy_(k[r, :n], non_blocking=True)
                 self.host_v[slot, :n].copy_(v[r, :n], non_blocking=True)
                 # Per row: a restore waits for its own row's copy, not for a whole refill's gigabytes.
                 self.copied[slot] = torch.cuda.Event()
                 self.copied[slot].record(self.copy_stream)
-        k.record_stream(self.copy_stream)
-        v.record_stream(self.copy_stream)
 
     def set_kept(self, layer: int, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Record the press's kept prompt positions (g, H, n; -1 = none) of ``layer`` (recompress returns to them)."""
@@ -292,3 +294,8 @@ class KVStore:
         self.k[layer, slots, :, :n] = self.k[layer, slots].gather(2, g)
         self.v[layer, slots, :, :n] = self.v[layer, slots].gather(2, g)
         self.pos[layer, slots, :, :n] = self.pos[layer, slots].gather(2, keep)
+
+
+def _row_major(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer (rows, H, width, D) -> (rows, width, L, H, D): each row one contiguous block."""
+    return torch.stack(per_layer, 2).permute(0, 3, 2, 1, 4).contiguous()

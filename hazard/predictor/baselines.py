@@ -13,7 +13,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from hazard.predictor.data import Normalizer, Trace
+from hazard.predictor.data import Normalizer, Trace, train_mask
 
 
 def rolling_min(x: np.ndarray, n: int) -> np.ndarray:
@@ -64,6 +64,7 @@ class WindowClassifier:
     window: int = 8
     max_tokens: int = 200_000
     seed: int = 0
+    detect_window: int = 0  # as the nets' (``train_mask``)
     probabilistic = True
 
     def _model(self):
@@ -74,8 +75,9 @@ class WindowClassifier:
 
     def fit(self, train: list[Trace], val: list[Trace], horizon: int, norm: Normalizer) -> WindowClassifier:
         self.norm = norm
-        x = np.concatenate([windows(norm(t.x), self.window)[t.valid] for t in train])
-        y = np.concatenate([t.y[t.valid, horizon] for t in train])
+        masks = [train_mask(t, self.detect_window) for t in train]
+        x = np.concatenate([windows(norm(t.x), self.window)[m] for t, m in zip(train, masks)])
+        y = np.concatenate([t.y[m, horizon] for t, m in zip(train, masks)])
         if len(y) > self.max_tokens:  # subsample tokens for speed, same seed every run
             keep = np.random.default_rng(self.seed).choice(len(y), self.max_tokens, replace=False)
             x, y = x[keep], y[keep]

@@ -7,6 +7,7 @@ masked out of losses and metrics.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from dataclasses import dataclass, field
 
@@ -38,10 +39,19 @@ class Trace:
     catastrophe: bool
     onset: int
     entropy: np.ndarray = field(repr=False)
+    format: str = "default"
+    kind: str = "none"  # "loop" | "nonterm" | "wrong" (a catastrophe's type) | "none"
 
 
-META = ["trace_id", "prompt_id", "task", "press", "ratio", "model", "catastrophe", "onset", "n_tokens",
-        "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy"]
+def kind_of(row: dict) -> str:
+    """A trace's catastrophe type: a loop, else a run that never ended, else a wrong answer."""
+    if not row["catastrophe"]:
+        return "none"
+    return "loop" if row["loop"] else "nonterm" if row["nonterm"] else "wrong"
+
+
+META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "catastrophe", "onset", "n_tokens",
+        "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm"]
 
 
 def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> list[Trace]:
@@ -59,7 +69,8 @@ def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> 
         y = np.stack([np.asarray(row[f"label_h{k}"], dtype=np.float32) for k in horizons], axis=1)
         out.append(Trace(x, y, ~np.asarray(row["post_onset"], dtype=bool), row["trace_id"], row["prompt_id"],
                          row["task"], row["press"], float(row["ratio"]), row["model"], bool(row["catastrophe"]),
-                         int(row["onset"]), np.asarray(row["entropy"], dtype=np.float32)))
+                         int(row["onset"]), np.asarray(row["entropy"], dtype=np.float32), row["format"],
+                         kind_of(row)))
     if not out:
         raise HazardError(f"no usable traces in {paths}")
     return out
@@ -82,28 +93,36 @@ def split_traces(traces: list[Trace], split: str = "prompt", val_frac: float = 0
                  seed: int = 0) -> dict[str, list[Trace]]:
     """Train/val/test lists. Every split groups by prompt: no prompt id is in two of them.
 
-    ``prompt``: prompts cut by a seeded hash. ``press:<name>``: leave-one-press-out, the press only in test
-    (and only on test prompts). ``task:<name>``: held-out task, test is that task, train/val the others.
+    ``prompt``: prompts cut by a seeded hash. The held-out splits keep that cut and put only the held-out
+    traces in test and only the others in train/val, so a test trace is new in both ways:
+    ``press:<name>`` leave-one-press-out; ``format:<glob>`` held-out prompt formats (``fnmatch`` on the
+    format label, e.g. ``format:k8*`` = every 8-shot format, ``format:*e3*`` = exemplar set 3);
+    ``model:<name>`` cross-model (train on the other models, test on that one).
+    ``task:<name>``: held-out task, test is that task, train/val the others (prompt ids differ by task).
     """
     parts: dict[str, list[Trace]] = {"train": [], "val": [], "test": []}
-    if split == "prompt" or split.startswith("press:"):
+    kind, _, arg = split.partition(":")
+    held = {"press": lambda t: t.press == arg, "format": lambda t: fnmatch.fnmatchcase(t.format, arg),
+            "task": lambda t: t.task == arg, "model": lambda t: t.model == arg}
+    if split != "prompt" and (kind not in held or not arg):
+        raise HazardError(f"unknown split {split!r}; use prompt, press:<name>, format:<glob>, task:<name> or "
+                          "model:<name>")
+    if split != "prompt":
+        n_held = sum(map(held[kind], traces))
+        if n_held == 0:
+            raise HazardError(f"split {split}: no traces match {arg!r}")
+        if n_held == len(traces):
+            raise HazardError(f"split {split}: every trace matches {arg!r}; nothing is left to train on")
+    if kind != "task":
         part_of = assign_prompts([t.prompt_id for t in traces], {"test": test_frac, "val": val_frac}, seed)
-        press = split.split(":", 1)[1] if ":" in split else None
-        if press is not None and press not in {t.press for t in traces}:
-            raise HazardError(f"split {split}: no traces with press {press!r}")
         for t in traces:
             part = part_of[t.prompt_id]
-            if press is None or (t.press == press) == (part == "test"):
+            if split == "prompt" or held[kind](t) == (part == "test"):
                 parts[part].append(t)
-    elif split.startswith("task:"):
-        task = split.split(":", 1)[1]
-        if task not in {t.task for t in traces}:
-            raise HazardError(f"split {split}: no traces of task {task!r}")
-        part_of = assign_prompts([t.prompt_id for t in traces if t.task != task], {"val": val_frac}, seed)
+    else:  # the held-out task is the whole test part
+        part_of = assign_prompts([t.prompt_id for t in traces if not held[kind](t)], {"val": val_frac}, seed)
         for t in traces:
-            parts["test" if t.task == task else part_of[t.prompt_id]].append(t)
-    else:
-        raise HazardError(f"unknown split {split!r}; use prompt, press:<name> or task:<name>")
+            parts["test" if held[kind](t) else part_of[t.prompt_id]].append(t)
     for name, part in parts.items():
         if not part:
             raise HazardError(f"split {split}: the {name} part is empty; collect more prompts or change fractions")
@@ -124,9 +143,18 @@ class Normalizer:
         return (x - self.mean) / self.std
 
 
+def train_mask(t: Trace, detect_window: int = 0) -> np.ndarray:
+    """Tokens a loss sees: the pre-onset ones, plus the first ``detect_window`` tokens from the onset on
+    (labelled 1 at every horizon), which teaches the net to notice a catastrophe that has begun."""
+    mask = t.valid.copy()
+    if detect_window > 0 and t.catastrophe and t.onset >= 0:
+        mask[t.onset:t.onset + detect_window] = True
+    return mask
+
+
 class _Sequences(torch.utils.data.Dataset):
-    def __init__(self, traces: list[Trace], norm: Normalizer):
-        self.items = [(norm(t.x), t.y, t.valid) for t in traces]
+    def __init__(self, traces: list[Trace], norm: Normalizer, detect_window: int = 0):
+        self.items = [(norm(t.x), t.y, train_mask(t, detect_window)) for t in traces]
 
     def __len__(self):
         return len(self.items)
@@ -177,22 +205,27 @@ class HazardDataModule(L.LightningDataModule):
     feature_set : str
         A name in ``hazard.predictor.features.FEATURE_SETS``.
     split : str
-        ``prompt``, ``press:<name>`` or ``task:<name>`` (see ``split_traces``).
+        ``prompt``, ``press:<name>``, ``format:<glob>``, ``task:<name>`` or ``model:<name>``
+        (see ``split_traces``).
     val_frac, test_frac : float
         Shares of prompts (hashed with ``seed``) for validation and test.
     batch_size : int
         Traces per batch.
+    detect_window : int
+        Training also sees this many tokens from each onset on, as positives (``train_mask``); validation
+        and test metrics stay on the pre-onset tokens. 0: forecast only.
     """
 
     def __init__(self, traces: list[str], feature_set: str = "logit_attn", split: str = "prompt",
-                 val_frac: float = 0.15, test_frac: float = 0.2, seed: int = 0, batch_size: int = 32):
+                 val_frac: float = 0.15, test_frac: float = 0.2, seed: int = 0, batch_size: int = 32,
+                 detect_window: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.horizons = list(HORIZONS)
         self.feature_names = list(feature_names(feature_set))
         self.parts = split_traces(load_trace_arrays(traces, feature_set), split, val_frac, test_frac, seed)
         self.norm = Normalizer.fit(self.parts["train"])
-        y = np.concatenate([t.y[t.valid] for t in self.parts["train"]])
+        y = np.concatenate([t.y[train_mask(t, detect_window)] for t in self.parts["train"]])
         rate = y.mean(0)
         # Positives are rare (a few tokens before each onset): weight them up, within reason.
         self.pos_weight = [float(min((1 - r) / max(r, 1e-6), 100.0)) for r in rate]
@@ -205,7 +238,7 @@ class HazardDataModule(L.LightningDataModule):
                 "horizons": self.horizons, "feature_set": self.hparams.feature_set}
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        data = _Sequences(self.parts[part], self.norm)
+        data = _Sequences(self.parts[part], self.norm, self.hparams.detect_window if part == "train" else 0)
         sampler = EpochSampler(len(data), self.hparams.seed) if shuffle else None
         return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=collate)
 

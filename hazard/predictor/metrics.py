@@ -3,8 +3,10 @@
 Token level: AUROC/AUPRC over all tokens, and over pre-onset tokens only (tokens before the onset of a
 catastrophic trace, positives within the horizon, plus every token of healthy traces). Trace level, with a
 threshold chosen on validation for a target false-alarm rate and applied unchanged to test: the share of
-catastrophes flagged at least m tokens before onset, lead times, the false-alarm rate on healthy traces,
-alarms per 1k tokens, and calibration (Brier, ECE) for probabilistic scores.
+catastrophes flagged at least m tokens before onset, lead times, the share flagged at most d tokens *after*
+the onset (fast detection: with rollback, a late alarm still saves the run), the false-alarm rate on
+healthy traces, alarms per 1k tokens, calibration (Brier, ECE) for probabilistic scores, and the
+detection figures per catastrophe type (loop / nonterm / wrong).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from hazard.predictor.data import Trace
 
 LEADS = (1, 8, 16, 32)
+DELAYS = (0, 2, 4, 8)
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float | None, float | None]:
@@ -43,7 +46,7 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
 
 
 def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float,
-             probabilistic: bool = True, leads=LEADS) -> dict:
+             probabilistic: bool = True, leads=LEADS, delays=DELAYS) -> dict:
     """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``."""
     y_all = np.concatenate([t.y[:, horizon] for t in traces])
     s_all = np.concatenate(scores)
@@ -61,20 +64,39 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
         tokens += int(t.valid.sum())
         hit = np.flatnonzero(alarms)
         if t.catastrophe:
-            first_alarm.append((t.onset, int(hit[0]) if len(hit) else None))
+            # pre-onset tokens are all valid, so the first alarm at any token is the first valid one when
+            # there is one; after the onset it is how late the guard notices
+            anytime = np.flatnonzero(s >= threshold)
+            first_alarm.append((t.onset, int(anytime[0]) if len(anytime) else None, t.kind))
         else:
             healthy_alarm.append(len(hit) > 0)
-    for m in leads:
-        out[f"detect_rate_lead{m}"] = (float(np.mean([a is not None and a <= onset - m for onset, a in first_alarm]))
-                                       if first_alarm else None)
-    leads_seen = [onset - a for onset, a in first_alarm if a is not None]
+    out.update(detection(first_alarm, leads, delays))
+    leads_seen = [onset - a for onset, a, _ in first_alarm if a is not None and a <= onset]
     out["lead_times"] = leads_seen
     out["median_lead_time"] = float(np.median(leads_seen)) if leads_seen else None
+    kinds = sorted({k for _, _, k in first_alarm})
+    out["by_type"] = {k: {"n": sum(kk == k for _, _, kk in first_alarm),
+                          **detection([f for f in first_alarm if f[2] == k], leads, delays)} for k in kinds}
     out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
     if probabilistic:
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)
+    return out
+
+
+def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
+    """Shares of catastrophes flagged >= m tokens before the onset, and <= d tokens after it, from
+    (onset, first alarm or None, type) triples; plus the median alarm delay (alarm - onset, missed left out)."""
+    if not first_alarm:
+        return {**{f"detect_rate_lead{m}": None for m in leads}, **{f"detect_rate_within{d}": None for d in delays},
+                "median_delay": None}
+    out = {f"detect_rate_lead{m}": float(np.mean([a is not None and a <= on - m for on, a, _ in first_alarm]))
+           for m in leads}
+    out.update({f"detect_rate_within{d}": float(np.mean([a is not None and a <= on + d for on, a, _ in first_alarm]))
+                for d in delays})
+    delays_seen = [a - on for on, a, _ in first_alarm if a is not None]
+    out["median_delay"] = float(np.median(delays_seen)) if delays_seen else None
     return out
 
 

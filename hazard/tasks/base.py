@@ -33,6 +33,9 @@ class Prompt:
         answering one of them means the model answered the wrong question.
     exemplar_texts : list of str
         Text of in-context exemplars; copying long runs of it is a sign of instruction amnesia.
+    format : str
+        The prompt format (exemplar set, shot count, system wording) as a short label; held-out-format
+        splits group traces by it. The same problem in two formats keeps one ``id``.
     """
 
     id: str
@@ -40,6 +43,7 @@ class Prompt:
     gold: str
     distractors: list[str] = field(default_factory=list)
     exemplar_texts: list[str] = field(default_factory=list)
+    format: str = "default"
 
 
 def parse_answer(text: str) -> str | None:

@@ -11,7 +11,14 @@ from pathlib import Path
 from hazard.errors import HazardError
 from hazard.tasks.base import Prompt
 
-SYSTEM = "You are a careful math tutor. Solve the problem step by step and finish with 'The answer is N.'"
+# System-prompt wordings (the ``system`` option picks one). All ask for the same final line, so answers
+# are scored alike; they differ in tone and length, which moves how a compressed model fails.
+SYSTEMS = (
+    "You are a careful math tutor. Solve the problem step by step and finish with 'The answer is N.'",
+    "Answer the grade-school math question. Reason briefly, then write the last line as: The answer is N.",
+    "You are a helpful assistant. Work through the arithmetic one step at a time. When you are done, state "
+    "the result on its own line in the form 'The answer is N.' and stop.",
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -63,6 +70,11 @@ class GSM8KTask:
         Number of exemplars, drawn from the train split with ``seed`` (the same for every prompt).
     seed : int
         Exemplar choice.
+    system : int
+        Which wording in ``SYSTEMS`` the system prompt uses.
+
+    The prompt format is labelled ``k<k_shot>e<seed>s<system>`` (e.g. ``k3e0s0``); a 0-shot prompt has no
+    exemplar set, so its label has ``e-``.
     """
 
     path: str = "../shared/data/gsm8k"
@@ -71,11 +83,20 @@ class GSM8KTask:
     limit: int = 100
     k_shot: int = 3
     seed: int = 0
+    system: int = 0
     name: str = "gsm8k"
+
+    @property
+    def format(self) -> str:
+        return f"k{self.k_shot}e{self.seed if self.k_shot else '-'}s{self.system}"
 
     def prompts(self) -> list[Prompt]:
         if self.split not in ("train", "test"):
             raise HazardError(f"gsm8k split {self.split!r} is unknown; use train or test")
+        if not 0 <= self.system < len(SYSTEMS):
+            raise HazardError(f"gsm8k system {self.system} is unknown; use 0..{len(SYSTEMS) - 1} (tasks/gsm8k.py)")
+        if self.k_shot < 0:
+            raise HazardError(f"gsm8k k_shot {self.k_shot} must be >= 0")
         root = Path(self.path).expanduser()
         problems = read_jsonl(root / f"{self.split}.jsonl")
         end = len(problems) if self.limit == 0 else min(len(problems), self.start + self.limit)
@@ -94,10 +115,11 @@ class GSM8KTask:
             p = problems[i]
             out.append(Prompt(
                 id=f"gsm8k-{self.split}-{i:05d}",
-                messages=[{"role": "system", "content": SYSTEM}, *exemplar,
+                messages=[{"role": "system", "content": SYSTEMS[self.system]}, *exemplar,
                           {"role": "user", "content": p["question"]}],
                 gold=gold_of(p["answer"]),
                 distractors=[gold_of(r["answer"]) for r in shot_rows],
                 exemplar_texts=[r["question"] + " " + solution_text(r["answer"]) for r in shot_rows],
+                format=self.format,
             ))
         return out
