@@ -67,8 +67,7 @@ def run(cfg: PonrConfig) -> dict:
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     prompts = build_task("gsm8k", path=cfg.gsm8k, split="test", start=cfg.start, limit=cfg.limit, k_shot=3,
                          seed=0).prompts()
-    meta = {"model": cfg.model.label(), "task": "gsm8k", "format": "k3e0s0", "seed": 0,
-            "max_new_tokens": cfg.max_new_tokens}
+    meta = {"model": cfg.model.label(), "task": "gsm8k", "seed": 0, "max_new_tokens": cfg.max_new_tokens}
     for name, ratio in cfg.presses:
         if (name, ratio) in done:
             continue

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,25 +41,39 @@ class TaskSpec:
     """A task by registry name with its options (see hazard/tasks).
 
     ``grid`` maps option names to lists of values: the spec stands for one task per combination (e.g.
-    ``{k_shot: [0, 3, 8], seed: [0, 1]}`` is six prompt formats of the same problems).
+    ``{k_shot: [0, 3, 8], seed: [0, 1]}`` is six prompt formats of the same problems); a list of such
+    maps is the union of their combinations (e.g. 0-shot prompts need no exemplar seeds). Their prompts are
+    collected together, a problem's formats next to each other, so a shard (and a batch) mixes formats and
+    a partial collection has every format.
     """
 
     name: str
     options: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
+    grid: dict | list = field(default_factory=dict)
 
     def expand(self) -> list[dict]:
         """The option dicts this spec stands for, in grid order."""
-        for key, values in self.grid.items():
-            if not isinstance(values, list) or not values:
-                raise HazardError(f"task {self.name}: grid.{key} must be a non-empty list")
-        combos = itertools.product(*self.grid.values())
-        return [{**self.options, **dict(zip(self.grid, c))} for c in combos]
+        out = []
+        for grid in self.grid if isinstance(self.grid, list) else [self.grid]:
+            for key, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise HazardError(f"task {self.name}: grid.{key} must be a non-empty list")
+            out += [{**self.options, **dict(zip(grid, c))} for c in itertools.product(*grid.values())]
+        return out
 
 
 def format_of(task) -> str:
     """A task's prompt-format label (``default`` for tasks with a single format)."""
     return getattr(task, "format", "default")
+
+
+def grid_prompts(tasks: list) -> list[Prompt]:
+    """The prompts of one task spec's formats, problem by problem (each problem's formats in grid order)."""
+    by_id: dict[str, list[Prompt]] = {}
+    for task in tasks:
+        for p in task.prompts():
+            by_id.setdefault(p.id, []).append(p)
+    return [p for group in by_id.values() for p in group]
 
 
 @dataclass
@@ -75,6 +90,7 @@ class CollectConfig:
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
     seed: int = 0
     summary_out: str | None = None
+    time_budget_s: float | None = None  # start no setting after this long (one shard at least); run again to go on
 
 
 def encode(tok, prompt: Prompt) -> list[int]:
@@ -116,10 +132,10 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
                 answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len,
                 off_topic=prog["off_topic_at"])
     labels, post = hazard_labels(n, v.onset)
-    fmt = meta.get("format", "default")
+    fmt = prompt.format
     unit = meta["task"] if fmt == "default" else f"{meta['task']}.{fmt}"
     row = {
-        "format": fmt, **meta,
+        **meta, "format": fmt,
         "trace_id": f"{meta['model']}/{unit}/{prompt.id}/{spec.label}/s{meta['seed']}",
         "prompt_id": prompt.id, "press": spec.name, "ratio": float(spec.ratio),
         "prompt_len": gen.prompt_len, "kv_tokens_prefill": gen.kv_tokens_prefill,
@@ -147,33 +163,35 @@ def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[di
             for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
 
 
-def shard_name(task: str, chunk: int, spec: PressSpec, fmt: str = "default") -> str:
-    """``<task>[.<format>]-<chunk>-<press>[-r<ratio>].parquet``: one shard per task format, chunk and press
-    setting (the format is left out of the name when a task has only its default one)."""
+def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
+    """``<task>-<chunk>-<press>[-r<ratio>].parquet``: one shard per task chunk and press setting."""
     setting = spec.name if spec.name == "none" else f"{spec.name}-r{spec.ratio:g}"
-    unit = task if fmt == "default" else f"{task}.{fmt}"
-    return f"{unit}-{chunk:05d}-{setting}.parquet"
+    return f"{task}-{chunk:05d}-{setting}.parquet"
 
 
 def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict,
-             shard_path) -> tuple[int, int]:
+             shard_path, deadline: float | None = None, progress: int = 0) -> tuple[int, int, bool]:
     """Reference run, then every press setting, for one chunk of prompts; one shard per setting.
 
     Settings whose shard exists are skipped; the reference rows are read back from their shard when a
-    resumed run needs them. Returns (shards written, shards skipped).
+    resumed run needs them. No setting starts after ``deadline`` (``time.perf_counter()``) unless no shard
+    has been written yet (``progress``: shards this call wrote before), so every call makes progress.
+    Returns (shards written, shards skipped, whether it stopped at the deadline).
     """
     ids = [encode(tok, p) for p in prompts]
     refs: list[dict] | None = None
     written = skipped = 0
     for spec in specs:
         path = shard_path(spec)
+        if deadline is not None and time.perf_counter() > deadline and progress + written and not path.exists():
+            return written, skipped, True
         if path.exists():
             skipped += 1
             if spec.name == "none":
-                cols = ["prompt_id", "tokens", "correct", "text", "finished", "n_tokens"]
+                cols = ["prompt_id", "format", "tokens", "correct", "text", "finished", "n_tokens"]
                 table = pq.read_table(path, columns=cols).to_pylist()
-                by_id = {r["prompt_id"]: r for r in table}
-                refs = [by_id[p.id] for p in prompts]
+                by_id = {(r["prompt_id"], r["format"]): r for r in table}
+                refs = [by_id[p.id, p.format] for p in prompts]
             continue
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
         rows = build_rows(tok, prompts, engine.generate(ids, build_press(spec)), None if spec.name == "none" else refs,
@@ -187,7 +205,7 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
                    {"generated_tokens": engine.generated_tokens - tokens0, "seconds": engine.seconds - seconds0,
                     "hardware": hardware()})
         written += 1
-    return written, skipped
+    return written, skipped, False
 
 
 def _git_sha() -> str:
@@ -219,24 +237,28 @@ def versions() -> dict:
 def _content(cfg: CollectConfig) -> dict:
     """The parts of the config that change trace content (a resume must match them)."""
     d = dataclasses.asdict(cfg)
-    for k in ("output_dir", "summary_out", "batch_size"):
+    for k in ("output_dir", "summary_out", "batch_size", "time_budget_s"):
         d.pop(k)
     d["model"].pop("device")
     return d
 
 
-def validate(cfg: CollectConfig) -> tuple[list, list[PressSpec]]:
+def validate(cfg: CollectConfig) -> tuple[list[tuple[str, list]], list[PressSpec]]:
     """Build tasks and presses once up front so bad names fail before the model loads."""
     if not cfg.tasks:
         raise HazardError("collect: no tasks configured; add at least one under `tasks:`")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.shard_size < 1:
         raise HazardError("collect: max_new_tokens, batch_size and shard_size must be >= 1")
-    tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
-    names = [(t.name, format_of(t)) for t in tasks]
+    names = [t.name for t in cfg.tasks]
     if len(set(names)) != len(names):
-        twice = sorted({f"{n}/{f}" for n, f in names if names.count((n, f)) > 1})
-        raise HazardError(f"collect: task format listed twice ({', '.join(twice)}); shards are named by task and "
-                          "format, list each once")
+        raise HazardError(f"collect: task listed twice in {names}; shards are named by task, list each once "
+                          "(a grid gives one task several prompt formats)")
+    tasks = [(t.name, [build_task(t.name, **opts) for opts in t.expand()]) for t in cfg.tasks]
+    for name, group in tasks:
+        fmts = [format_of(t) for t in group]
+        if len(set(fmts)) != len(fmts):
+            twice = sorted({f for f in fmts if fmts.count(f) > 1})
+            raise HazardError(f"collect: task {name}'s grid gives format(s) {twice} twice; list each format once")
     specs = [PressSpec("none")] + [s for s in cfg.presses if s.name != "none"]
     for s in specs:
         build_press(s)
@@ -276,30 +298,44 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     model, tok = load_model(cfg.model)
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     units = []
-    for task in tasks:
-        prompts = task.prompts()
+    for name, group in tasks:
+        prompts = grid_prompts(group)
         for c in range(0, len(prompts), cfg.shard_size):
-            units.append((task, c // cfg.shard_size, prompts[c:c + cfg.shard_size]))
+            units.append((name, c // cfg.shard_size, prompts[c:c + cfg.shard_size]))
+    # Chunk 0 of every task, then chunk 1, ...: a time-budgeted (partial) collection has every task.
+    order = {name: i for i, (name, _) in enumerate(tasks)}
+    units.sort(key=lambda u: (u[1], order[u[0]]))
     mine = units[rank::world]
     meta_base = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "seed": cfg.seed,
                  "max_new_tokens": cfg.max_new_tokens}
     bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="chunk", disable=None)
-    skipped = 0
-    for task, chunk, prompts in bar:
-        fmt = format_of(task)
-        _, s = run_unit(engine, tok, prompts, specs, {**meta_base, "task": task.name, "format": fmt},
-                        lambda spec, t=task.name, c=chunk, f=fmt: out / "data" / shard_name(t, c, spec, f))
+    skipped = left = written = 0
+    deadline = None if cfg.time_budget_s is None else time.perf_counter() + cfg.time_budget_s
+    for i, (name, chunk, prompts) in enumerate(bar):
+        w, s, stopped = run_unit(engine, tok, prompts, specs, {**meta_base, "task": name},
+                                 lambda spec, t=name, c=chunk: out / "data" / shard_name(t, c, spec), deadline,
+                                 written)
+        written += w
         skipped += s
+        if stopped:
+            left = len(mine) - i  # this chunk is unfinished; a later call resumes with it
+            break
         bar.set_postfix(tok_s=f"{engine.generated_tokens / max(engine.seconds, 1e-9):.0f}")
     write_json(out / "stats" / f"rank-{rank:03d}.json",
-               {"generated_tokens": engine.generated_tokens, "seconds": engine.seconds, "skipped_shards": skipped})
+               {"generated_tokens": engine.generated_tokens, "seconds": engine.seconds, "skipped_shards": skipped,
+                "chunks_left": left})
     dist.barrier()
     if rank != 0:
         dist.teardown()
         return None
     stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("rank-*.json"))][:world]
     tokens, seconds = sum(s["generated_tokens"] for s in stats), max(s["seconds"] for s in stats)
+    ds = load_traces(out)
+    chunks_left = sum(s.get("chunks_left", 0) for s in stats)
     summary = {
+        # A time-budgeted call stops between chunks: run the same command again to go on.
+        "complete": chunks_left == 0, "chunks_left": chunks_left, "n_traces": len(ds),
+        "n_generated_tokens": int(sum(ds["n_tokens"])), "formats": sorted(set(ds["format"])),
         "model": cfg.model.label(), "hardware": hardware(), "world_size": world,
         "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "git_sha": _git_sha(),
         # Throughput of this invocation (shards skipped on resume are not counted).
@@ -307,7 +343,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         # Every shard of the collection, resumed calls included: tokens over the summed generation time of
         # one process (prefill included), so with several ranks it is the per-process rate.
         "shard_generated_tokens_per_s": _shard_rate(out),
-        "configs": summarize(load_traces(out)),
+        "configs": summarize(ds),
     }
     write_json(out / "summary.json", summary)
     if cfg.summary_out:

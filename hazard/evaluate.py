@@ -131,7 +131,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
-                "max_new_tokens": cfg.max_new_tokens, "task": task.name, "format": format_of(task)}
+                "max_new_tokens": cfg.max_new_tokens, "task": task.name}
 
         def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
                 meta=meta, task=task) -> dict:

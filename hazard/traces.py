@@ -3,7 +3,7 @@
 Layout of a collection folder::
 
     manifest.json            schema version, the collect config, package versions, git sha
-    data/<task>[.<format>]-<chunk>-<setting>.parquet   one shard per (task format, prompt chunk, setting)
+    data/<task>-<chunk>-<setting>.parquet   one shard per (task, prompt chunk, press setting)
     summary.json             per (task, press, ratio) rates, written when the collection is complete
 
 A shard is written to ``<name>.tmp`` and renamed, so a killed job never leaves a readable partial shard,

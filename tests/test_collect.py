@@ -161,12 +161,24 @@ def test_a_task_grid_collects_every_format_with_its_label(tmp_path, tiny_dir, gs
                          "grid": {"k_shot": [0, 1], "system": [1]}}])
     assert main(_args(out, tiny_dir, "--tasks", tasks, "--presses", "[{name: knorm, ratio: 0.5}]",
                       "--max_new_tokens", "6")) == 0
-    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == [
-        "gsm8k.k0e-s1-00000-knorm-r0.5.parquet", "gsm8k.k0e-s1-00000-none.parquet",
-        "gsm8k.k1e0s1-00000-knorm-r0.5.parquet", "gsm8k.k1e0s1-00000-none.parquet"]
     ds = load_traces(out)
     assert sorted(set(ds["format"])) == ["k0e-s1", "k1e0s1"] and set(ds["task"]) == {"gsm8k"}
     # the same problem in two formats: one prompt id, two traces (with their own ids) per setting
     assert len(set(ds["prompt_id"])) == 2 and len(set(ds["trace_id"])) == len(ds) == 8
+    # problem by problem: a shard (and a batch) holds every format of its problems
+    assert ds.filter(lambda r: r["press"] == "none")["format"] == ["k0e-s1", "k1e0s1"] * 2
     listed_twice = json.dumps([{"name": "gsm8k", "options": {"path": str(gsm8k_dir)}, "grid": {"k_shot": [1, 1]}}])
     assert main(_args(tmp_path / "twice", tiny_dir, "--tasks", listed_twice)) == 2
+
+
+def test_a_time_budget_stops_between_settings_and_the_next_call_goes_on(tmp_path, tiny_dir):
+    out = tmp_path / "budget"
+    assert main(_args(out, tiny_dir, "--time_budget_s", "0.000001")) == 0  # one shard, then stop
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["complete"] and summary["chunks_left"] == 4 and summary["n_traces"] == 4
+    assert main(_args(out, tiny_dir, "--time_budget_s", "0.000001")) == 0  # the next call goes on
+    assert json.loads((out / "summary.json").read_text())["n_traces"] == 8
+    assert main(_args(out, tiny_dir)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["n_traces"] == 2 * 6 * 4 and summary["formats"] == ["default"]
+    assert summary["n_generated_tokens"] == sum(load_traces(out)["n_tokens"])

@@ -36,7 +36,10 @@ class Scripted(Controller):
         return out
 
 
-def test_restore_and_rollback_to_prompt_end_reproduce_the_uncompressed_run(engine):
+@pytest.mark.parametrize("on_device", [False, True], ids=["prompts-on-host", "prompts-on-device"])
+def test_restore_and_rollback_to_prompt_end_reproduce_the_uncompressed_run(engine, on_device, monkeypatch):
+    monkeypatch.setattr(Engine, "_fits_on_device", lambda self, nbytes: on_device)
+    engine.store = None  # a fresh store, with the whole prompts where on_device says
     prompts = _prompts(3, seed=1)
     full = engine.generate(prompts, None)
     spec = PressSpec("knorm", 0.75)
@@ -48,6 +51,7 @@ def test_restore_and_rollback_to_prompt_end_reproduce_the_uncompressed_run(engin
         assert h.tokens == f.tokens
         assert h.control["rollback_tokens"] == at - 1
         assert [e[1] for e in h.control["events"]] == ["restore", "rollback"]
+    assert engine.store.full_on_device is on_device
 
 
 def test_memory_accounting_follows_the_actions(engine, model64):

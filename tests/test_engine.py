@@ -204,7 +204,7 @@ def test_attention_signals_match_eager_attention_weights(model64):
         assert np.allclose(g.signals[t, 5:10], torch.stack(ref).mean(0).numpy(), atol=1e-5), t
 
 
-def _store_after_prefill(model64, prompt, spec, reversible=True):
+def _store_after_prefill(model64, prompt, spec, reversible=True, full_on_device=False):
     from hazard.engine import KVStore
     from hazard.engine.prefill import Prefill
     from hazard.engine.runner import ModelRunner
@@ -212,19 +212,21 @@ def _store_after_prefill(model64, prompt, spec, reversible=True):
     cfg = model64.config
     d = cfg.hidden_size // cfg.num_attention_heads
     store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, d, 2, 128, 64 if reversible else 0,
-                    torch.float64, torch.device("cpu"))
+                    torch.float64, torch.device("cpu"), full_on_device=full_on_device)
     Prefill(ModelRunner(model64, [0]))(store, [1], [prompt], build_press(spec), reversible)
     return store
 
 
-def test_restore_recall_recompress_on_the_store(model64):
+@pytest.mark.parametrize("full_on_device", [False, True], ids=["prompts-on-host", "prompts-on-device"])
+def test_restore_recall_recompress_on_the_store(model64, full_on_device):
     """restore == the uncompressed prefill bit for bit; recall of every evicted entry == restore; recompress
-    returns to the press's entries; a partial recall holds kept + recalled entries in position order."""
+    returns to the press's entries; a partial recall holds kept + recalled entries in position order. The
+    whole prompts may be kept in host memory or on the device (the engine picks what fits)."""
     p = _prompts(1, seed=9)[0]
     n = len(p)
     full = _store_after_prefill(model64, p, PressSpec("none"))
     spec = PressSpec("snapkv", 0.75, {"window_size": 8})
-    a = _store_after_prefill(model64, p, spec)
+    a = _store_after_prefill(model64, p, spec, full_on_device=full_on_device)
     k0, pos0, n_kept = a.k.clone(), a.pos.clone(), int(a.lens[1])
     assert n_kept == compute_n_kept(n, 0.75)
     with torch.inference_mode():

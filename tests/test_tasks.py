@@ -52,6 +52,9 @@ def test_gsm8k_formats_change_the_prompt_not_the_problem(gsm8k_dir):
     assert len({p.id for ps in by_format.values() for p in ps}) == 2
     with pytest.raises(HazardError, match="system 3 is unknown"):
         build_task("gsm8k", path=str(gsm8k_dir), system=3).prompts()
+    union = TaskSpec("gsm8k", {"limit": 2}, grid=[{"k_shot": [0]}, {"k_shot": [3], "seed": [0, 1]}]).expand()
+    assert union == [{"limit": 2, "k_shot": 0}, {"limit": 2, "k_shot": 3, "seed": 0},
+                     {"limit": 2, "k_shot": 3, "seed": 1}]
     with pytest.raises(HazardError, match="grid.k_shot must be a non-empty list"):
         TaskSpec("gsm8k", grid={"k_shot": 3}).expand()
 

@@ -150,6 +150,7 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
     assert set(saved["split_baselines"]) == {"lopo-snapkv", "task-kv_retrieval", "task-var_tracking"}
+    assert "no traces match 'k8*'" in saved["held_out_format"]["k8*"]["skipped"]
     assert "pre_onset_auroc" in saved["split_baselines"]["lopo-snapkv"]["gradient_boosting"]
     assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]
     assert set(saved["signals"]) == set(HazardGuard.from_pretrained(tmp_path / "ckpt").feature_names)
@@ -203,3 +204,34 @@ def test_guard_checkpoint_errors(tmp_path, traces_dir):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HazardError, match="weights do not fit"):
         HazardGuard.from_pretrained(out)
+
+
+def test_fit_records_its_offline_wandb_run(tmp_path, traces_dir, monkeypatch):
+    """A real W&B run in offline mode: its id, config and final metrics are recorded for committing."""
+    from hazard.predictor.train import fit
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = []
+    fit({"traces": [str(traces_dir)], "feature_set": "logit", "val_frac": 0.25, "test_frac": 0.25},
+        {"net": "gru", "hidden": 8, "layers": 1}, {"max_epochs": 2, "accelerator": "cpu"}, tmp_path / "runs", "w",
+        seed=0, runs=runs)
+    (rec,) = runs
+    assert rec["name"] == "w" and rec["id"] and "val/loss" in rec["summary"]
+    assert rec["config"]["model"]["hidden"] == 8
+    assert list((tmp_path / "runs" / "wandb").glob(f"offline-run-*-{rec['id']}"))
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_batched_prediction_equals_one_trace_at_a_time(net):
+    from hazard.predictor.module import HazardModule
+
+    torch.manual_seed(0)
+    spec = {"names": ["a", "b", "c"], "mean": [0.0] * 3, "std": [1.0] * 3, "horizons": [1, 16], "feature_set": "x"}
+    m = HazardModule(net=net, hidden=8, layers=2, dropout=0.0, feature_spec=spec)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (5, 17, 2, 30, 9)]
+    one = m.predict_traces(xs, batch=1)
+    together = m.predict_traces(xs, batch=3)
+    for a, b, x in zip(one, together, xs):
+        assert a.shape == (len(x), 2) and np.allclose(a, b, atol=1e-5)

@@ -15,6 +15,7 @@ decoding is deterministic, so nothing is lost or duplicated); finished rows are 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 
@@ -150,11 +151,21 @@ class Engine:
             if self.store is not None:  # large stores: free the old one first
                 self.store = None
                 self.runner.bind(None)
-            self.store = KVStore(len(self.runner.layers), cfg.num_key_value_heads, self.runner.head_dim,
-                                 self.batch_size, cap, n_prompt, self.dtype, self.device, sk_layers, sk_pos)
+            heads, dim = cfg.num_key_value_heads, self.runner.head_dim
+            full_bytes = 2 * self.batch_size * n_prompt * len(self.runner.layers) * heads * dim * self.dtype.itemsize
+            self.store = KVStore(len(self.runner.layers), heads, dim, self.batch_size, cap, n_prompt, self.dtype,
+                                 self.device, sk_layers, sk_pos, full_on_device=self._fits_on_device(full_bytes))
         self.store.sketch_active = sk_layers > 0
         self.runner.bind(self.store)
         return self.store
+
+    def _fits_on_device(self, nbytes: int) -> bool:
+        """Whether the reversible rows' whole prompts may stay on the GPU: at most a quarter of the free
+        memory (the rest is for the cache, activations and other stores), unless ``HAZARD_FULL_ON_HOST``."""
+        if self.device.type != "cuda" or os.environ.get("HAZARD_FULL_ON_HOST"):
+            return False
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return nbytes <= free // 4
 
     # ---- the loop -----------------------------------------------------------------------------------
     def _run(self, prompts, order, press, controller, results) -> None:

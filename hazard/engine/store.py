@@ -8,9 +8,11 @@ Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
 - ``pos`` (L, B, H, C): the original token position each slot holds (RoPE was applied at it).
 - ``lens``, ``tokens``, ``next_pos``, ``prompt_len`` (B,): slots held, the token fed next and its
   position, the prompt length. The decode step reads and advances them on the device.
-- Reversible rows (a controller may act) also keep the whole prompt's K/V in host memory (pinned on
-  CUDA; ``host_k``/``host_v`` (B, N, L, H, D)) and the press's kept set ``kept`` (L, B, H, N), so
-  restore, recall and recompress are gathers on the device fed by one host-to-device copy per row.
+- Reversible rows (a controller may act) also keep the whole prompt's K/V, ``full_k``/``full_v``
+  (B, N, L, H, D), and the press's kept set ``kept`` (L, B, H, N), so restore, recall and recompress are
+  gathers on the device. The full copy lives on the GPU when it fits (``full_on_device``: a
+  device-to-device write per prefill, a few MB per row, nothing to wait for), else in pinned host memory
+  (one copy per row on a side stream, which a restore of that row waits for).
 
 - With the eviction signal on, the probed layers also keep a sketch of the prompt entries the press
   evicted: per page of ``PAGE`` prompt positions and KV head, the elementwise min and max of the evicted
@@ -50,10 +52,13 @@ class KVStore:
         Of the cache.
     sketch_layers, sketch_positions : int
         Probed layers and prompt positions of the evicted-key sketch (0: none).
+    full_on_device : bool
+        Keep the whole prompts (reversible rows) on ``device`` rather than in host memory.
     """
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, rows: int, capacity: int, prompt_capacity: int,
-                 dtype: torch.dtype, device: torch.device, sketch_layers: int = 0, sketch_positions: int = 0):
+                 dtype: torch.dtype, device: torch.device, sketch_layers: int = 0, sketch_positions: int = 0,
+                 full_on_device: bool = False):
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.rows, self.capacity, self.prompt_capacity = rows, capacity, prompt_capacity
         self.dtype, self.device = dtype, device
@@ -67,7 +72,9 @@ class KVStore:
         self.prompt_len = torch.zeros_like(self.lens)
         self.packet = torch.zeros(rows, 1 + len(SIGNALS), dtype=torch.float32, device=device)
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
-        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and prompt_capacity else None
+        self.full_on_device = full_on_device
+        on_host = device.type == "cuda" and prompt_capacity and not full_on_device
+        self.copy_stream = torch.cuda.Stream(device) if on_host else None
         self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its host copy has landed once this fires
         self.sk_min = self.sk_max = self.sk_n = self.sk_n0 = None
         self.sketch_active = bool(sketch_layers and sketch_positions)  # this run's press evicts at prefill
@@ -78,10 +85,10 @@ class KVStore:
             self.sk_n = torch.zeros(sketch_layers, rows, kv_heads, pages, dtype=torch.float32, device=device)
             self.sk_n0 = torch.zeros_like(self.sk_n)  # the press's evicted set (recompress returns to it)
         if prompt_capacity:
-            pin = device.type == "cuda"
-            hshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
-            self.host_k = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
-            self.host_v = torch.zeros(hshape, dtype=dtype, pin_memory=pin)
+            fshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
+            where = {"device": device} if full_on_device else {"pin_memory": device.type == "cuda"}
+            self.full_k = torch.zeros(fshape, dtype=dtype, **where)
+            self.full_v = torch.zeros(fshape, dtype=dtype, **where)
             self.kept = torch.zeros(layers, rows, kv_heads, prompt_capacity, dtype=torch.bool, device=device)
 
     @property
@@ -131,18 +138,25 @@ class KVStore:
 
     def save_prompts(self, slots: list[int], lengths: list[int], keys: list[torch.Tensor],
                      values: list[torch.Tensor]) -> None:
-        """Keep the whole prompts of a prefill chunk in host memory.
+        """Keep the whole prompts of a prefill chunk (on the device, or in host memory).
 
         ``keys``/``values``: per layer (rows, H, width, D), right-padded; row r goes to slot ``slots[r]``
         with ``lengths[r]`` positions. One kernel lays the chunk out as (rows, width, L, H, D), so each row
-        is one contiguous block that goes to host memory in one copy; on CUDA the copies run on a side
-        stream (they are PCIe-bound) and overlap the decode steps.
+        is one contiguous block. On the device that is one indexed write for the chunk (positions past a
+        row's length hold padding, which nothing reads); to host memory, one copy per row on a side stream
+        (they are PCIe-bound) that overlaps the decode steps.
         """
-        if self.copy_stream is None:
+        if self.full_on_device:
+            width = keys[0].shape[2]
+            idx = torch.as_tensor(slots, device=self.device)
+            self.full_k[idx, :width] = _row_major(keys)
+            self.full_v[idx, :width] = _row_major(values)
+            return
+        if self.copy_stream is None:  # host memory, no GPU
             k, v = _row_major(keys), _row_major(values)
             for r, (slot, n) in enumerate(zip(slots, lengths)):
-                self.host_k[slot, :n].copy_(k[r, :n])
-                self.host_v[slot, :n].copy_(v[r, :n])
+                self.full_k[slot, :n].copy_(k[r, :n])
+                self.full_v[slot, :n].copy_(v[r, :n])
             return
         self.copy_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.copy_stream):
@@ -152,8 +166,8 @@ class KVStore:
                 t.record_stream(self.copy_stream)
             k, v = _row_major(keys), _row_major(values)
             for r, (slot, n) in enumerate(zip(slots, lengths)):
-                self.host_k[slot, :n].copy_(k[r, :n], non_blocking=True)
-                self.host_v[slot, :n].copy_(v[r, :n], non_blocking=True)
+                self.full_k[slot, :n].copy_(k[r, :n], non_blocking=True)
+                self.full_v[slot, :n].copy_(v[r, :n], non_blocking=True)
                 # Per row: a restore waits for its own row's copy, not for a whole refill's gigabytes.
                 self.copied[slot] = torch.cuda.Event()
                 self.copied[slot].record(self.copy_stream)
@@ -194,8 +208,8 @@ class KVStore:
                 self.copy_stream.synchronize()
             self.copied.clear()
             self.kept[:, d] = self.kept[:, s]
-            self.host_k[list(dst)] = self.host_k[list(src)]
-            self.host_v[list(dst)] = self.host_v[list(src)]
+            self.full_k[list(dst)] = self.full_k[list(src)]
+            self.full_v[list(dst)] = self.full_v[list(src)]
 
     # ---- controller operations ----------------------------------------------------------------------
     def held(self, slots) -> torch.Tensor:
@@ -242,9 +256,13 @@ class KVStore:
             for i in slots:
                 if i in self.copied:
                     torch.cuda.current_stream().wait_event(self.copied[i])
-        # (R, N, L, H, D) host copies -> (L, R, H, N, D)
-        full_k = torch.stack([self.host_k[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
-        full_v = torch.stack([self.host_v[i].to(self.device, non_blocking=True) for i in slots]).permute(2, 0, 3, 1, 4)
+        # (R, N, L, H, D) whole prompts -> (L, R, H, N, D)
+        if self.full_on_device:
+            full_k, full_v = self.full_k[s], self.full_v[s]
+        else:
+            full_k = torch.stack([self.full_k[i].to(self.device, non_blocking=True) for i in slots])
+            full_v = torch.stack([self.full_v[i].to(self.device, non_blocking=True) for i in slots])
+        full_k, full_v = full_k.permute(2, 0, 3, 1, 4), full_v.permute(2, 0, 3, 1, 4)
         g = idx[..., None].expand(*idx.shape, dd)
         new_k = torch.cat([full_k, self.k[:, s]], 3).gather(3, g)
         new_v = torch.cat([full_v, self.v[:, s]], 3).gather(3, g)

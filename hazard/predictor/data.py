@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 import datasets
@@ -54,8 +55,31 @@ META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "c
         "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm"]
 
 
+_LOADED: dict[tuple, list[Trace]] = {}  # the last collection read, per feature set: a report fits many splits
+
+
 def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> list[Trace]:
-    """Read collection folders into Trace arrays (catastrophes with unknown onset are left out)."""
+    """Read collection folders into Trace arrays (catastrophes with unknown onset are left out).
+
+    The arrays of the last call's folders are kept (per feature set), so the many fits of one report read
+    and featurise the traces once; a folder whose shards changed is read again."""
+    key = (tuple(str(p) for p in paths), feature_set, tuple(horizons), _stamp(paths))
+    if key not in _LOADED:
+        if _LOADED and next(iter(_LOADED))[0] != key[0]:
+            _LOADED.clear()
+        _LOADED[key] = _read_trace_arrays(paths, feature_set, horizons)
+    return _LOADED[key]
+
+
+def _stamp(paths) -> tuple:
+    """What identifies a collection's content: its shard files' names, sizes and modification times."""
+    from hazard.traces import shard_paths
+
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for p in paths if os.path.isdir(p)
+                 for f in shard_paths(p))
+
+
+def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> list[Trace]:
     if not paths:
         raise HazardError("data.traces is empty; list at least one collection folder")
     names = feature_names(feature_set)

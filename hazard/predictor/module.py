@@ -89,7 +89,21 @@ class HazardModule(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     @torch.no_grad()
-    def predict_traces(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        """Per-token probabilities (T, H) for normalised feature arrays, one full-sequence pass each."""
+    def predict_traces(self, xs: list[np.ndarray], batch: int = 128) -> list[np.ndarray]:
+        """Per-token probabilities (T, H) for normalised feature arrays, a full-sequence pass each.
+
+        Traces of similar length go through together, right-padded: the nets are causal, so padding after
+        a trace's end cannot change its outputs."""
         self.eval()
-        return [torch.sigmoid(self(torch.from_numpy(x)[None].to(self.device)))[0].cpu().numpy() for x in xs]
+        out: list[np.ndarray | None] = [None] * len(xs)
+        order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
+        for c in range(0, len(order), batch):
+            idx = order[c:c + batch]
+            n = len(xs[idx[-1]])
+            x = torch.zeros(len(idx), n, xs[idx[0]].shape[1], dtype=torch.float32)
+            for j, i in enumerate(idx):
+                x[j, :len(xs[i])] = torch.from_numpy(np.asarray(xs[i], dtype=np.float32))
+            p = torch.sigmoid(self(x.to(self.device))).float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = p[j, :len(xs[i])]
+        return out

@@ -11,6 +11,7 @@ the main model as a guard.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
@@ -87,8 +88,10 @@ def make_trainer(trainer_cfg: dict, run_dir: Path, name: str, wandb_project: str
 
 
 def fit(data_cfg: dict, model_cfg: dict, trainer_cfg: dict, run_dir: Path, name: str, seed: int,
-        wandb_project: str = "hazard", patience: int = 5) -> tuple[HazardModule, HazardDataModule]:
-    """One Lightning fit; returns the best-validation model and its data."""
+        wandb_project: str = "hazard", patience: int = 5,
+        runs: list | None = None) -> tuple[HazardModule, HazardDataModule]:
+    """One Lightning fit; returns the best-validation model and its data. With ``runs``, appends the
+    W&B run's record (``wandb_record``) to it."""
     L.seed_everything(seed, workers=True)
     dm = HazardDataModule(**data_cfg)
     model = HazardModule(**model_cfg, feature_spec=dm.feature_spec, pos_weight=dm.pos_weight)
@@ -98,11 +101,22 @@ def fit(data_cfg: dict, model_cfg: dict, trainer_cfg: dict, run_dir: Path, name:
     trainer.fit(model, dm)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
+            if runs is not None:
+                runs.append(wandb_record(logger.experiment, name))
             logger.experiment.finish()  # one W&B run per fit, not one shared by every fit of a report
     best = trainer.checkpoint_callback.best_model_path
     if best:  # weights only: no pickled objects are loaded
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     return model, dm
+
+
+def wandb_record(run, name: str) -> dict:
+    """What to commit of one (offline) W&B run: its id, folder, config and final metrics."""
+    def plain(d) -> dict:
+        return json.loads(json.dumps({k: v for k, v in dict(d).items() if not k.startswith("_")}, default=str))
+
+    return {"name": name, "id": run.id, "project": run.project, "dir": str(Path(run.dir).parent),
+            "config": plain(run.config), "summary": plain(run.summary)}
 
 
 def model_scores(model: HazardModule, dm: HazardDataModule, part: str, h: int) -> list[np.ndarray]:
@@ -118,11 +132,11 @@ def scored(traces_val, val_scores, traces_test, test_scores, h: int, target_far:
 
 
 def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: float, seed: int,
-           metrics: dict | None = None) -> dict:
+           metrics: dict | None = None, runs: list | None = None) -> dict:
     """Fit and score the configured net on one split; with ``metrics``, also the gradient-boosting baseline
     (its test figures go to ``metrics["split_baselines"][name]``)."""
     model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, name, seed,
-                    patience=cfg.get("report", {}).get("patience", 5))
+                    patience=cfg.get("report", {}).get("patience", 5), runs=runs)
     h = dm.horizons.index(h_tokens)
     val, test = dm.parts["val"], dm.parts["test"]
     if metrics is not None:
@@ -151,7 +165,9 @@ def run_report(config_path: str) -> dict:
     out_dir = Path(rep.get("out_dir", "train/results"))
     t0 = time.time()
 
-    model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed, patience=rep.get("patience", 5))
+    runs: list[dict] = []  # W&B runs, one per fit
+    model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed, patience=rep.get("patience", 5),
+                    runs=runs)
     h = dm.horizons.index(h_tokens)
     val, test = dm.parts["val"], dm.parts["test"]
     main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
@@ -173,40 +189,37 @@ def run_report(config_path: str) -> dict:
 
     for net in rep.get("architectures", []):
         alt = {**cfg, "model": {**cfg["model"], "net": net}}
-        metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed)
+        metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed,
+                                                                 runs=runs)
     for fs in rep.get("feature_sets", []):
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
-                                                        h_tokens, far, seed)
-    presses = rep.get("leave_one_press_out", [])
-    if presses == "all":
-        presses = sorted({t.press for part in dm.parts.values() for t in part} - {"none"})
-    for press in presses:
-        res = _study(cfg, {**data, "split": f"press:{press}"}, f"lopo-{press}", run_dir, h_tokens, far, seed,
-                     metrics)
-        metrics.setdefault("leave_one_press_out", {})[press] = res["test"]
-    for glob in rep.get("held_out_format", []):
-        res = _study(cfg, {**data, "split": f"format:{glob}"}, f"format-{glob}", run_dir, h_tokens, far, seed,
-                     metrics)
-        metrics.setdefault("held_out_format", {})[glob] = res["test"]
-    models = rep.get("cross_model", [])
-    if models == "all":
-        models = sorted({t.model for part in dm.parts.values() for t in part})
-        models = models if len(models) > 1 else []
-    for name in models:
-        res = _study(cfg, {**data, "split": f"model:{name}"}, f"model-{name}", run_dir, h_tokens, far, seed,
-                     metrics)
-        metrics.setdefault("cross_model", {})[name] = res["test"]
-    tasks = rep.get("held_out_task", [])
-    if tasks == "all":
-        tasks = sorted({t.task for part in dm.parts.values() for t in part})
-        tasks = tasks if len(tasks) > 1 else []
-    for task in tasks:
-        res = _study(cfg, {**data, "split": f"task:{task}"}, f"task-{task}", run_dir, h_tokens, far, seed,
-                     metrics)
-        metrics.setdefault("held_out_task", {})[task] = res["test"]
+                                                        h_tokens, far, seed, runs=runs)
+    def held_out(key: str, names, split: str, label: str) -> None:
+        """One study per held-out group; a group the traces cannot split (e.g. a format glob that matches
+        nothing in a partial collection) is recorded as skipped, not fatal to the report."""
+        for name in names:
+            try:
+                res = _study(cfg, {**data, "split": f"{split}:{name}"}, f"{label}-{name}", run_dir, h_tokens, far,
+                             seed, metrics, runs)
+                metrics.setdefault(key, {})[name] = res["test"]
+            except HazardError as e:
+                metrics.setdefault(key, {})[name] = {"skipped": str(e)}
+
+    def every(option: str, attr: str) -> list:
+        names = rep.get(option, [])
+        if names == "all":
+            names = sorted({getattr(t, attr) for part in dm.parts.values() for t in part} - {"none"})
+            names = names if len(names) > 1 or attr == "press" else []
+        return names
+
+    held_out("leave_one_press_out", every("leave_one_press_out", "press"), "press", "lopo")
+    held_out("held_out_format", rep.get("held_out_format", []), "format", "format")
+    held_out("cross_model", every("cross_model", "model"), "model", "model")
+    held_out("held_out_task", every("held_out_task", "task"), "task", "task")
 
     metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
     metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
+                       "formats": sorted({t.format for part in dm.parts.values() for t in part}),
                        "n_traces": {k: len(v) for k, v in dm.parts.items()},
                        "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
     metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
@@ -214,6 +227,8 @@ def run_report(config_path: str) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_report(test, curves, metrics, h, out_dir)
     write_json(out_dir / "metrics.json", metrics)
+    if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
+        write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*", "runs": runs})
     if rep.get("export"):
         export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
             "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),

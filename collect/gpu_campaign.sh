@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 11's campaign on one GPU, run on the device machine from the repo root:
+#   collect  hazard collect (configs/collect/campaign_<m>.yaml), stopping between settings before BUDGET
+#   train    hazard train report (configs/train/campaign_<m>.yaml): guard, baselines, held-out splits, W&B
+# Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl (with .whl/wandb), GSM8K
+# in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
+#   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
+#   STEPS=train bash collect/gpu_campaign.sh         stop early and train on what is there)
+# The traces stay on the machine (~1 GB); $OUT gets the summary, the manifest, metrics, W&B run records,
+# the exported guard and the logs, for collect/results/ and train/results/campaign_<m>/ of this repo.
+set -uo pipefail
+BUDGET=${BUDGET:-560}
+M=${MODEL:-q15}
+start=$SECONDS
+source gpu/setup.sh "$M" || exit 2
+mkdir -p /tmp/hz
+STEPS=${STEPS:-collect train}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+if want collect; then
+  left=$((BUDGET - (SECONDS - start) - 40))  # a setting of a chunk takes ~10-30 s; keep a margin
+  python3 -m hazard.cli collect --config "configs/collect/campaign_$M.yaml" --time_budget_s "$left" \
+    2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$M.log" | tail -40
+  cp "/tmp/traces/campaign_$M/manifest.json" "$OUT/campaign_${M}_manifest.json" 2>/dev/null
+  cp "/tmp/hz/campaign_${M}_summary.json" "/tmp/hz/collect_$M.log" "$OUT/" 2>/dev/null
+fi
+if want train; then
+  python3 -m hazard.cli train report --config "configs/train/campaign_$M.yaml" 2>&1 | grep -v -i warn \
+    | tee -a "/tmp/hz/train_$M.log" | tail -40
+  R=/tmp/hz/train/results/campaign_$M
+  cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$M.log" "$OUT/" 2>/dev/null
+  # the guard, the plots, the CSV logs and the W&B offline runs (no Lightning checkpoints)
+  (cd /tmp/hz && tar czf "$OUT/train_$M.tgz" --exclude='*.ckpt' checkpoints "train/results/campaign_$M" \
+     "runs/campaign_$M")
+fi
+echo "elapsed $((SECONDS - start)) s"
