@@ -24,7 +24,11 @@ if want collect; then
   cp "/tmp/hz/campaign_${M}_summary.json" "/tmp/hz/collect_$M.log" "$OUT/" 2>/dev/null
 fi
 if want train; then
-  python3 -m hazard.cli train report --config "configs/train/campaign_$M.yaml" 2>&1 | grep -v -i warn \
+  # metrics.json is rewritten after every study: stopping at the time limit keeps what was finished
+  python3 -c "import wandb, lightning.pytorch.loggers as l; l.WandbLogger" 2>/dev/null \
+    || { echo "wandb does not import here: this report runs without W&B (CSV logs only)"; export WANDB_MODE=disabled; }
+  timeout $((BUDGET - (SECONDS - start) - 25)) python3 -m hazard.cli train report --config "configs/train/campaign_$M.yaml" \
+    2>&1 | grep -v -i warn \
     | tee -a "/tmp/hz/train_$M.log" | tail -40
   R=/tmp/hz/train/results/campaign_$M
   cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$M.log" "$OUT/" 2>/dev/null

@@ -186,14 +186,33 @@ def run_report(config_path: str) -> dict:
     metrics["baselines"] = baselines
     # Each feature alone, within each press setting, over all traces (nothing is fitted).
     metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
+    metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
+    metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
+                       "formats": sorted({t.format for part in dm.parts.values() for t in part}),
+                       "n_traces": {k: len(v) for k, v in dm.parts.items()},
+                       "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
+    metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
 
-    for net in rep.get("architectures", []):
-        alt = {**cfg, "model": {**cfg["model"], "net": net}}
-        metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed,
-                                                                 runs=runs)
-    for fs in rep.get("feature_sets", []):
-        metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
-                                                        h_tokens, far, seed, runs=runs)
+    def save(complete: bool) -> None:
+        """metrics.json (and the W&B run records) as they stand: a report killed during the held-out studies
+        keeps the main model, its baselines and the studies done."""
+        metrics["complete"], metrics["seconds"] = complete, round(time.time() - t0, 1)
+        write_json(out_dir / "metrics.json", metrics)
+        if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
+            write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*",
+                                                     "runs": runs})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_report(test, curves, metrics, h, out_dir)
+    if rep.get("export"):
+        export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
+            "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
+            # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
+            "baselines": {"entropy_rule": {"n": rule.n, "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
+            "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
+                           "n_traces": metrics["data"]["n_traces"]}})
+    save(complete=False)
+
     def held_out(key: str, names, split: str, label: str) -> None:
         """One study per held-out group; a group the traces cannot split (e.g. a format glob that matches
         nothing in a partial collection) is recorded as skipped, not fatal to the report."""
@@ -204,6 +223,7 @@ def run_report(config_path: str) -> dict:
                 metrics.setdefault(key, {})[name] = res["test"]
             except HazardError as e:
                 metrics.setdefault(key, {})[name] = {"skipped": str(e)}
+            save(complete=False)
 
     def every(option: str, attr: str) -> list:
         names = rep.get(option, [])
@@ -216,26 +236,17 @@ def run_report(config_path: str) -> dict:
     held_out("held_out_format", rep.get("held_out_format", []), "format", "format")
     held_out("cross_model", every("cross_model", "model"), "model", "model")
     held_out("held_out_task", every("held_out_task", "task"), "task", "task")
-
-    metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
-    metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
-                       "formats": sorted({t.format for part in dm.parts.values() for t in part}),
-                       "n_traces": {k: len(v) for k, v in dm.parts.items()},
-                       "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
-    metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    metrics["seconds"] = round(time.time() - t0, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_report(test, curves, metrics, h, out_dir)
-    write_json(out_dir / "metrics.json", metrics)
-    if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
-        write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*", "runs": runs})
-    if rep.get("export"):
-        export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
-            "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
-            # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
-            "baselines": {"entropy_rule": {"n": rule.n, "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
-            "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
-                           "n_traces": metrics["data"]["n_traces"]}})
+    # The required splits first (above), then the comparisons a time-limited report may not reach.
+    for net in rep.get("architectures", []):
+        alt = {**cfg, "model": {**cfg["model"], "net": net}}
+        metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed,
+                                                                 runs=runs)
+        save(complete=False)
+    for fs in rep.get("feature_sets", []):
+        metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
+                                                        h_tokens, far, seed, runs=runs)
+        save(complete=False)
+    save(complete=True)
     return metrics
 
 
