@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hazard import SCHEMA_VERSION, __version__, dist
-from hazard.compression import PressSpec, build_press
+from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.engine import Engine, Generation
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
@@ -91,6 +91,7 @@ class CollectConfig:
     seed: int = 0
     summary_out: str | None = None
     time_budget_s: float | None = None  # start no setting after this long (one shard at least); run again to go on
+    mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
 
 
 def encode(tok, prompt: Prompt) -> list[int]:
@@ -170,42 +171,61 @@ def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
 
 
 def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict,
-             shard_path, deadline: float | None = None, progress: int = 0) -> tuple[int, int, bool]:
-    """Reference run, then every press setting, for one chunk of prompts; one shard per setting.
+             shard_path, deadline: float | None = None, progress: int = 0,
+             mix_settings: int = 1) -> tuple[int, int, bool]:
+    """The uncompressed reference and every press setting for one chunk of prompts; one shard per setting.
 
     Settings whose shard exists are skipped; the reference rows are read back from their shard when a
-    resumed run needs them. No setting starts after ``deadline`` (``time.perf_counter()``) unless no shard
-    has been written yet (``progress``: shards this call wrote before), so every call makes progress.
-    Returns (shards written, shards skipped, whether it stopped at the deadline).
+    resumed run needs them. Up to ``mix_settings`` prefill settings share one ``generate`` (their rows in
+    one batch; decode-time presses always run alone; 0 = all). No group starts after ``deadline``
+    (``time.perf_counter()``) unless no shard has been written yet (``progress``: shards this call wrote
+    before), so every call makes progress. Returns (shards written, shards skipped, stopped at the deadline).
     """
     ids = [encode(tok, p) for p in prompts]
     refs: list[dict] | None = None
     written = skipped = 0
+    todo = []
     for spec in specs:
-        path = shard_path(spec)
-        if deadline is not None and time.perf_counter() > deadline and progress + written and not path.exists():
-            return written, skipped, True
-        if path.exists():
-            skipped += 1
-            if spec.name == "none":
-                cols = ["prompt_id", "format", "tokens", "correct", "text", "finished", "n_tokens"]
-                table = pq.read_table(path, columns=cols).to_pylist()
-                by_id = {(r["prompt_id"], r["format"]): r for r in table}
-                refs = [by_id[p.id, p.format] for p in prompts]
+        if not shard_path(spec).exists():
+            todo.append(spec)
             continue
-        tokens0, seconds0 = engine.generated_tokens, engine.seconds
-        rows = build_rows(tok, prompts, engine.generate(ids, build_press(spec)), None if spec.name == "none" else refs,
-                          spec, meta)
+        skipped += 1
         if spec.name == "none":
-            refs = rows
-        write_shard(rows, path)
-        # Per-shard timing survives a resume, so throughput over the whole collection can be reported
-        # even when it took several calls (the shard is written first: a timing never lacks its shard).
-        write_json(path.parent.parent / "stats" / "shards" / f"{path.stem}.json",
-                   {"generated_tokens": engine.generated_tokens - tokens0, "seconds": engine.seconds - seconds0,
-                    "hardware": hardware()})
-        written += 1
+            cols = ["prompt_id", "format", "tokens", "correct", "text", "finished", "n_tokens"]
+            table = pq.read_table(shard_path(spec), columns=cols).to_pylist()
+            by_id = {(r["prompt_id"], r["format"]): r for r in table}
+            refs = [by_id[p.id, p.format] for p in prompts]
+    mixable = [s for s in todo if not is_decoding_spec(s)]  # the reference (if due) comes first in specs
+    size = len(mixable) if mix_settings <= 0 else mix_settings
+    groups = [mixable[i:i + size] for i in range(0, len(mixable), size)] + [[s] for s in todo if s not in mixable]
+    for group in groups:
+        if deadline is not None and time.perf_counter() > deadline and progress + written:
+            return written, skipped, True
+        presses = [build_press(spec) for spec in group]
+        tokens0, seconds0 = engine.generated_tokens, engine.seconds
+        gens = engine.generate(ids * len(group), [p for p in presses for _ in ids] if len(group) > 1 else presses[0])
+        seconds = engine.seconds - seconds0
+        total = max(engine.generated_tokens - tokens0, 1)
+        for k, spec in enumerate(group):
+            part = gens[k * len(ids):(k + 1) * len(ids)]
+            rows = build_rows(tok, prompts, part, None if spec.name == "none" else refs, spec, meta)
+            if spec.name == "none":
+                refs = rows
+            path = shard_path(spec)
+            write_shard(rows, path)
+            # Per-shard timing survives a resume, so throughput over the whole collection can be reported
+            # even when it took several calls (the shard is written first: a timing never lacks its shard).
+            # Settings that shared a generate share its time in proportion to their tokens.
+            tokens = sum(len(g.tokens) for g in part)
+            write_json(path.parent.parent / "stats" / "shards" / f"{path.stem}.json",
+                       {"generated_tokens": tokens, "seconds": seconds * tokens / total, "hardware": hardware(),
+                        "settings_in_batch": len(group)})
+            written += 1
     return written, skipped, False
+
+
+def is_decoding_spec(spec: PressSpec) -> bool:
+    return is_decoding(build_press(spec))
 
 
 def _git_sha() -> str:
@@ -237,7 +257,7 @@ def versions() -> dict:
 def _content(cfg: CollectConfig) -> dict:
     """The parts of the config that change trace content (a resume must match them)."""
     d = dataclasses.asdict(cfg)
-    for k in ("output_dir", "summary_out", "batch_size", "time_budget_s"):
+    for k in ("output_dir", "summary_out", "batch_size", "time_budget_s", "mix_settings"):
         d.pop(k)
     d["model"].pop("device")
     return d
@@ -314,7 +334,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     for i, (name, chunk, prompts) in enumerate(bar):
         w, s, stopped = run_unit(engine, tok, prompts, specs, {**meta_base, "task": name},
                                  lambda spec, t=name, c=chunk: out / "data" / shard_name(t, c, spec), deadline,
-                                 written)
+                                 written, cfg.mix_settings)
         written += w
         skipped += s
         if stopped:

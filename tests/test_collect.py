@@ -182,3 +182,19 @@ def test_a_time_budget_stops_between_settings_and_the_next_call_goes_on(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["n_traces"] == 2 * 6 * 4 and summary["formats"] == ["default"]
     assert summary["n_generated_tokens"] == sum(load_traces(out)["n_tokens"])
+
+
+def test_settings_mixed_in_one_batch_collect_the_same_traces(tmp_path, tiny_dir):
+    """mix_settings 0: a chunk's prefill settings decode together (decode-time presses alone); the traces
+    equal one generate per setting, shard by shard."""
+    one, mixed = tmp_path / "one", tmp_path / "mixed"
+    assert main(_args(one, tiny_dir)) == 0
+    assert main(_args(mixed, tiny_dir, "--mix_settings", "0")) == 0
+    a, b = _rows(load_traces(one)), _rows(load_traces(mixed))
+    assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
+    for x, y in zip(a, b):
+        assert x["tokens"] == y["tokens"] and x["onset"] == y["onset"] and x["catastrophe"] == y["catastrophe"]
+        assert np.allclose(x["entropy"], y["entropy"], atol=1e-6)
+        assert np.allclose(x["lost_mass_ub"], y["lost_mass_ub"], atol=1e-6)
+    stats = [json.loads(p.read_text()) for p in (mixed / "stats" / "shards").glob("*.json")]
+    assert sorted({s["settings_in_batch"] for s in stats}) == [1, 3]  # none + snapkv + streaming_llm; decode_knorm

@@ -43,6 +43,24 @@ def test_batched_equals_single(model64, spec):
             assert torch.allclose(torch.from_numpy(a.signals), torch.from_numpy(b.signals), atol=1e-5)
 
 
+def test_mixed_presses_in_one_batch_equal_each_press_alone(model64):
+    """Rows under different prefill presses share one generate (prefill per press, one decode step for
+    all): every row equals its press's own run, signals (the evicted-mass bound included) too."""
+    prompts = _prompts(6, seed=4)
+    specs = SPECS[:5]  # the prefill presses (and none)
+    presses = {s.label: build_press(s) for s in specs}
+    jobs = [(p, s) for p in prompts for s in specs]
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=7, probe_layers=(0, -1))
+    mixed = eng.generate([p for p, _ in jobs], [presses[s.label] for _, s in jobs])
+    alone = {s.label: _run(model64, prompts, s, batch_size=7) for s in specs}
+    for j, (p, s) in enumerate(jobs):
+        a, b = mixed[j], alone[s.label][prompts.index(p)]
+        assert a.tokens == b.tokens and (a.kv_tokens == b.kv_tokens).all(), s.label
+        assert np.allclose(a.signals, b.signals, atol=1e-5, equal_nan=True), s.label
+    with pytest.raises(Exception, match="decode_\\* presses .* run alone"):
+        eng.generate(prompts[:2], [build_press(SPECS[5]), presses["none"]])
+
+
 def test_engine_matches_hf_generate_without_press(model64):
     prompts = _prompts(3, seed=1)
     ours = _run(model64, prompts, PressSpec("none"), batch_size=3, max_new=15)

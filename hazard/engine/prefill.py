@@ -103,6 +103,8 @@ class Prefill:
         asig = torch.zeros(b, len(runner.probe_layers), len(ATTENTION_SIGNALS), dtype=torch.float32, device=dev)
         lost = torch.zeros(b, len(runner.probe_layers), dtype=torch.float32, device=dev)
         sketch = compress and store.sketch_active
+        if store.sketch_active and not compress:  # a row that keeps everything evicted nothing (mixed presses)
+            store.clear_sketch(slots_t)
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx

@@ -94,14 +94,26 @@ class Engine:
 
     # ---- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], press: BasePress | None = None,
+    def generate(self, prompts: list[list[int]], press: BasePress | None | list = None,
                  controller: Controller | None = None) -> list[Generation]:
         """Generate for every prompt (token id lists) under ``press``; results in prompt order.
+
+        ``press`` may also be a list, one prefill press (or None) per prompt: rows under different presses
+        then share the batch (each prefill chunk is one press's; the decode step does not care), so the
+        long tails of several settings overlap instead of each decoding at a small batch alone.
 
         With a ``controller`` (prefill presses only) each prompt's whole K/V is kept off the GPU and the
         controller's restore / recall / rollback / recompress actions apply to the live rows between steps.
         """
-        if controller is not None and is_decoding(press):
+        presses = press if isinstance(press, list) else [press] * len(prompts)
+        if len(presses) != len(prompts):
+            raise HazardError(f"engine: {len(presses)} presses for {len(prompts)} prompts; give one per prompt")
+        if isinstance(press, list) and len({id(p) for p in presses}) > 1:
+            if any(is_decoding(p) for p in presses):
+                raise HazardError("engine: decode_* presses compress during decoding and run alone, not mixed")
+            if controller is not None:
+                raise HazardError("engine: a controller runs under one press; pass a single press")
+        if controller is not None and is_decoding(presses[0] if presses else None):
             raise HazardError("a controller acts on prefill compression; decode_* presses are not supported")
         if any(len(p) == 0 for p in prompts):
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
@@ -114,7 +126,7 @@ class Engine:
             if not todo:
                 break
             try:
-                self._run(prompts, todo, press, controller, results)
+                self._run(prompts, todo, presses, controller, results)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -133,18 +145,24 @@ class Engine:
         return out
 
     # ---- setup --------------------------------------------------------------------------------------
-    def _store_for(self, prompts: list[list[int]], press: BasePress | None, reversible: bool) -> KVStore:
-        tracker = tracker_of(press)
+    def _store_for(self, prompts: list[list[int]], presses: list, reversible: bool) -> KVStore:
+        def held_of(p: list[int], press) -> int:
+            tracker = tracker_of(press)
+            if tracker is not None and not is_decoding(press) and not reversible and tracker.compression_ratio > 0:
+                return compute_n_kept(len(p), tracker.compression_ratio)
+            return len(p)
+
+        def evicts(press) -> bool:
+            tracker = tracker_of(press)
+            return tracker is not None and not is_decoding(press) and tracker.compression_ratio > 0
+
         longest = max(len(p) for p in prompts)
-        if tracker is not None and not is_decoding(press) and not reversible and tracker.compression_ratio > 0:
-            held = max(compute_n_kept(len(p), tracker.compression_ratio) for p in prompts)
-        else:
-            held = longest
+        held = max(held_of(p, press) for p, press in zip(prompts, presses))
         cap = _round_up(held + self.max_new_tokens + 1, 64)
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
         # The evicted-key sketch, for the lost-mass signal: probed layers, prefill presses that evict.
-        evicts = tracker is not None and not is_decoding(press) and tracker.compression_ratio > 0
+        evicts = any(evicts(press) for press in {id(p): p for p in presses}.values())
         sk_layers = len(self.runner.probe_layers) if self.signals and evicts else 0
         sk_pos = longest if sk_layers else 0
         if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype, sk_layers, sk_pos):
@@ -168,12 +186,16 @@ class Engine:
         return nbytes <= free // 4
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def _run(self, prompts, order, press, controller, results) -> None:
-        st = self._store_for([prompts[i] for i in order], press, controller is not None)
+    def _run(self, prompts, order, presses, controller, results) -> None:
+        st = self._store_for([prompts[i] for i in order], [presses[i] for i in order], controller is not None)
         b, max_new = st.rows, self.max_new_tokens
+        press = presses[order[0]]  # one press unless prefill presses are mixed (then never a decoding one)
         decoding = is_decoding(press)
-        tracker = tracker_of(press)
-        prefill_press = tracker if tracker is not None and not decoding else None
+
+        def prefill_press(i: int):
+            tracker = tracker_of(presses[i])
+            return tracker if tracker is not None and not is_decoding(presses[i]) else None
+
         reversible = controller is not None
         cuda = self.device.type == "cuda"
         queue = deque(order)
@@ -223,9 +245,19 @@ class Engine:
             free = np.flatnonzero(row < 0)
             if queue and len(free) and (len(free) >= refill_at or len(free) == b):
                 take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                # one prefill per press among them (stable: a single press keeps the queue's order)
+                take.sort(key=lambda i: id(presses[i]))
                 slots = free[: len(take)]
                 t0 = time.perf_counter()
-                packets = self.prefill(st, slots.tolist(), [prompts[i] for i in take], prefill_press, reversible)
+                packets, start = [], 0
+                while start < len(take):
+                    end = start
+                    while end < len(take) and presses[take[end]] is presses[take[start]]:
+                        end += 1
+                    packets.append(self.prefill(st, slots[start:end].tolist(), [prompts[i] for i in take[start:end]],
+                                                prefill_press(take[start]), reversible))
+                    start = end
+                packets = torch.cat(packets) if len(packets) > 1 else packets[0]
                 extra = None
                 if controller is not None:
                     sl = torch.as_tensor(slots, device=self.device)

@@ -123,6 +123,11 @@ class KVStore:
         self.sk_max[j, slots] = kmax.masked_fill(empty, 0)
         self.sk_n[j, slots] = self.sk_n0[j, slots] = n.float()
 
+    def clear_sketch(self, slots: torch.Tensor) -> None:
+        """No evicted keys for these rows (a row whose press kept its whole prompt)."""
+        self.sk_n[:, slots] = 0
+        self.sk_n0[:, slots] = 0
+
     def _slots(self, slots) -> torch.Tensor:
         return torch.as_tensor(slots, dtype=torch.long).to(self.device)
 
