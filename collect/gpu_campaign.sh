@@ -2,6 +2,7 @@
 # Issue 11's campaign on one GPU, run on the device machine from the repo root:
 #   collect  hazard collect (configs/collect/campaign_<m>.yaml), stopping between settings before BUDGET
 #   train    hazard train report (configs/train/campaign_<m>.yaml): guard, baselines, held-out splits, W&B
+# MODEL=q15 (default) or q05; MODEL=cross trains on both collections (configs/train/campaign_cross.yaml).
 # Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl (with .whl/wandb), GSM8K
 # in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
 #   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
@@ -12,7 +13,7 @@ set -uo pipefail
 BUDGET=${BUDGET:-560}
 M=${MODEL:-q15}
 start=$SECONDS
-source gpu/setup.sh "$M" || exit 2
+if [ "$M" = cross ]; then source gpu/setup.sh || exit 2; else source gpu/setup.sh "$M" || exit 2; fi
 mkdir -p /tmp/hz
 STEPS=${STEPS:-collect train}
 want() { [[ " $STEPS " == *" $1 "* ]]; }

@@ -82,3 +82,10 @@ def test_overrides_reach_nested_keys_and_list_items(tmp_path):
     assert cfg["tasks"][0]["options"]["limit"] == 7 and cfg["model"]["dtype"] == "bfloat16"
     with pytest.raises(HazardError, match="not an index"):
         parse_args(["--config", str(cfg_file), "--tasks.3.name", "x"])
+
+
+def test_unknown_train_report_key(capsys, tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("data: {traces: [x], feature_set: logit}\nmodel: {net: gru}\nreport: {held_out_formats: [k8*]}\n")
+    err = _err(capsys, ["train", "report", "--config", str(cfg)])
+    assert "unknown report key(s) ['held_out_formats']" in err and "held_out_format" in err

@@ -157,6 +157,9 @@ def run_report(config_path: str) -> dict:
     unknown = set(cfg) - {"data", "model", "trainer", "report", "seed_everything"}
     if unknown:
         raise HazardError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+    unknown = set(rep) - REPORT_KEYS
+    if unknown:
+        raise HazardError(f"{path}: unknown report key(s) {sorted(unknown)}; known: {sorted(REPORT_KEYS)}")
     seed = cfg.get("seed_everything", 0)
     data = cfg["data"]
     h_tokens = cfg["model"].get("eval_horizon", 16)
@@ -248,6 +251,10 @@ def run_report(config_path: str) -> dict:
         save(complete=False)
     save(complete=True)
     return metrics
+
+
+REPORT_KEYS = {"target_false_alarm_rate", "patience", "window", "architectures", "feature_sets", "leave_one_press_out",
+               "held_out_format", "held_out_task", "cross_model", "run_dir", "out_dir", "export"}
 
 
 def _brief(m: dict) -> dict:
