@@ -152,3 +152,30 @@ def test_an_output_of_a_word_or_two_is_off_topic_from_token_0():
     full = "Tom has 3 apples and buys 4 more, so 7."
     assert progress_onsets(list(range(9)), True, full, lambda m: full, "Tom has 3 apples and buys 4.", full)[
         "off_topic_at"] == -1
+
+
+def test_repeated_lines_stall_where_token_ngrams_see_progress():
+    """Numbered steps that cycle and invented lists whose numbers drift: every line is new as tokens, but
+    the line templates repeat; the stall starts at the first line of the repeated stretch."""
+    from hazard.labels.progress import progress_onsets, repeated_lines_onset
+
+    head = "To solve this, we follow these steps:\n"
+    cycle = "".join(f"{2 * i + 1}. Determine the number of days.\n{2 * i + 2}. Calculate the average per day.\n"
+                    for i in range(5))
+    assert repeated_lines_onset(head + cycle + "11. Determ") == len(head) + 2  # the first step, after "1."
+    months = "".join(f"- Month {i}: {1 + i / 10:.1f} inches\n" for i in range(1, 9))
+    assert repeated_lines_onset("First, the rainfall:\n" + months) == len("First, the rainfall:\n")
+    healthy = ("She has 3 apples. She buys 4 more, so 3 + 4 = 7. Each costs $2, so 7 * 2 = 14 dollars.\n"
+               "Her brother pays half: 14 / 2 = 7.\nThe answer is 7.")
+    assert repeated_lines_onset(healthy) == -1
+    assert repeated_lines_onset("Step 1: add.\nStep 2: add.\nStep 3: add.") == -1  # too short to be a stall
+    # in progress_onsets: a run that never ended takes the earlier of the two stall rules
+    text = head + cycle
+    words = [text[i:i + 4] for i in range(0, len(text), 4)]
+
+    def prefix(m):
+        return "".join(words[:m])
+
+    out = progress_onsets(list(range(len(words))), False, text, prefix, "How many days?", None)
+    assert out["stall_onset"] == (len(head) + 2) // 4
+    assert progress_onsets(list(range(len(words))), True, text, prefix, "How many days?", None)["stall_onset"] == -1

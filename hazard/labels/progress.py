@@ -10,6 +10,13 @@ stall
     already said: a loop, a near-loop with drifting numbers, a list that keeps repeating its items; the
     seams between recombined phrases stay sparse). Its onset is moved forward to the first repeated phrase
     in it: the first non-novel token, less the n-1 tokens its n-gram reaches back. None without one.
+repeated lines
+    The same for structure the token n-grams miss (numbered steps that cycle, a list of invented items
+    whose numbers drift): the text is cut into lines and sentences, each reduced to a template (lower
+    case, numbers and list markers dropped); the final stretch of at least ``min_lines`` segments in which
+    every template occurs at least twice and there are at most half as many templates as segments (the
+    last segment, often cut by the budget, aside). Its first segment is the onset. The stall onset is the
+    earlier of the two rules.
 answered
     The token after the first explicit answer statement ("The answer is N", ``\\boxed{N}``, "#### N"): a
     run that goes on after answering is off task from there (it invents follow-up problems, restates, pads).
@@ -121,6 +128,29 @@ def token_of_char(decode_prefix: Callable[[int], str], n_tokens: int, char: int)
     return lo
 
 
+_SEGMENT = re.compile(r"(?:[^\n.!?]|[.!?](?=\d))*(?:[.!?](?!\d)|\n|$)")  # "1.5" stays in its sentence
+_MARKER = re.compile(r"^\s*(?:(?:step\s*)?#\s*[.):]|[-*\u2022])\s*")
+
+
+def _template(segment: str) -> str:
+    s = _NUMBER.sub("#", segment.lower())
+    return re.sub(r"\s+", " ", _MARKER.sub("", s)).strip(" .!?")
+
+
+def repeated_lines_onset(text: str, min_lines: int = 6) -> int:
+    """Character offset where the final stretch of repeated line/sentence templates starts; -1 if none."""
+    segs = [(m.start(), t) for m in _SEGMENT.finditer(text) if (t := _template(m.group()))]
+    body = segs[:-1]  # the last segment may be cut mid-way
+    best = -1
+    counts: dict[str, int] = {}
+    for i in range(len(body) - 1, -1, -1):  # grow the suffix backwards; keep the longest that qualifies
+        counts[body[i][1]] = counts.get(body[i][1], 0) + 1
+        n = len(body) - i
+        if n >= min_lines and min(counts.values()) >= 2 and len(counts) * 2 <= n:
+            best = body[i][0]
+    return best
+
+
 def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[int], str] | None, question: str,
                     ref_text: str | None) -> dict[str, int]:
     """The onsets of this module for one run (-1 where a rule does not apply).
@@ -133,6 +163,11 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
            "off_topic_at": 0 if off_topic(text, question) or len(re.findall(r"\w+", text)) < 3 else -1}
     if decode_prefix is None or not n:
         return out
+    if not finished:
+        c = repeated_lines_onset(text)
+        if c >= 0:
+            t = token_of_char(decode_prefix, n, c)
+            out["stall_onset"] = t if out["stall_onset"] < 0 else min(out["stall_onset"], t)
     span = answer_span(text)
     if span is not None:
         out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
