@@ -6,7 +6,8 @@ __version__ = "0.1.0"
 # v2: onsets a reader would point at (stall / answered / claim columns; divergence no longer an onset).
 # v3: a ``format`` column (prompt format label: exemplar set, shot count, system wording).
 # v4: the stall onset also from repeated line templates (hazard.labels.progress): same columns, new labels.
-SCHEMA_VERSION = 4
+# v5: a ``repeat4`` signal column (a new signal; the existing ones keep their meaning, so guards still load).
+SCHEMA_VERSION = 5
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

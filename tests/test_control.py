@@ -165,7 +165,9 @@ def test_features_from_packets_match_trace_features():
     row.update(n_tokens=n, ratio=0.5, prompt_len=40, max_new_tokens=64, trace_id="x",
                kv_tokens=np.arange(20, 20 + n))
     row["cache_len"] = row["kv_tokens"].astype(np.float32)
-    names = ("entropy", "margin", "attn_sink_mass", "ratio", "kv_fraction", "step_frac")
+    from hazard.predictor.features import FEATURE_SETS
+
+    names = FEATURE_SETS["live"]  # every signal a live guard may read, repeat4 and lost_mass_ub included
     packets = np.concatenate([np.zeros((n, 1)), np.stack([row[s] for s in SIGNALS], 1)], 1)
     got = features_from_packets(list(names), packets, 0.5, np.full(n, 40), np.arange(n), 64)
     assert np.allclose(got, trace_features(row, names))

@@ -303,3 +303,23 @@ def test_failed_graph_capture_falls_back_to_eager_with_one_warning(model64, capl
     got = eng.generate(prompts, build_press(PressSpec("knorm", 0.5)))
     assert [g.tokens for g in got] == [g.tokens for g in eager]
     assert caplog.text.count("CUDA graph capture failed") == 1
+
+
+def _repeat4_reference(tokens, n=4, window=64):
+    grams = [tuple([-1] * max(0, n - 1 - i) + tokens[max(0, i - n + 1): i + 1]) for i in range(len(tokens))]
+    return [float(grams[i] in grams[max(0, i - window): i]) for i in range(len(tokens))]
+
+
+@pytest.mark.parametrize("spec", [PressSpec("none"), PressSpec("knorm", 0.75)], ids=lambda s: s.label)
+def test_repeat4_signal_matches_the_tokens(model64, spec):
+    """The device-side repetition signal equals its definition on the generated tokens, through slot reuse
+    (7 prompts through 3 slots; repeated prompts, so a slot's stale history would show) and the tail's
+    compaction."""
+    from hazard.signals import SIGNALS
+
+    prompts = _prompts(4, seed=5)
+    gens = _run(model64, prompts + prompts[:3], spec, batch_size=3, max_new=90)
+    col = SIGNALS.index("repeat4")
+    for g in gens:
+        assert g.signals[:, col].tolist() == _repeat4_reference(g.tokens)
+    assert sum(g.signals[:, col].sum() for g in gens) > 0  # the tiny model does repeat itself

@@ -171,7 +171,8 @@ class Prefill:
             tokens, lsig = logit_signals(logits)
             attn = asig.mean(1) if runner.probe_layers else torch.full_like(asig[:, 0], float("nan"))
             ev = lost.mean(1, keepdim=True) if runner.probe_layers else torch.full_like(asig[:, :1], float("nan"))
-            packet[:, 1:] = torch.cat([lsig, attn, ev, held.float()[:, None]], dim=-1)
+            rep = torch.zeros_like(ev)  # the first token repeats nothing
+            packet[:, 1:] = torch.cat([lsig, attn, ev, rep, held.float()[:, None]], dim=-1)
         else:
             tokens = logits.argmax(-1)
             packet[:, -1] = held.float()

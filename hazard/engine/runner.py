@@ -136,7 +136,8 @@ class ModelRunner:
             tokens, lsig = logit_signals(logits)
             asig = torch.stack(stats).mean(0) if stats else lsig.new_full((n, len(ATTENTION_SIGNALS)), float("nan"))
             ev = torch.stack(lost).mean(0)[:, None] if lost else lsig.new_full((n, 1), float("nan"))
-            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, ev, held], dim=-1)
+            rep = st.repeated(slice(0, n), tokens).float()[:, None]
+            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, ev, rep, held], dim=-1)
         else:
             tokens = logits.argmax(-1)
             st.packet[:n, 0] = tokens.float()
@@ -160,14 +161,15 @@ class ModelRunner:
     # ---- graphs -------------------------------------------------------------------------------------
     def _capture(self, n: int, width: int) -> torch.cuda.CUDAGraph | None:
         st = self.store
-        saved = [t.clone() for t in (st.tokens, st.next_pos, st.lens, st.packet)]
+        stepped = (st.tokens, st.next_pos, st.lens, st.packet, st.ngram_last, st.ngram_ring, st.ngram_count)
+        saved = [t.clone() for t in stepped]  # the warm-up step advances them: put them back
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up outside the graph (lazy inits, workspaces)
                 self._step(n, width)
             torch.cuda.current_stream().wait_stream(stream)
-            for t, s in zip((st.tokens, st.next_pos, st.lens, st.packet), saved):
+            for t, s in zip(stepped, saved):
                 t.copy_(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
@@ -178,7 +180,7 @@ class ModelRunner:
         except torch.OutOfMemoryError:  # the scheduler's business: it shrinks the batch
             raise
         except Exception as e:  # noqa: BLE001 - any other capture failure: run eagerly, say so once
-            for t, s in zip((st.tokens, st.next_pos, st.lens, st.packet), saved):
+            for t, s in zip(stepped, saved):
                 t.copy_(s)
             if not self._graph_failed:
                 log.warning("CUDA graph capture failed (%s: %s); decoding eagerly", type(e).__name__, e)

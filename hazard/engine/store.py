@@ -31,6 +31,11 @@ import torch
 
 from hazard.signals import SIGNALS
 
+NGRAM, REPEAT_WINDOW = 4, 64  # the repeat4 signal: 4-grams against the row's previous 64
+EMPTY = torch.iinfo(torch.long).min
+# Random multipliers below 2**40: token ids < 2**18, so a 4-term sum stays below 2**60 (no overflow).
+_MULT = [int(x) for x in torch.randint(1, 2**40, (8,), generator=torch.Generator().manual_seed(4))]
+
 REBUILD_CHUNK = 8  # rows rebuilt at once: bounds the temporary (rows x layers x prompt) gather source
 PAGE = 16  # prompt positions per page of the evicted-key sketch
 
@@ -71,6 +76,12 @@ class KVStore:
         self.next_pos = torch.zeros_like(self.lens)
         self.prompt_len = torch.zeros_like(self.lens)
         self.packet = torch.zeros(rows, 1 + len(SIGNALS), dtype=torch.float32, device=device)
+        # The repeat4 signal: per row the last NGRAM-1 generated tokens, the hashes of the last REPEAT_WINDOW
+        # generated n-grams (a ring, EMPTY where unused) and how many tokens the row has generated.
+        self.ngram_last = torch.full((rows, NGRAM - 1), -1, dtype=torch.long, device=device)
+        self.ngram_ring = torch.full((rows, REPEAT_WINDOW), EMPTY, dtype=torch.long, device=device)
+        self.ngram_count = torch.zeros(rows, dtype=torch.long, device=device)
+        self.ngram_mult = torch.tensor(_MULT[:NGRAM], dtype=torch.long, device=device)
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         self.full_on_device = full_on_device
         on_host = device.type == "cuda" and prompt_capacity and not full_on_device
@@ -190,6 +201,24 @@ class KVStore:
         self.next_pos[slots] = prompt_len
         self.prompt_len[slots] = prompt_len
         self.lens[slots] = held
+        self.ngram_last[slots] = -1
+        self.ngram_ring[slots] = EMPTY
+        self.ngram_count[slots] = 0
+        self.repeated(slots, tokens)  # the first token enters the history (it repeats nothing)
+
+    def repeated(self, slots, tokens: torch.Tensor) -> torch.Tensor:
+        """Push each row's new token; (len(slots),) True where the n-gram it ends was among the row's last
+        REPEAT_WINDOW n-grams. ``slots`` a slice or index tensor; no host sync (CUDA-graph safe)."""
+        last = self.ngram_last[slots]
+        gram = torch.cat([last, tokens[:, None]], dim=1)
+        h = (gram * self.ngram_mult).sum(-1)  # a collision needs equal sums of large random multiples
+        ring = self.ngram_ring[slots]
+        hit = (ring == h[:, None]).any(-1)
+        count = self.ngram_count[slots]
+        self.ngram_ring[slots] = ring.scatter(1, (count % REPEAT_WINDOW)[:, None], h[:, None])
+        self.ngram_last[slots] = gram[:, 1:]
+        self.ngram_count[slots] = count + 1
+        return hit
 
     def clear_rows(self, slots) -> None:
         """Free slots: length 0, so the decode step of a dead row writes in bounds and reads nothing."""
@@ -203,7 +232,8 @@ class KVStore:
         s, d = self._slots(src), self._slots(dst)
         for t in (self.k, self.v, self.pos):
             t[:, d] = t[:, s]
-        for t in (self.lens, self.tokens, self.next_pos, self.prompt_len):
+        for t in (self.lens, self.tokens, self.next_pos, self.prompt_len, self.ngram_last, self.ngram_ring,
+                  self.ngram_count):
             t[d] = t[s]
         if self.sk_n is not None:
             for t in (self.sk_min, self.sk_max, self.sk_n, self.sk_n0):

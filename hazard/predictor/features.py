@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from hazard.errors import HazardError
-from hazard.signals import ATTENTION_SIGNALS, EVICTION_SIGNALS, LOGIT_SIGNALS
+from hazard.signals import ATTENTION_SIGNALS, EVICTION_SIGNALS, LOGIT_SIGNALS, REPETITION_SIGNALS
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
-               "lost_mass_ub")
+               "lost_mass_ub", "repeat4")
 DYNAMICS = (
     *(f"roll{w}_{s}:{sig}" for sig in DYN_SIGNALS for w in (8, 32) for s in ("mean", "std", "min", "max")),
     *(f"drift:{sig}" for sig in DYN_SIGNALS),
@@ -34,7 +34,10 @@ FEATURE_SETS = {
     "logit_attn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS),
     "logit_attn_config": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *CONFIG_FEATURES),
     "logit_attn_evict_config": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *CONFIG_FEATURES),
-    "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *CONFIG_FEATURES, *DYNAMICS),
+    # what a live guard can compute, repetition included (the campaign's main set)
+    "live": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES),
+    "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
+                              *CONFIG_FEATURES, *DYNAMICS),
 }
 
 

@@ -5,8 +5,13 @@ from hazard.signals.logits import LOGIT_SIGNALS, logit_signals
 # for the first token (the prefill sees the whole prompt), an upper bound from a per-page min/max sketch of
 # the evicted keys afterwards (hazard.engine.store); 0 when nothing was evicted.
 EVICTION_SIGNALS = ("lost_mass_ub",)
+# Whether the 4-gram of generated tokens ending at this token already occurred among the previous 64 (1.0)
+# or not (0.0): repetition as it happens, kept per row on the device (hazard.engine.store), so a live guard
+# sees a loop forming without the trace's history (the offline novel* features need it).
+REPETITION_SIGNALS = ("repeat4",)
 # Order of the per-token signal columns in traces and of the engine's per-step host transfer.
-SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, "cache_len")
+SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, "cache_len")
 
-__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "SIGNALS", "attention_probs", "attention_stats",
+__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "REPETITION_SIGNALS", "SIGNALS",
+           "attention_probs", "attention_stats",
            "logit_signals", "stats_from_probs"]
