@@ -30,7 +30,7 @@ from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, haz
 from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.signals import SIGNALS
-from hazard.summary import summarize
+from hazard.summary import summarize, summarize_formats
 from hazard.tasks import Prompt, build_task, parse_answer, score
 from hazard.tasks.base import normalise_number
 from hazard.traces import load_traces, write_json, write_shard
@@ -355,7 +355,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     summary = {
         # A time-budgeted call stops between chunks: run the same command again to go on.
         "complete": chunks_left == 0, "chunks_left": chunks_left, "n_traces": len(ds),
-        "n_generated_tokens": int(sum(ds["n_tokens"])), "formats": sorted(set(ds["format"])),
+        "n_generated_tokens": int(sum(ds["n_tokens"])),
         "model": cfg.model.label(), "hardware": hardware(), "world_size": world,
         "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "git_sha": _git_sha(),
         # Throughput of this invocation (shards skipped on resume are not counted).
@@ -364,6 +364,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         # one process (prefill included), so with several ranks it is the per-process rate.
         "shard_generated_tokens_per_s": _shard_rate(out),
         "configs": summarize(ds),
+        "formats": summarize_formats(ds),
     }
     write_json(out / "summary.json", summary)
     if cfg.summary_out:

@@ -32,3 +32,20 @@ def summarize(ds) -> list[dict]:
             "mean_kv_fraction": float(g["kv_fraction"].mean()),
         })
     return rows
+
+
+def summarize_formats(ds) -> list[dict]:
+    """One dict per (task, prompt format): uncompressed accuracy, and over its compressed traces the
+    catastrophe, loop and non-termination rates (how much the prompt format moves the hazard)."""
+    df = ds.select_columns(["task", "format", "press", "correct", "loop", "nonterm", "catastrophe"]).to_pandas()
+    rows = []
+    for (task, fmt), g in df.groupby(["task", "format"], sort=True):
+        ref, comp = g[g["press"] == "none"], g[g["press"] != "none"]
+        rows.append({
+            "task": task, "format": fmt, "n": int(len(g)),
+            "accuracy_uncompressed": float(ref["correct"].mean()) if len(ref) else None,
+            "catastrophe_rate_compressed": float(comp["catastrophe"].mean()) if len(comp) else None,
+            "loop_rate_compressed": float(comp["loop"].mean()) if len(comp) else None,
+            "nonterm_rate_compressed": float(comp["nonterm"].mean()) if len(comp) else None,
+        })
+    return rows

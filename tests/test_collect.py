@@ -163,6 +163,9 @@ def test_a_task_grid_collects_every_format_with_its_label(tmp_path, tiny_dir, gs
                       "--max_new_tokens", "6")) == 0
     ds = load_traces(out)
     assert sorted(set(ds["format"])) == ["k0e-s1", "k1e0s1"] and set(ds["task"]) == {"gsm8k"}
+    per_format = json.loads((out / "summary.json").read_text())["formats"]
+    assert [(f["format"], f["n"]) for f in per_format] == [("k0e-s1", 4), ("k1e0s1", 4)]
+    assert all(0 <= f["catastrophe_rate_compressed"] <= 1 for f in per_format)
     # the same problem in two formats: one prompt id, two traces (with their own ids) per setting
     assert len(set(ds["prompt_id"])) == 2 and len(set(ds["trace_id"])) == len(ds) == 8
     # problem by problem: a shard (and a batch) holds every format of its problems
@@ -180,7 +183,9 @@ def test_a_time_budget_stops_between_settings_and_the_next_call_goes_on(tmp_path
     assert json.loads((out / "summary.json").read_text())["n_traces"] == 8
     assert main(_args(out, tiny_dir)) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["complete"] and summary["n_traces"] == 2 * 6 * 4 and summary["formats"] == ["default"]
+    assert summary["complete"] and summary["n_traces"] == 2 * 6 * 4
+    assert [(f["task"], f["format"], f["n"]) for f in summary["formats"]] == [("kv_retrieval", "default", 24),
+                                                                                ("var_tracking", "default", 24)]
     assert summary["n_generated_tokens"] == sum(load_traces(out)["n_tokens"])
 
 
