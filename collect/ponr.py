@@ -11,19 +11,21 @@ Resumes per press setting (settings already in ``--out`` are skipped). Writes ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hazard import SCHEMA_VERSION
 from hazard.cli import build, parse_args
-from hazard.collect import _git_sha, hardware
+from hazard.collect import _git_sha, hardware, shard_name
 from hazard.compression import PressSpec
 from hazard.engine import Engine
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.ponr import GRID, point_of_no_return, summarize_ponr
 from hazard.tasks import build_task
-from hazard.traces import write_json
+from hazard.traces import write_json, write_shard
 
 
 @dataclass
@@ -43,6 +45,10 @@ class PonrConfig:
     max_new_tokens, batch_size : int
     probe_layers : list of int
     out : str
+    traces_dir : str, optional
+        Also write the uncompressed and static runs as a trace collection there (shards, manifest) and
+        ``ponr.json`` (``trace_id -> point of no return``, -1 where no restore saved the run): train with
+        ``data.onsets_from: <traces_dir>/ponr.json`` to forecast the point of no return.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -57,6 +63,7 @@ class PonrConfig:
     batch_size: int = 256
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
     out: str = "collect/results/ponr.json"
+    traces_dir: str | None = None
 
 
 def run(cfg: PonrConfig) -> dict:
@@ -67,12 +74,16 @@ def run(cfg: PonrConfig) -> dict:
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     prompts = build_task("gsm8k", path=cfg.gsm8k, split="test", start=cfg.start, limit=cfg.limit, k_shot=3,
                          seed=0).prompts()
-    meta = {"model": cfg.model.label(), "task": "gsm8k", "seed": 0, "max_new_tokens": cfg.max_new_tokens}
+    meta = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "task": "gsm8k", "seed": 0,
+            "max_new_tokens": cfg.max_new_tokens}
     for name, ratio in cfg.presses:
         if (name, ratio) in done:
             continue
-        rows = point_of_no_return(engine, tok, prompts, PressSpec(name, ratio), meta, tuple(cfg.grid),
-                                  cfg.max_failing)
+        spec = PressSpec(name, ratio)
+        kept: dict = {}
+        rows = point_of_no_return(engine, tok, prompts, spec, meta, tuple(cfg.grid), cfg.max_failing, traces=kept)
+        if cfg.traces_dir:
+            write_traces(Path(cfg.traces_dir), kept, rows, cfg, spec)
         data["rows"] += rows
         data.setdefault("settings_done", []).append([name, ratio])
         data.update({"description": __doc__.split("\n\n")[0], "model": cfg.model.label(), "hardware": hardware(),
@@ -82,6 +93,22 @@ def run(cfg: PonrConfig) -> dict:
         write_json(out, data)
         print(name, ratio, data["summary"].get(f"{name}@{ratio:g}"), flush=True)
     return data
+
+
+def write_traces(root: Path, kept: dict, rows: list[dict], cfg: PonrConfig, spec: PressSpec) -> None:
+    """The setting's runs as shards of a collection (the uncompressed twin once), and its points of no
+    return added to ``ponr.json``; the shard is written before the map that points into it."""
+    write_json(root / "manifest.json", {"schema_version": SCHEMA_VERSION, "written_by": "collect/ponr.py",
+                                        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+                                        "git_sha": _git_sha(), "hardware": hardware()})
+    for s in (PressSpec("none"), spec):
+        path = root / "data" / shard_name("gsm8k", 0, s)
+        if not path.exists():
+            write_shard(kept[s.label], path)
+    ponr_path = root / "ponr.json"
+    ponr = json.loads(ponr_path.read_text()) if ponr_path.is_file() else {}
+    ponr.update({r["trace_id"]: r["point_of_no_return"] for r in rows})
+    write_json(ponr_path, ponr)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,20 @@ def _rows(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta
 
 
 def point_of_no_return(engine: Engine, tok, prompts: list[Prompt], spec: PressSpec, meta: dict,
-                       grid=GRID, max_failing: int | None = None, seed: int = 0) -> list[dict]:
+                       grid=GRID, max_failing: int | None = None, seed: int = 0,
+                       traces: dict | None = None) -> list[dict]:
     """Run the procedure (module docstring) for ``prompts`` under ``spec``; one dict per failing run.
 
     ``meta`` holds the trace metadata collect writes (model, task, seed, max_new_tokens, ...);
-    ``max_failing`` samples that many failing runs (seeded) when there are more.
+    ``max_failing`` samples that many failing runs (seeded) when there are more. With ``traces`` (a dict),
+    the uncompressed and static runs' trace rows are put there (``"none"``, ``spec.label``), so they can be
+    written as a collection whose failing runs carry their point of no return.
     """
     ids = [encode(tok, p) for p in prompts]
     refs = _rows(engine, tok, prompts, ids, PressSpec("none"), meta)
     static = _rows(engine, tok, prompts, ids, spec, meta, refs)
+    if traces is not None:
+        traces["none"], traces[spec.label] = refs, static
     failing = [i for i, r in enumerate(static) if r["catastrophe"] and refs[i]["correct"]]
     if max_failing is not None and len(failing) > max_failing:
         failing = sorted(np.random.default_rng(seed).choice(failing, max_failing, replace=False).tolist())
@@ -55,7 +60,7 @@ def point_of_no_return(engine: Engine, tok, prompts: list[Prompt], spec: PressSp
         # The restored run follows the failing one until it restores (greedy, same press): check it did.
         same = [curves[t][j]["tokens"][: t] == s["tokens"][: t] for t in grid]
         saved = [t for t, h in zip(grid, healthy) if h]
-        out.append({"prompt_id": s["prompt_id"], "press": spec.name, "ratio": spec.ratio,
+        out.append({"trace_id": s["trace_id"], "prompt_id": s["prompt_id"], "press": spec.name, "ratio": spec.ratio,
                     "onset": s["onset"], "onset_source": s["onset_source"], "n_tokens": s["n_tokens"],
                     "grid": list(grid), "healthy": healthy, "same_prefix": same,
                     "point_of_no_return": max(saved) if saved else -1})

@@ -34,3 +34,29 @@ def test_summary_of_points_of_no_return():
     s = summarize_ponr(rows)["knorm@0.875"]
     assert s["failing"] == 4 and s["saved_by_some_restore"] == 3
     assert s["ponr_quartiles"][1] == 16 and s["ponr_minus_onset_quartiles"][1] == -2 and s["prefix_mismatch"] == 0
+
+
+def test_the_probe_writes_its_runs_as_a_collection(tmp_path, gsm8k_dir):
+    """collect/ponr.py --traces_dir: the uncompressed and static runs become a loadable collection, and
+    ponr.json maps failing runs to their point of no return (none here: a random model solves nothing)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from hazard.cli import build
+    from hazard.models import save_tiny
+    from hazard.traces import load_traces
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collect"))
+    import ponr as script
+
+    model = save_tiny(tmp_path / "tiny", "qwen2", seed=2)
+    cfg = build(script.PonrConfig, {"model": {"path": str(model), "device": "cpu", "dtype": "float64",
+                                              "name": "tiny"}, "gsm8k": str(gsm8k_dir), "limit": 3,
+                                    "presses": [["knorm", 0.5]], "grid": [1, 4], "max_new_tokens": 8,
+                                    "batch_size": 3, "out": str(tmp_path / "ponr.json"),
+                                    "traces_dir": str(tmp_path / "traces")})
+    data = script.run(cfg)
+    ds = load_traces(tmp_path / "traces")
+    assert sorted(set(ds["press"])) == ["knorm", "none"] and len(ds) == 2 * 3
+    assert json.loads((tmp_path / "traces" / "ponr.json").read_text()) == {} and data["rows"] == []

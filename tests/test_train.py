@@ -235,3 +235,26 @@ def test_batched_prediction_equals_one_trace_at_a_time(net):
     together = m.predict_traces(xs, batch=3)
     for a, b, x in zip(one, together, xs):
         assert a.shape == (len(x), 2) and np.allclose(a, b, atol=1e-5)
+
+
+def test_onsets_from_a_point_of_no_return_map(traces_dir, tmp_path):
+    """data.onsets_from relabels catastrophes at the given onsets; catastrophes without one are left out."""
+    from hazard.labels import HORIZONS
+    from hazard.predictor.data import with_onsets
+
+    traces = load_trace_arrays([str(traces_dir)], "logit")
+    bad = [t for t in traces if t.catastrophe and len(t.x) > 6]
+    assert len(bad) >= 2
+    onsets = {bad[0].trace_id: 3, bad[1].trace_id: -1}  # -1: no restore saved it
+    out = with_onsets(traces, onsets)
+    kept = {t.trace_id: t for t in out}
+    assert bad[1].trace_id not in kept and all(t.trace_id in kept for t in bad[:1])
+    assert sum(t.catastrophe for t in out) == 1 and len(out) == len(traces) - sum(t.catastrophe for t in traces) + 1
+    t = kept[bad[0].trace_id]
+    h4 = list(HORIZONS).index(4)
+    assert t.onset == 3 and t.valid.tolist() == [True] * 3 + [False] * (len(t.x) - 3)
+    assert t.y[:, h4].tolist() == [1.0] * len(t.x)  # onset 3 is within 4 tokens of every earlier token
+    path = tmp_path / "ponr.json"
+    path.write_text(json.dumps(onsets))
+    dm = HazardDataModule([str(traces_dir)], "logit", val_frac=0.25, test_frac=0.25, onsets_from=str(path))
+    assert sum(t.catastrophe for part in dm.parts.values() for t in part) == 1

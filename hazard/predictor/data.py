@@ -7,8 +7,10 @@ masked out of losses and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hazard.errors import HazardError
-from hazard.labels import HORIZONS
+from hazard.labels import HORIZONS, hazard_labels
 from hazard.predictor.features import base_columns, feature_names, trace_features
 from hazard.traces import load_traces
 
@@ -56,6 +58,22 @@ META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "c
 
 
 _LOADED: dict[tuple, list[Trace]] = {}  # the last collection read, per feature set: a report fits many splits
+
+
+def with_onsets(traces: list[Trace], onsets: dict[str, int], horizons=HORIZONS) -> list[Trace]:
+    """The catastrophes relabelled at other onsets (``trace_id -> onset``, e.g. each failing run's point of
+    no return from ``collect/ponr.py``): labels and the pre-onset mask follow the new onset. Catastrophes
+    without one (not probed, or -1: no restore saved them) are left out; healthy traces stay as they are."""
+    out = []
+    for t in traces:
+        if not t.catastrophe:
+            out.append(t)
+        elif onsets.get(t.trace_id, -1) >= 0:
+            onset = min(int(onsets[t.trace_id]), len(t.x) - 1)
+            labels, post = hazard_labels(len(t.x), onset, horizons)
+            out.append(dataclasses.replace(t, onset=onset, valid=~post,
+                                           y=np.stack([labels[k] for k in horizons], 1).astype(np.float32)))
+    return out
 
 
 def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> list[Trace]:
@@ -238,16 +256,25 @@ class HazardDataModule(L.LightningDataModule):
     detect_window : int
         Training also sees this many tokens from each onset on, as positives (``train_mask``); validation
         and test metrics stay on the pre-onset tokens. 0: forecast only.
+    onsets_from : str, optional
+        A JSON file ``{trace_id: onset}`` that replaces the catastrophes' onsets (``with_onsets``): with the
+        points of no return written by ``collect/ponr.py --traces_dir``, the model forecasts the last
+        moment a restore still saves the run instead of the labelled onset.
     """
 
     def __init__(self, traces: list[str], feature_set: str = "logit_attn", split: str = "prompt",
                  val_frac: float = 0.15, test_frac: float = 0.2, seed: int = 0, batch_size: int = 32,
-                 detect_window: int = 0):
+                 detect_window: int = 0, onsets_from: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.horizons = list(HORIZONS)
         self.feature_names = list(feature_names(feature_set))
-        self.parts = split_traces(load_trace_arrays(traces, feature_set), split, val_frac, test_frac, seed)
+        arrays = load_trace_arrays(traces, feature_set)
+        if onsets_from:
+            if not os.path.isfile(onsets_from):
+                raise HazardError(f"data.onsets_from: {onsets_from} does not exist")
+            arrays = with_onsets(arrays, json.loads(open(onsets_from).read()))
+        self.parts = split_traces(arrays, split, val_frac, test_frac, seed)
         self.norm = Normalizer.fit(self.parts["train"])
         y = np.concatenate([t.y[train_mask(t, detect_window)] for t in self.parts["train"]])
         rate = y.mean(0)
