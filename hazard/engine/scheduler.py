@@ -14,6 +14,7 @@ decoding is deterministic, so nothing is lost or duplicated); finished rows are 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -152,7 +153,7 @@ class Engine:
                 return compute_n_kept(len(p), tracker.compression_ratio)
             return len(p)
 
-        def evicts(press) -> bool:
+        def evicting(press) -> bool:
             tracker = tracker_of(press)
             return tracker is not None and not is_decoding(press) and tracker.compression_ratio > 0
 
@@ -162,7 +163,7 @@ class Engine:
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
         # The evicted-key sketch, for the lost-mass signal: probed layers, prefill presses that evict.
-        evicts = any(evicts(press) for press in {id(p): p for p in presses}.values())
+        evicts = any(evicting(press) for press in {id(p): p for p in presses}.values())
         sk_layers = len(self.runner.probe_layers) if self.signals and evicts else 0
         sk_pos = longest if sk_layers else 0
         if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype, sk_layers, sk_pos):
@@ -250,13 +251,11 @@ class Engine:
                 slots = free[: len(take)]
                 t0 = time.perf_counter()
                 packets, start = [], 0
-                while start < len(take):
-                    end = start
-                    while end < len(take) and presses[take[end]] is presses[take[start]]:
-                        end += 1
-                    packets.append(self.prefill(st, slots[start:end].tolist(), [prompts[i] for i in take[start:end]],
-                                                prefill_press(take[start]), reversible))
-                    start = end
+                for _, group in itertools.groupby(take, key=lambda i: id(presses[i])):
+                    group = list(group)
+                    packets.append(self.prefill(st, slots[start:start + len(group)].tolist(),
+                                                [prompts[i] for i in group], prefill_press(group[0]), reversible))
+                    start += len(group)
                 packets = torch.cat(packets) if len(packets) > 1 else packets[0]
                 extra = None
                 if controller is not None:
