@@ -195,13 +195,14 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
             table = pq.read_table(shard_path(spec), columns=cols).to_pylist()
             by_id = {(r["prompt_id"], r["format"]): r for r in table}
             refs = [by_id[p.id, p.format] for p in prompts]
-    mixable = [s for s in todo if not is_decoding_spec(s)]  # the reference (if due) comes first in specs
+    built = {s.label: build_press(s) for s in todo}
+    mixable = [s for s in todo if not is_decoding(built[s.label])]  # the reference (if due) comes first
     size = len(mixable) if mix_settings <= 0 else mix_settings
     groups = [mixable[i:i + size] for i in range(0, len(mixable), size)] + [[s] for s in todo if s not in mixable]
     for group in groups:
         if deadline is not None and time.perf_counter() > deadline and progress + written:
             return written, skipped, True
-        presses = [build_press(spec) for spec in group]
+        presses = [built[spec.label] for spec in group]
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
         gens = engine.generate(ids * len(group), [p for p in presses for _ in ids] if len(group) > 1 else presses[0])
         seconds = engine.seconds - seconds0
@@ -222,10 +223,6 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
                         "settings_in_batch": len(group)})
             written += 1
     return written, skipped, False
-
-
-def is_decoding_spec(spec: PressSpec) -> bool:
-    return is_decoding(build_press(spec))
 
 
 def _git_sha() -> str:

@@ -27,6 +27,8 @@ Every row operation is vectorised over the rows it touches and needs no host syn
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hazard.signals import SIGNALS
@@ -34,7 +36,7 @@ from hazard.signals import SIGNALS
 NGRAM, REPEAT_WINDOW = 4, 64  # the repeat4 signal: 4-grams against the row's previous 64
 EMPTY = torch.iinfo(torch.long).min
 # Random multipliers below 2**40: token ids < 2**18, so a 4-term sum stays below 2**60 (no overflow).
-_MULT = [int(x) for x in torch.randint(1, 2**40, (8,), generator=torch.Generator().manual_seed(4))]
+_MULT = torch.randint(1, 2**40, (NGRAM,), generator=torch.Generator().manual_seed(4)).tolist()
 
 REBUILD_CHUNK = 8  # rows rebuilt at once: bounds the temporary (rows x layers x prompt) gather source
 PAGE = 16  # prompt positions per page of the evicted-key sketch
@@ -81,7 +83,7 @@ class KVStore:
         self.ngram_last = torch.full((rows, NGRAM - 1), -1, dtype=torch.long, device=device)
         self.ngram_ring = torch.full((rows, REPEAT_WINDOW), EMPTY, dtype=torch.long, device=device)
         self.ngram_count = torch.zeros(rows, dtype=torch.long, device=device)
-        self.ngram_mult = torch.tensor(_MULT[:NGRAM], dtype=torch.long, device=device)
+        self.ngram_mult = torch.tensor(_MULT, dtype=torch.long, device=device)
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         self.full_on_device = full_on_device
         on_host = device.type == "cuda" and prompt_capacity and not full_on_device
@@ -168,25 +170,21 @@ class KVStore:
             self.full_k[idx, :width] = _row_major(keys)
             self.full_v[idx, :width] = _row_major(values)
             return
-        if self.copy_stream is None:  # host memory, no GPU
-            k, v = _row_major(keys), _row_major(values)
-            for r, (slot, n) in enumerate(zip(slots, lengths)):
-                self.full_k[slot, :n].copy_(k[r, :n])
-                self.full_v[slot, :n].copy_(v[r, :n])
-            return
-        self.copy_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.copy_stream):
+        stream = self.copy_stream  # None: host memory without a GPU, plain copies
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream())
             # The layout kernel runs on the side stream too, so the decode steps do not wait for it; the
             # prefill's per-layer tensors must then outlive their use there.
             for t in (*keys, *values):
-                t.record_stream(self.copy_stream)
+                t.record_stream(stream)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             k, v = _row_major(keys), _row_major(values)
             for r, (slot, n) in enumerate(zip(slots, lengths)):
-                self.full_k[slot, :n].copy_(k[r, :n], non_blocking=True)
-                self.full_v[slot, :n].copy_(v[r, :n], non_blocking=True)
-                # Per row: a restore waits for its own row's copy, not for a whole refill's gigabytes.
-                self.copied[slot] = torch.cuda.Event()
-                self.copied[slot].record(self.copy_stream)
+                self.full_k[slot, :n].copy_(k[r, :n], non_blocking=stream is not None)
+                self.full_v[slot, :n].copy_(v[r, :n], non_blocking=stream is not None)
+                if stream is not None:  # a restore waits for its own row's copy, not a whole refill's
+                    self.copied[slot] = torch.cuda.Event()
+                    self.copied[slot].record(stream)
 
     def set_kept(self, layer: int, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Record the press's kept prompt positions (g, H, n; -1 = none) of ``layer`` (recompress returns to them)."""
