@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hazard.cli import build, parse_args
@@ -78,6 +79,9 @@ class BenchConfig:
         Drop this model's rows measured on this hardware first (a new commit), instead of resuming.
     repeats : int
         Timed runs per engine row after the warm-up; the row reports the median (and all of them).
+    paired : bool
+        Rows with a controller also time the same engine without it, interleaved with their own repeats
+        (A B B A ...), and report ``overhead_paired``: the median per-pair time ratio minus one.
     out : str
     """
 
@@ -95,6 +99,7 @@ class BenchConfig:
     probe_layers: list[int] = field(default_factory=lambda: [0, 14, -1])
     rerun: bool = False
     repeats: int = 3
+    paired: bool = True
     out: str = "collect/results/throughput.json"
 
 
@@ -153,19 +158,30 @@ def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda
         trigger = guard.threshold if mode == "guard" else float("inf")
         return PolicyController(build_policy("hazard", trigger=trigger), guard, cfg.ratio, cfg.max_new_tokens)
 
+    paired = mode is not None and cfg.paired
     eng.generate(ids, build_press(spec), controller())  # warm-up: graph capture, lazy initialisation
+    if paired:  # the same engine without the controller (its store fits: no new graphs in the timed runs)
+        eng.generate(ids, build_press(spec), None)
     _sync(cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    runs = []  # timed repeats: the row reports the median one (single runs spread by +-2-3%)
-    for _ in range(max(cfg.repeats, 1)):
+
+    def timed(ctl) -> tuple:
         eng.timings = dict.fromkeys(eng.timings, 0.0)
         eng.steps = 0
-        ctl = controller()
         t0 = time.perf_counter()
         gens = eng.generate(ids, build_press(spec), ctl)
         _sync(cuda)
-        runs.append((time.perf_counter() - t0, dict(eng.timings), eng.steps, gens))
+        return time.perf_counter() - t0, dict(eng.timings), eng.steps, gens
+
+    runs, base = [], []  # timed repeats: the row reports the median one (single runs spread by +-2-3%)
+    for i in range(max(cfg.repeats, 1)):
+        if paired and i % 2 == 0:  # A B B A ...: slow drift of the clocks cancels within each pair
+            base.append(timed(None)[0])
+        runs.append(timed(controller()))
+        if paired and i % 2 == 1:
+            base.append(timed(None)[0])
+    ratios = [r[0] / b for r, b in zip(runs, base)]
     runs.sort(key=lambda r: r[0])
     secs, timings, steps_taken, gens = runs[len(runs) // 2]
     n = sum(len(g.tokens) for g in gens)
@@ -177,6 +193,11 @@ def engine_row(model, tok, ids, cfg: BenchConfig, variant: str, batch: int, cuda
            "peak_gpu_mem_gb": _peak(cuda), "cuda_graphs": bool(eng.runner.graphs),
            "attention": "triton" if eng.runner.kernel else "sdpa",
            "mean_kv_tokens": round(float(sum(g.kv_tokens.mean() for g in gens) / len(gens)), 1)}
+    if paired:
+        # Against the same engine and store without the controller, each repeat beside its own base run:
+        # the median of the per-pair time ratios (rows measured minutes apart also differ by the drift).
+        row["paired_base_tokens_per_s"] = [round(n / b, 1) for b in base]
+        row["overhead_paired"] = round(float(np.median(ratios)) - 1, 4)
     if mode in ("guard", "idle"):
         row["triggered_rows"] = sum(any(e[1] == "restore" for e in g.control["events"]) for g in gens)
     return row

@@ -6,7 +6,8 @@
 # Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl (with .whl/wandb), GSM8K
 # in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
 #   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
-#   STEPS=train bash collect/gpu_campaign.sh         stop early and train on what is there)
+#   STEPS=train bash collect/gpu_campaign.sh         stop early and train on what is there; a report stopped
+#                                                    by the time limit goes on in the next call: resume: true)
 # The traces stay on the machine (~1 GB); $OUT gets the summary, the manifest, metrics, W&B run records,
 # the exported guard and the logs, for collect/results/ and train/results/campaign_<m>/ of this repo.
 set -uo pipefail

@@ -30,7 +30,7 @@ from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, haz
 from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.signals import SIGNALS
-from hazard.summary import summarize, summarize_formats
+from hazard.summary import summarize, summarize_formats, summarize_onsets
 from hazard.tasks import Prompt, build_task, parse_answer, score
 from hazard.tasks.base import normalise_number
 from hazard.traces import load_traces, write_json, write_shard
@@ -362,6 +362,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         "shard_generated_tokens_per_s": _shard_rate(out),
         "configs": summarize(ds),
         "formats": summarize_formats(ds),
+        "onsets": summarize_onsets(ds),
     }
     write_json(out / "summary.json", summary)
     if cfg.summary_out:

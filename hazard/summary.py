@@ -49,3 +49,48 @@ def summarize_formats(ds) -> list[dict]:
             "nonterm_rate_compressed": float(comp["nonterm"].mean()) if len(comp) else None,
         })
     return rows
+
+
+def summarize_onsets(ds, delay: int = 4) -> dict:
+    """Per catastrophe type (loop, non-termination, wrong answer; ``kind_of``'s order), where its onsets come
+    from, and for loops how soon repetition itself shows: how fast a guard *can* notice them.
+
+    A loop of period p repeats its first token p tokens after its onset, and the ``repeat4`` signal (a
+    4-gram seen before) fires at onset + p + 3 at the earliest: loops with p > ``delay`` cannot be seen
+    by repetition within ``delay`` tokens of their onset, only forecast. ``repeat4_within`` is the share of
+    each type whose ``repeat4`` fires at onset .. onset + ``delay``; ``healthy_repeat4_any`` the share of
+    healthy traces where it ever fires (what an alarm on it alone would cost in false alarms).
+    """
+    cols = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4"]
+    df = ds.select_columns(cols).to_pandas()
+    kind = np.where(~df["catastrophe"], "none", np.where(df["loop"], "loop",
+                                                          np.where(df["nonterm"], "nonterm", "wrong")))
+    first_hit = np.array([_first_at_or_after(r, o) for r, o in zip(df["repeat4"], df["onset"])])
+    out: dict = {"delay": delay}
+    for k in ("loop", "nonterm", "wrong"):
+        g = df[kind == k]
+        if not len(g):
+            continue
+        placed = (g["onset"] >= 0).to_numpy()
+        lag = first_hit[kind == k] - g["onset"].to_numpy()
+        entry = {"n": int(len(g)), "onset_placed": float(placed.mean()),
+                 "onset_sources": {str(s): int(c) for s, c in g["onset_source"].value_counts().items()},
+                 "median_onset": float(g["onset"][placed].median()) if placed.any() else None,
+                 "repeat4_within": float(np.mean(placed & (first_hit[kind == k] >= 0) & (lag <= delay)))}
+        if k == "loop":
+            p = g["loop_period"].to_numpy()
+            entry.update({"period_quantiles": {q: float(np.quantile(p, q / 100)) for q in (10, 25, 50, 75, 90)},
+                          "period_le_delay": float(np.mean(p <= delay)),
+                          "period_le_1": float(np.mean(p <= 1))})
+        out[k] = entry
+    healthy = [r for r, k in zip(df["repeat4"], kind) if k == "none"]
+    out["healthy_repeat4_any"] = float(np.mean([np.any(np.asarray(r) > 0) for r in healthy])) if healthy else None
+    return out
+
+
+def _first_at_or_after(signal, onset: int) -> int:
+    """First token index >= ``onset`` where ``signal`` > 0; -1 if none (or no onset)."""
+    if onset < 0:
+        return -1
+    hit = np.flatnonzero(np.asarray(signal)[onset:] > 0)
+    return int(onset + hit[0]) if len(hit) else -1

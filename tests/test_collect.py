@@ -44,7 +44,7 @@ def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION and "transformers" in manifest["versions"]
     summary = json.loads((out / "summary.json").read_text())
-    assert {"model", "hardware", "generated_tokens_per_s", "configs"} <= summary.keys()
+    assert {"model", "hardware", "generated_tokens_per_s", "configs", "onsets"} <= summary.keys()
     assert summary["generated_tokens_per_s"] > 0
     for row in ds:
         n = row["n_tokens"]

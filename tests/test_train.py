@@ -138,7 +138,7 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
     cfg["data"]["traces"] = [str(traces_dir)]
     cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"),
-                         export=str(tmp_path / "ckpt"))
+                         export=str(tmp_path / "ckpt"), resume=True)  # nothing to resume on the first call
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     metrics = run_report(str(path))
@@ -157,6 +157,19 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     assert all(set(v) == {"trace_auroc", "pre_onset_auroc", "settings"} for v in saved["signals"].values())
     for png in ("pr_curves.png", "lead_times.png", "hazard_timelines.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000
+
+    # A report stopped by a time limit goes on: the main model and finished studies are kept, not refitted.
+    from hazard.predictor.train import _resumable
+
+    stopped = {**saved, "complete": False, "held_out_task": {"kv_retrieval": saved["held_out_task"]["kv_retrieval"]},
+               "architectures": {"tcn": saved["architectures"]["tcn"]}}
+    (tmp_path / "results" / "metrics.json").write_text(json.dumps(stopped))
+    resumed = run_report(str(path))
+    assert resumed["model"] == saved["model"] and resumed["held_out_task"]["kv_retrieval"] == saved["held_out_task"][
+        "kv_retrieval"]
+    assert set(resumed["held_out_task"]) == {"kv_retrieval", "var_tracking"} and resumed["complete"]
+    assert set(resumed["architectures"]) == {"tcn", "transformer"}
+    assert _resumable(tmp_path / "results", path, {**cfg, "seed_everything": 1}) is None  # another config
 
     guard = HazardGuard.from_pretrained(tmp_path / "ckpt")
     assert guard.threshold == metrics["model"]["val"]["threshold"]

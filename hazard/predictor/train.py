@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from hazard.predictor.metrics import choose_threshold, evaluate, signal_report
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
 from hazard.traces import write_json
+
+log = logging.getLogger(__name__)
 
 
 class HazardCLI(LightningCLI):
@@ -168,33 +171,42 @@ def run_report(config_path: str) -> dict:
     out_dir = Path(rep.get("out_dir", "train/results"))
     t0 = time.time()
 
-    runs: list[dict] = []  # W&B runs, one per fit
-    model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed, patience=rep.get("patience", 5),
-                    runs=runs)
-    h = dm.horizons.index(h_tokens)
-    val, test = dm.parts["val"], dm.parts["test"]
-    main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
-    metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)}}
+    prev = _resumable(out_dir, path, cfg) if rep.get("resume") else None
+    if prev is not None:  # the same report stopped by a time limit: keep what it finished
+        metrics, runs = prev
+        t0 -= metrics.get("seconds", 0.0)
+        log.info("resuming the report in %s: main model and finished studies kept", out_dir)
+    else:
+        runs: list[dict] = []  # W&B runs, one per fit
+        model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed,
+                        patience=rep.get("patience", 5), runs=runs)
+        h = dm.horizons.index(h_tokens)
+        val, test = dm.parts["val"], dm.parts["test"]
+        main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
+        metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)}}
 
-    baselines, curves = {}, {"model": main_test}
-    rule = EntropyRule().fit(dm.parts["train"], val, h)
-    baselines["entropy_rule"] = {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test), h, far,
-                                                       probabilistic=False)}
-    curves["entropy_rule"] = rule.scores(test)
-    for kind, label in (("logreg", "logistic_regression"), ("gbm", "gradient_boosting")):
-        clf = WindowClassifier(kind, window=rep.get("window", 8), seed=seed,
-                               detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
-        baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
-        curves[label] = clf.scores(test)
-    metrics["baselines"] = baselines
-    # Each feature alone, within each press setting, over all traces (nothing is fitted).
-    metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
-    metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
-    metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
-                       "formats": sorted({t.format for part in dm.parts.values() for t in part}),
-                       "n_traces": {k: len(v) for k, v in dm.parts.items()},
-                       "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
-    metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+        baselines, curves = {}, {"model": main_test}
+        rule = EntropyRule().fit(dm.parts["train"], val, h)
+        baselines["entropy_rule"] = {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test), h, far,
+                                                           probabilistic=False)}
+        curves["entropy_rule"] = rule.scores(test)
+        for kind, label in (("logreg", "logistic_regression"), ("gbm", "gradient_boosting")):
+            clf = WindowClassifier(kind, window=rep.get("window", 8), seed=seed,
+                                   detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
+            baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
+            curves[label] = clf.scores(test)
+        metrics["baselines"] = baselines
+        # Each feature alone, within each press setting, over all traces (nothing is fitted).
+        metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
+        metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
+        every_trace = [t for part in dm.parts.values() for t in part]
+        metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
+                           "presses": sorted({t.press for t in every_trace}),
+                           "tasks": sorted({t.task for t in every_trace}),
+                           "formats": sorted({t.format for part in dm.parts.values() for t in part}),
+                           "n_traces": {k: len(v) for k, v in dm.parts.items()},
+                           "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
+        metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
 
     def save(complete: bool) -> None:
         """metrics.json (and the W&B run records) as they stand: a report killed during the held-out studies
@@ -205,21 +217,25 @@ def run_report(config_path: str) -> dict:
             write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*",
                                                      "runs": runs})
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_report(test, curves, metrics, h, out_dir)
-    if rep.get("export"):
-        export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
-            "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
-            # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
-            "baselines": {"entropy_rule": {"n": rule.n, "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
-            "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
-                           "n_traces": metrics["data"]["n_traces"]}})
-    save(complete=False)
+    if prev is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_report(test, curves, metrics, h, out_dir)
+        if rep.get("export"):
+            export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
+                "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
+                # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
+                "baselines": {"entropy_rule": {"n": rule.n,
+                                               "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
+                "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
+                               "n_traces": metrics["data"]["n_traces"]}})
+        save(complete=False)
 
     def held_out(key: str, names, split: str, label: str) -> None:
         """One study per held-out group; a group the traces cannot split (e.g. a format glob that matches
         nothing in a partial collection) is recorded as skipped, not fatal to the report."""
         for name in names:
+            if name in metrics.get(key, {}):  # finished by an earlier call of a resumed report
+                continue
             try:
                 res = _study(cfg, {**data, "split": f"{split}:{name}"}, f"{label}-{name}", run_dir, h_tokens, far,
                              seed, metrics, runs)
@@ -231,7 +247,7 @@ def run_report(config_path: str) -> dict:
     def every(option: str, attr: str) -> list:
         names = rep.get(option, [])
         if names == "all":
-            names = sorted({getattr(t, attr) for part in dm.parts.values() for t in part} - {"none"})
+            names = sorted(set(metrics["data"][attr + "s"]) - {"none"})
             names = names if len(names) > 1 or attr == "press" else []
         return names
 
@@ -241,11 +257,15 @@ def run_report(config_path: str) -> dict:
     held_out("held_out_task", every("held_out_task", "task"), "task", "task")
     # The required splits first (above), then the comparisons a time-limited report may not reach.
     for net in rep.get("architectures", []):
+        if net in metrics.get("architectures", {}):
+            continue
         alt = {**cfg, "model": {**cfg["model"], "net": net}}
         metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed,
                                                                  runs=runs)
         save(complete=False)
     for fs in rep.get("feature_sets", []):
+        if fs in metrics.get("ablation", {}):
+            continue
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
                                                         h_tokens, far, seed, runs=runs)
         save(complete=False)
@@ -253,8 +273,22 @@ def run_report(config_path: str) -> dict:
     return metrics
 
 
-REPORT_KEYS = {"target_false_alarm_rate", "patience", "window", "architectures", "feature_sets", "leave_one_press_out",
-               "held_out_format", "held_out_task", "cross_model", "run_dir", "out_dir", "export"}
+def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None:
+    """The metrics and W&B run records of an earlier call of this report (same config) in ``out_dir``."""
+    f = out_dir / "metrics.json"
+    if not f.is_file():
+        return None
+    metrics = json.loads(f.read_text())
+    if metrics.get("config") != json.loads(json.dumps({"path": str(path), **cfg})):
+        log.info("%s was written by another config: the report starts afresh", f)
+        return None
+    w = out_dir / "wandb_runs.json"
+    return metrics, (json.loads(w.read_text())["runs"] if w.is_file() else [])
+
+
+REPORT_KEYS = {"resume", "target_false_alarm_rate", "patience", "window", "architectures", "feature_sets",
+               "leave_one_press_out", "held_out_format", "held_out_task", "cross_model", "run_dir", "out_dir",
+               "export"}
 
 
 def _brief(m: dict) -> dict:
