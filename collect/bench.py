@@ -9,7 +9,9 @@ Anchors, in the same process: HF ``generate`` eager with a dynamic cache, and wi
 ``torch.compile`` where it runs. Engine variants: no signals, signals, signals + snapkv, signals + snapkv +
 the guard and controller in the loop. Each engine row is run once to warm up (CUDA graph capture), then
 timed ``repeats`` times (the median run is reported, all of them listed); it reports generated tokens/s,
-ms per step, the time split (prefill, decode steps, host bookkeeping, controller) and peak GPU memory.
+ms per step, the time split (prefill, decode steps, host bookkeeping, controller) and peak GPU memory. A row
+with a controller also times the same engine without it, interleaved with its own repeats, and reports
+``overhead_paired`` (rows timed minutes apart drift by a few percent on the H100).
 Rows are appended to ``--out`` as they finish (a killed run resumes; rows of another model are kept), and
 the summary keys are recomputed over all rows.
 """
