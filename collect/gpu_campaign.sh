@@ -10,6 +10,11 @@
 #                                                    by the time limit goes on in the next call: resume: true)
 # The traces stay on the machine (~1 GB); $OUT gets the summary, the manifest, metrics, W&B run records,
 # the exported guard and the logs, for collect/results/ and train/results/campaign_<m>/ of this repo.
+# In parts, over several holds: PART=k collects GSM8K problems 20k+1 .. 20k+20 (every format) and the
+# synthetic tasks with seed k into /tmp/traces/campaign_<m>_p<k> (~27k traces, one ~9-minute call), and
+#   STEPS=send PART=k bash collect/gpu_campaign.sh   (again until it says "0 of N left")
+# returns it to this machine in 15 MiB pieces (gpu/traces.sh gather, then carry them up to a later hold
+# with gpu/traces.sh receive); the train configs read every /tmp/traces/campaign_<m>* folder.
 set -uo pipefail
 BUDGET=${BUDGET:-560}
 M=${MODEL:-q15}
@@ -18,12 +23,22 @@ if [ "$M" = cross ]; then source gpu/setup.sh || exit 2; else source gpu/setup.s
 mkdir -p /tmp/hz
 STEPS=${STEPS:-collect train}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
+C=campaign_$M${PART:+_p$PART}  # this collection's name
+PART_ARGS=()
+if [ -n "${PART:-}" ]; then
+  PART_ARGS=(--output_dir "/tmp/traces/$C" --summary_out "/tmp/hz/${C}_summary.json"
+             --tasks.0.options.start $((20 * PART)) --tasks.0.options.limit 20
+             --tasks.1.options.seed "$PART" --tasks.2.options.seed "$PART")
+fi
 if want collect; then
   left=$((BUDGET - (SECONDS - start) - 40))  # a setting of a chunk takes ~10-30 s; keep a margin
-  python3 -m hazard.cli collect --config "configs/collect/campaign_$M.yaml" --time_budget_s "$left" \
-    2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$M.log" | tail -40
-  cp "/tmp/traces/campaign_$M/manifest.json" "$OUT/campaign_${M}_manifest.json" 2>/dev/null
-  cp "/tmp/hz/campaign_${M}_summary.json" "/tmp/hz/collect_$M.log" "$OUT/" 2>/dev/null
+  python3 -m hazard.cli collect --config "configs/collect/campaign_$M.yaml" --time_budget_s "$left" "${PART_ARGS[@]}" \
+    2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$C.log" | tail -40
+  cp "/tmp/traces/$C/manifest.json" "$OUT/${C}_manifest.json" 2>/dev/null
+  cp "/tmp/hz/${C}_summary.json" "/tmp/hz/collect_$C.log" "$OUT/" 2>/dev/null
+fi
+if want send; then
+  bash gpu/traces.sh send "/tmp/traces/$C"
 fi
 if want train; then
   # metrics.json is rewritten after every study: stopping at the time limit keeps what was finished

@@ -34,3 +34,21 @@ def test_train_configs_name_known_things(path):
     rep = cfg.get("report", {})
     assert set(rep.get("architectures", [])) <= set(NETS) and set(rep.get("feature_sets", [])) <= set(FEATURE_SETS)
     assert set(rep) <= REPORT_KEYS, set(rep) - REPORT_KEYS
+
+
+@pytest.mark.parametrize("model", ["q05", "q15"])
+def test_a_campaign_part_is_its_own_problems_and_seeds(model, tmp_path):
+    """collect/gpu_campaign.sh's PART=k overrides select GSM8K problems 20k+1..20k+20 and seed k."""
+    from hazard.cli import parse_args
+
+    k = 3
+    argv = ["--config", str(ROOT / f"configs/collect/campaign_{model}.yaml"), "--output_dir", str(tmp_path / "p3"),
+            "--tasks.0.options.start", str(20 * k), "--tasks.0.options.limit", "20",
+            "--tasks.1.options.seed", str(k), "--tasks.2.options.seed", str(k)]
+    cfg = build(CollectConfig, parse_args(argv))
+    gsm, kv, var = cfg.tasks
+    assert (gsm.name, kv.name, var.name) == ("gsm8k", "kv_retrieval", "var_tracking")
+    assert gsm.options["start"] == 60 and gsm.options["limit"] == 20 and kv.options["seed"] == var.options["seed"] == 3
+    script = (ROOT / "collect/gpu_campaign.sh").read_text()
+    assert "--tasks.0.options.start $((20 * PART)) --tasks.0.options.limit 20" in script
+    assert '--tasks.1.options.seed "$PART" --tasks.2.options.seed "$PART"' in script

@@ -271,3 +271,20 @@ def test_onsets_from_a_point_of_no_return_map(traces_dir, tmp_path):
     path.write_text(json.dumps(onsets))
     dm = HazardDataModule([str(traces_dir)], "logit", val_frac=0.25, test_frac=0.25, onsets_from=str(path))
     assert sum(t.catastrophe for part in dm.parts.values() for t in part) == 1
+
+
+def test_a_glob_in_data_traces_stands_for_every_collection_it_matches(traces_dir, tmp_path):
+    import shutil
+
+    from hazard.predictor.data import expand_trace_paths
+
+    first, part = tmp_path / "camp", tmp_path / "camp_p1"  # a collection made in two parts
+    shutil.copytree(traces_dir, first)
+    shutil.copytree(traces_dir, part)
+    (tmp_path / "camp_notes.txt").write_text("not a folder")
+    pattern = str(tmp_path / "camp*")
+    assert expand_trace_paths([pattern]) == [str(first), str(part)]
+    both = load_trace_arrays([pattern], "logit")
+    assert len(both) == 2 * len(load_trace_arrays([str(traces_dir)], "logit"))
+    with pytest.raises(HazardError, match="no collection folder matches"):
+        expand_trace_paths([str(tmp_path / "nothing*")])

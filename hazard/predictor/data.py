@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -80,13 +81,31 @@ def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> 
     """Read collection folders into Trace arrays (catastrophes with unknown onset are left out).
 
     The arrays of the last call's folders are kept (per feature set), so the many fits of one report read
-    and featurise the traces once; a folder whose shards changed is read again."""
+    and featurise the traces once; a folder whose shards changed is read again. An entry with a glob
+    pattern (``/tmp/traces/campaign_q15*``) stands for every folder it matches: collections made in
+    several parts are trained on together."""
+    paths = expand_trace_paths(paths)
     key = (tuple(str(p) for p in paths), feature_set, tuple(horizons), _stamp(paths))
     if key not in _LOADED:
         if _LOADED and next(iter(_LOADED))[0] != key[0]:
             _LOADED.clear()
         _LOADED[key] = _read_trace_arrays(paths, feature_set, horizons)
     return _LOADED[key]
+
+
+def expand_trace_paths(paths: list[str]) -> list[str]:
+    """``paths`` with each glob pattern replaced by the folders it matches, sorted."""
+    out = []
+    for p in paths:
+        p = str(p)
+        if not glob.has_magic(p):
+            out.append(p)
+            continue
+        found = sorted(d for d in glob.glob(p) if os.path.isdir(d))
+        if not found:
+            raise HazardError(f"data.traces: no collection folder matches {p!r}")
+        out += found
+    return out
 
 
 def _stamp(paths) -> tuple:
