@@ -55,9 +55,10 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
     """Per catastrophe type (loop, non-termination, wrong answer; ``kind_of``'s order), where its onsets come
     from, and for loops how soon repetition itself shows: how fast a guard *can* notice them.
 
-    A loop of period p repeats its first token p tokens after its onset, and the ``repeat4`` signal (a
-    4-gram seen before) fires at onset + p + 3 at the earliest: loops with p > ``delay`` cannot be seen
-    by repetition within ``delay`` tokens of their onset, only forecast. ``repeat4_within`` is the share of
+    A loop of period p repeats its first token p tokens after its onset, so its own cycle makes the
+    ``repeat4`` signal (a 4-gram seen before) fire at onset + p + 3: unless the cycle's text already
+    occurred earlier, loops with p > ``delay`` - 3 are not seen by repetition within ``delay`` tokens of
+    their onset, only forecast. ``repeat4_within`` is the share of
     each type whose ``repeat4`` fires at onset .. onset + ``delay``; ``healthy_repeat4_any`` the share of
     healthy traces where it ever fires (what an alarm on it alone would cost in false alarms).
     """

@@ -196,14 +196,14 @@ def run_report(config_path: str) -> dict:
             baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
             curves[label] = clf.scores(test)
         metrics["baselines"] = baselines
-        # Each feature alone, within each press setting, over all traces (nothing is fitted).
-        metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
-        metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
         every_trace = [t for part in dm.parts.values() for t in part]
+        # Each feature alone, within each press setting, over all traces (nothing is fitted).
+        metrics["signals"] = signal_report(every_trace, dm.feature_names, h)
+        metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
         metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
                            "presses": sorted({t.press for t in every_trace}),
                            "tasks": sorted({t.task for t in every_trace}),
-                           "formats": sorted({t.format for part in dm.parts.values() for t in part}),
+                           "formats": sorted({t.format for t in every_trace}),
                            "n_traces": {k: len(v) for k, v in dm.parts.items()},
                            "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
         metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
