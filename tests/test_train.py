@@ -138,7 +138,8 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
     cfg["data"]["traces"] = [str(traces_dir)]
     cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"),
-                         export=str(tmp_path / "ckpt"), resume=True)  # nothing to resume on the first call
+                         export=str(tmp_path / "ckpt"), resume=True,  # nothing to resume on the first call
+                         leave_one_press_out="all")
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     metrics = run_report(str(path))
@@ -149,7 +150,9 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
             assert key in saved["baselines"][b]["test"]
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
-    assert set(saved["split_baselines"]) == {"lopo-snapkv", "task-kv_retrieval", "task-var_tracking"}
+    assert set(saved["leave_one_press_out"]) == {"snapkv", "knorm", "streaming_llm"}  # "all": every press
+    assert set(saved["split_baselines"]) == {"lopo-snapkv", "lopo-knorm", "lopo-streaming_llm", "task-kv_retrieval",
+                                             "task-var_tracking"}
     assert "no traces match 'k8*'" in saved["held_out_format"]["k8*"]["skipped"] and saved["complete"]
     assert "pre_onset_auroc" in saved["split_baselines"]["lopo-snapkv"]["gradient_boosting"]
     assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]

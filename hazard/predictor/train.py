@@ -244,17 +244,19 @@ def run_report(config_path: str) -> dict:
                 metrics.setdefault(key, {})[name] = {"skipped": str(e)}
             save(complete=False)
 
-    def every(option: str, attr: str) -> list:
+    def every(option: str, listed: str) -> list:
+        """The option's names; ``all``: every value in ``metrics["data"][listed]`` (models and tasks only
+        when there are several to hold out in turn)."""
         names = rep.get(option, [])
         if names == "all":
-            names = sorted(set(metrics["data"][attr + "s"]) - {"none"})
-            names = names if len(names) > 1 or attr == "press" else []
+            names = sorted(set(metrics["data"][listed]) - {"none"})
+            names = names if len(names) > 1 or listed == "presses" else []
         return names
 
-    held_out("leave_one_press_out", every("leave_one_press_out", "press"), "press", "lopo")
+    held_out("leave_one_press_out", every("leave_one_press_out", "presses"), "press", "lopo")
     held_out("held_out_format", rep.get("held_out_format", []), "format", "format")
-    held_out("cross_model", every("cross_model", "model"), "model", "model")
-    held_out("held_out_task", every("held_out_task", "task"), "task", "task")
+    held_out("cross_model", every("cross_model", "models"), "model", "model")
+    held_out("held_out_task", every("held_out_task", "tasks"), "task", "task")
     # The required splits first (above), then the comparisons a time-limited report may not reach.
     for net in rep.get("architectures", []):
         if net in metrics.get("architectures", {}):
