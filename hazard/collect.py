@@ -177,7 +177,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
 
     Settings whose shard exists are skipped; the reference rows are read back from their shard when a
     resumed run needs them. Up to ``mix_settings`` prefill settings share one ``generate`` (their rows in
-    one batch; decode-time presses always run alone; 0 = all). No group starts after ``deadline``
+    one batch, prompt by prompt, so each prompt's prefill forward serves all of them; decode-time presses
+    always run alone; 0 = all). No group starts after ``deadline``
     (``time.perf_counter()``) unless no shard has been written yet (``progress``: shards this call wrote
     before), so every call makes progress. Returns (shards written, shards skipped, stopped at the deadline).
     """
@@ -204,11 +205,13 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
             return written, skipped, True
         presses = [built[spec.label] for spec in group]
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
-        gens = engine.generate(ids * len(group), [p for p in presses for _ in ids] if len(group) > 1 else presses[0])
+        # Prompt-major: a prompt's settings are admitted together, so its prefill forward serves them all.
+        m = len(group)
+        gens = engine.generate([q for q in ids for _ in group], presses * len(ids) if m > 1 else presses[0])
         seconds = engine.seconds - seconds0
         total = max(engine.generated_tokens - tokens0, 1)
         for k, spec in enumerate(group):
-            part = gens[k * len(ids):(k + 1) * len(ids)]
+            part = gens[k::m]
             rows = build_rows(tok, prompts, part, None if spec.name == "none" else refs, spec, meta)
             if spec.name == "none":
                 refs = rows

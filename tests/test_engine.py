@@ -323,3 +323,44 @@ def test_repeat4_signal_matches_the_tokens(model64, spec):
     for g in gens:
         assert g.signals[:, col].tolist() == _repeat4_reference(g.tokens)
     assert sum(g.signals[:, col].sum() for g in gens) > 0  # the tiny model does repeat itself
+
+
+def test_one_prompt_under_several_presses_runs_through_the_model_once(model64):
+    """Rows that repeat a prompt under different presses share its forward; each row's store and first
+    packet equal that press's own prefill of the prompt."""
+    from hazard.engine import KVStore
+    from hazard.engine.prefill import Prefill
+    from hazard.engine.runner import ModelRunner
+
+    prompts = _prompts(3, seed=9)
+    specs = [PressSpec("snapkv", 0.5, {"window_size": 8}), PressSpec("knorm", 0.75), PressSpec("none"),
+             PressSpec("expected_attention", 0.5)]  # batched scorers, no press, a per-length scorer
+    jobs = [(p, s) for p in prompts for s in specs]
+    cfg = model64.config
+    d = cfg.hidden_size // cfg.num_attention_heads
+    runner = ModelRunner(model64, [0, -1])
+    forwarded = []
+    handle = runner.decoder.register_forward_pre_hook(
+        lambda mod, args, kw: forwarded.append(kw["input_ids"].shape[0]), with_kwargs=True)
+
+    def store_of(rows: int) -> KVStore:
+        return KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, d, rows, 128, 0, torch.float64,
+                       torch.device("cpu"))
+
+    shared = store_of(len(jobs))
+    presses = {s.label: build_press(s) for s in specs}
+    packets = Prefill(runner)(shared, list(range(len(jobs))), [p for p, _ in jobs], [presses[s.label] for _, s in jobs],
+                              False)
+    assert forwarded == [len(prompts)]
+    for s in specs:
+        alone = store_of(len(prompts))
+        own = Prefill(runner)(alone, list(range(len(prompts))), prompts, build_press(s), False)
+        for i in range(len(prompts)):
+            r = jobs.index((prompts[i], s))
+            n = int(alone.lens[i])
+            assert int(shared.lens[r]) == n, s.label
+            assert torch.equal(shared.pos[:, r, :, :n], alone.pos[:, i, :, :n]), s.label
+            assert torch.allclose(shared.k[:, r, :, :n], alone.k[:, i, :, :n], atol=1e-12), s.label
+            assert torch.allclose(shared.v[:, r, :, :n], alone.v[:, i, :, :n], atol=1e-12), s.label
+            assert torch.allclose(packets[r], own[i], atol=1e-9, equal_nan=True), s.label
+    handle.remove()

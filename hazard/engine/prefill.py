@@ -5,7 +5,9 @@ scores pad tokens too, so a plain padded batch under a press is not what the pre
 Here the prompts of a chunk run through the model together, right-padded (causal attention: a real
 token never sees the padding after it), and a hook on every attention layer hands the press each group
 of equal-length prompts without their padding: the press's own ``compress`` on exactly the rows it would
-see alone (one prompt at a time for presses whose scores depend on the batch, such as ``random``). Kept
+see alone (one prompt at a time for presses whose scores depend on the batch, such as ``random``). Rows
+that repeat a prompt under different presses share its forward (kvpress compresses a layer's cache after
+that layer's attention, so the forward is the same under any press), each press keeping its own. Kept
 entries go straight into the store, in position order; reversible rows also keep the whole prompt in
 host memory. The presses in hazard.compression.batched are scored for the whole chunk at once, with the
 padding masked out (same scores as each prompt alone, tested), which removes the per-group calls. The
@@ -22,7 +24,6 @@ from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
 from hazard.compression.batched import batched_scorer
-from hazard.compression.tracked import TrackedPress
 from hazard.engine.runner import ModelRunner
 from hazard.engine.store import KVStore
 from hazard.errors import HazardError
@@ -42,8 +43,44 @@ def _chunks(lengths: list[int], token_budget: int) -> list[list[int]]:
     return chunks + ([cur] if cur else [])
 
 
+class _Group:
+    """The rows of one prefill chunk under one press: which unique prompt each row is, and what the press
+    keeps of it (counts, the padding of the kept-index tensor, the per-length calls of unbatched scorers)."""
+
+    def __init__(self, press, rows: list[int], uniq: list[int], n_prompts: int, lengths: list[int],
+                 slots: list[int], dev):
+        self.press, self.rows = press, rows
+        self.idx = torch.tensor(uniq, device=dev)  # row -> unique prompt of the chunk
+        self.whole = uniq == list(range(n_prompts))  # the rows are the chunk's prompts, in order: no gather
+        self.slots = torch.tensor(slots, device=dev)
+        self.lengths = torch.tensor(lengths, device=dev)
+        self.compress = press is not None and press.compression_ratio > 0
+        self.scorer = batched_scorer(press) if self.compress else None
+        if self.compress:
+            self.n_kept = [compute_n_kept(n, press.compression_ratio) for n in lengths]
+            window = getattr(press.press, "window_size", 0) if type(press.press) in (SnapKVPress,) else 0
+            if window and min(lengths) <= window:
+                raise HazardError(f"snapkv: a prompt of {min(lengths)} tokens is not longer than its "
+                                  f"window_size {window}; lower window_size")
+        else:
+            self.n_kept = list(lengths)
+        self.kmax = max(self.n_kept)
+        self.junk = torch.arange(self.kmax, device=dev)[None, None, :] >= torch.tensor(self.n_kept,
+                                                                                        device=dev)[:, None, None]
+        groups: dict = defaultdict(list)  # presses scored by their own `score`: one call per length group
+        if self.compress and self.scorer is None:
+            per_row = isinstance(press.press, RandomPress)  # its scores depend on the batch shape
+            for i, n in enumerate(lengths):
+                groups[(n, i) if per_row else (n, -1)].append(i)
+        self.calls = {key: torch.tensor(r, device=dev) for key, r in groups.items()}
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        """This group's rows of a per-unique-prompt tensor."""
+        return t if self.whole else t[self.idx]
+
+
 class Prefill:
-    """Prefill prompts into store slots under a (tracked) prefill press, or none.
+    """Prefill prompts into store slots under (tracked) prefill presses, or none.
 
     Parameters
     ----------
@@ -57,23 +94,39 @@ class Prefill:
         self.runner, self.token_budget = runner, token_budget
 
     @torch.inference_mode()
-    def __call__(self, store: KVStore, slots: list[int], prompts: list[list[int]], press: TrackedPress | None,
-                 reversible: bool) -> torch.Tensor:
-        """Fill ``slots`` with ``prompts``; returns (len(slots), 1 + len(SIGNALS)) first-token packets."""
+    def __call__(self, store: KVStore, slots: list[int], prompts: list[list[int]], press, reversible: bool
+                 ) -> torch.Tensor:
+        """Fill ``slots`` with ``prompts``; returns (len(slots), 1 + len(SIGNALS)) first-token packets.
+
+        ``press``: one TrackedPress (or None) for every prompt, or a list with one per prompt. A prompt that
+        appears several times (one prompt under several presses) runs through the model once: kvpress
+        compresses a layer's cache after its attention, so every layer's input, keys and values, and the
+        first token, are the same under any press; each press then keeps its own entries of them.
+        """
         runner = self.runner
-        if press is not None:
-            press.post_init_from_model(runner.model)
+        presses = press if isinstance(press, list) else [press] * len(prompts)
+        for p in {id(p): p for p in presses if p is not None}.values():
+            p.post_init_from_model(runner.model)
+        if any(p is not None for p in presses):
             for layer in runner.layers:  # as kvpress does on entry: some scorers need the rotary module
                 layer.self_attn.rotary_emb = runner.decoder.rotary_emb
+        uniq: dict[tuple, int] = {}
+        which = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]  # row -> its unique prompt
+        texts = list(uniq)
         packets = store.packet.new_zeros(len(slots), store.packet.shape[1])
-        for chunk in _chunks([len(p) for p in prompts], self.token_budget):
-            packets[chunk] = self._chunk(store, [slots[i] for i in chunk], [prompts[i] for i in chunk], press,
-                                         reversible)
+        for chunk in _chunks([len(t) for t in texts], self.token_budget):
+            local = {u: j for j, u in enumerate(chunk)}
+            rows = [r for r in range(len(prompts)) if which[r] in local]
+            packets[rows] = self._chunk(store, [texts[u] for u in chunk], [slots[r] for r in rows],
+                                        [local[which[r]] for r in rows], [presses[r] for r in rows], reversible)
         return packets
 
-    def _chunk(self, store: KVStore, slots: list[int], prompts: list[list[int]], press, reversible: bool):
+    def _chunk(self, store: KVStore, prompts: list, slots: list[int], uniq: list[int], presses: list,
+               reversible: bool) -> torch.Tensor:
+        """One forward over the distinct ``prompts``; row r (slot ``slots[r]``, press ``presses[r]``) is
+        prompt ``uniq[r]``. Returns the rows' first-token packets."""
         runner, dev = self.runner, store.device
-        b, width = len(prompts), max(len(p) for p in prompts)
+        b, width, n_rows = len(prompts), max(len(p) for p in prompts), len(slots)
         ids = torch.zeros(b, width, dtype=torch.long)
         mask = torch.zeros(b, width, dtype=torch.long)
         for i, p in enumerate(prompts):
@@ -81,30 +134,17 @@ class Prefill:
             mask[i, : len(p)] = 1
         lengths = torch.tensor([len(p) for p in prompts], device=dev)
         at = torch.arange(width, device=dev)
-        slots_t = torch.tensor(slots, device=dev)
-        compress = press is not None and press.compression_ratio > 0
-        scorer = batched_scorer(press) if compress else None
-        if compress:
-            n_kept = [compute_n_kept(len(p), press.compression_ratio) for p in prompts]
-            window = getattr(press.press, "window_size", 0) if type(press.press) in (SnapKVPress,) else 0
-            if window and min(map(len, prompts)) <= window:
-                raise HazardError(f"snapkv: a prompt of {min(map(len, prompts))} tokens is not longer than its "
-                                  f"window_size {window}; lower window_size")
-        else:
-            n_kept = [len(p) for p in prompts]
-        kmax = max(n_kept)
-        junk = torch.arange(kmax, device=dev)[None, None, :] >= torch.tensor(n_kept, device=dev)[:, None, None]
-        groups: dict = defaultdict(list)  # presses scored by their own `score`: one call per length group
-        if compress and scorer is None:
-            per_row = isinstance(press.press, RandomPress)  # its scores depend on the batch shape
-            for i, p in enumerate(prompts):
-                groups[(len(p), i) if per_row else (len(p), -1)].append(i)
-        groups_t = {key: torch.tensor(rows, device=dev) for key, rows in groups.items()}
+        by_press: dict[int, list[int]] = defaultdict(list)
+        for r, p in enumerate(presses):
+            by_press[id(p)].append(r)
+        groups = [_Group(presses[rs[0]], rs, [uniq[r] for r in rs], b, [len(prompts[uniq[r]]) for r in rs],
+                         [slots[r] for r in rs], dev) for rs in by_press.values()]
+        # The probe's attention over the whole prompt is the same under any press: once per prompt.
         asig = torch.zeros(b, len(runner.probe_layers), len(ATTENTION_SIGNALS), dtype=torch.float32, device=dev)
-        lost = torch.zeros(b, len(runner.probe_layers), dtype=torch.float32, device=dev)
-        sketch = compress and store.sketch_active
-        if store.sketch_active and not compress:  # a row that keeps everything evicted nothing (mixed presses)
-            store.clear_sketch(slots_t)
+        lost = torch.zeros(n_rows, len(runner.probe_layers), dtype=torch.float32, device=dev)
+        for g in groups:
+            if store.sketch_active and not g.compress:  # a row that keeps everything evicted nothing
+                store.clear_sketch(g.slots)
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx
@@ -112,6 +152,7 @@ class Prefill:
             keys, values = layer_cache.keys, layer_cache.values  # (b, H, width, D), right-padded
             hs, (cos, sin) = kwargs["hidden_states"], kwargs["position_embeddings"]
             cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)  # one position row serves the batch
+            probs = None
             if li in runner.probe_layers:  # the last prompt token's attention over the whole prompt
                 last = (lengths - 1)[:, None]
                 kw = {"hidden_states": hs.gather(1, last[..., None].expand(-1, -1, hs.shape[-1])),
@@ -121,34 +162,8 @@ class Prefill:
                 probs = attention_probs(last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, valid)
                 asig[:, runner.probe_layers.index(li)] = stats_from_probs(
                     probs, at.expand(b, keys.shape[1], width), valid, lengths - 1, lengths)
-            if not compress:
-                kept = at[:kmax].expand(b, keys.shape[1], kmax)
-            elif scorer is not None:
-                press.press.compression_ratio = press.compression_ratio  # some scorers read it
-                scores = scorer(press.press, module, hs, keys, lengths, cos, sin)
-                kept = scores.topk(kmax, dim=-1).indices
-            else:
-                kept = torch.zeros(b, keys.shape[1], kmax, dtype=torch.long, device=dev)
-                for (n, _), rows in groups_t.items():
-                    kw = {"hidden_states": hs[rows, :n], "position_embeddings": (cos[rows, :n], sin[rows, :n])}
-                    press.compress(module, kw["hidden_states"], keys[rows, :, :n], values[rows, :, :n], None, kw)
-                    got = press.pop_kept()[li]
-                    kept[rows, :, : got.shape[-1]] = got
-            # Position order in the store; slots past a row's own count are padding (position -1).
-            kept = kept.masked_fill(junk, width).sort(-1).values
-            g = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
-            kept = kept.masked_fill(junk, -1)
-            if compress and li in runner.probe_layers:  # what the press evicted: exact mass now, sketch for later
-                in_cache = torch.zeros(b, keys.shape[1], width + 1, dtype=torch.bool, device=dev)
-                in_cache.scatter_(-1, kept.masked_fill(kept < 0, width), True)
-                evicted = ~in_cache[..., :width] & (at[None, None, :] < lengths[:, None, None])
-                j = runner.probe_layers.index(li)
-                lost[:, j] = (probs * evicted[:, :, None, :]).sum(-1).mean(dim=(1, 2)).float()
-                if sketch:
-                    store.write_sketch(j, slots_t, keys, evicted)
-            store.write_prompt(li, slots_t, keys.gather(2, g), values.gather(2, g), kept)
-            if reversible:
-                store.set_kept(li, slots_t, kept)
+            for g in groups:
+                self._keep(g, li, module, store, keys, values, hs, cos, sin, probs, lost, width, reversible)
             return output
 
         handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in runner.layers]
@@ -159,23 +174,67 @@ class Prefill:
         finally:
             for h in handles:
                 h.remove()
-        if reversible:  # the whole prompt, every layer, off the GPU: one copy per row for K and one for V
-            store.save_prompts(slots, [len(p) for p in prompts], [c.keys for c in cache.layers],
-                               [c.values for c in cache.layers])
+        idx = torch.tensor(uniq, device=dev)  # row -> prompt
+        if reversible:  # the whole prompt of every row, every layer
+            rows_of = (lambda t: t) if uniq == list(range(b)) else (lambda t: t[idx])
+            store.save_prompts(slots, [len(prompts[u]) for u in uniq], [rows_of(c.keys) for c in cache.layers],
+                               [rows_of(c.values) for c in cache.layers])
         del cache
         last = out[torch.arange(b, device=dev), lengths - 1]
         logits = runner.model.lm_head(last)
-        held = torch.tensor(n_kept, device=dev)
-        packet = torch.zeros(b, store.packet.shape[1], dtype=torch.float32, device=dev)
+        held = torch.zeros(n_rows, dtype=torch.long, device=dev)
+        for g in groups:
+            held[g.rows] = torch.tensor(g.n_kept, device=dev)
+        packet = torch.zeros(n_rows, store.packet.shape[1], dtype=torch.float32, device=dev)
         if runner.signals:
             tokens, lsig = logit_signals(logits)
             attn = asig.mean(1) if runner.probe_layers else torch.full_like(asig[:, 0], float("nan"))
-            ev = lost.mean(1, keepdim=True) if runner.probe_layers else torch.full_like(asig[:, :1], float("nan"))
+            ev = lost.mean(1, keepdim=True) if runner.probe_layers else torch.full((n_rows, 1), float("nan"),
+                                                                                    device=dev)
             rep = torch.zeros_like(ev)  # the first token repeats nothing
-            packet[:, 1:] = torch.cat([lsig, attn, ev, rep, held.float()[:, None]], dim=-1)
+            packet[:, 1:] = torch.cat([lsig[idx], attn[idx], ev, rep, held.float()[:, None]], dim=-1)
         else:
             tokens = logits.argmax(-1)
             packet[:, -1] = held.float()
+        tokens = tokens[idx]
         packet[:, 0] = tokens.float()
-        store.start_rows(slots_t, tokens, lengths, held)
+        store.start_rows(torch.tensor(slots, device=dev), tokens, lengths[idx], held)
         return packet
+
+    def _keep(self, g: _Group, li: int, module, store: KVStore, keys, values, hs, cos, sin, probs, lost,
+              width: int, reversible: bool) -> None:
+        """Layer ``li`` of the rows of group ``g``: the press's kept entries into their slots (in position
+        order), what it evicted into the lost-mass signal and the sketch."""
+        runner, dev = self.runner, store.device
+        k, v = g.take(keys), g.take(values)
+        n, heads = len(g.rows), keys.shape[1]
+        if not g.compress:
+            kept = torch.arange(g.kmax, device=dev).expand(n, heads, g.kmax)
+        elif g.scorer is not None:
+            g.press.press.compression_ratio = g.press.compression_ratio  # some scorers read it
+            scores = g.scorer(g.press.press, module, g.take(hs), k, g.lengths, g.take(cos), g.take(sin))
+            kept = scores.topk(g.kmax, dim=-1).indices
+        else:
+            kept = torch.zeros(n, heads, g.kmax, dtype=torch.long, device=dev)
+            hs_g, cos_g, sin_g = g.take(hs), g.take(cos), g.take(sin)
+            for (m, _), rows in g.calls.items():
+                kw = {"hidden_states": hs_g[rows, :m], "position_embeddings": (cos_g[rows, :m], sin_g[rows, :m])}
+                g.press.compress(module, kw["hidden_states"], k[rows, :, :m], v[rows, :, :m], None, kw)
+                got = g.press.pop_kept()[li]
+                kept[rows, :, : got.shape[-1]] = got
+        # Position order in the store; slots past a row's own count are padding (position -1).
+        kept = kept.masked_fill(g.junk, width).sort(-1).values
+        gi = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
+        kept = kept.masked_fill(g.junk, -1)
+        if g.compress and probs is not None:  # what the press evicted: exact mass now, sketch for later
+            at = torch.arange(width, device=dev)
+            in_cache = torch.zeros(n, heads, width + 1, dtype=torch.bool, device=dev)
+            in_cache.scatter_(-1, kept.masked_fill(kept < 0, width), True)
+            evicted = ~in_cache[..., :width] & (at[None, None, :] < g.lengths[:, None, None])
+            j = runner.probe_layers.index(li)
+            lost[g.rows, j] = (g.take(probs) * evicted[:, :, None, :]).sum(-1).mean(dim=(1, 2)).float()
+            if store.sketch_active:
+                store.write_sketch(j, g.slots, k, evicted)
+        store.write_prompt(li, g.slots, k.gather(2, gi), v.gather(2, gi), kept)
+        if reversible:
+            store.set_kept(li, g.slots, kept)

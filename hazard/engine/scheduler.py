@@ -14,7 +14,6 @@ decoding is deterministic, so nothing is lost or duplicated); finished rows are 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -100,8 +99,9 @@ class Engine:
         """Generate for every prompt (token id lists) under ``press``; results in prompt order.
 
         ``press`` may also be a list, one prefill press (or None) per prompt: rows under different presses
-        then share the batch (each prefill chunk is one press's; the decode step does not care), so the
-        long tails of several settings overlap instead of each decoding at a small batch alone.
+        then share the batch (a prompt admitted under several presses at once is prefilled once, each
+        press keeping its own entries; the decode step does not care), so the long tails of several
+        settings overlap instead of each decoding at a small batch alone.
 
         With a ``controller`` (prefill presses only) each prompt's whole K/V is kept off the GPU and the
         controller's restore / recall / rollback / recompress actions apply to the live rows between steps.
@@ -246,17 +246,11 @@ class Engine:
             free = np.flatnonzero(row < 0)
             if queue and len(free) and (len(free) >= refill_at or len(free) == b):
                 take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-                # one prefill per press among them (stable: a single press keeps the queue's order)
-                take.sort(key=lambda i: id(presses[i]))
                 slots = free[: len(take)]
                 t0 = time.perf_counter()
-                packets, start = [], 0
-                for _, group in itertools.groupby(take, key=lambda i: id(presses[i])):
-                    group = list(group)
-                    packets.append(self.prefill(st, slots[start:start + len(group)].tolist(),
-                                                [prompts[i] for i in group], prefill_press(group[0]), reversible))
-                    start += len(group)
-                packets = torch.cat(packets) if len(packets) > 1 else packets[0]
+                # one prefill for all of them: a prompt taken under several presses runs through the model once
+                packets = self.prefill(st, slots.tolist(), [prompts[i] for i in take],
+                                       [prefill_press(i) for i in take], reversible)
                 extra = None
                 if controller is not None:
                     sl = torch.as_tensor(slots, device=self.device)
