@@ -123,6 +123,31 @@ def test_metrics_on_hand_made_traces():
     assert m["detect_rate_lead1"] == 0.0 and m["detect_rate_within2"] == 0.0
     assert m["detect_rate_within4"] == m["detect_rate_within8"] == 1.0 and m["median_delay"] == 3.0
     assert m["by_type"] == {"loop": {"n": 1, **{k: m[k] for k in m["by_type"]["loop"] if k != "n"}}}
+    assert "by_task" not in m  # one task
+
+
+def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():
+    """Two tasks, each scored by a constant (no ranking within either), one failing more often: the pooled
+    AUROC looks good, each task's is 0.5."""
+    from hazard.predictor.data import Trace
+
+    def tr(task, onset):
+        n = 20
+        y = np.zeros((n, 1), np.float32)
+        valid = np.ones(n, bool)
+        if onset >= 0:
+            y[onset - 4:, 0] = 1
+            valid[onset:] = False
+        return Trace(np.zeros((n, 1)), y, valid, f"{task}{onset}", "p", task, "press", 0.5, "m", onset >= 0, onset,
+                     np.zeros(n))
+
+    traces = [tr("a", 10), tr("a", 12), tr("a", -1), tr("b", 10), tr("b", -1), tr("b", -1)]
+    scores = [np.full(20, 0.9 if t.task == "a" else 0.1) for t in traces]
+    m = evaluate(traces, scores, 0, 0.5)
+    assert m["pre_onset_auroc"] > 0.6
+    assert set(m["by_task"]) == {"a", "b"}
+    assert m["by_task"]["a"]["pre_onset_auroc"] == m["by_task"]["b"]["pre_onset_auroc"] == 0.5
+    assert m["by_task"]["a"]["n_catastrophes"] == 2 and m["by_task"]["b"]["false_alarm_rate"] == 0.0
 
 
 def test_baseline_helpers():

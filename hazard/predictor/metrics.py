@@ -45,9 +45,15 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
     return float(np.nextafter(maxes[k], np.inf)) if k < len(maxes) else float(maxes[-1])
 
 
+TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_rate_lead8", "detect_rate_within4",
+             "false_alarm_rate")
+
+
 def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float,
-             probabilistic: bool = True, leads=LEADS, delays=DELAYS) -> dict:
-    """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``."""
+             probabilistic: bool = True, leads=LEADS, delays=DELAYS, by_task: bool = True) -> dict:
+    """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``; with several
+    tasks among the traces, also the main figures per task (``by_task``, same threshold): a pooled AUROC
+    can come from tasks that differ in how often they fail rather than from within-task ranking."""
     y_all = np.concatenate([t.y[:, horizon] for t in traces])
     s_all = np.concatenate(scores)
     y_pre = np.concatenate([t.y[t.valid, horizon] for t in traces])
@@ -79,6 +85,14 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
                           **detection([f for f in first_alarm if f[2] == k], leads, delays)} for k in kinds}
     out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
+    tasks = sorted({t.task for t in traces})
+    if by_task and len(tasks) > 1:
+        out["by_task"] = {}
+        for task in tasks:
+            sel = [i for i, t in enumerate(traces) if t.task == task]
+            sub = evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
+                           delays, by_task=False)
+            out["by_task"][task] = {k: sub[k] for k in TASK_KEYS}
     if probabilistic:
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)
