@@ -32,7 +32,9 @@ if [ -n "${PART:-}" ]; then
 fi
 if want collect; then
   left=$((BUDGET - (SECONDS - start) - 40))  # a setting of a chunk takes ~10-30 s; keep a margin
+  # COLLECT_ARGS: more overrides, e.g. "--verify_window 16" (the verify-window signals)
   python3 -m hazard.cli collect --config "configs/collect/campaign_$M.yaml" --time_budget_s "$left" "${PART_ARGS[@]}" \
+    ${COLLECT_ARGS:-} \
     2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$C.log" | tail -40
   cp "/tmp/traces/$C/manifest.json" "$OUT/${C}_manifest.json" 2>/dev/null
   cp "/tmp/hz/${C}_summary.json" "/tmp/hz/collect_$C.log" "$OUT/" 2>/dev/null

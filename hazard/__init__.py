@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 # v3: a ``format`` column (prompt format label: exemplar set, shot count, system wording).
 # v4: the stall onset also from repeated line templates (hazard.labels.progress): same columns, new labels.
 # v5: a ``repeat4`` signal column (a new signal; the existing ones keep their meaning, so guards still load).
-SCHEMA_VERSION = 5
+# v6: ``verify_kl`` and ``verify_top1`` columns (the verify window's signals; 0 and 1 without one).
+SCHEMA_VERSION = 6
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

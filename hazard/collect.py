@@ -92,6 +92,7 @@ class CollectConfig:
     summary_out: str | None = None
     time_budget_s: float | None = None  # start no setting after this long (one shard at least); run again to go on
     mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
+    verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
 
 
 def encode(tok, prompt: Prompt) -> list[int]:
@@ -316,7 +317,8 @@ def run_collect(cfg: CollectConfig) -> dict | None:
     if world > 1 and cfg.model.device == "auto" and torch.cuda.is_available():
         cfg.model.device = f"cuda:{local}"
     model, tok = load_model(cfg.model)
-    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
+                    verify_window=cfg.verify_window)
     units = []
     for name, group in tasks:
         prompts = grid_prompts(group)

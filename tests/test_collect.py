@@ -203,3 +203,14 @@ def test_settings_mixed_in_one_batch_collect_the_same_traces(tmp_path, tiny_dir)
         assert np.allclose(x["lost_mass_ub"], y["lost_mass_ub"], atol=1e-6)
     stats = [json.loads(p.read_text()) for p in (mixed / "stats" / "shards").glob("*.json")]
     assert sorted({s["settings_in_batch"] for s in stats}) == [1, 3]  # none + snapkv + streaming_llm; decode_knorm
+
+
+def test_a_verify_window_fills_the_verify_columns(tmp_path, tiny_dir):
+    out = tmp_path / "verify"
+    assert main(_args(out, tiny_dir, "--verify_window", "4", "--batch_size", "4")) == 0
+    rows = load_traces(out).to_list()
+    none = [r for r in rows if r["press"] == "none"]
+    assert none and all(max(r["verify_kl"]) == 0 and min(r["verify_top1"]) == 1 for r in none)
+    evicting = [r for r in rows if r["press"] not in ("none",) and not r["press"].startswith("decode")]
+    assert max(max(r["verify_kl"]) for r in evicting) > 0  # the shadows saw the compressed runs differ
+    assert all(r["verify_kl"][0] == 0 and r["verify_top1"][0] == 1 for r in rows)  # the prefill's token

@@ -154,6 +154,16 @@ def test_controller_rejects_decode_presses(engine):
         engine.generate(_prompts(1), build_press(PressSpec("decode_knorm", 0.5)), controller=Scripted(at=2))
 
 
+def test_a_guard_must_read_what_the_live_loop_gives():
+    from hazard.control.controller import check_live
+
+    check_live(["entropy", "repeat4", "ratio", "kv_fraction"])
+    with pytest.raises(HazardError, match="history"):
+        check_live(["roll8_mean:entropy"])
+    with pytest.raises(HazardError, match="verify window"):
+        check_live(["entropy", "verify_kl"])
+
+
 def test_features_from_packets_match_trace_features():
     from hazard.control import features_from_packets
     from hazard.predictor.features import trace_features

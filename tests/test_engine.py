@@ -364,3 +364,48 @@ def test_one_prompt_under_several_presses_runs_through_the_model_once(model64):
             assert torch.allclose(shared.v[:, r, :, :n], alone.v[:, i, :, :n], atol=1e-12), s.label
             assert torch.allclose(packets[r], own[i], atol=1e-9, equal_nan=True), s.label
     handle.remove()
+
+
+def test_verify_window_measures_kl_against_the_uncompressed_model(model64):
+    """verify_kl / verify_top1: the running means over the first k steps of KL(uncompressed || compressed)
+    and top-1 agreement on the row's own tokens, equal to a manual kvpress loop against one uncompressed
+    forward; held after the window; 0 / 1 when nothing is evicted; the rows' tokens are unchanged."""
+    from transformers import DynamicCache
+
+    from hazard.errors import HazardError
+    from hazard.signals import SIGNALS
+
+    ki, ti = SIGNALS.index("verify_kl"), SIGNALS.index("verify_top1")
+    prompts, k = _prompts(3, seed=11), 5
+    spec = PressSpec("knorm", 0.75)
+    kw = dict(max_new_tokens=12, batch_size=4, probe_layers=(0, -1), ignore_eos=True)
+    eng = Engine(model64, [256], verify_window=k, **kw)
+    gens = eng.generate(prompts, build_press(spec))
+    for p, g, h in zip(prompts, gens, Engine(model64, [256], **kw).generate(prompts, build_press(spec))):
+        assert g.tokens == h.tokens  # the shadows change nothing of the rows
+        toks = g.tokens
+        m = min(k, len(toks) - 1)
+        with torch.inference_mode():
+            full = model64(torch.tensor([p + toks])).logits[0, len(p): len(p) + m].log_softmax(-1)
+            cache = DynamicCache()
+            with build_press(spec)(model64):
+                model64(torch.tensor([p]), past_key_values=cache)
+            comp = []
+            for t in range(m):  # the compressed run's distribution for token t + 1, at its true position
+                n = cache.get_seq_length()
+                out = model64(torch.tensor([[toks[t]]]), past_key_values=cache,
+                              position_ids=torch.tensor([[len(p) + t]]), attention_mask=torch.ones(1, n + 1).long())
+                comp.append(out.logits[0, -1].log_softmax(-1))
+            comp = torch.stack(comp)
+        kl = (full.exp() * (full - comp)).sum(-1).numpy()
+        agree = (full.argmax(-1) == comp.argmax(-1)).double().numpy()
+        steps = np.arange(1, m + 1)
+        assert g.signals[0, ki] == 0.0 and g.signals[0, ti] == 1.0  # the prefill's token: the uncompressed one
+        assert np.allclose(g.signals[1: m + 1, ki], np.cumsum(kl) / steps, rtol=1e-4, atol=1e-7)
+        assert np.allclose(g.signals[1: m + 1, ti], np.cumsum(agree) / steps, atol=1e-6)
+        assert (g.signals[m + 1:, ki] == g.signals[m, ki]).all()  # held after the window
+        assert kl.max() > 1e-4  # knorm 0.75 does change the distribution
+    same = eng.generate(prompts, build_press(PressSpec("knorm", 0.0)))  # a press that evicts nothing
+    assert all((s.signals[:, ki] == 0).all() and (s.signals[:, ti] == 1).all() for s in same)
+    with pytest.raises(HazardError, match="verify_window"):
+        Engine(model64, [256], batch_size=1, verify_window=4)

@@ -21,7 +21,7 @@ import torch
 from hazard.control.policies import OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
 from hazard.errors import HazardError
-from hazard.signals import SIGNALS
+from hazard.signals import SIGNALS, VERIFY_SIGNALS
 
 log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
@@ -57,6 +57,10 @@ def check_live(names) -> None:
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "
                           "per-step features only: export a guard trained on a set without dynamics")
+    verify = [n for n in names if n in VERIFY_SIGNALS]
+    if verify:
+        raise HazardError(f"guard features {verify} need the verify window, which the engine runs without a "
+                          "controller: export a guard trained on a set without them (e.g. live)")
 
 
 class PolicyController(Controller):

@@ -192,7 +192,8 @@ class Prefill:
             ev = lost.mean(1, keepdim=True) if runner.probe_layers else torch.full((n_rows, 1), float("nan"),
                                                                                     device=dev)
             rep = torch.zeros_like(ev)  # the first token repeats nothing
-            packet[:, 1:] = torch.cat([lsig[idx], attn[idx], ev, rep, held.float()[:, None]], dim=-1)
+            ver = torch.tensor([0.0, 1.0], device=dev).expand(n_rows, 2)  # the uncompressed forward chose it
+            packet[:, 1:] = torch.cat([lsig[idx], attn[idx], ev, rep, ver, held.float()[:, None]], dim=-1)
         else:
             tokens = logits.argmax(-1)
             packet[:, -1] = held.float()

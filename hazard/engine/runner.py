@@ -77,7 +77,7 @@ class ModelRunner:
         self.kernel = attention == "triton" or (attention == "auto" and decode_attn.available(device))
         self._splits: dict[int, int] = {}
         self.store: KVStore | None = None
-        self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, bool, bool], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._graph_failed = False
 
@@ -136,8 +136,12 @@ class ModelRunner:
             tokens, lsig = logit_signals(logits)
             asig = torch.stack(stats).mean(0) if stats else lsig.new_full((n, len(ATTENTION_SIGNALS)), float("nan"))
             ev = torch.stack(lost).mean(0)[:, None] if lost else lsig.new_full((n, 1), float("nan"))
+            if st.verify_active:
+                tokens = self._verify(logits, tokens, n)
             rep = st.repeated(slice(0, n), tokens).float()[:, None]
-            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, ev, rep, held], dim=-1)
+            cnt = st.v_n[:n].clamp(min=1)
+            ver = torch.stack([st.v_kl[:n] / cnt, torch.where(st.v_n[:n] > 0, st.v_top1[:n] / cnt, 1.0)], -1)
+            st.packet[:n] = torch.cat([tokens.float()[:, None], lsig, asig, ev, rep, ver, held], dim=-1)
         else:
             tokens = logits.argmax(-1)
             st.packet[:n, 0] = tokens.float()
@@ -145,6 +149,21 @@ class ModelRunner:
         st.tokens[:n] = tokens
         st.next_pos[:n] += 1
         st.lens[:n] += 1
+
+    def _verify(self, logits: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        """The verify window's step: each shadowed row's KL(uncompressed || compressed) and top-1 agreement
+        against its shadow's logits join its sums; each shadow is fed its row's token (teacher forcing, so
+        both see the same text). Returns the tokens to feed next."""
+        st = self.store
+        of, src = st.verify_of[:n], st.verify_src[:n]
+        has = of >= 0
+        lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        full = lp[of.clamp(min=0)]  # the shadow's distribution (own row where there is none: masked out)
+        kl = (full.exp() * (full - lp)).sum(-1)
+        st.v_kl[:n] += torch.where(has, kl, 0.0)
+        st.v_top1[:n] += torch.where(has, (full.argmax(-1) == tokens).float(), 0.0)
+        st.v_n[:n] += has.float()
+        return torch.where(src >= 0, tokens[src.clamp(min=0)], tokens)
 
     def _lost_mass(self, j: int, q: torch.Tensor, lse: torch.Tensor, scale: float, n: int) -> torch.Tensor:
         """Upper bound of the softmax share the evicted prompt entries would get, (n,) averaged over query
@@ -161,7 +180,8 @@ class ModelRunner:
     # ---- graphs -------------------------------------------------------------------------------------
     def _capture(self, n: int, width: int) -> torch.cuda.CUDAGraph | None:
         st = self.store
-        stepped = (st.tokens, st.next_pos, st.lens, st.packet, st.ngram_last, st.ngram_ring, st.ngram_count)
+        stepped = (st.tokens, st.next_pos, st.lens, st.packet, st.ngram_last, st.ngram_ring, st.ngram_count,
+                   st.v_kl, st.v_top1, st.v_n)
         saved = [t.clone() for t in stepped]  # the warm-up step advances them: put them back
         try:
             stream = torch.cuda.Stream()
@@ -192,7 +212,7 @@ class ModelRunner:
         if self.kernel:
             width = 0  # the kernel reads each row's own length: one graph per row bucket
         if self.cuda_graphs and not self._graph_failed:
-            key = (n, width, self.store.sketch_active)  # the step reads the eviction sketch or not
+            key = (n, width, self.store.sketch_active, self.store.verify_active)  # what the step reads
             graph = self.graphs.get(key)
             if graph is None:
                 graph = self._capture(n, width)

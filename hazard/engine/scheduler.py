@@ -68,12 +68,17 @@ class Engine:
         Generate ``max_new_tokens`` for every row (benchmarks).
     attention : {"auto", "triton", "sdpa"}
         Decode attention (see ``ModelRunner``); "auto" takes the Triton kernel on CUDA.
+    verify_window : int
+        Shadow each row for its first ``verify_window`` decode steps with an uncompressed twin in a spare
+        slot, fed the row's tokens, for the ``verify_kl`` / ``verify_top1`` signals (0: off). Admission
+        then takes at most half the free slots. Not with a controller; a decode-time press runs without
+        shadows (its rows keep 0 / 1).
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
                  prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", verify_window: int = 0):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -83,6 +88,9 @@ class Engine:
         self.signals = signals
         self.refill_fraction = refill_fraction
         self.ignore_eos = ignore_eos
+        if verify_window and (not signals or batch_size < 2):
+            raise HazardError("engine: verify_window needs signals and a batch of at least 2 (a row and its shadow)")
+        self.verify_window = verify_window
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention)
         self.prefill = Prefill(self.runner, prefill_tokens)
@@ -116,6 +124,8 @@ class Engine:
                 raise HazardError("engine: a controller runs under one press; pass a single press")
         if controller is not None and is_decoding(presses[0] if presses else None):
             raise HazardError("a controller acts on prefill compression; decode_* presses are not supported")
+        if self.verify_window and controller is not None:
+            raise HazardError("engine: verify_window runs without a controller")
         if any(len(p) == 0 for p in prompts):
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
         t0 = time.perf_counter()
@@ -159,7 +169,9 @@ class Engine:
 
         longest = max(len(p) for p in prompts)
         held = max(held_of(p, press) for p, press in zip(prompts, presses))
-        cap = _round_up(held + self.max_new_tokens + 1, 64)
+        # a verify shadow holds its whole prompt for the window's steps
+        cap = _round_up(max(held + self.max_new_tokens, longest + self.verify_window if self.verify_window else 0)
+                        + 1, 64)
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
         # The evicted-key sketch, for the lost-mass signal: probed layers, prefill presses that evict.
@@ -217,6 +229,18 @@ class Engine:
         host_extra = None
         if controller is not None:
             controller.begin(b, self.device)
+        verify = self.verify_window > 0 and not decoding
+        st.verify_active = verify
+        shadow_of = np.full(b, -1, dtype=np.int64)  # a row's shadow slot (verify window)
+        primary_of = np.full(b, -1, dtype=np.int64)  # a shadow slot's row; shadow slots hold row -2
+        vleft = np.zeros(b, dtype=np.int64)  # decode steps left in a shadow's window
+
+        def release(shadows: np.ndarray) -> None:
+            st.unshadow(shadows.tolist())
+            shadow_of[primary_of[shadows]] = -1
+            primary_of[shadows] = -1
+            row[shadows] = -1
+            lens[shadows] = 0
 
         def finish(slots: np.ndarray) -> None:
             for s in slots:
@@ -233,6 +257,9 @@ class Engine:
                     kv_tokens=kv, kv_bytes=kv * st.bytes_per_token, prompt_len=int(plen[s]),
                     kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
             self._bar.update(len(slots))
+            ended = shadow_of[slots]
+            if (ended >= 0).any():  # a row that ends inside its verify window frees its shadow
+                release(ended[ended >= 0])
             row[slots] = -1
             st.clear_rows(slots.tolist())
             lens[slots] = 0
@@ -243,14 +270,23 @@ class Engine:
             return slots[end | (ntok[slots] >= max_new) | (nsteps[slots] >= 4 * max_new)]
 
         while True:
-            free = np.flatnonzero(row < 0)
-            if queue and len(free) and (len(free) >= refill_at or len(free) == b):
-                take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+            free = np.flatnonzero(row == -1)
+            room = len(free) // 2 if verify else len(free)  # with a verify window each row brings its shadow
+            if queue and room and (len(free) >= refill_at or len(free) == b):
+                take = [queue.popleft() for _ in range(min(room, len(queue)))]
                 slots = free[: len(take)]
+                shadows = free[len(take): 2 * len(take)] if verify else free[:0]
                 t0 = time.perf_counter()
-                # one prefill for all of them: a prompt taken under several presses runs through the model once
-                packets = self.prefill(st, slots.tolist(), [prompts[i] for i in take],
-                                       [prefill_press(i) for i in take], reversible)
+                # one prefill for all of them: a prompt taken under several presses (or with its uncompressed
+                # shadow) runs through the model once
+                packets = self.prefill(st, [*slots.tolist(), *shadows.tolist()], [prompts[i] for i in take] * (
+                    2 if verify else 1), [prefill_press(i) for i in take] + [None] * len(shadows), reversible)
+                if verify:
+                    lens[shadows] = packets[len(take):, -1].cpu().numpy().astype(np.int64)
+                    packets = packets[: len(take)]
+                    row[shadows], vleft[shadows] = -2, self.verify_window
+                    shadow_of[slots], primary_of[shadows] = shadows, slots
+                    st.shadow(slots.tolist(), shadows.tolist())
                 extra = None
                 if controller is not None:
                     sl = torch.as_tensor(slots, device=self.device)
@@ -279,10 +315,12 @@ class Engine:
                 if queue:
                     continue
                 break
-            if not queue and controller is None and live.max() + 1 > row_bucket(len(live), b):
+            in_window = (row == -2).any()
+            if not queue and controller is None and not in_window and live.max() + 1 > row_bucket(len(live), b):
                 live = self._compact(live, row, [ntok, nsteps, lens, plen, prompt_held, kept_n, since_compress], rec)
-            n = row_bucket(int(live.max()) + 1, b)
-            width = width_bucket(int(lens[live].max()) + 1, st.capacity)
+            active = np.flatnonzero(row != -1) if in_window else live  # rows and their shadows
+            n = row_bucket(int(active.max()) + 1, b)
+            width = width_bucket(int(lens[active].max()) + 1, st.capacity)
             t0 = time.perf_counter()
             self.runner.step(n, width)
             host[:n].copy_(st.packet[:n], non_blocking=True)
@@ -309,6 +347,12 @@ class Engine:
             nsteps[live] += 1
             lens[live] += 1
             since_compress[live] += 1
+            if in_window:
+                shadows = np.flatnonzero(row == -2)
+                lens[shadows] += 1
+                vleft[shadows] -= 1
+                if (vleft[shadows] <= 0).any():
+                    release(shadows[vleft[shadows] <= 0])
             if decoding:
                 self._decode_compress(press, live, lens, since_compress, plen, ntok)
             if controller is not None:

@@ -84,6 +84,14 @@ class KVStore:
         self.ngram_ring = torch.full((rows, REPEAT_WINDOW), EMPTY, dtype=torch.long, device=device)
         self.ngram_count = torch.zeros(rows, dtype=torch.long, device=device)
         self.ngram_mult = torch.tensor(_MULT, dtype=torch.long, device=device)
+        # The verify window: a row's uncompressed shadow slot (-1: none), a shadow's row (-1: not a shadow),
+        # and per row the sums over the window's steps of KL and top-1 agreement, and their count.
+        self.verify_of = torch.full((rows,), -1, dtype=torch.long, device=device)
+        self.verify_src = torch.full_like(self.verify_of, -1)
+        self.v_kl = torch.zeros(rows, dtype=torch.float32, device=device)
+        self.v_top1 = torch.zeros_like(self.v_kl)
+        self.v_n = torch.zeros_like(self.v_kl)
+        self.verify_active = False  # this run shadows rows (the decode step computes the verify signals)
         self.arange = torch.arange(max(capacity, prompt_capacity, rows), device=device)
         self.full_on_device = full_on_device
         on_host = device.type == "cuda" and prompt_capacity and not full_on_device
@@ -203,6 +211,9 @@ class KVStore:
         self.ngram_ring[slots] = EMPTY
         self.ngram_count[slots] = 0
         self.repeated(slots, tokens)  # the first token enters the history (it repeats nothing)
+        self.v_kl[slots] = 0
+        self.v_top1[slots] = 0
+        self.v_n[slots] = 0
 
     def repeated(self, slots, tokens: torch.Tensor) -> torch.Tensor:
         """Push each row's new token; (len(slots),) True where the n-gram it ends was among the row's last
@@ -225,13 +236,26 @@ class KVStore:
         self.next_pos[s] = 0
         self.tokens[s] = 0
 
+    def shadow(self, rows, shadows) -> None:
+        """Slots ``shadows`` (prefilled uncompressed with the same prompts) verify ``rows`` from now on."""
+        r, s = self._slots(rows), self._slots(shadows)
+        self.verify_of[r] = s
+        self.verify_src[s] = r
+
+    def unshadow(self, shadows) -> None:
+        """End the verify window of the rows these shadow slots verify, and free the slots."""
+        s = self._slots(shadows)
+        self.verify_of[self.verify_src[s]] = -1
+        self.verify_src[s] = -1
+        self.clear_rows(shadows)
+
     def move(self, src, dst) -> None:
         """Copy rows ``src`` into slots ``dst`` (compaction of the batch's tail)."""
         s, d = self._slots(src), self._slots(dst)
         for t in (self.k, self.v, self.pos):
             t[:, d] = t[:, s]
         for t in (self.lens, self.tokens, self.next_pos, self.prompt_len, self.ngram_last, self.ngram_ring,
-                  self.ngram_count):
+                  self.ngram_count, self.v_kl, self.v_top1, self.v_n):
             t[d] = t[s]
         if self.sk_n is not None:
             for t in (self.sk_min, self.sk_max, self.sk_n, self.sk_n0):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from hazard.errors import HazardError
-from hazard.signals import ATTENTION_SIGNALS, EVICTION_SIGNALS, LOGIT_SIGNALS, REPETITION_SIGNALS
+from hazard.signals import ATTENTION_SIGNALS, EVICTION_SIGNALS, LOGIT_SIGNALS, REPETITION_SIGNALS, VERIFY_SIGNALS
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
@@ -36,6 +36,9 @@ FEATURE_SETS = {
     "logit_attn_evict_config": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *CONFIG_FEATURES),
     # what a live guard can compute, repetition included (the campaign's main set)
     "live": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES),
+    # + the verify window's signals (traces collected with verify_window > 0; constant otherwise)
+    "live_verify": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
+                    *CONFIG_FEATURES),
     "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
                               *CONFIG_FEATURES, *DYNAMICS),
 }

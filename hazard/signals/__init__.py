@@ -9,9 +9,16 @@ EVICTION_SIGNALS = ("lost_mass_ub",)
 # or not (0.0): repetition as it happens, kept per row on the device (hazard.engine.store), so a live guard
 # sees a loop forming without the trace's history (the offline novel* features need it).
 REPETITION_SIGNALS = ("repeat4",)
+# The verify window (``Engine(verify_window=k)``): for its first k decode steps each row is shadowed by an
+# uncompressed twin fed the row's own tokens; per token, the mean over the window's steps so far of
+# KL(uncompressed || compressed) of the next-token distributions and of their top-1 agreement, held after
+# the window (0 and 1 without a verify window, and at the first token, which the uncompressed prefill chose).
+VERIFY_SIGNALS = ("verify_kl", "verify_top1")
 # Order of the per-token signal columns in traces and of the engine's per-step host transfer.
-SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, "cache_len")
+SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
+           "cache_len")
 
 __all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "REPETITION_SIGNALS", "SIGNALS",
+           "VERIFY_SIGNALS",
            "attention_probs", "attention_stats",
            "logit_signals", "stats_from_probs"]
