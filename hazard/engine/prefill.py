@@ -163,7 +163,7 @@ class Prefill:
                 asig[:, runner.probe_layers.index(li)] = stats_from_probs(
                     probs, at.expand(b, keys.shape[1], width), valid, lengths - 1, lengths)
             for g in groups:
-                self._keep(g, li, module, store, keys, values, hs, cos, sin, probs, lost, width, reversible)
+                self._keep(g, li, module, store, keys, values, hs, cos, sin, probs, lost, at, reversible)
             return output
 
         handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in runner.layers]
@@ -203,14 +203,14 @@ class Prefill:
         return packet
 
     def _keep(self, g: _Group, li: int, module, store: KVStore, keys, values, hs, cos, sin, probs, lost,
-              width: int, reversible: bool) -> None:
+              at: torch.Tensor, reversible: bool) -> None:
         """Layer ``li`` of the rows of group ``g``: the press's kept entries into their slots (in position
         order), what it evicted into the lost-mass signal and the sketch."""
-        runner, dev = self.runner, store.device
+        runner, dev, width = self.runner, store.device, len(at)
         k, v = g.take(keys), g.take(values)
         n, heads = len(g.rows), keys.shape[1]
         if not g.compress:
-            kept = torch.arange(g.kmax, device=dev).expand(n, heads, g.kmax)
+            kept = at[: g.kmax].expand(n, heads, g.kmax)
         elif g.scorer is not None:
             g.press.press.compression_ratio = g.press.compression_ratio  # some scorers read it
             scores = g.scorer(g.press.press, module, g.take(hs), k, g.lengths, g.take(cos), g.take(sin))
@@ -228,7 +228,6 @@ class Prefill:
         gi = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
         kept = kept.masked_fill(g.junk, -1)
         if g.compress and probs is not None:  # what the press evicted: exact mass now, sketch for later
-            at = torch.arange(width, device=dev)
             in_cache = torch.zeros(n, heads, width + 1, dtype=torch.bool, device=dev)
             in_cache.scatter_(-1, kept.masked_fill(kept < 0, width), True)
             evicted = ~in_cache[..., :width] & (at[None, None, :] < g.lengths[:, None, None])

@@ -169,9 +169,8 @@ class Engine:
 
         longest = max(len(p) for p in prompts)
         held = max(held_of(p, press) for p, press in zip(prompts, presses))
-        # a verify shadow holds its whole prompt for the window's steps
-        cap = _round_up(max(held + self.max_new_tokens, longest + self.verify_window if self.verify_window else 0)
-                        + 1, 64)
+        shadow = longest + self.verify_window if self.verify_window else 0  # a shadow's whole prompt + window
+        cap = _round_up(max(held + self.max_new_tokens, shadow) + 1, 64)
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
         # The evicted-key sketch, for the lost-mass signal: probed layers, prefill presses that evict.
