@@ -2,7 +2,8 @@
 # Issue 11's campaign on one GPU, run on the device machine from the repo root:
 #   collect  hazard collect (configs/collect/campaign_<m>.yaml), stopping between settings before BUDGET
 #   train    hazard train report (configs/train/campaign_<m>.yaml): guard, baselines, held-out splits, W&B
-# MODEL=q15 (default) or q05; MODEL=cross trains on both collections (configs/train/campaign_cross.yaml).
+# MODEL=q15 (default) or q05; MODEL=cross trains on both collections (configs/train/campaign_cross.yaml);
+# REPORT=<name> trains configs/train/<name>.yaml instead of campaign_<m>.yaml.
 # Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl (with .whl/wandb), GSM8K
 # in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
 #   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
@@ -42,17 +43,18 @@ fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"
 fi
+REPORT=${REPORT:-campaign_$M}  # the train config, configs/train/$REPORT.yaml (out_dir .../results/$REPORT)
 if want train; then
   # metrics.json is rewritten after every study: stopping at the time limit keeps what was finished
   python3 -c "import wandb, lightning.pytorch.loggers as l; l.WandbLogger" 2>/dev/null \
     || { echo "wandb does not import here: this report runs without W&B (CSV logs only)"; export WANDB_MODE=disabled; }
-  timeout $((BUDGET - (SECONDS - start) - 25)) python3 -m hazard.cli train report --config "configs/train/campaign_$M.yaml" \
+  timeout $((BUDGET - (SECONDS - start) - 25)) python3 -m hazard.cli train report --config "configs/train/$REPORT.yaml" \
     2>&1 | grep -v -i warn \
-    | tee -a "/tmp/hz/train_$M.log" | tail -40
-  R=/tmp/hz/train/results/campaign_$M
-  cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$M.log" "$OUT/" 2>/dev/null
+    | tee -a "/tmp/hz/train_$REPORT.log" | tail -40
+  R=/tmp/hz/train/results/$REPORT
+  cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$REPORT.log" "$OUT/" 2>/dev/null
   # the guard, the plots, the CSV logs and the W&B offline runs (no Lightning checkpoints)
-  (cd /tmp/hz && tar czf "$OUT/train_$M.tgz" --exclude='*.ckpt' checkpoints "train/results/campaign_$M" \
-     "runs/campaign_$M")
+  (cd /tmp/hz && tar czf "$OUT/train_$REPORT.tgz" --exclude='*.ckpt' checkpoints "train/results/$REPORT" \
+     "runs/$REPORT")
 fi
 echo "elapsed $((SECONDS - start)) s"

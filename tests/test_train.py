@@ -164,7 +164,8 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     cfg["data"]["traces"] = [str(traces_dir)]
     cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"),
                          export=str(tmp_path / "ckpt"), resume=True,  # nothing to resume on the first call
-                         leave_one_press_out="all")
+                         leave_one_press_out="all",
+                         feature_sets=["logit_config"])  # adds features to the main set's: their signals too
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     metrics = run_report(str(path))
@@ -177,11 +178,12 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
     assert set(saved["leave_one_press_out"]) == {"snapkv", "knorm", "streaming_llm"}  # "all": every press
     assert set(saved["split_baselines"]) == {"lopo-snapkv", "lopo-knorm", "lopo-streaming_llm", "task-kv_retrieval",
-                                             "task-var_tracking"}
+                                             "task-var_tracking", "features-logit_config"}
     assert "no traces match 'k8*'" in saved["held_out_format"]["k8*"]["skipped"] and saved["complete"]
     assert "pre_onset_auroc" in saved["split_baselines"]["lopo-snapkv"]["gradient_boosting"]
-    assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit" in saved["ablation"]
-    assert set(saved["signals"]) == set(HazardGuard.from_pretrained(tmp_path / "ckpt").feature_names)
+    assert set(saved["architectures"]) == {"tcn", "transformer"} and "logit_config" in saved["ablation"]
+    assert set(saved["signals"]) == {*HazardGuard.from_pretrained(tmp_path / "ckpt").feature_names,
+                                     "ratio", "kv_fraction", "step_frac"}
     assert all(set(v) == {"trace_auroc", "pre_onset_auroc", "settings"} for v in saved["signals"].values())
     for png in ("pr_curves.png", "lead_times.png", "hazard_timelines.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000

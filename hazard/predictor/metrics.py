@@ -114,20 +114,24 @@ def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
     return out
 
 
-def signal_report(traces: list[Trace], names: list[str], horizon: int, min_per_class: int = 5) -> dict:
+def signal_report(traces: list[Trace], names: list[str], horizon: int, min_per_class: int = 5,
+                  only: list[str] | None = None) -> dict:
     """Which features carry information, each alone, within a press setting (so that the ratio, which
     separates settings, cannot stand in for the signal).
 
     For every (press, ratio) with at least ``min_per_class`` healthy and failing traces: the trace AUROC of
     the feature's mean over the pre-onset tokens (failing vs healthy traces; below 0.5 = inverted), and the
     pre-onset token AUROC against the labels at column ``horizon``. Reported: their trace-weighted means
-    over settings, and the settings used. No fitting: any split may be passed.
+    over settings, and the settings used. No fitting: any split may be passed. ``names`` name the columns
+    of the traces' features; ``only``: report these of them (default: all).
     """
     groups: dict[tuple, list[Trace]] = {}
     for t in traces:
         groups.setdefault((t.press, t.ratio), []).append(t)
     out = {}
     for j, name in enumerate(names):
+        if only is not None and name not in only:
+            continue
         trace_aucs, token_aucs, weights = [], [], []
         for group in groups.values():
             usable = [t for t in group if t.valid.any()]

@@ -143,6 +143,11 @@ def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: 
     h = dm.horizons.index(h_tokens)
     val, test = dm.parts["val"], dm.parts["test"]
     if metrics is not None:
+        # features this study adds (an ablation's feature set), each alone, as the main set's are
+        new = [n for n in dm.feature_names if n not in metrics.get("signals", {})]
+        if new:
+            every_trace = [t for part in dm.parts.values() for t in part]
+            metrics.setdefault("signals", {}).update(signal_report(every_trace, dm.feature_names, h, only=new))
         clf = WindowClassifier("gbm", window=cfg.get("report", {}).get("window", 8), seed=seed,
                                detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
         metrics.setdefault("split_baselines", {})[name] = {
@@ -269,7 +274,7 @@ def run_report(config_path: str) -> dict:
         if fs in metrics.get("ablation", {}):
             continue
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
-                                                        h_tokens, far, seed, runs=runs)
+                                                        h_tokens, far, seed, metrics, runs=runs)
         save(complete=False)
     save(complete=True)
     return metrics
