@@ -54,7 +54,7 @@ if want train; then
   R=/tmp/hz/train/results/$REPORT
   cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$REPORT.log" "$OUT/" 2>/dev/null
   # the guard, the plots, the CSV logs and the W&B offline runs (no Lightning checkpoints)
-  (cd /tmp/hz && tar czf "$OUT/train_$REPORT.tgz" --exclude='*.ckpt' checkpoints "train/results/$REPORT" \
-     "runs/$REPORT")
+  (cd /tmp/hz && mkdir -p checkpoints && tar czf "$OUT/train_$REPORT.tgz" --exclude='*.ckpt' checkpoints \
+     "train/results/$REPORT" "runs/$REPORT")  # checkpoints/ is empty when the report exports no guard
 fi
 echo "elapsed $((SECONDS - start)) s"

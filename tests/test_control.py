@@ -248,7 +248,8 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     assert len(list((tmp_path / "closed_loop.parts").glob("*__*.json"))) == 3 and not out.exists()
     assert main([*args, "--max_new_tokens", "20"]) == 2  # saved runs of another config are not mixed in
     calls.clear()
-    assert main(args) == 0 and len(calls) == 3  # full, static, hazard were saved; the other three run
+    monkeypatch.setattr(Engine, "generate", lambda self, *a, **kw: (calls.append(1), generate(self, *a, **kw))[1])
+    assert main(args) == 0 and len(calls) == 4  # full, static, hazard were saved; the other four run
     calls.clear()
 
     def timeless(rows):
@@ -256,7 +257,8 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
                                                          "static_ms_per_token")} for r in rows]
 
     assert timeless(json.loads(out.read_text())["rows"]) == timeless(res["rows"])
-    assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
+    assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle",
+                                                "detect_rewind"]
     keys = {"task", "model", "base_press", "base_ratio", "policy", "n", "accuracy", "catastrophe_rate",
             "recovered_fraction", "mean_kv_fraction", "peak_kv_fraction", "false_trigger_rate", "overhead"}
     assert all(keys <= r.keys() for r in res["rows"])
@@ -265,3 +267,76 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     # A guard threshold of 0 fires at once: the prompt cache is restored, so the KV held rises.
     assert by["hazard"]["trigger_rate"] == 1.0 and by["hazard"]["mean_kv_fraction"] > by["static"]["mean_kv_fraction"]
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def _cycle_seq(rng, prefix: int, period: int, length: int) -> list[int]:
+    """``prefix`` tokens from 100-199, then a cycle of ``period`` distinct tokens from 0-99 to ``length``."""
+    cyc = rng.sample(range(100), period)
+    head = [rng.randrange(100, 200) for _ in range(prefix)]
+    return head + [cyc[i % period] for i in range(length - prefix)]
+
+
+def test_cycle_tracker_fires_where_the_loop_label_starts():
+    from hazard.control.cycles import CycleTracker
+    from hazard.labels.detectors import detect_loop
+
+    rng = random.Random(0)
+    seqs = [_cycle_seq(rng, rng.randrange(0, 30), p, 150) for p in (1, 2, 3, 7, 16, 40)]
+    seqs.append([rng.randrange(100, 200) for _ in range(150)])  # no cycle: never fires
+    tr = CycleTracker(len(seqs))
+    first: dict[int, tuple[int, int]] = {}
+    for t in range(150):  # every row at once, as the controller feeds them
+        fire, start = tr.update(np.arange(len(seqs)), np.array([s[t] for s in seqs]))
+        for j in np.flatnonzero(fire):
+            first.setdefault(int(j), (t + 1, int(start[j])))
+    for j, s in enumerate(seqs[:-1]):
+        loop = detect_loop(s)
+        n, start = first[j]
+        assert start == loop.onset  # the labelled onset, found online
+        assert n - start == max(3 * loop.period, 16)  # at the first token the rule holds
+    assert len(seqs) - 1 not in first
+    tr.reset([0])
+    fire, start = tr.update(np.array([0]), np.array([seqs[0][-1]]))
+    assert not fire[0] and start[0] == -1 and tr.n[0] == 1
+
+
+def test_detect_rewind_restores_and_rolls_back_to_before_the_cycle_once():
+    from hazard.signals import SIGNALS
+
+    ctl = PolicyController(build_policy("detect_rewind", min_span=8, margin=2))
+    ctl.begin(3)
+    ctl.admit([0, 2], [7, 9], [50, 60])
+    rng = random.Random(1)
+    looping, healthy = _cycle_seq(rng, 5, 2, 40), [rng.randrange(100, 200) for _ in range(40)]
+    acts = {}
+    for t in range(40):
+        pk = np.zeros((2, 1 + len(SIGNALS)))
+        pk[:, 0] = looping[t], healthy[t]
+        for r, a in ctl.observe(np.array([0, 2]), np.array([7, 9]), pk, np.array([t + 1, t + 1])).items():
+            acts[(r, t + 1)] = a
+    # cycle from token 5, span 8 reached at 13 tokens: keep 5 - 2 = 3 tokens, regenerate the other 10
+    assert acts == {(7, 13): [("restore",), ("rollback", 10)]}
+    assert ctl._rows.triggers.tolist() == [1, 0, 0]
+
+
+def test_detect_rewind_to_the_first_token_regenerates_the_uncompressed_run(model64):
+    """Rewound to its first token with the whole prompt restored, a looping row continues exactly as the
+    uncompressed run; rows that never cycle are the static run's."""
+    from hazard.control.cycles import CycleTracker
+
+    engine = Engine(model64, [256], max_new_tokens=48, batch_size=3, probe_layers=(0, -1))
+    prompts = _prompts(3, seed=1)
+    spec = PressSpec("knorm", 0.75)
+    full, static = engine.generate(prompts, None), engine.generate(prompts, build_press(spec))
+    healed = engine.generate(prompts, build_press(spec),
+                             controller=PolicyController(build_policy("detect_rewind", margin=10**6)))
+    fired = 0
+    for f, s, h in zip(full, static, healed):
+        tr = CycleTracker(1)
+        cycles = any(tr.update(np.array([0]), np.array([x]))[0][0] for x in s.tokens)
+        if cycles:
+            fired += 1
+            assert h.tokens == f.tokens and [e[1] for e in h.control["events"]] == ["restore", "rollback"]
+        else:
+            assert h.tokens == s.tokens and not h.control["events"]
+    assert fired or model64.config.model_type != "qwen2"  # the qwen2 tiny model loops under knorm 0.75

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from hazard.control.policies import OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
+from hazard.control.cycles import CycleTracker
+from hazard.control.policies import DetectRewindPolicy, OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
 from hazard.engine import Controller
 from hazard.errors import HazardError
 from hazard.signals import SIGNALS, VERIFY_SIGNALS
@@ -102,6 +103,9 @@ class PolicyController(Controller):
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays
+        p = self.policy
+        self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
+                        if isinstance(p, DetectRewindPolicy) else None)
         if self.guard is not None:
             if device is not None and hasattr(self.guard, "to"):
                 self.guard.to(device)
@@ -116,6 +120,8 @@ class PolicyController(Controller):
             self.states[r] = RowState()
         self._busy[list(slots)] = False
         self._rows.reset(list(slots))
+        if self._cycles is not None:
+            self._cycles.reset(list(slots))
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
@@ -203,6 +209,16 @@ class PolicyController(Controller):
         else:
             signal = np.zeros(len(rows))
         actions = {}
+        if self._cycles is not None:  # detect_rewind: the rows not yet relaxed read their new token
+            watch = np.flatnonzero(~self._rows.relaxed[slots])
+            if len(watch):
+                fire, start = self._cycles.update(slots[watch], packets[watch, 0].astype(np.int64))
+                for j in np.flatnonzero(fire):
+                    k = watch[j]
+                    actions[int(rows[k])] = self.policy.actions(int(steps[k]), int(start[j]))
+                self._rows.relaxed[slots[watch[fire]]] = True
+                self._rows.triggers[slots[watch[fire]]] += 1
+            return actions
         if isinstance(self.policy, ThresholdPolicy):
             # Only rows whose state can change (not idle, or at/above the trigger; NaN/inf included), all
             # at once: most steps of most rows cost nothing on the host.

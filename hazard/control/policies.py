@@ -1,4 +1,5 @@
 """Policies: per row and per step, turn a signal into cache actions (restore, rollback, recompress).
+``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector).
 
 One small dataclass each, a plain registry, one shared state machine for the threshold rules:
 ``compressed --(signal >= trigger for `sustain` tokens, no cool-down)--> relaxed`` (restore, optionally
@@ -195,6 +196,37 @@ class ScheduledPolicy:
         return []
 
 
+@dataclass
+class DetectRewindPolicy:
+    """The non-learned reactive baseline: watch the generated tokens (``hazard.control.cycles``, the loop
+    label's rule online); once they end in a sustained cycle, restore every evicted entry and roll back to
+    ``margin`` tokens before the cycle's first token, then stay relaxed (full prompt cache) to the end.
+    Greedy decoding regenerates from there with the restored cache; the first token always stays (it came
+    from the uncompressed prefill forward). No lead time is needed: it acts after the loop has started.
+
+    Parameters
+    ----------
+    max_period, periods, min_span : int
+        The cycle rule (period <= ``max_period`` tokens, span >= ``periods`` periods and >= ``min_span``
+        tokens); the loop label uses 40 / 3 / 16. A smaller ``min_span`` fires sooner on short cycles (less
+        wasted, rolled-back generation) and more often on healthy repetition (more restores).
+    margin : int
+        Tokens kept before the cycle's start are ``start - margin`` (at least 1).
+    """
+
+    name: str = "detect_rewind"
+    signal: str = "tokens"
+    max_period: int = 40
+    periods: int = 3
+    min_span: int = 16
+    margin: int = 4
+
+    def actions(self, n_tokens: int, start: int) -> list[tuple]:
+        """A row with ``n_tokens`` recorded whose cycle starts at ``start``: restore, then roll back."""
+        keep = max(start - self.margin, 1)
+        return [("restore",), ("rollback", n_tokens - keep)] if n_tokens > keep else [("restore",)]
+
+
 POLICIES = {
     "static": StaticPolicy,
     "hazard": lambda **kw: ThresholdPolicy(**{"name": "hazard", "signal": "hazard", **kw}),
@@ -202,8 +234,9 @@ POLICIES = {
     "random": RandomPolicy,
     "oracle": OraclePolicy,
     "scheduled": ScheduledPolicy,
+    "detect_rewind": DetectRewindPolicy,
 }
-POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle"]
+POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind"]
 
 
 def build_policy(name: str, **kwargs):

@@ -1,0 +1,54 @@
+"""The loop detector's rule, online: which rows' generated tokens end in a sustained cycle, as they arrive.
+
+``hazard.labels.detectors.detect_loop`` labels a finished trace: from its cycle start to the end every token
+equals the one ``p`` later, over >= 3 periods and >= ``min_span`` tokens. A controller cannot wait for the
+end. ``CycleTracker`` keeps, per batch slot and period p <= ``max_period``, the number of consecutive newest
+tokens that equal the token p before them; the periodic stretch ending now then spans that count + p
+tokens, and a row is *in a cycle* once that span reaches max(``periods`` x p, ``min_span``): the first step
+at which the labelled loop's rule holds for the tokens seen so far. Host numpy, O(max_period) per row and
+step, all rows at once (a Python loop over rows costs more than the model step at batch 256).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class CycleTracker:
+    """Per-slot online cycle detection (see module docstring).
+
+    Parameters
+    ----------
+    n_slots : int
+        Batch slots; a slot's history is cleared with ``reset`` when a new row enters it.
+    max_period, periods, min_span : int
+        The cycle rule: period <= ``max_period``, span >= ``periods`` periods and >= ``min_span`` tokens.
+    """
+
+    def __init__(self, n_slots: int, max_period: int = 40, periods: int = 3, min_span: int = 16):
+        self.max_period, self.periods, self.min_span = max_period, periods, min_span
+        self.p = np.arange(1, max_period + 1)
+        self.need = np.maximum(periods * self.p, min_span)  # span each period must reach
+        self.hist = np.full((n_slots, max_period), -1, dtype=np.int64)  # last tokens, newest last
+        self.runs = np.zeros((n_slots, max_period), dtype=np.int64)
+        self.n = np.zeros(n_slots, dtype=np.int64)  # tokens seen per slot
+
+    def reset(self, slots) -> None:
+        self.hist[slots], self.runs[slots], self.n[slots] = -1, 0, 0
+
+    def update(self, slots: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feed one new token per slot in ``slots``. Returns (in_cycle, start): whether each row's tokens
+        now end in a sustained cycle, and the index (in the row's generated tokens) of that cycle's first
+        token: the longest qualifying stretch, -1 where there is none."""
+        slots = np.asarray(slots, dtype=np.int64)
+        tok = np.asarray(tokens, dtype=np.int64)[:, None]
+        back = self.hist[slots][:, self.max_period - self.p]  # column p-1: the token p before the new one
+        eq = (back == tok) & (self.n[slots][:, None] >= self.p)
+        runs = np.where(eq, self.runs[slots] + 1, 0)
+        self.runs[slots] = runs
+        self.hist[slots] = np.concatenate([self.hist[slots][:, 1:], tok], axis=1)
+        self.n[slots] += 1
+        span = np.where(runs > 0, runs + self.p, 0)
+        span = np.where(span >= self.need, span, 0)
+        longest = span.max(axis=1)
+        return longest > 0, np.where(longest > 0, self.n[slots] - longest, -1)
