@@ -124,6 +124,38 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_dir):
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
 
 
+def _torchrun(n, args, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(port),
+           "-m", "hazard.cli", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_collection_stopped_on_two_processes_resumes_on_one_and_the_reverse(tmp_path, tiny_dir):
+    """Shards are named by (task, chunk, setting), not by rank: a collection stopped under one world size
+    goes on under another with every shard written once and the rows of a single uninterrupted run."""
+    ref = tmp_path / "ref"
+    assert main(_args(ref, tiny_dir)) == 0
+    shards = sorted(p.name for p in (ref / "data").glob("*.parquet"))
+    for first, then, port in ((2, 1, 29518), (1, 2, 29519)):
+        out = tmp_path / f"{first}-then-{then}"
+        stop = _args(out, tiny_dir, "--time_budget_s", "0")  # each rank writes one shard, then stops
+        _torchrun(first, stop, port) if first > 1 else main(stop)
+        summary = json.loads((out / "summary.json").read_text())
+        assert not summary["complete"] and len(list((out / "data").glob("*.parquet"))) == first
+        _torchrun(then, _args(out, tiny_dir), port) if then > 1 else main(_args(out, tiny_dir))
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["complete"] and summary["world_size"] == then
+        assert sorted(p.name for p in (out / "data").glob("*.parquet")) == shards  # none lost, none twice
+        skipped = sum(json.loads((out / "stats" / f"rank-{r:03d}.json").read_text())["skipped_shards"]
+                      for r in range(then))
+        assert skipped == first  # the first call's shards were read back, not regenerated
+        a, b = _rows(load_traces(ref)), _rows(load_traces(out))
+        assert [r["trace_id"] for r in a] == [r["trace_id"] for r in b]
+        assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+
+
 def test_build_row_format_only_and_cut_after_answer_are_not_catastrophes():
     from hazard.collect import build_row
     from hazard.compression import PressSpec
