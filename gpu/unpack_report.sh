@@ -19,5 +19,5 @@ for d in "$tmp/runs/$rep"/*/; do
   [ -n "$csv" ] && cp "$csv" "$dst/csv/${fit//\*/_}.csv"
 done
 cp -r "$tmp/runs/$rep/wandb"/offline-run-* "$dst/wandb/" 2>/dev/null || true
-if [ -d "$tmp/checkpoints" ]; then cp -r "$tmp/checkpoints"/* checkpoints/; fi
+if compgen -G "$tmp/checkpoints/*" > /dev/null; then cp -r "$tmp/checkpoints"/* checkpoints/; fi  # none: no export
 echo "unpacked into $dst ($(ls "$dst/csv" | wc -l) CSV logs, $(ls "$dst/wandb" | wc -l) W&B runs)"

@@ -196,8 +196,24 @@ class PolicyController(Controller):
             return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= onset - p.lead)))
         return np.arange(len(rows))
 
+    def _rewind(self, slots, rows, packets, steps) -> dict[int, list]:
+        """detect_rewind: the rows not yet relaxed read their new token; a row in a cycle is rewound once."""
+        actions: dict[int, list] = {}
+        watch = np.flatnonzero(~self._rows.relaxed[slots])
+        if not len(watch):
+            return actions
+        fire, start = self._cycles.update(slots[watch], packets[watch, 0].astype(np.int64))
+        for j in np.flatnonzero(fire):
+            k = watch[j]
+            actions[int(rows[k])] = self.policy.actions(int(steps[k]), int(start[j]))
+        self._rows.relaxed[slots[watch[fire]]] = True
+        self._rows.triggers[slots[watch[fire]]] += 1
+        return actions
+
     def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray,
                 extra: np.ndarray | None = None) -> dict[int, list]:
+        if self._cycles is not None:  # detect_rewind reads the tokens, no signal
+            return self._rewind(slots, rows, packets, steps)
         if self.policy.signal == "hazard":
             signal = extra[:, 0] if extra is not None else np.full(len(rows), np.inf)
             if not np.all(np.isfinite(signal)):  # raised, NaN or too slow: counted once per step
@@ -209,16 +225,6 @@ class PolicyController(Controller):
         else:
             signal = np.zeros(len(rows))
         actions = {}
-        if self._cycles is not None:  # detect_rewind: the rows not yet relaxed read their new token
-            watch = np.flatnonzero(~self._rows.relaxed[slots])
-            if len(watch):
-                fire, start = self._cycles.update(slots[watch], packets[watch, 0].astype(np.int64))
-                for j in np.flatnonzero(fire):
-                    k = watch[j]
-                    actions[int(rows[k])] = self.policy.actions(int(steps[k]), int(start[j]))
-                self._rows.relaxed[slots[watch[fire]]] = True
-                self._rows.triggers[slots[watch[fire]]] += 1
-            return actions
         if isinstance(self.policy, ThresholdPolicy):
             # Only rows whose state can change (not idle, or at/above the trigger; NaN/inf included), all
             # at once: most steps of most rows cost nothing on the host.
