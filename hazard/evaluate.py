@@ -3,11 +3,17 @@
 For every task and base press setting it runs the uncompressed model (policy ``full``), the static press,
 and each controlled policy on the same prompts, labels every run like the collect stage does (against
 the uncompressed twin), and reports accuracy, catastrophes, recovered accuracy and KV memory held.
+
+Frontiers: a list in ``policy_options`` sweeps that knob (several lists: every combination), one run per
+value (``knob`` in the row); ``static_sweep`` adds static-only press settings (the static frontier);
+``hazard.frontiers`` turns the rows into per-task staircases, matched-KV comparisons (``frontier_kv``) and
+one PNG per task.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -17,21 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, build_rows, encode, format_of, hardware
+from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.engine import Engine
 from hazard.errors import HazardError
+from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.predictor.features import CONFIG_FEATURES
-from hazard.report import pareto_plot
+from hazard.report import frontier_plot, pareto_plot
 from hazard.signals import SIGNALS
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
-# What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules).
+# What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules). Runs
+# that no other run reads (every controlled run, the static sweep) keep the outcomes only: a resumable
+# evaluation of 40 runs x 500 prompts stays a few MB that a later device session can carry.
 ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "text", "finished", "n_tokens")
+OUTCOME_KEYS = ("correct", "onset", "catastrophe", "finished", "n_tokens")
 
 
 @dataclass
@@ -45,6 +55,8 @@ class EvaluateConfig:
     base_presses: list[PressSpec] = field(default_factory=list)
     policies: list[str] = field(default_factory=lambda: list(POLICY_NAMES))
     policy_options: dict = field(default_factory=dict)
+    static_sweep: list[PressSpec] = field(default_factory=list)
+    frontier_kv: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35])
     max_new_tokens: int = 384
     batch_size: int = 8
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
@@ -52,8 +64,10 @@ class EvaluateConfig:
 
 
 def _kv_fractions(row: dict) -> tuple[float, float]:
-    full = row["prompt_len"] + np.arange(row["n_tokens"])  # uncompressed: prompt + tokens fed so far
-    frac = np.asarray(row["kv_tokens"]) / full
+    """Mean and peak over the row's steps of the GPU bytes it held (K/V kept and recalled, plus a recalling
+    controller's digest) over the uncompressed run's K/V bytes at the same step."""
+    full = (row["prompt_len"] + np.arange(row["n_tokens"])) * row["bytes_per_token"]  # prompt + tokens fed
+    frac = np.asarray(row["kv_bytes"], dtype=np.float64) / full
     return float(frac.mean()), float(frac.max())
 
 
@@ -63,7 +77,7 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     kv = [_kv_fractions(r) for r in rows]
     ctl = [g.control for g in gens]
     healthy = [i for i, r in enumerate(static_rows or []) if not r["catastrophe"]]
-    triggered = [any(e[1] == "restore" for e in c.get("events", [])) for c in ctl]
+    triggered = [any(e[1] in ("restore", "reselect") for e in c.get("events", [])) for c in ctl]
     return {
         "n": len(rows),
         "accuracy": float(np.mean([r["correct"] for r in rows])),
@@ -82,10 +96,21 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     }
 
 
-def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None):
-    opts = dict(cfg.policy_options.get(name, {}))
+def variants(options: dict) -> list[dict]:
+    """The swept knobs of one policy's options: every combination of its list values ([{}] when none)."""
+    swept = {k: v for k, v in options.items() if isinstance(v, list)}
+    return [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
+
+
+def _knob_label(knob: dict) -> str:
+    return "__".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knob.items())
+
+
+def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None,
+            knob: dict | None = None):
+    opts = {**{k: v for k, v in cfg.policy_options.get(name, {}).items() if not isinstance(v, list)}, **(knob or {})}
     if name == "hazard":
-        opts.setdefault("trigger", guard.threshold)
+        opts.setdefault("trigger", guard.threshold if guard is not None else 0.5)  # None: only checking knobs
     if name == "entropy_rule":
         rule = (guard.config.get("baselines", {}) if guard else {}).get("entropy_rule", {})
         opts.setdefault("trigger", rule.get("threshold", 2.5))
@@ -103,10 +128,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         raise HazardError(f"unknown policy {sorted(unknown)[0]!r}; known: {', '.join(POLICY_NAMES)}")
     if not cfg.tasks or not cfg.base_presses:
         raise HazardError("evaluate: configure at least one task and one base press")
-    for spec in cfg.base_presses:
+    for spec in [*cfg.base_presses, *cfg.static_sweep]:
         press = build_press(spec)
         if spec.ratio <= 0 or press is None or is_decoding(press):
             raise HazardError(f"evaluate: base press {spec.label} must be a prefill press with ratio > 0")
+    for name, opts in cfg.policy_options.items():
+        if name not in POLICY_NAMES or name == "full" or not isinstance(opts, dict):
+            raise HazardError(f"evaluate: policy_options.{name} must be a mapping of knob: value (or [values]) "
+                              f"for one of {', '.join(p for p in POLICY_NAMES if p != 'full')}")
+        for knob in variants(opts):  # a bad knob fails here, before any model is loaded
+            _policy(name, cfg, None, None, knob)
     needs_guard = "hazard" in cfg.policies
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
     tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
@@ -134,7 +165,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 "max_new_tokens": cfg.max_new_tokens, "task": task.name}
 
         def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
-                meta=meta, task=task) -> dict:
+                meta=meta, task=task, twin: bool = False) -> dict:
             """One generation run, summarised; read back from ``parts`` when an earlier call finished it."""
             unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
             path = parts / f"{unit}__{key}.json"
@@ -146,46 +177,59 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             rows = build_rows(tok, prompts, gens, refs, spec, meta)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
-            restores = sum(sum(e[1] == "restore" for e in g.control.get("events", [])) for g in gens)
+            restores = sum(sum(e[1] in ("restore", "reselect") for e in g.control.get("events", [])) for g in gens)
             rec = {"summary": res, "restore_rate": restores / max(steps, 1),
                    "ms_per_token": 1000 * secs / max(sum(len(g.tokens) for g in gens), 1),
-                   "rows": [{k: r[k] for k in ROW_KEYS} for r in rows]}
+                   "rows": [{k: r[k] for k in (ROW_KEYS if twin else OUTCOME_KEYS)} for r in rows]}
             write_json(path, rec)
             return rec
 
-        full = run("full", PressSpec("none"))
-        for spec in cfg.base_presses:
-            static = run(f"{spec.label}__static", spec, refs=full["rows"])
+        full = run("full", PressSpec("none"), twin=True)
+        controlled = {s.label for s in cfg.base_presses}
+        settings = [*cfg.base_presses, *(s for s in cfg.static_sweep if s.label not in controlled)]
+        for spec in settings:
+            static = run(f"{spec.label}__static", spec, refs=full["rows"], twin=spec.label in controlled)
             onsets = {i: r["onset"] for i, r in enumerate(static["rows"])}
-            results = {}
-            hazard_rate = None
-            for name in cfg.policies:
-                if name == "full":
-                    rec = full
-                elif name == "static":
-                    rec = static
-                else:
-                    ctl = PolicyController(_policy(name, cfg, guard, hazard_rate), guard if name == "hazard" else None,
+            results = []
+            hazard_rates: list[float] = []
+            names = cfg.policies if spec.label in controlled else ["static"]
+            for name in names:
+                if name in ("full", "static"):
+                    results.append((name, {}, (full if name == "full" else static)["summary"]))
+                    continue
+                opts = cfg.policy_options.get(name, {})
+                knobs = variants(opts)
+                if name == "random" and "rate" not in opts and hazard_rates:
+                    # one per hazard setting, at its measured rate (settings that fired alike share a run)
+                    knobs = [{"rate": r} for r in dict.fromkeys(hazard_rates)]
+                for knob in knobs:
+                    rate = hazard_rates[0] if hazard_rates else None
+                    ctl = PolicyController(_policy(name, cfg, guard, rate, knob), guard if name == "hazard" else None,
                                            spec.ratio, cfg.max_new_tokens, onsets)
-                    rec = run(f"{spec.label}__{name}", spec, ctl, full["rows"], static["rows"])
-                if name == "hazard":  # random fires at the hazard policy's measured rate per step
-                    hazard_rate = rec["restore_rate"]
-                results[name] = rec["summary"]
+                    key = f"{spec.label}__{name}" + (f"__{_knob_label(knob)}" if knob else "")
+                    rec = run(key, spec, ctl, full["rows"], static["rows"])
+                    if name == "hazard":  # random fires at the hazard policy's measured rate per step
+                        hazard_rates.append(rec["restore_rate"])
+                    results.append((name, knob, rec["summary"]))
             acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
-            for name, res in results.items():
+            for name, knob, res in results:
                 recovered = None
                 if acc_full != acc_static:
                     recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static)
                 out_rows.append({
                     "task": task.name, "format": format_of(task), "model": label, "base_press": spec.name,
-                    "base_ratio": spec.ratio, "policy": name, **res, "recovered_fraction": recovered,
+                    "base_ratio": spec.ratio, "policy": name, "knob": knob, **res, "recovered_fraction": recovered,
                     "overhead": res["controller_ms_per_step"],
                     "static_ms_per_token": static["ms_per_token"],
                 })
+    fr = frontiers(out_rows, cfg.frontier_kv)
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
-              "seed": cfg.seed, "policy_options": cfg.policy_options, "rows": out_rows}
+              "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
+              "frontiers": fr}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     pareto_plot(out_rows, out.with_suffix(".png"))
+    for key, f in fr.items():
+        frontier_plot(key, f, out.with_name(f"{out.stem}_{key}.png"))
     shutil.rmtree(parts, ignore_errors=True)
     return result

@@ -27,14 +27,48 @@ def pareto_plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def frontier_plot(key: str, fr: dict, out: Path) -> None:
+    """Accuracy and catastrophe rate against mean GPU KV, one staircase per family (static presses grey,
+    controllers in colour, the uncompressed run a star)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    greys = iter(["0.15", "0.45", "0.65", "0.8"])
+    for fam, f in fr["families"].items():
+        if fam in ("full", "static"):
+            continue
+        pts = f["points"]
+        style = dict(color=next(greys, "0.5"), ls="--", marker=".") if fam.startswith("static:") else dict(marker="o")
+        stair = f["staircase"]
+        axes[0].step([p["kv"] for p in stair], [p["accuracy"] for p in stair], where="post", label=fam, **style)
+        axes[0].scatter([p["kv"] for p in pts], [p["accuracy"] for p in pts], s=10,
+                        color=axes[0].lines[-1].get_color(), alpha=0.5)
+        axes[1].plot([p["kv"] for p in pts], [p["catastrophe_rate"] for p in pts], label=fam, **style)
+    unc = fr.get("uncompressed")
+    for ax, y in zip(axes, ("accuracy", "catastrophe_rate")):
+        if unc:
+            ax.plot([unc["kv"]], [unc[y]], marker="*", ms=14, color="gold", mec="k", ls="", label="uncompressed")
+            ax.axhline(unc[y], color="gold", lw=0.8)
+        ax.set(xlabel="mean GPU KV held / uncompressed", ylabel=y.replace("_", " "), xlim=(0, 1.05))
+    axes[0].set_title(f"{key}: best accuracy at <= KV (staircase)")
+    axes[1].set_title(f"{key}: catastrophes (loop or non-termination)")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def format_closed_loop(result: dict) -> str:
-    head = (f"{'task':13} {'base':18} {'policy':13} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
-            f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'ctl ms/step':>11}")
+    from hazard.frontiers import format_matched
+
+    head = (f"{'task':13} {'base':18} {'policy':13} {'knob':22} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
+            f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'wasted':>6} {'s':>6}")
     lines = [f"closed loop: {result['model']} on {result['hardware']}", head]
     for r in result["rows"]:
         rec = "   n/a" if r["recovered_fraction"] is None else f"{r['recovered_fraction']:6.2f}"
+        knob = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("knob", {}).items())
         lines.append(f"{r['task']:13} {r['base_press'] + '@' + format(r['base_ratio'], 'g'):18} {r['policy']:13} "
-                     f"{r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
+                     f"{knob[:22]:22} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
                      f"{r['mean_kv_fraction']:6.2f} {r['peak_kv_fraction']:6.2f} {r['false_trigger_rate']:9.2f} "
-                     f"{r['overhead']:11.3f}")
+                     f"{r['rollback_tokens_per_trace']:6.1f} {r['seconds']:6.1f}")
+    if result.get("frontiers"):
+        lines += ["", format_matched(result["frontiers"])]
     return "\n".join(lines)

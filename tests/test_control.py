@@ -249,7 +249,7 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     assert main([*args, "--max_new_tokens", "20"]) == 2  # saved runs of another config are not mixed in
     calls.clear()
     monkeypatch.setattr(Engine, "generate", lambda self, *a, **kw: (calls.append(1), generate(self, *a, **kw))[1])
-    assert main(args) == 0 and len(calls) == 4  # full, static, hazard were saved; the other four run
+    assert main(args) == 0 and len(calls) == 5  # full, static, hazard were saved; the other five run
     calls.clear()
 
     def timeless(rows):
@@ -258,7 +258,7 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
 
     assert timeless(json.loads(out.read_text())["rows"]) == timeless(res["rows"])
     assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle",
-                                                "detect_rewind"]
+                                                "detect_rewind", "digest_recall"]
     keys = {"task", "model", "base_press", "base_ratio", "policy", "n", "accuracy", "catastrophe_rate",
             "recovered_fraction", "mean_kv_fraction", "peak_kv_fraction", "false_trigger_rate", "overhead"}
     assert all(keys <= r.keys() for r in res["rows"])
@@ -267,6 +267,9 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     # A guard threshold of 0 fires at once: the prompt cache is restored, so the KV held rises.
     assert by["hazard"]["trigger_rate"] == 1.0 and by["hazard"]["mean_kv_fraction"] > by["static"]["mean_kv_fraction"]
     assert out.with_suffix(".png").stat().st_size > 1000
+    fr = res["frontiers"]["kv_retrieval"]
+    assert set(fr["matched"]) == {"0.15", "0.25", "0.35"} and "static:knorm" in fr["families"]
+    assert fr["uncompressed"]["kv"] == 1.0 and (tmp_path / "closed_loop_kv_retrieval.png").stat().st_size > 1000
 
 
 def _cycle_seq(rng, prefix: int, period: int, length: int) -> list[int]:

@@ -222,7 +222,7 @@ def test_attention_signals_match_eager_attention_weights(model64):
         assert np.allclose(g.signals[t, 5:10], torch.stack(ref).mean(0).numpy(), atol=1e-5), t
 
 
-def _store_after_prefill(model64, prompt, spec, reversible=True, full_on_device=False):
+def _store_after_prefill(model64, prompt, spec, reversible=True, full_on_device=False, digest_page=0):
     from hazard.engine import KVStore
     from hazard.engine.prefill import Prefill
     from hazard.engine.runner import ModelRunner
@@ -230,7 +230,9 @@ def _store_after_prefill(model64, prompt, spec, reversible=True, full_on_device=
     cfg = model64.config
     d = cfg.hidden_size // cfg.num_attention_heads
     store = KVStore(cfg.num_hidden_layers, cfg.num_key_value_heads, d, 2, 128, 64 if reversible else 0,
-                    torch.float64, torch.device("cpu"), full_on_device=full_on_device)
+                    torch.float64, torch.device("cpu"), full_on_device=full_on_device, digest_page=digest_page,
+                    q_heads=cfg.num_attention_heads)
+    store.digest_active = digest_page > 0
     Prefill(ModelRunner(model64, [0]))(store, [1], [prompt], build_press(spec), reversible)
     return store
 

@@ -19,7 +19,16 @@ import numpy as np
 import torch
 
 from hazard.control.cycles import CycleTracker
-from hazard.control.policies import DetectRewindPolicy, OraclePolicy, RowState, RowStates, StaticPolicy, ThresholdPolicy
+from hazard.control.policies import (
+    DetectRewindPolicy,
+    DigestRecallPolicy,
+    OraclePolicy,
+    RowState,
+    RowStates,
+    StaticPolicy,
+    ThresholdPolicy,
+    digest_page,
+)
 from hazard.engine import Controller
 from hazard.errors import HazardError
 from hazard.signals import SIGNALS, VERIFY_SIGNALS
@@ -91,6 +100,7 @@ class PolicyController(Controller):
         self.cuda_graphs = cuda_graphs
         self._graphs: dict | None = None
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
+        self.digest_page = digest_page(policy)  # the engine keeps an evicted-key digest when > 0 (recall)
         self.onsets = onsets or {}
         self.states: dict[int, RowState] = {}
         self.guard_failures = 0
@@ -214,6 +224,8 @@ class PolicyController(Controller):
                 extra: np.ndarray | None = None) -> dict[int, list]:
         if self._cycles is not None:  # detect_rewind reads the tokens, no signal
             return self._rewind(slots, rows, packets, steps)
+        if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again
+            return {int(r): list(self.policy.relief) for r in rows[self.policy.due(steps)]}
         if self.policy.signal == "hazard":
             signal = extra[:, 0] if extra is not None else np.full(len(rows), np.inf)
             if not np.all(np.isfinite(signal)):  # raised, NaN or too slow: counted once per step

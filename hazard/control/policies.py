@@ -1,5 +1,11 @@
-"""Policies: per row and per step, turn a signal into cache actions (restore, rollback, recompress).
-``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector).
+"""Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
+``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
+reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best).
+
+What a triggered policy brings back is its ``action``: ``restore`` (every evicted prompt entry) or
+``recall`` (``budget`` x prompt length of them per layer and KV head, ranked by the evicted-key digest
+against the row's current queries; ``KVStore.reselect``), so the same trigger rule can be compared at
+full and at capped memory.
 
 One small dataclass each, a plain registry, one shared state machine for the threshold rules:
 ``compressed --(signal >= trigger for `sustain` tokens, no cool-down)--> relaxed`` (restore, optionally
@@ -25,10 +31,28 @@ class RowState:
     triggers: int = 0
 
 
-def _relax(st: RowState, rollback: int) -> list[tuple]:
+ACTIONS = ("restore", "recall")
+DIGEST_PAGE = 32  # prompt positions per digest page (ArkVale's page size): D/8 + 1/8 bytes per position
+
+
+def relief(action: str, budget: float) -> list[tuple]:
+    """The cache action that undoes compression: restore everything, or recall a ``budget`` share."""
+    if action not in ACTIONS:
+        raise HazardError(f"action must be one of {ACTIONS}, got {action!r}")
+    if action == "recall" and not 0 < budget <= 1:
+        raise HazardError(f"recall budget must be a share of the prompt in (0, 1], got {budget}")
+    return [("restore",)] if action == "restore" else [("reselect", float(budget))]
+
+
+def digest_page(policy) -> int:
+    """Digest page size the engine must keep for ``policy`` (0: it never recalls)."""
+    return DIGEST_PAGE if getattr(policy, "action", "restore") == "recall" else 0
+
+
+def _relax(st: RowState, rollback: int, acts: list[tuple]) -> list[tuple]:
     st.relaxed, st.calm, st.above = True, 0, 0
     st.triggers += 1
-    return [("restore",)] + ([("rollback", rollback)] if rollback else [])
+    return list(acts) + ([("rollback", rollback)] if rollback else [])
 
 
 def _settle(st: RowState, calm: bool, calm_tokens: int, cooldown: int) -> list[tuple]:
@@ -69,6 +93,10 @@ class ThresholdPolicy:
         Tokens after a recompress during which no new trigger fires.
     rollback : int
         Generated tokens to discard and regenerate with the restored cache on a trigger.
+    action : {"restore", "recall"}
+        What a trigger brings back (module docstring).
+    budget : float
+        ``recall``: evicted entries brought back, as a share of the prompt, per layer and KV head.
     """
 
     name: str = "hazard"
@@ -79,6 +107,11 @@ class ThresholdPolicy:
     calm_tokens: int = 32
     cooldown: int = 16
     rollback: int = 0
+    action: str = "restore"
+    budget: float = 0.125
+
+    def __post_init__(self):
+        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if st.relaxed:
@@ -86,13 +119,13 @@ class ThresholdPolicy:
             return _settle(st, x < level, self.calm_tokens, self.cooldown)
         blocked, st.cooldown = st.cooldown > 0, max(st.cooldown - 1, 0)
         st.above = st.above + 1 if x >= self.trigger else 0
-        return _relax(st, self.rollback) if st.above >= self.sustain and not blocked else []
+        return _relax(st, self.rollback, self.relief) if st.above >= self.sustain and not blocked else []
 
     def decide_rows(self, x: np.ndarray, states: RowStates, idx: np.ndarray) -> dict[int, list[tuple]]:
         """``decide`` for the rows ``idx`` of ``states`` with signals ``x``, vectorised (a Python call per
         row and step costs more than the model step at batch 256); returns {position in idx: actions}."""
         fire, settle = _threshold_rows(self, x, states, idx)
-        out = {int(j): [("restore",)] + ([("rollback", self.rollback)] if self.rollback else [])
+        out = {int(j): list(self.relief) + ([("rollback", self.rollback)] if self.rollback else [])
                for j in np.flatnonzero(fire)}
         out.update({int(j): [("recompress",)] for j in np.flatnonzero(settle)})
         return out
@@ -152,16 +185,19 @@ class RandomPolicy:
     cooldown: int = 16
     rollback: int = 0
     seed: int = 0
+    action: str = "restore"
+    budget: float = 0.125
     rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.seed)
+        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if st.relaxed:
             return _settle(st, True, self.calm_tokens, self.cooldown)
         blocked, st.cooldown = st.cooldown > 0, max(st.cooldown - 1, 0)
-        return _relax(st, self.rollback) if not blocked and self.rng.random() < self.rate else []
+        return _relax(st, self.rollback, self.relief) if not blocked and self.rng.random() < self.rate else []
 
 
 @dataclass
@@ -173,10 +209,15 @@ class OraclePolicy:
     signal: str = "none"
     lead: int = 8
     rollback: int = 0
+    action: str = "restore"
+    budget: float = 0.125
+
+    def __post_init__(self):
+        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if not st.relaxed and onset >= 0 and t >= onset - self.lead:
-            return _relax(st, self.rollback)
+            return _relax(st, self.rollback, self.relief)
         return []
 
 
@@ -192,7 +233,7 @@ class ScheduledPolicy:
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if not st.relaxed and t + 1 >= self.at:
-            return _relax(st, 0)
+            return _relax(st, 0, [("restore",)])
         return []
 
 
@@ -212,6 +253,9 @@ class DetectRewindPolicy:
         wasted, rolled-back generation) and more often on healthy repetition (more restores).
     margin : int
         Tokens kept before the cycle's start are ``start - margin`` (at least 1).
+    action, budget
+        What it brings back (module docstring); ``recall`` ranks by the queries of the token that closed
+        the cycle.
     """
 
     name: str = "detect_rewind"
@@ -220,11 +264,47 @@ class DetectRewindPolicy:
     periods: int = 3
     min_span: int = 16
     margin: int = 4
+    action: str = "restore"
+    budget: float = 0.125
+
+    def __post_init__(self):
+        self.relief = relief(self.action, self.budget)
 
     def actions(self, n_tokens: int, start: int) -> list[tuple]:
-        """A row with ``n_tokens`` recorded whose cycle starts at ``start``: restore, then roll back."""
+        """A row with ``n_tokens`` recorded whose cycle starts at ``start``: restore or recall, then roll back."""
         keep = max(start - self.margin, 1)
-        return [("restore",), ("rollback", n_tokens - keep)] if n_tokens > keep else [("restore",)]
+        return list(self.relief) + ([("rollback", n_tokens - keep)] if n_tokens > keep else [])
+
+
+@dataclass
+class DigestRecallPolicy:
+    """The non-learned query-aware baseline (ArkVale-style): every ``interval`` generated tokens, from the
+    first, each row holds the press's kept prompt entries plus the ``budget`` share of the prompt whose
+    digest pages score best against its current queries, per layer and KV head (a swap: entries that no
+    longer rank go back out). Always on, no signal, no rollback.
+
+    Parameters
+    ----------
+    budget : float
+        Evicted entries held at once, as a share of the prompt.
+    interval : int
+        Tokens between two selections (each is a gather over the rows' caches).
+    """
+
+    name: str = "digest_recall"
+    signal: str = "none"
+    budget: float = 0.125
+    interval: int = 16
+    action: str = field(default="recall", init=False)
+
+    def __post_init__(self):
+        if self.interval < 1:
+            raise HazardError(f"digest_recall interval must be >= 1 token, got {self.interval}")
+        self.relief = relief("recall", self.budget)
+
+    def due(self, steps: np.ndarray) -> np.ndarray:
+        """Rows (by their recorded-token counts) that select this step."""
+        return (steps - 1) % self.interval == 0
 
 
 POLICIES = {
@@ -235,8 +315,9 @@ POLICIES = {
     "oracle": OraclePolicy,
     "scheduled": ScheduledPolicy,
     "detect_rewind": DetectRewindPolicy,
+    "digest_recall": DigestRecallPolicy,
 }
-POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind"]
+POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall"]
 
 
 def build_policy(name: str, **kwargs):

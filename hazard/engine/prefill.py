@@ -145,6 +145,9 @@ class Prefill:
         for g in groups:
             if store.sketch_active and not g.compress:  # a row that keeps everything evicted nothing
                 store.clear_sketch(g.slots)
+            if store.digest_active and not g.compress:
+                store.dg_n[:, g.slots] = 0
+        slot_t, idx_t = torch.tensor(slots, device=dev), torch.tensor(uniq, device=dev)
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx
@@ -152,14 +155,18 @@ class Prefill:
             keys, values = layer_cache.keys, layer_cache.values  # (b, H, width, D), right-padded
             hs, (cos, sin) = kwargs["hidden_states"], kwargs["position_embeddings"]
             cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)  # one position row serves the batch
-            probs = None
-            if li in runner.probe_layers:  # the last prompt token's attention over the whole prompt
+            probs = q_last = None
+            if li in runner.probe_layers or store.digest_active:  # the last prompt token's queries
                 last = (lengths - 1)[:, None]
                 kw = {"hidden_states": hs.gather(1, last[..., None].expand(-1, -1, hs.shape[-1])),
                       "position_embeddings": tuple(t.gather(1, last[..., None].expand(-1, -1, t.shape[-1]))
                                                    for t in (cos, sin))}
+                q_last = last_queries(module, kw, 1)[:, :, 0]
+            if store.digest_active:  # what a recall right after admission ranks the evicted pages against
+                store.q_last[li, slot_t] = q_last[idx_t].to(store.q_last.dtype)
+            if li in runner.probe_layers:  # the last prompt token's attention over the whole prompt
                 valid = at[None, :] < lengths[:, None]
-                probs = attention_probs(last_queries(module, kw, 1)[:, :, 0], keys, module.scaling, valid)
+                probs = attention_probs(q_last, keys, module.scaling, valid)
                 asig[:, runner.probe_layers.index(li)] = stats_from_probs(
                     probs, at.expand(b, keys.shape[1], width), valid, lengths - 1, lengths)
             for g in groups:
@@ -227,10 +234,14 @@ class Prefill:
         kept = kept.masked_fill(g.junk, width).sort(-1).values
         gi = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
         kept = kept.masked_fill(g.junk, -1)
-        if g.compress and probs is not None:  # what the press evicted: exact mass now, sketch for later
+        digest = g.compress and store.digest_active
+        if g.compress and (probs is not None or digest):  # what the press evicted
             in_cache = torch.zeros(n, heads, width + 1, dtype=torch.bool, device=dev)
             in_cache.scatter_(-1, kept.masked_fill(kept < 0, width), True)
             evicted = ~in_cache[..., :width] & (at[None, None, :] < g.lengths[:, None, None])
+            if digest:  # every layer, for recall
+                store.write_digest(li, g.slots, k, evicted)
+        if g.compress and probs is not None:  # exact lost mass now, sketch for later
             j = runner.probe_layers.index(li)
             lost[g.rows, j] = (g.take(probs) * evicted[:, :, None, :]).sum(-1).mean(dim=(1, 2)).float()
             if store.sketch_active:

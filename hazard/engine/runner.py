@@ -77,7 +77,7 @@ class ModelRunner:
         self.kernel = attention == "triton" or (attention == "auto" and decode_attn.available(device))
         self._splits: dict[int, int] = {}
         self.store: KVStore | None = None
-        self.graphs: dict[tuple[int, int, bool, bool], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._graph_failed = False
 
@@ -110,6 +110,8 @@ class ModelRunner:
             st.k[li, rows, :, write] = k
             st.v[li, rows, :, write] = attn.v_proj(h).view(n, hkv, d)
             st.pos[li, rows, :, write] = pos[:, None]
+            if st.digest_active:  # a recall ranks the evicted pages against these
+                st.q_last[li, :n] = q
             probed = li in self.probe_layers
             if self.kernel:  # each row reads its own length; a probed layer's signals in the same pass
                 o, s, lse = decode_attn.decode_attention(
@@ -212,7 +214,8 @@ class ModelRunner:
         if self.kernel:
             width = 0  # the kernel reads each row's own length: one graph per row bucket
         if self.cuda_graphs and not self._graph_failed:
-            key = (n, width, self.store.sketch_active, self.store.verify_active)  # what the step reads
+            st = self.store
+            key = (n, width, st.sketch_active, st.verify_active, st.digest_active)  # what the step reads/writes
             graph = self.graphs.get(key)
             if graph is None:
                 graph = self._capture(n, width)

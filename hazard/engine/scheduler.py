@@ -156,7 +156,7 @@ class Engine:
         return out
 
     # ---- setup --------------------------------------------------------------------------------------
-    def _store_for(self, prompts: list[list[int]], presses: list, reversible: bool) -> KVStore:
+    def _store_for(self, prompts: list[list[int]], presses: list, reversible: bool, digest_page: int = 0) -> KVStore:
         def held_of(p: list[int], press) -> int:
             tracker = tracker_of(press)
             if tracker is not None and not is_decoding(press) and not reversible and tracker.compression_ratio > 0:
@@ -177,15 +177,20 @@ class Engine:
         evicts = any(evicting(press) for press in {id(p): p for p in presses}.values())
         sk_layers = len(self.runner.probe_layers) if self.signals and evicts else 0
         sk_pos = longest if sk_layers else 0
-        if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype, sk_layers, sk_pos):
+        digest_page = digest_page if reversible and evicts else 0
+        hq = self.runner.q_heads
+        if self.store is None or not self.store.fits(self.batch_size, cap, n_prompt, self.dtype, sk_layers, sk_pos,
+                                                     digest_page, hq):
             if self.store is not None:  # large stores: free the old one first
                 self.store = None
                 self.runner.bind(None)
             heads, dim = cfg.num_key_value_heads, self.runner.head_dim
             full_bytes = 2 * self.batch_size * n_prompt * len(self.runner.layers) * heads * dim * self.dtype.itemsize
             self.store = KVStore(len(self.runner.layers), heads, dim, self.batch_size, cap, n_prompt, self.dtype,
-                                 self.device, sk_layers, sk_pos, full_on_device=self._fits_on_device(full_bytes))
+                                 self.device, sk_layers, sk_pos, full_on_device=self._fits_on_device(full_bytes),
+                                 digest_page=digest_page, q_heads=hq)
         self.store.sketch_active = sk_layers > 0
+        self.store.digest_active = digest_page > 0
         self.runner.bind(self.store)
         return self.store
 
@@ -199,7 +204,8 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def _run(self, prompts, order, presses, controller, results) -> None:
-        st = self._store_for([prompts[i] for i in order], [presses[i] for i in order], controller is not None)
+        st = self._store_for([prompts[i] for i in order], [presses[i] for i in order], controller is not None,
+                             getattr(controller, "digest_page", 0))
         b, max_new = st.rows, self.max_new_tokens
         press = presses[order[0]]  # one press unless prefill presses are mixed (then never a decoding one)
         decoding = is_decoding(press)
@@ -253,7 +259,8 @@ class Engine:
                 results[r] = Generation(
                     tokens=data[:, 0].astype(np.int64).tolist(),
                     finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
-                    kv_tokens=kv, kv_bytes=kv * st.bytes_per_token, prompt_len=int(plen[s]),
+                    kv_tokens=kv, kv_bytes=kv * st.bytes_per_token + st.digest_bytes(int(plen[s])),
+                    prompt_len=int(plen[s]),
                     kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
             self._bar.update(len(slots))
             ended = shadow_of[slots]
@@ -443,6 +450,14 @@ class Engine:
                     st.recall(slots, torch.stack([torch.as_tensor(p) for _, p in items], 1))
                     lens[slots] += k
                     prompt_held[slots] += k
+            picks = by_kind.get("reselect", [])
+            if picks:  # kept by the press + the best-ranked evicted entries, a share of the prompt
+                slots = np.array([s for s, _ in picks])
+                share = np.array([float(a[1]) for _, a in picks])
+                k = np.minimum(np.ceil(share * plen[slots]).astype(np.int64), plen[slots] - kept_n[slots])
+                st.reselect(slots.tolist(), k)
+                lens[slots] += kept_n[slots] + k - prompt_held[slots]
+                prompt_held[slots] = kept_n[slots] + k
             rb = [(s, min(int(a[1]), int(ntok[s]) - 1)) for s, a in by_kind.get("rollback", [])]
             rb = [(s, m) for s, m in rb if m > 0]
             if rb:

@@ -21,6 +21,12 @@ Layout (L layers, B slots, H KV heads, C slots of capacity per row, D head dim):
   the evicted entries' share of the softmax is bounded without keeping them: D/4 + 0.25 bytes per prompt
   position, KV head and probed layer (bf16 min and max, a float32 count per page of 16), against 4D for
   the K and V of an evicted entry.
+- With a recalling controller (``digest_page`` > 0), every layer keeps the same kind of digest of the
+  press's evicted keys (``dg_min``/``dg_max``/``dg_n``, pages of ``digest_page`` positions) and the decode
+  step leaves each layer's last queries in ``q_last`` (L, B, Hq, D): ``reselect`` ranks the evicted
+  entries by their page's bound against those queries (ArkVale's digest) and brings the best back. The
+  digest is GPU memory a deployment pays (``digest_bytes``); the whole prompts it recalls from are not
+  (a deployment keeps them in host memory).
 
 Every row operation is vectorised over the rows it touches and needs no host synchronisation.
 """
@@ -65,7 +71,7 @@ class KVStore:
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, rows: int, capacity: int, prompt_capacity: int,
                  dtype: torch.dtype, device: torch.device, sketch_layers: int = 0, sketch_positions: int = 0,
-                 full_on_device: bool = False):
+                 full_on_device: bool = False, digest_page: int = 0, q_heads: int = 0):
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.rows, self.capacity, self.prompt_capacity = rows, capacity, prompt_capacity
         self.dtype, self.device = dtype, device
@@ -105,6 +111,15 @@ class KVStore:
             self.sk_max = torch.zeros_like(self.sk_min)
             self.sk_n = torch.zeros(sketch_layers, rows, kv_heads, pages, dtype=torch.float32, device=device)
             self.sk_n0 = torch.zeros_like(self.sk_n)  # the press's evicted set (recompress returns to it)
+        self.digest_page = digest_page if prompt_capacity else 0
+        self.dg_min = self.dg_max = self.dg_n = self.q_last = None
+        self.digest_active = False  # this run's controller recalls by digest (prefill writes it)
+        if self.digest_page:
+            pages = -(-prompt_capacity // self.digest_page)
+            self.dg_min = torch.zeros(layers, rows, kv_heads, pages, head_dim, dtype=dtype, device=device)
+            self.dg_max = torch.zeros_like(self.dg_min)
+            self.dg_n = torch.zeros(layers, rows, kv_heads, pages, dtype=torch.float32, device=device)
+            self.q_last = torch.zeros(layers, rows, q_heads or kv_heads, head_dim, dtype=dtype, device=device)
         if prompt_capacity:
             fshape = (rows, prompt_capacity, layers, kv_heads, head_dim)
             where = {"device": device} if full_on_device else {"pin_memory": device.type == "cuda"}
@@ -117,32 +132,37 @@ class KVStore:
         """Bytes of K and V over all layers for one slot of one row."""
         return self.layers * self.kv_heads * self.head_dim * self.k.element_size() * 2
 
+    def digest_bytes(self, prompt_len: int) -> int:
+        """GPU bytes of one row's digest for a prompt of ``prompt_len`` positions (min, max, count per page,
+        layer and KV head; 0 when this run keeps none)."""
+        if not (self.digest_active and self.digest_page):
+            return 0
+        pages = -(-prompt_len // self.digest_page)
+        per_page = 2 * self.head_dim * self.dg_min.element_size() + self.dg_n.element_size()
+        return self.layers * self.kv_heads * pages * per_page
+
     def fits(self, rows: int, capacity: int, prompt_capacity: int, dtype: torch.dtype, sketch_layers: int = 0,
-             sketch_positions: int = 0) -> bool:
+             sketch_positions: int = 0, digest_page: int = 0, q_heads: int = 0) -> bool:
         """Whether this store can serve a run (a reversible store serves non-reversible runs too, so an
         evaluation that alternates static and controlled runs allocates its host memory once)."""
         pages = self.sk_n.shape[-1] if self.sk_n is not None else 0
         sketch_ok = (not sketch_layers or (self.sk_n is not None and self.sk_n.shape[0] == sketch_layers
                                            and sketch_positions <= pages * PAGE))
+        digest_ok = not digest_page or (digest_page == self.digest_page and self.q_last.shape[2] == q_heads)
         return (rows == self.rows and capacity <= self.capacity and prompt_capacity <= self.prompt_capacity
-                and dtype == self.dtype and sketch_ok)
+                and dtype == self.dtype and sketch_ok and digest_ok)
 
     def write_sketch(self, j: int, slots: torch.Tensor, keys: torch.Tensor, evicted: torch.Tensor) -> None:
         """Sketch of the evicted keys of probed layer ``j``: ``keys`` (g, H, width, D) as cached, ``evicted``
         (g, H, width) bool."""
-        g, h, width, d = keys.shape
-        pages = self.sk_n.shape[-1]
-        pad = pages * PAGE - width
-        keys = torch.nn.functional.pad(keys, (0, 0, 0, pad)).view(g, h, pages, PAGE, d)
-        ev = torch.nn.functional.pad(evicted, (0, pad)).view(g, h, pages, PAGE)
-        n = ev.sum(-1)
-        big = torch.finfo(keys.dtype).max
-        kmin = torch.where(ev[..., None], keys, big).amin(3)
-        kmax = torch.where(ev[..., None], keys, -big).amax(3)
-        empty = (n == 0)[..., None]
-        self.sk_min[j, slots] = kmin.masked_fill(empty, 0)
-        self.sk_max[j, slots] = kmax.masked_fill(empty, 0)
-        self.sk_n[j, slots] = self.sk_n0[j, slots] = n.float()
+        kmin, kmax, n = _pages(keys, evicted, PAGE, self.sk_n.shape[-1])
+        self.sk_min[j, slots], self.sk_max[j, slots] = kmin, kmax
+        self.sk_n[j, slots] = self.sk_n0[j, slots] = n
+
+    def write_digest(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, evicted: torch.Tensor) -> None:
+        """Digest of the press's evicted keys of ``layer`` (as ``write_sketch``, pages of ``digest_page``)."""
+        kmin, kmax, n = _pages(keys, evicted, self.digest_page, self.dg_n.shape[-1])
+        self.dg_min[layer, slots], self.dg_max[layer, slots], self.dg_n[layer, slots] = kmin, kmax, n
 
     def clear_sketch(self, slots: torch.Tensor) -> None:
         """No evicted keys for these rows (a row whose press kept its whole prompt)."""
@@ -260,6 +280,9 @@ class KVStore:
         if self.sk_n is not None:
             for t in (self.sk_min, self.sk_max, self.sk_n, self.sk_n0):
                 t[:, d] = t[:, s]
+        if self.dg_n is not None:
+            for t in (self.dg_min, self.dg_max, self.dg_n, self.q_last):
+                t[:, d] = t[:, s]
         if self.prompt_capacity:
             if self.copy_stream is not None:
                 self.copy_stream.synchronize()
@@ -353,6 +376,38 @@ class KVStore:
         held = self.held(slots)
         self.rebuild(slots, held.scatter(-1, positions.to(self.device), True))
 
+    def digest_scores(self, slots) -> torch.Tensor:
+        """(L, R, H, N) float32: per prompt position, the upper bound of ``q . k`` over its page's evicted keys
+        for the row's last queries of that layer (max over the KV head's query heads); -inf where the page
+        holds no evicted key or past the prompt."""
+        s = self._slots(slots)
+        nl, r, hq, d = self.layers, len(s), self.q_last.shape[2], self.head_dim
+        q = self.q_last[:, s].view(nl, r, self.kv_heads, hq // self.kv_heads, d)
+        mx, mn, cnt = self.dg_max[:, s], self.dg_min[:, s], self.dg_n[:, s]  # (L, R, H, P, D), (L, R, H, P)
+        bound = (q.clamp(min=0) @ mx.transpose(-1, -2) + q.clamp(max=0) @ mn.transpose(-1, -2)).float().amax(3)
+        bound = bound.masked_fill(cnt == 0, float("-inf"))
+        page_of = self.arange[: self.prompt_capacity] // self.digest_page
+        score = bound[..., page_of]
+        past = self.arange[: self.prompt_capacity][None, :] >= self.prompt_len[s][:, None]  # (R, N)
+        return score.masked_fill(past[None, :, None, :], float("-inf"))
+
+    def reselect(self, slots, k) -> None:
+        """Hold the press's kept prompt entries plus the ``k[r]`` evicted ones whose digest pages score best
+        against each row's last queries, per layer and KV head (a swap: what an earlier reselect brought
+        back and no longer ranks goes). ``k`` (R,) ints, at most what the press evicted; generated entries
+        stay. ``k`` = everything evicted is ``restore``."""
+        s = self._slots(slots)
+        k = torch.as_tensor(k, dtype=torch.long).to(self.device)
+        kept = self.kept[:, s]
+        kmax = int(k.max()) if len(k) else 0
+        present = kept.clone()
+        if kmax > 0:
+            score = self.digest_scores(slots).masked_fill(kept, float("-inf"))
+            top = score.topk(kmax, dim=-1)
+            take = (self.arange[:kmax][None, :] < k[:, None])[None, :, None, :] & (top.values > float("-inf"))
+            present |= torch.zeros_like(kept).scatter_(-1, top.indices, take)
+        self.rebuild(slots, present)
+
     def rollback(self, slots, m, tokens) -> None:
         """Drop each row's last ``m`` generated entries; ``tokens`` are fed next (at the earlier position)."""
         s = self._slots(slots)
@@ -369,6 +424,21 @@ class KVStore:
         self.k[layer, slots, :, :n] = self.k[layer, slots].gather(2, g)
         self.v[layer, slots, :, :n] = self.v[layer, slots].gather(2, g)
         self.pos[layer, slots, :, :n] = self.pos[layer, slots].gather(2, keep)
+
+
+def _pages(keys: torch.Tensor, evicted: torch.Tensor, page: int, pages: int):
+    """Per page of ``page`` positions: elementwise min and max of the evicted keys (0 where none) and their
+    count. ``keys`` (g, H, width, D), ``evicted`` (g, H, width) -> (g, H, pages, D) x 2, (g, H, pages)."""
+    g, h, width, d = keys.shape
+    pad = pages * page - width
+    keys = torch.nn.functional.pad(keys, (0, 0, 0, pad)).view(g, h, pages, page, d)
+    ev = torch.nn.functional.pad(evicted, (0, pad)).view(g, h, pages, page)
+    n = ev.sum(-1)
+    big = torch.finfo(keys.dtype).max
+    empty = (n == 0)[..., None]
+    kmin = torch.where(ev[..., None], keys, big).amin(3).masked_fill(empty, 0)
+    kmax = torch.where(ev[..., None], keys, -big).amax(3).masked_fill(empty, 0)
+    return kmin, kmax, n.float()
 
 
 def _row_major(per_layer: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,108 @@
+"""Accuracy-memory frontiers of the closed loop: per task, per policy family, the best accuracy reachable at
+a mean GPU KV fraction, compared at matched memory and as an area between frontiers.
+
+A family is one policy across its swept knobs and base presses (``hazard`` at every threshold), or one
+static press across its ratios (``static:snapkv``); ``static`` pools every static press. A family's frontier
+at memory x is the most accurate of its points whose mean KV fraction is at most x (a staircase: more
+memory never hurts, since one can always run the cheaper setting), so "at matched KV 0.25" reads "the best
+this family does without holding more than a quarter of the uncompressed KV on average".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LEARNED = "hazard"
+
+
+def task_key(row: dict) -> str:
+    return row["task"] if row.get("format", "default") == "default" else f"{row['task']}.{row['format']}"
+
+
+def family(row: dict) -> str:
+    return f"static:{row['base_press']}" if row["policy"] == "static" else row["policy"]
+
+
+def _point(row: dict) -> dict:
+    return {"kv": row["mean_kv_fraction"], "accuracy": row["accuracy"], "catastrophe_rate": row["catastrophe_rate"],
+            "base": f"{row['base_press']}@{row['base_ratio']:g}", "knob": row.get("knob", {})}
+
+
+def staircase(points: list[dict]) -> list[dict]:
+    """The points no cheaper point beats on accuracy, by mean KV (ties: the cheaper one)."""
+    out = []
+    for p in sorted(points, key=lambda p: (p["kv"], -p["accuracy"])):
+        if not out or p["accuracy"] > out[-1]["accuracy"]:
+            out.append(p)
+    return out
+
+
+def best_at(points: list[dict], x: float) -> dict | None:
+    """The most accurate point with mean KV <= ``x`` (None if the family never gets that low)."""
+    ok = [p for p in points if p["kv"] <= x + 1e-9]
+    return max(ok, key=lambda p: (p["accuracy"], -p["kv"])) if ok else None
+
+
+def area_between(a: list[dict], b: list[dict], grid: int = 2001) -> float | None:
+    """Integral over mean KV of (frontier a - frontier b), where both are defined (from the larger of their
+    cheapest points to 1); positive where a is more accurate. None when they share no range."""
+    if not a or not b:
+        return None
+    lo = max(min(p["kv"] for p in a), min(p["kv"] for p in b))
+    hi = max(1.0, lo)
+    if hi <= lo:
+        return None
+    xs = np.linspace(lo, hi, grid)
+
+    def level(pts):
+        return np.array([best_at(pts, x)["accuracy"] for x in xs])
+
+    d = level(a) - level(b)
+    return float(((d[1:] + d[:-1]) / 2 * np.diff(xs)).sum())
+
+
+def frontiers(rows: list[dict], matched_kv: list[float]) -> dict:
+    """Per task: each family's points and staircase, the families at each matched KV, and the area between
+    the learned (``hazard``) frontier and the best static one."""
+    out = {}
+    for key in sorted({task_key(r) for r in rows}):
+        sub = [r for r in rows if task_key(r) == key]
+        fams: dict[str, list[dict]] = {}
+        for r in sub:
+            fams.setdefault(family(r), []).append(_point(r))
+        full = fams.get("full", [])
+        fams["static"] = [p for f, pts in fams.items() if f.startswith("static:") for p in pts]
+        matched = {}
+        for x in matched_kv:
+            at = {f: best_at(pts, x) for f, pts in sorted(fams.items()) if f != "full"}
+            matched[f"{x:g}"] = {f: p for f, p in at.items() if p is not None}
+        out[key] = {
+            "uncompressed": full[0] if full else None,
+            "families": {f: {"points": sorted(pts, key=lambda p: p["kv"]), "staircase": staircase(pts)}
+                         for f, pts in sorted(fams.items()) if pts},
+            "matched": matched,
+            "area_learned_minus_static": area_between(fams.get(LEARNED, []), fams["static"] + full),
+        }
+    return out
+
+
+def format_matched(fr: dict) -> str:
+    """One table per task: accuracy / catastrophe rate of each family's best point at each matched KV."""
+    lines = []
+    for key, t in fr.items():
+        unc = t["uncompressed"]
+        head = f"frontier {key}" + (f"  (uncompressed: acc {unc['accuracy']:.2f}, catastrophes "
+                                    f"{unc['catastrophe_rate']:.2f})" if unc else "")
+        xs = list(t["matched"])
+        fams = sorted({f for m in t["matched"].values() for f in m})
+        lines += [head, f"{'family':22}" + "".join(f"{'KV<=' + x:>18}" for x in xs)]
+        for f in fams:
+            cells = []
+            for x in xs:
+                p = t["matched"][x].get(f)
+                cells.append(f"{'-':>18}" if p is None else f"{p['accuracy']:7.2f} / {p['catastrophe_rate']:.2f} "
+                                                             f"@{p['kv']:.2f}".rjust(18))
+            lines.append(f"{f:22}" + "".join(cells))
+        if t["area_learned_minus_static"] is not None:
+            lines.append(f"area between the hazard and the best static frontier: {t['area_learned_minus_static']:+.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Frontiers: staircases, matched-KV comparisons, the area between frontiers, and sweeps in evaluate."""
+
+import json
+
+import pytest
+
+from hazard.evaluate import variants
+from hazard.frontiers import area_between, best_at, frontiers, staircase
+
+
+def _row(policy, kv, acc, cat=0.0, press="snapkv", ratio=0.875, knob=None, task="gsm8k"):
+    return {"task": task, "format": "default", "policy": policy, "base_press": press, "base_ratio": ratio,
+            "mean_kv_fraction": kv, "accuracy": acc, "catastrophe_rate": cat, "knob": knob or {}}
+
+
+def test_staircase_keeps_only_points_no_cheaper_point_beats():
+    pts = [{"kv": x, "accuracy": a} for x, a in [(0.3, 0.4), (0.1, 0.2), (0.2, 0.5), (0.5, 0.45), (0.6, 0.6)]]
+    assert [(p["kv"], p["accuracy"]) for p in staircase(pts)] == [(0.1, 0.2), (0.2, 0.5), (0.6, 0.6)]
+    assert best_at(pts, 0.35)["accuracy"] == 0.5 and best_at(pts, 0.05) is None
+
+
+def test_area_between_two_staircases_is_the_accuracy_gap_times_the_memory_it_holds_over():
+    a = [{"kv": 0.2, "accuracy": 0.5}]
+    b = [{"kv": 0.2, "accuracy": 0.3}, {"kv": 0.6, "accuracy": 0.5}]
+    # a leads by 0.2 from 0.2 to 0.6, then they tie up to 1.0
+    assert area_between(a, b) == pytest.approx(0.2 * 0.4, abs=2e-3)
+    assert area_between(b, a) == pytest.approx(-0.08, abs=2e-3) and area_between([], a) is None
+
+
+def test_frontiers_compare_families_at_matched_memory():
+    rows = [_row("full", 1.0, 0.52, 0.05, press="snapkv"),
+            _row("static", 0.20, 0.29, 0.12), _row("static", 0.31, 0.49, 0.04, ratio=0.75),
+            _row("static", 0.22, 0.01, 0.6, press="knorm"),
+            _row("hazard", 0.24, 0.50, 0.05, knob={"trigger": 0.5}),
+            _row("hazard", 0.21, 0.35, 0.1, knob={"trigger": 0.9}),
+            _row("digest_recall", 0.33, 0.45, 0.06)]
+    fr = frontiers(rows, [0.15, 0.25, 0.35])["gsm8k"]
+    m = fr["matched"]
+    assert m["0.15"] == {}
+    assert m["0.25"]["hazard"]["accuracy"] == 0.50 and m["0.25"]["hazard"]["knob"] == {"trigger": 0.5}
+    assert m["0.25"]["static"]["accuracy"] == 0.29 and m["0.25"]["static:knorm"]["accuracy"] == 0.01
+    assert m["0.35"]["static"]["accuracy"] == 0.49 and m["0.35"]["digest_recall"]["accuracy"] == 0.45
+    assert "digest_recall" not in m["0.25"]
+    assert fr["uncompressed"]["accuracy"] == 0.52 and fr["area_learned_minus_static"] > 0
+
+
+def test_variants_sweep_every_list_valued_knob():
+    assert variants({"rollback": 8}) == [{}]
+    assert variants({"trigger": [0.1, 0.2], "budget": [0.1, 0.2], "rollback": 8}) == [
+        {"trigger": 0.1, "budget": 0.1}, {"trigger": 0.1, "budget": 0.2},
+        {"trigger": 0.2, "budget": 0.1}, {"trigger": 0.2, "budget": 0.2}]
+
+
+def test_evaluate_sweeps_knobs_and_static_ratios_into_frontiers(tmp_path):
+    from hazard.cli import main
+
+    out = tmp_path / "cl.json"
+    args = ["evaluate", "--output", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "12", "--batch_size", "4",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 3, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]",
+            "--static_sweep", "[{name: knorm, ratio: 0.5}, {name: knorm, ratio: 0.75}, {name: snapkv, ratio: 0.5,"
+                              " kwargs: {window_size: 4}}]",
+            "--policies", "[static, full, digest_recall, entropy_rule]",
+            "--policy_options", "{digest_recall: {budget: [0.1, 0.3], interval: 4}, entropy_rule: "
+                                "{trigger: [0.0, 100.0], action: recall, budget: 0.2, rollback: 2}}"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    rows = [(r["base_press"], r["base_ratio"], r["policy"], r["knob"]) for r in res["rows"]]
+    k = ("knorm", 0.75)
+    assert rows == [(*k, "static", {}), (*k, "full", {}),
+                    (*k, "digest_recall", {"budget": 0.1}), (*k, "digest_recall", {"budget": 0.3}),
+                    (*k, "entropy_rule", {"trigger": 0.0}), (*k, "entropy_rule", {"trigger": 100.0}),
+                    ("knorm", 0.5, "static", {}), ("snapkv", 0.5, "static", {})]
+    by = {(r["policy"], json.dumps(r["knob"])): r for r in res["rows"]}
+    kv = {k: r["mean_kv_fraction"] for k, r in by.items()}
+    assert kv[("digest_recall", '{"budget": 0.1}')] < kv[("digest_recall", '{"budget": 0.3}')] < 1.0
+    static = res["rows"][0]["mean_kv_fraction"]
+    # a recalling policy that never fires still holds its digest on the GPU: counted
+    assert static < kv[("entropy_rule", '{"trigger": 100.0}')] < kv[("entropy_rule", '{"trigger": 0.0}')]
+    assert by[("entropy_rule", '{"trigger": 100.0}')]["accuracy"] == res["rows"][0]["accuracy"]
+    assert by[("entropy_rule", '{"trigger": 0.0}')]["trigger_rate"] == 1.0
+    fr = res["frontiers"]["kv_retrieval"]["families"]
+    assert {"static:knorm", "static:snapkv", "static", "digest_recall", "entropy_rule", "full"} <= set(fr)
+    assert len(fr["static:knorm"]["points"]) == 2 and res["git_sha"]
+    assert (tmp_path / "cl_kv_retrieval.png").stat().st_size > 1000
+
+
+def test_a_bad_knob_fails_before_the_model_loads(tmp_path, capsys):
+    from hazard.cli import main
+
+    args = ["evaluate", "--output", str(tmp_path / "x.json"), "--model.path", str(tmp_path / "nowhere"),
+            "--tasks", "[{name: kv_retrieval}]", "--base_presses", "[{name: knorm, ratio: 0.75}]",
+            "--policy_options", "{digest_recall: {budget: [0.1, 2.0]}}"]
+    assert main(args) == 2
+    assert "budget" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""Recall under a cap: the evicted-key digest, ``KVStore.reselect``, the ``recall`` action and ``digest_recall``."""
+
+import numpy as np
+import pytest
+import torch
+from kvpress.utils import compute_n_kept
+from test_control import Scripted, _prompts
+from test_engine import _store_after_prefill
+
+from hazard.compression import PressSpec, build_press
+from hazard.control import PolicyController, build_policy
+from hazard.control.policies import DIGEST_PAGE
+from hazard.engine import Controller, Engine
+from hazard.errors import HazardError
+
+SPEC = PressSpec("snapkv", 0.75, {"window_size": 8})
+
+
+def _digest_store(model64, seed=9, page=4):
+    p = _prompts(1, seed=seed)[0]
+    return p, _store_after_prefill(model64, p, SPEC, digest_page=page)
+
+
+def test_digest_bounds_every_evicted_key_and_knows_what_was_evicted(model64):
+    p, st = _digest_store(model64)
+    n = len(p)
+    scores = st.digest_scores([1])[:, 0, :, :n]  # (L, H, N)
+    evicted = ~st.kept[:, 1, :, :n]
+    assert torch.isfinite(scores[evicted]).all()
+    # pages with no evicted key score -inf; the count per page is the evicted count
+    assert int(st.dg_n[:, 1].sum()) == int(evicted.sum())
+    keys = st.full_k[1, :n].permute(1, 2, 0, 3)  # (L, H, N, D)
+    L, H = keys.shape[:2]
+    q = st.q_last[:, 1].view(L, H, -1, st.head_dim)  # (L, H, G, D): the last prompt token's queries
+    exact = (q @ keys.transpose(-1, -2)).amax(2)  # (L, H, N)
+    assert (exact[evicted] <= scores[evicted] + 1e-9).all()  # an upper bound for each evicted key
+    assert q.abs().sum() > 0  # the prefill left real queries to rank against
+
+
+def test_reselect_of_everything_is_restore_and_a_share_stays_within_its_cap(model64):
+    p, st = _digest_store(model64)
+    n = len(p)
+    n_kept = compute_n_kept(n, SPEC.ratio)
+    full = _store_after_prefill(model64, p, PressSpec("none"))
+    with torch.inference_mode():
+        st.reselect([1], [n - n_kept])
+    assert int(st.lens[1]) == n
+    assert torch.equal(st.k[:, 1, :, :n], full.k[:, 1, :, :n])
+    assert torch.equal(st.pos[:, 1, :, :n], full.pos[:, 1, :, :n])
+    scores = st.digest_scores([1])[:, 0, :, :n]
+    for k in (3, 5, 3):  # a swap: a smaller share after a larger one holds the smaller share
+        with torch.inference_mode():
+            st.reselect([1], [k])
+        assert int(st.lens[1]) == n_kept + k
+        held = st.held([1])[:, 0, :, :n]
+        kept = st.kept[:, 1, :, :n]
+        assert (held & kept).sum(-1).eq(n_kept).all() and (held & ~kept).sum(-1).eq(k).all()
+        recalled = scores.masked_fill(~(held & ~kept), float("inf")).amin(-1)
+        left_out = scores.masked_fill(held | kept, float("-inf")).amax(-1)
+        assert (recalled >= left_out).all()  # the best-ranked evicted entries, per layer and KV head
+        pos = st.pos[:, 1, :, : n_kept + k]
+        assert (pos[..., 1:] > pos[..., :-1]).all()  # position order kept
+
+
+def test_recall_action_of_everything_equals_restore_in_the_engine(model64):
+    """("reselect", 1.0) + rollback to the prompt end regenerates what ("restore",) + rollback does."""
+    prompts = _prompts(3, seed=1)
+    press = build_press(PressSpec("knorm", 0.75))
+
+    class Recall(Scripted):
+        digest_page = DIGEST_PAGE
+
+        def observe(self, slots, rows, packets, steps, extra=None):
+            out = super().observe(slots, rows, packets, steps, extra)
+            return {r: [("reselect", 1.0), a[1]] for r, a in out.items()}
+
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
+    static = eng.generate(prompts, press)
+    at = max(2, min(6, *(len(s.tokens) for s in static)))  # every row must still be generating then
+    restored = eng.generate(prompts, press, controller=Scripted(at=at))
+    recalled = eng.generate(prompts, press, controller=Recall(at=at))
+    full = eng.generate(prompts, None)
+    for a, b, f in zip(restored, recalled, full):
+        assert a.tokens == b.tokens == f.tokens
+        assert [e[1] for e in b.control["events"]] == ["reselect", "rollback"]
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.25])
+def test_digest_recall_holds_its_cap_and_counts_the_digest_in_memory(model64, budget):
+    prompts = _prompts(3, seed=3)
+    eng = Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    ctl = PolicyController(build_policy("digest_recall", budget=budget, interval=4))
+    gens = eng.generate(prompts, press, controller=ctl)
+    st = eng.store
+    for p, g in zip(prompts, gens):
+        n = len(p)
+        kept = compute_n_kept(n, 0.75)
+        cap = kept + min(int(np.ceil(budget * n)), n - kept)
+        t = np.arange(len(g.tokens))
+        assert (g.kv_tokens <= cap + t).all()
+        assert (g.kv_tokens == np.where(t == 0, kept, cap + t)).all()  # selected from the first decode step on
+        # the digest's GPU bytes, counted in kv_bytes, are the bytes of its tensors for this prompt
+        pages = -(-n // st.digest_page)
+        tensors = sum(x[:, 0, :, :pages].nbytes for x in (st.dg_min, st.dg_max, st.dg_n))
+        assert (g.kv_bytes - g.kv_tokens * g.bytes_per_token == tensors).all() and tensors > 0
+        assert [e[1] for e in g.control["events"]] == ["reselect"] * len(range(0, len(g.tokens) - 1, 4))
+
+
+def test_a_triggered_policy_recalls_under_its_budget_and_recompresses(model64):
+    prompts = _prompts(2, seed=4)
+    eng = Engine(model64, [256], max_new_tokens=24, batch_size=2, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    # entropy >= 0 always: fires on the first token, recompresses after 5 calm... never calm; relaxed to the end
+    ctl = PolicyController(build_policy("entropy_rule", trigger=0.0, action="recall", budget=0.2, calm_tokens=0,
+                                        rollback=0))
+    gens = eng.generate(prompts, press, controller=ctl)
+    for p, g in zip(prompts, gens):
+        kept = compute_n_kept(len(p), 0.75)
+        cap = kept + int(np.ceil(0.2 * len(p)))
+        assert g.kv_tokens.max() - (len(g.tokens) - 1) <= cap
+        assert [e[1] for e in g.control["events"]] == ["reselect"]
+    assert ctl.digest_page == DIGEST_PAGE
+
+
+def test_static_runs_keep_no_digest(model64):
+    eng = Engine(model64, [256], max_new_tokens=8, batch_size=2)
+    g = eng.generate(_prompts(2, seed=5), build_press(PressSpec("knorm", 0.5)), controller=Controller())[0]
+    assert (g.kv_bytes == g.kv_tokens * g.bytes_per_token).all()
+
+
+@pytest.mark.parametrize("kw", [{"action": "offload"}, {"action": "recall", "budget": 0.0},
+                                {"action": "recall", "budget": 1.5}])
+def test_bad_recall_settings_fail_with_one_line(kw):
+    with pytest.raises(HazardError, match="action|budget"):
+        build_policy("hazard", **kw)
+    with pytest.raises(HazardError, match="interval"):
+        build_policy("digest_recall", interval=0)
