@@ -3,7 +3,8 @@
 #   collect  hazard collect (configs/collect/campaign_<m>.yaml), stopping between settings before BUDGET
 #   train    hazard train report (configs/train/campaign_<m>.yaml): guard, baselines, held-out splits, W&B
 # MODEL=q15 (default) or q05; MODEL=cross trains on both collections (configs/train/campaign_cross.yaml);
-# REPORT=<name> trains configs/train/<name>.yaml instead of campaign_<m>.yaml.
+# REPORT=<name> trains configs/train/<name>.yaml instead of campaign_<m>.yaml; COLLECT=<name> collects
+# configs/collect/<name>.yaml instead of campaign_<m>.yaml.
 # Before the first call: the GGUF chunks staged (gpu/README.md), the wheels in .whl (with .whl/wandb), GSM8K
 # in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
 #   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
@@ -24,7 +25,8 @@ if [ "$M" = cross ]; then source gpu/setup.sh || exit 2; else source gpu/setup.s
 mkdir -p /tmp/hz
 STEPS=${STEPS:-collect train}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
-C=campaign_$M${PART:+_p$PART}  # this collection's name
+COLLECT=${COLLECT:-campaign_$M}  # the collect config, configs/collect/$COLLECT.yaml (output_dir /tmp/traces/$COLLECT)
+C=$COLLECT${PART:+_p$PART}  # this collection's name
 PART_ARGS=()
 if [ -n "${PART:-}" ]; then
   PART_ARGS=(--output_dir "/tmp/traces/$C" --summary_out "/tmp/hz/${C}_summary.json"
@@ -34,7 +36,7 @@ fi
 if want collect; then
   left=$((BUDGET - (SECONDS - start) - 40))  # a setting of a chunk takes ~10-30 s; keep a margin
   # COLLECT_ARGS: more overrides, e.g. "--verify_window 16" (the verify-window signals)
-  python3 -m hazard.cli collect --config "configs/collect/campaign_$M.yaml" --time_budget_s "$left" "${PART_ARGS[@]}" \
+  python3 -m hazard.cli collect --config "configs/collect/$COLLECT.yaml" --time_budget_s "$left" "${PART_ARGS[@]}" \
     ${COLLECT_ARGS:-} \
     2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$C.log" | tail -40
   cp "/tmp/traces/$C/manifest.json" "$OUT/${C}_manifest.json" 2>/dev/null

@@ -182,6 +182,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                    "ms_per_token": 1000 * secs / max(sum(len(g.tokens) for g in gens), 1),
                    "rows": [{k: r[k] for k in (ROW_KEYS if twin else OUTCOME_KEYS)} for r in rows]}
             write_json(path, rec)
+            # one line per run: the demo and the device logs show progress without a terminal
+            print(f"evaluate: {unit} {key.replace('__', ' ')}: accuracy {res['accuracy']:.2f}, catastrophes "
+                  f"{res['catastrophe_rate']:.2f}, mean KV {res['mean_kv_fraction']:.2f} ({secs:.0f} s)", flush=True)
             return rec
 
         full = run("full", PressSpec("none"), twin=True)

@@ -41,7 +41,8 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
         axes[0].step([p["kv"] for p in stair], [p["accuracy"] for p in stair], where="post", label=fam, **style)
         axes[0].scatter([p["kv"] for p in pts], [p["accuracy"] for p in pts], s=10,
                         color=axes[0].lines[-1].get_color(), alpha=0.5)
-        axes[1].plot([p["kv"] for p in pts], [p["catastrophe_rate"] for p in pts], label=fam, **style)
+        axes[1].scatter([p["kv"] for p in pts], [p["catastrophe_rate"] for p in pts], label=fam, s=18,
+                        color=axes[0].lines[-1].get_color(), marker="." if fam.startswith("static:") else "o")
     unc = fr.get("uncompressed")
     for ax, y in zip(axes, ("accuracy", "catastrophe_rate")):
         if unc:
@@ -49,8 +50,8 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
             ax.axhline(unc[y], color="gold", lw=0.8)
         ax.set(xlabel="mean GPU KV held / uncompressed", ylabel=y.replace("_", " "), xlim=(0, 1.05))
     axes[0].set_title(f"{key}: best accuracy at <= KV (staircase)")
-    axes[1].set_title(f"{key}: catastrophes (loop or non-termination)")
-    axes[0].legend(fontsize=7, ncol=2)
+    axes[1].set_title(f"{key}: loops or non-terminations, every run")
+    axes[0].legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

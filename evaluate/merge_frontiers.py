@@ -1,0 +1,59 @@
+"""Several closed-loop JSONs of the same model, prompts and uncompressed run -> one frontier file + PNGs.
+
+    python evaluate/merge_frontiers.py evaluate/results/frontier_q15/closed_loop.json \
+        evaluate/results/frontier_q15_ea/closed_loop.json --out evaluate/results/frontier_q15_all.json
+
+Rows are pooled (one ``full`` row per task: every input must have measured the same uncompressed run, or
+the merge stops), frontiers recomputed (``hazard.frontiers``), one PNG per task beside ``--out``, and the
+matched-KV table printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hazard.frontiers import format_matched, frontiers, task_key
+from hazard.report import frontier_plot
+from hazard.traces import write_json
+
+
+def merge(paths: list[Path], matched_kv: list[float]) -> dict:
+    results = [json.loads(p.read_text()) for p in paths]
+    if len({r["model"] for r in results}) != 1:
+        raise SystemExit(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
+    rows, seen = [], {}
+    for res in results:
+        for r in res["rows"]:
+            # one full row per task, one row per static setting (a static run of one file may be the base
+            # press of another): the same run measured twice must agree, and is kept once
+            key = (task_key(r), r["policy"]) + (() if r["policy"] == "full" else
+                                                (r["base_press"], r["base_ratio"], json.dumps(r.get("knob", {}))))
+            if r["policy"] in ("full", "static") and key in seen:
+                if (seen[key]["accuracy"], seen[key]["n"]) != (r["accuracy"], r["n"]):
+                    raise SystemExit(f"merge_frontiers: {key}: the inputs measured this run differently")
+                continue
+            seen[key] = r
+            rows.append(r)
+    return {"model": results[0]["model"], "sources": [str(p) for p in paths],
+            "hardware": sorted({r["hardware"] for r in results}), "git_sha": sorted({r.get("git_sha", "") for r in results}),
+            "max_new_tokens": sorted({r["max_new_tokens"] for r in results}), "seed": sorted({r["seed"] for r in results}),
+            "rows": rows, "frontiers": frontiers(rows, matched_kv)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("inputs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--kv", type=float, nargs="+", default=[0.15, 0.25, 0.35])
+    a = ap.parse_args()
+    res = merge(a.inputs, a.kv)
+    write_json(a.out, res)
+    for key, f in res["frontiers"].items():
+        frontier_plot(key, f, a.out.with_name(f"{a.out.stem}_{key}.png"))
+    print(format_matched(res["frontiers"]))
+
+
+if __name__ == "__main__":
+    main()
