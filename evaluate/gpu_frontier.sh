@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 12's frontiers on one GPU, run on the device machine from the repo root:
-#   CONFIG=frontier_q15 bash evaluate/gpu_frontier.sh      (configs/evaluate/$CONFIG.yaml)
+#   CONFIG=frontier_q15 [MODEL=q15] bash evaluate/gpu_frontier.sh      (configs/evaluate/$CONFIG.yaml)
 # The evaluation writes under /tmp/hz/eval/$CONFIG (the device's copy of the working tree is replaced on
 # every call: nothing written there survives to the next one). Every (task, press, policy, knob) run is
 # saved in closed_loop.parts when it ends, so a call stopped by BUDGET goes on in the next call on a warm
@@ -12,7 +12,7 @@ set -uo pipefail
 BUDGET=${BUDGET:-560}
 CONFIG=${CONFIG:-frontier_q15}
 start=$SECONDS
-source gpu/setup.sh q15 || exit 2
+source gpu/setup.sh "${MODEL:-q15}" || exit 2  # MODEL: the short name the config's model path needs
 export WANDB_MODE=disabled
 work=/tmp/hz/eval/$CONFIG
 mkdir -p "$work"
