@@ -17,6 +17,7 @@ declare -A SHA=(  # of the assembled GGUF files, as ../shared/tools/models.py li
 mkdir -p /tmp/models
 mv .stage/*.part* /tmp/models/ 2>/dev/null || true
 if [ ! -f /tmp/site/.installed ]; then
+  compgen -G ".whl/*.whl" > /dev/null || { echo "gpu/setup.sh: no wheels in .whl and none installed on this machine: carry .whl"; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   touch /tmp/site/.installed
 fi
@@ -33,8 +34,11 @@ for short in "$@"; do
   name=${GGUF[$short]:?unknown model $short (known: ${!GGUF[*]})}
   [ -f "/tmp/$short/config.json" ] && continue
   parts=(/tmp/models/"$name".gguf.part*)
-  [ -e "${parts[0]}" ] || { echo "gpu/setup.sh: no chunks of $name in /tmp/models; stage them first (gpu/README.md)"; exit 2; }
-  cat "${parts[@]}" > "/tmp/models/$name.gguf"
+  if [ -e "${parts[0]}" ]; then
+    cat "${parts[@]}" > "/tmp/models/$name.gguf"
+  elif [ ! -f "/tmp/models/$name.gguf" ]; then
+    echo "gpu/setup.sh: no chunks of $name in /tmp/models; stage them first (gpu/README.md)"; exit 2
+  fi
   got=$(sha256sum "/tmp/models/$name.gguf" | cut -d' ' -f1)
   if [ "$got" != "${SHA[$name]}" ]; then
     echo "gpu/setup.sh: $name.gguf sha256 $got != ${SHA[$name]}: a chunk is missing or broken; stage again"
@@ -42,7 +46,8 @@ for short in "$@"; do
   fi
   rm -f "${parts[@]}"
   t0=$SECONDS
-  python3 - "$name" "$short" <<'PY'
+  # a failed conversion (e.g. the wheels not installed: no gguf) keeps the assembled GGUF for the next call
+  python3 - "$name" "$short" <<'PY' || { echo "gpu/setup.sh: converting $name failed; the GGUF stays in /tmp/models"; eval "$_hz_opts"; return 2 2>/dev/null || exit 2; }
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 name, short = sys.argv[1:]
