@@ -1,6 +1,6 @@
 # One command per job. Both install what they need into .venv first.
-#   make demo   collect labelled traces with a real small model (SmolLM2-135M) on this CPU, then train
-#               a hazard predictor on them, and run it as a live controller (closed-loop table)
+#   make demo   collect labelled traces with a real small model (Qwen2.5-Coder-0.5B) on this CPU, train a
+#               hazard predictor on them, then run the shipped guard as a live controller (frontier table)
 #   make test   the test suite (CPU, tiny random models, no downloads)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -26,12 +26,12 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check hazard tests
 
-$(MODELS)/smollm2-135m-instruct.gguf:
+$(MODELS)/qwen2.5-coder-0.5b-instruct.gguf:
 	@test -f $(SHARED)/tools/models.py || { echo "make demo: $(SHARED)/tools/models.py not found; set SHARED=path/to/shared"; exit 2; }
-	$(PY) $(SHARED)/tools/models.py fetch smollm2-135m-instruct --dest $(MODELS)
+	$(PY) $(SHARED)/tools/models.py fetch qwen2.5-coder-0.5b-instruct --dest $(MODELS)
 
-demo: install $(MODELS)/smollm2-135m-instruct.gguf
-	$(VENV)/bin/hazard collect --config configs/collect/demo.yaml --model.path $(MODELS) --tasks.0.options.path $(SHARED)/data/gsm8k
+demo: install $(MODELS)/qwen2.5-coder-0.5b-instruct.gguf
+	$(VENV)/bin/hazard collect --config configs/collect/demo.yaml --model.path $(MODELS)
 	WANDB_MODE=offline $(VENV)/bin/hazard train report --config configs/train/demo.yaml
 	$(VENV)/bin/hazard evaluate --config configs/evaluate/demo.yaml --model.path $(MODELS)
 
