@@ -36,9 +36,11 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
                 continue
             seen[key] = r
             rows.append(r)
-    return {"model": results[0]["model"], "sources": [str(p) for p in paths],
-            "hardware": sorted({r["hardware"] for r in results}), "git_sha": sorted({r.get("git_sha", "") for r in results}),
-            "max_new_tokens": sorted({r["max_new_tokens"] for r in results}), "seed": sorted({r["seed"] for r in results}),
+    def every(key: str) -> list:
+        return sorted({r.get(key, "") for r in results})
+
+    return {"model": results[0]["model"], "sources": [str(p) for p in paths], "hardware": every("hardware"),
+            "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
             "rows": rows, "frontiers": frontiers(rows, matched_kv)}
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -226,6 +227,9 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
                        {"generated_tokens": tokens, "seconds": seconds * tokens / total, "hardware": hardware(),
                         "settings_in_batch": len(group)})
             written += 1
+            # one line per shard: progress without a terminal (the bars above need one)
+            print(f"collect: {path.stem}: {len(rows)} traces, accuracy {np.mean([r['correct'] for r in rows]):.2f}, "
+                  f"catastrophes {np.mean([r['catastrophe'] for r in rows]):.2f} ({seconds:.0f} s)", flush=True)
     return written, skipped, False
 
 

@@ -40,6 +40,8 @@ class Controller:
     in ``admit``.
     """
 
+    digest_page: int = 0  # > 0: the engine keeps an evicted-key digest (pages of this many positions) for reselect
+
     def begin(self, n_slots: int, device=None) -> None:
         """A ``generate`` call starts on ``device``; at most ``n_slots`` rows are live at once."""
 
@@ -61,6 +63,8 @@ class Controller:
         recorded for the row so far, this one included; ``extra``: what ``device_step`` returned for
         these rows, on the host. Returns row -> actions, each ``("restore",)``,
         ``("recall", positions)`` (an int array (layers, kv_heads, k) of evicted prompt positions),
+        ``("reselect", share)`` (hold the press's entries plus the ``share`` x prompt length evicted ones the
+        digest ranks best against the row's current queries; needs ``digest_page`` > 0 on the controller),
         ``("rollback", m)`` or ``("recompress",)``, applied in order.
         """
         return {}
