@@ -49,6 +49,17 @@ def digest_page(policy) -> int:
     return DIGEST_PAGE if getattr(policy, "action", "restore") == "recall" else 0
 
 
+@dataclass
+class _Relief:
+    """``action`` and ``budget`` (module docstring), checked once; ``relief`` is the resulting cache action."""
+
+    action: str = "restore"
+    budget: float = 0.125
+
+    def __post_init__(self):
+        self.relief = relief(self.action, self.budget)
+
+
 def _relax(st: RowState, rollback: int, acts: list[tuple]) -> list[tuple]:
     st.relaxed, st.calm, st.above = True, 0, 0
     st.triggers += 1
@@ -75,7 +86,7 @@ class StaticPolicy:
 
 
 @dataclass
-class ThresholdPolicy:
+class ThresholdPolicy(_Relief):
     """Relax when ``signal`` >= ``trigger`` for ``sustain`` tokens; recompress after ``calm_tokens`` below ``release``.
 
     Parameters
@@ -107,11 +118,6 @@ class ThresholdPolicy:
     calm_tokens: int = 32
     cooldown: int = 16
     rollback: int = 0
-    action: str = "restore"
-    budget: float = 0.125
-
-    def __post_init__(self):
-        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if st.relaxed:
@@ -174,7 +180,7 @@ def _threshold_rows(p: ThresholdPolicy, x: np.ndarray, s: RowStates, idx: np.nda
 
 
 @dataclass
-class RandomPolicy:
+class RandomPolicy(_Relief):
     """Trigger at random with probability ``rate`` per compressed token (set to the hazard policy's
     measured trigger rate for a fair comparison); relax for ``calm_tokens`` tokens."""
 
@@ -185,13 +191,11 @@ class RandomPolicy:
     cooldown: int = 16
     rollback: int = 0
     seed: int = 0
-    action: str = "restore"
-    budget: float = 0.125
     rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
+        super().__post_init__()
         self.rng = np.random.default_rng(self.seed)
-        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if st.relaxed:
@@ -201,7 +205,7 @@ class RandomPolicy:
 
 
 @dataclass
-class OraclePolicy:
+class OraclePolicy(_Relief):
     """Fire ``lead`` tokens before the true onset (known from the static run of the same prompt): an upper
     bound for any predictor with that lead. Stays relaxed to the end."""
 
@@ -209,11 +213,6 @@ class OraclePolicy:
     signal: str = "none"
     lead: int = 8
     rollback: int = 0
-    action: str = "restore"
-    budget: float = 0.125
-
-    def __post_init__(self):
-        self.relief = relief(self.action, self.budget)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if not st.relaxed and onset >= 0 and t >= onset - self.lead:
@@ -238,7 +237,7 @@ class ScheduledPolicy:
 
 
 @dataclass
-class DetectRewindPolicy:
+class DetectRewindPolicy(_Relief):
     """The non-learned reactive baseline: watch the generated tokens (``hazard.control.cycles``, the loop
     label's rule online); once they end in a sustained cycle, restore every evicted entry and roll back to
     ``margin`` tokens before the cycle's first token, then stay relaxed (full prompt cache) to the end.
@@ -264,11 +263,6 @@ class DetectRewindPolicy:
     periods: int = 3
     min_span: int = 16
     margin: int = 4
-    action: str = "restore"
-    budget: float = 0.125
-
-    def __post_init__(self):
-        self.relief = relief(self.action, self.budget)
 
     def actions(self, n_tokens: int, start: int) -> list[tuple]:
         """A row with ``n_tokens`` recorded whose cycle starts at ``start``: restore or recall, then roll back."""

@@ -147,7 +147,8 @@ class Prefill:
                 store.clear_sketch(g.slots)
             if store.digest_active and not g.compress:
                 store.dg_n[:, g.slots] = 0
-        slot_t, idx_t = torch.tensor(slots, device=dev), torch.tensor(uniq, device=dev)
+        if store.digest_active:  # where each row's last-token queries go
+            slot_t, idx_t = torch.tensor(slots, device=dev), torch.tensor(uniq, device=dev)
 
         def hook(module, args, kwargs, output):
             li = module.layer_idx
