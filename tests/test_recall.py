@@ -136,3 +136,40 @@ def test_bad_recall_settings_fail_with_one_line(kw):
         build_policy("hazard", **kw)
     with pytest.raises(HazardError, match="interval"):
         build_policy("digest_recall", interval=0)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_the_verify_decision_acts_once_when_its_window_closes(model64, window):
+    """kl >= -1 always holds: every row restores after its window and, rolled back to the first token,
+    regenerates the uncompressed run; its shadow's K/V count while it lives."""
+    prompts = _prompts(3, seed=6)
+    eng = Engine(model64, [256], max_new_tokens=16, batch_size=6, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    full = eng.generate(prompts, None)
+    ctl = PolicyController(build_policy("verify", window=window, kl=-1.0, rollback=10**6))
+    gens = eng.generate(prompts, press, controller=ctl)
+    for p, f, g in zip(prompts, full, gens):
+        if len(g.tokens) <= window:  # ended inside its window: no decision
+            assert g.control["events"] == []
+            continue
+        assert g.tokens == f.tokens
+        assert g.control["events"] == [(window + 1, "restore"), (window + 1, "rollback")]
+        t = np.arange(len(g.tokens))
+        shadow = g.kv_bytes - g.kv_tokens * g.bytes_per_token
+        assert (shadow == np.where(t <= window, (len(p) + t) * g.bytes_per_token, 0)).all()
+
+
+def test_a_verify_window_that_agrees_keeps_the_compressed_run(model64):
+    prompts = _prompts(3, seed=7)
+    eng = Engine(model64, [256], max_new_tokens=12, batch_size=6, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    static = eng.generate(prompts, press)
+    gens = eng.generate(prompts, press, controller=PolicyController(build_policy("verify", window=4, kl=np.inf)))
+    assert [g.tokens for g in gens] == [s.tokens for s in static]  # the shadows never touch their rows
+    assert all(g.control["events"] == [] for g in gens)
+    assert any(np.isfinite(g.signals[:, -3]).all() and g.signals[1:5, -3].max() > 0 for g in gens)  # KL measured
+    with pytest.raises(HazardError, match="without a controller"):
+        Engine(model64, [256], max_new_tokens=4, batch_size=4, verify_window=2).generate(
+            prompts, press, controller=PolicyController(build_policy("verify", window=2)))
+    with pytest.raises(HazardError, match="window"):
+        build_policy("verify", window=0)

@@ -27,6 +27,7 @@ from hazard.control.policies import (
     RowStates,
     StaticPolicy,
     ThresholdPolicy,
+    VerifyPolicy,
     digest_page,
 )
 from hazard.engine import Controller
@@ -101,6 +102,7 @@ class PolicyController(Controller):
         self._graphs: dict | None = None
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
         self.digest_page = digest_page(policy)  # the engine keeps an evicted-key digest when > 0 (recall)
+        self.verify_window = policy.window if isinstance(policy, VerifyPolicy) else 0  # the engine shadows rows
         self.onsets = onsets or {}
         self.states: dict[int, RowState] = {}
         self.guard_failures = 0
@@ -226,6 +228,12 @@ class PolicyController(Controller):
             return self._rewind(slots, rows, packets, steps)
         if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again
             return {int(r): list(self.policy.relief) for r in rows[self.policy.due(steps)]}
+        if isinstance(self.policy, VerifyPolicy):  # once per row, when its window closes (a rollback to before
+            due = ~self._rows.relaxed[slots] & (steps == self.policy.window + 1)  # it does not reopen it)
+            act = due & self.policy.decide_rows(steps, packets[:, _COL["verify_kl"]], packets[:, _COL["verify_top1"]])
+            self._rows.relaxed[slots[due]] = True  # decided: kept compressed or relieved, to the end
+            self._rows.triggers[slots[act]] += 1
+            return {int(r): self.policy.actions() for r in rows[act]}
         if self.policy.signal == "hazard":
             signal = extra[:, 0] if extra is not None else np.full(len(rows), np.inf)
             if not np.all(np.isfinite(signal)):  # raised, NaN or too slow: counted once per step

@@ -1,6 +1,7 @@
 """Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
 ``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
-reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best).
+reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
+``verify`` decides once, after a verify window beside an uncompressed shadow.
 
 What a triggered policy brings back is its ``action``: ``restore`` (every evicted prompt entry) or
 ``recall`` (``budget`` x prompt length of them per layer and KV head, ranked by the evicted-key digest
@@ -271,6 +272,45 @@ class DetectRewindPolicy(_Relief):
 
 
 @dataclass
+class VerifyPolicy(_Relief):
+    """The verify-window decision: every row runs its first ``window`` decode steps beside an uncompressed
+    shadow (the engine's verify window; the shadow's K/V count in the row's memory while it lives), then
+    once, at that step, keeps its compressed cache or brings entries back (``action``) and rolls back.
+
+    Parameters
+    ----------
+    window : int
+        Decode steps verified (the shadow's lifetime).
+    kl : float
+        Act when the mean KL(uncompressed || compressed) over the window is at least this.
+    top1 : float
+        Also act when the window's top-1 agreement is below this (0: KL only).
+    rollback : int
+        Tokens regenerated after acting (at most the window's).
+    """
+
+    name: str = "verify"
+    signal: str = "verify"
+    window: int = 16
+    kl: float = 0.5
+    top1: float = 0.0
+    rollback: int = 16
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.window < 1:
+            raise HazardError(f"verify window must be >= 1 decode step, got {self.window}")
+
+    def decide_rows(self, steps: np.ndarray, kl: np.ndarray, top1: np.ndarray) -> np.ndarray:
+        """Rows (by recorded-token counts and the window's running means) that act this step: the step that
+        closes their window, when it disagrees enough."""
+        return (steps == self.window + 1) & ((kl >= self.kl) | (top1 < self.top1))
+
+    def actions(self) -> list[tuple]:
+        return list(self.relief) + ([("rollback", self.rollback)] if self.rollback else [])
+
+
+@dataclass
 class DigestRecallPolicy:
     """The non-learned query-aware baseline (ArkVale-style): every ``interval`` generated tokens, from the
     first, each row holds the press's kept prompt entries plus the ``budget`` share of the prompt whose
@@ -310,8 +350,10 @@ POLICIES = {
     "scheduled": ScheduledPolicy,
     "detect_rewind": DetectRewindPolicy,
     "digest_recall": DigestRecallPolicy,
+    "verify": VerifyPolicy,
 }
-POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall"]
+POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall",
+                "verify"]
 
 
 def build_policy(name: str, **kwargs):

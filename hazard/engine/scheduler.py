@@ -71,8 +71,10 @@ class Engine:
     verify_window : int
         Shadow each row for its first ``verify_window`` decode steps with an uncompressed twin in a spare
         slot, fed the row's tokens, for the ``verify_kl`` / ``verify_top1`` signals (0: off). Admission
-        then takes at most half the free slots. Not with a controller; a decode-time press runs without
-        shadows (its rows keep 0 / 1).
+        then takes at most half the free slots. Not with a controller here: a controller that decides on
+        the window (``verify_window`` > 0 on it, e.g. the ``verify`` policy) gets one of its own, and its
+        shadows' K/V count in the rows' ``kv_bytes``. A decode-time press runs without shadows (its rows
+        keep 0 / 1).
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
@@ -125,7 +127,11 @@ class Engine:
         if controller is not None and is_decoding(presses[0] if presses else None):
             raise HazardError("a controller acts on prefill compression; decode_* presses are not supported")
         if self.verify_window and controller is not None:
-            raise HazardError("engine: verify_window runs without a controller")
+            raise HazardError("engine: verify_window runs without a controller (a controller that decides on the "
+                              "window sets its own verify_window)")
+        window = self.verify_window or getattr(controller, "verify_window", 0)
+        if window and (not self.signals or self.batch_size < 2):
+            raise HazardError("engine: a verify window needs signals and a batch of at least 2 (a row and its shadow)")
         if any(len(p) == 0 for p in prompts):
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
         t0 = time.perf_counter()
@@ -137,7 +143,7 @@ class Engine:
             if not todo:
                 break
             try:
-                self._run(prompts, todo, presses, controller, results)
+                self._run(prompts, todo, presses, controller, results, window)
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -156,7 +162,8 @@ class Engine:
         return out
 
     # ---- setup --------------------------------------------------------------------------------------
-    def _store_for(self, prompts: list[list[int]], presses: list, reversible: bool, digest_page: int = 0) -> KVStore:
+    def _store_for(self, prompts: list[list[int]], presses: list, reversible: bool, digest_page: int = 0,
+                   window: int = 0) -> KVStore:
         def held_of(p: list[int], press) -> int:
             tracker = tracker_of(press)
             if tracker is not None and not is_decoding(press) and not reversible and tracker.compression_ratio > 0:
@@ -169,7 +176,7 @@ class Engine:
 
         longest = max(len(p) for p in prompts)
         held = max(held_of(p, press) for p, press in zip(prompts, presses))
-        shadow = longest + self.verify_window if self.verify_window else 0  # a shadow's whole prompt + window
+        shadow = longest + window if window else 0  # a shadow's whole prompt + window
         cap = _round_up(max(held + self.max_new_tokens, shadow) + 1, 64)
         n_prompt = _round_up(longest, 64) if reversible else 0
         cfg = self.model.config
@@ -203,9 +210,9 @@ class Engine:
         return nbytes <= free // 4
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def _run(self, prompts, order, presses, controller, results) -> None:
+    def _run(self, prompts, order, presses, controller, results, window: int = 0) -> None:
         st = self._store_for([prompts[i] for i in order], [presses[i] for i in order], controller is not None,
-                             getattr(controller, "digest_page", 0))
+                             getattr(controller, "digest_page", 0), window)
         b, max_new = st.rows, self.max_new_tokens
         press = presses[order[0]]  # one press unless prefill presses are mixed (then never a decoding one)
         decoding = is_decoding(press)
@@ -234,7 +241,7 @@ class Engine:
         host_extra = None
         if controller is not None:
             controller.begin(b, self.device)
-        verify = self.verify_window > 0 and not decoding
+        verify = window > 0 and not decoding
         st.verify_active = verify
         shadow_of = np.full(b, -1, dtype=np.int64)  # a row's shadow slot (verify window)
         primary_of = np.full(b, -1, dtype=np.int64)  # a shadow slot's row; shadow slots hold row -2
@@ -256,10 +263,14 @@ class Engine:
                 if reversible:
                     control = {**info.pop(r), "controller_s": float(ctl_s[s]), "relaxed_steps": int(relaxed[s]),
                                "offload_bytes": int(plen[s]) * st.bytes_per_token}
+                kv_bytes = kv * st.bytes_per_token + st.digest_bytes(int(plen[s]))
+                if verify and reversible:  # a controller's verify window: its shadow's K/V is GPU memory it pays
+                    t = np.arange(len(kv))
+                    kv_bytes = kv_bytes + np.where(t <= window, (plen[s] + t) * st.bytes_per_token, 0)
                 results[r] = Generation(
                     tokens=data[:, 0].astype(np.int64).tolist(),
                     finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
-                    kv_tokens=kv, kv_bytes=kv * st.bytes_per_token + st.digest_bytes(int(plen[s])),
+                    kv_tokens=kv, kv_bytes=kv_bytes,
                     prompt_len=int(plen[s]),
                     kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
             self._bar.update(len(slots))
@@ -290,7 +301,7 @@ class Engine:
                 if verify:
                     lens[shadows] = packets[len(take):, -1].cpu().numpy().astype(np.int64)
                     packets = packets[: len(take)]
-                    row[shadows], vleft[shadows] = -2, self.verify_window
+                    row[shadows], vleft[shadows] = -2, window
                     shadow_of[slots], primary_of[shadows] = shadows, slots
                     st.shadow(slots.tolist(), shadows.tolist())
                 extra = None
