@@ -318,3 +318,23 @@ def test_a_glob_in_data_traces_stands_for_every_collection_it_matches(traces_dir
     assert len(both) == 2 * len(load_trace_arrays([str(traces_dir)], "logit"))
     with pytest.raises(HazardError, match="no collection folder matches"):
         expand_trace_paths([str(tmp_path / "nothing*")])
+
+
+def test_ddp_on_two_processes_scores_the_whole_validation_set(tmp_path, traces_dir):
+    """Lightning DDP (2 CPU processes, gloo, spawned): each rank validates half the traces, yet the
+    validation AUROC is computed over the whole set (gathered across ranks): the tokens it scored are every
+    masked validation token, as in one process."""
+    import csv
+
+    from hazard.predictor.train import fit
+
+    data = {"traces": [str(traces_dir)], "feature_set": "logit", "val_frac": 0.25, "test_frac": 0.25, "batch_size": 4}
+    scored = {}
+    for name, extra in (("one", {}), ("ddp", {"devices": 2, "strategy": "ddp_spawn"})):
+        _, dm = fit(data, {"net": "gru", "hidden": 8, "layers": 1},
+                    {"max_epochs": 1, "accelerator": "cpu", **extra}, tmp_path, name, seed=0)
+        rows = list(csv.DictReader(open(next((tmp_path / name).glob("version_*/metrics.csv")))))
+        scored[name] = [float(r["val/scored_tokens"]) for r in rows if r.get("val/scored_tokens")]
+    assert len(dm.parts["val"]) % 2 == 0  # no trace padded in by the distributed sampler
+    whole = sum(int(mask.sum()) for _, _, mask in dm.val_dataloader())
+    assert scored["one"][-1] == scored["ddp"][-1] == whole > 0

@@ -72,16 +72,26 @@ class HazardModule(L.LightningModule):
 
     def validation_step(self, batch, _):
         loss, logits = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        # sync_dist: under DDP each rank sees part of the validation set; early stopping and the best
+        # checkpoint must read one mean over all of it (a no-op on one device)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
         _, y, mask = batch
         self._val.append((y[..., self._h][mask].cpu().numpy(), logits[..., self._h][mask].float().cpu().numpy()))
 
     def on_validation_epoch_end(self):
         from sklearn.metrics import roc_auc_score
 
-        y = np.concatenate([a for a, _ in self._val])
-        s = np.concatenate([b for _, b in self._val])
-        self._val = []
+        parts, self._val = self._val, []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DDP: every rank scores the whole validation set (a rank's share alone gives another AUROC)
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank in gathered for p in rank]
+        if not parts:
+            return
+        y = np.concatenate([a for a, _ in parts])
+        s = np.concatenate([b for _, b in parts])
+        self.log("val/scored_tokens", float(len(y)))  # what the AUROC covers: the whole set, under DDP too
         if 0 < y.sum() < len(y):
             self.log("val/pre_onset_auroc", float(roc_auc_score(y, s)), prog_bar=True)
 
