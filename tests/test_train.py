@@ -331,10 +331,14 @@ def test_ddp_on_two_processes_scores_the_whole_validation_set(tmp_path, traces_d
     data = {"traces": [str(traces_dir)], "feature_set": "logit", "val_frac": 0.25, "test_frac": 0.25, "batch_size": 4}
     scored = {}
     for name, extra in (("one", {}), ("ddp", {"devices": 2, "strategy": "ddp_spawn"})):
-        _, dm = fit(data, {"net": "gru", "hidden": 8, "layers": 1},
-                    {"max_epochs": 1, "accelerator": "cpu", **extra}, tmp_path, name, seed=0)
+        model, dm = fit(data, {"net": "gru", "hidden": 8, "layers": 1},
+                        {"max_epochs": 1, "accelerator": "cpu", **extra}, tmp_path, name, seed=0)
         rows = list(csv.DictReader(open(next((tmp_path / name).glob("version_*/metrics.csv")))))
         scored[name] = [float(r["val/scored_tokens"]) for r in rows if r.get("val/scored_tokens")]
     assert len(dm.parts["val"]) % 2 == 0  # no trace padded in by the distributed sampler
     whole = sum(int(mask.sum()) for _, _, mask in dm.val_dataloader())
     assert scored["one"][-1] == scored["ddp"][-1] == whole > 0
+    # the main process gets the best weights back from the spawned workers (a report goes on with them)
+    (best,) = (tmp_path / "ddp" / "ckpt").glob("best-*.ckpt")
+    saved = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
