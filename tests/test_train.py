@@ -342,3 +342,39 @@ def test_ddp_on_two_processes_scores_the_whole_validation_set(tmp_path, traces_d
     (best,) = (tmp_path / "ddp" / "ckpt").glob("best-*.ckpt")
     saved = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces_dir):
+    """`hazard train report --config ... --a.b value`, as the other verbs; collect/scaling.py reads the main
+    fit's seconds and epochs back, and compares two collections trace by trace."""
+    import shutil
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hazard.cli import main
+
+    sys.path.insert(0, "collect")
+    from scaling import compare_collections, training_entry
+
+    out = tmp_path / "res"
+    assert main(["train", "report", "--config", "configs/train/tiny.yaml", "--data.traces", f"[{traces_dir}]",
+                 "--trainer.max_epochs", "1", "--report.run_dir", str(tmp_path / "runs"), "--report.out_dir", str(out),
+                 *(x for k in ("architectures", "feature_sets", "leave_one_press_out", "held_out_task",
+                               "held_out_format") for x in (f"--report.{k}", "[]"))]) == 0
+    t = training_entry(out)
+    assert t["epochs"] == 1 and t["fit_seconds"] > 0 and t["devices"] == 1 and 0 <= t["test_auroc"] <= 1
+    same = compare_collections(traces_dir, traces_dir)
+    assert same["rows_identical"] == same["rows_compared"] > 0 and same["speedup"] == 1.0
+    other = tmp_path / "other"
+    shutil.copytree(traces_dir, other)
+    shard = sorted((other / "data").glob("*.parquet"))[0]
+    table = pq.read_table(shard).to_pylist()
+    table[0]["tokens"] = table[0]["tokens"][:1] + [0]
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
+    diff = compare_collections(traces_dir, other)
+    assert diff["rows_differing"] == 1 and diff["median_first_difference"] == 1
+    shard.unlink()
+    with pytest.raises(SystemExit, match="different traces"):
+        compare_collections(traces_dir, other)

@@ -155,12 +155,13 @@ def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: 
     return scored(val, model_scores(model, dm, "val", h), test, model_scores(model, dm, "test", h), h, far)
 
 
-def run_report(config_path: str) -> dict:
-    """The whole train-stage study described in the module docstring."""
+def run_report(config_path: str, cfg: dict | None = None) -> dict:
+    """The whole train-stage study described in the module docstring; ``cfg``: the config as loaded with
+    command-line overrides applied (default: the file as it is)."""
     path = Path(config_path)
     if not path.is_file():
         raise HazardError(f"--config: {path} does not exist")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load(path.read_text()) if cfg is None else cfg
     rep = cfg.get("report", {})
     unknown = set(cfg) - {"data", "model", "trainer", "report", "seed_everything"}
     if unknown:
@@ -183,12 +184,15 @@ def run_report(config_path: str) -> dict:
         log.info("resuming the report in %s: main model and finished studies kept", out_dir)
     else:
         runs: list[dict] = []  # W&B runs, one per fit
+        t_fit = time.time()
         model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed,
                         patience=rep.get("patience", 5), runs=runs)
+        t_fit = time.time() - t_fit  # the main fit alone (DDP scaling compares it across device counts)
         h = dm.horizons.index(h_tokens)
         val, test = dm.parts["val"], dm.parts["test"]
         main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
-        metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)}}
+        metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)},
+                   "fit_seconds": round(t_fit, 2)}
 
         baselines, curves = {}, {"model": main_test}
         rule = EntropyRule().fit(dm.parts["train"], val, h)
@@ -318,9 +322,12 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("fit", "validate", "test", "report"):
         raise HazardError("usage: hazard train fit|validate|test|report --config configs/train/<name>.yaml")
     if argv[0] == "report":
-        args = dict(zip(argv[1::2], argv[2::2]))
-        if "--config" not in args:
-            raise HazardError("usage: hazard train report --config configs/train/<name>.yaml")
-        print(format_report(run_report(args["--config"])))
+        from hazard.cli import parse_args
+
+        rest = argv[1:]
+        if "--config" not in rest[:-1]:
+            raise HazardError("usage: hazard train report --config configs/train/<name>.yaml [--a.b value ...]")
+        # --a.b value overrides as for the other verbs (e.g. --trainer.devices 2 --trainer.strategy ddp_spawn)
+        print(format_report(run_report(rest[rest.index("--config") + 1], parse_args(rest))))
     else:
         cli_main(argv)
