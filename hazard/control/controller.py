@@ -230,7 +230,7 @@ class PolicyController(Controller):
             return {int(r): list(self.policy.relief) for r in rows[self.policy.due(steps)]}
         if isinstance(self.policy, VerifyPolicy):  # once per row, when its window closes (a rollback to before
             due = ~self._rows.relaxed[slots] & (steps == self.policy.window + 1)  # it does not reopen it)
-            act = due & self.policy.decide_rows(steps, packets[:, _COL["verify_kl"]], packets[:, _COL["verify_top1"]])
+            act = due & self.policy.disagrees(packets[:, _COL["verify_kl"]], packets[:, _COL["verify_top1"]])
             self._rows.relaxed[slots[due]] = True  # decided: kept compressed or relieved, to the end
             self._rows.triggers[slots[act]] += 1
             return {int(r): self.policy.actions() for r in rows[act]}

@@ -301,10 +301,9 @@ class VerifyPolicy(_Relief):
         if self.window < 1:
             raise HazardError(f"verify window must be >= 1 decode step, got {self.window}")
 
-    def decide_rows(self, steps: np.ndarray, kl: np.ndarray, top1: np.ndarray) -> np.ndarray:
-        """Rows (by recorded-token counts and the window's running means) that act this step: the step that
-        closes their window, when it disagrees enough."""
-        return (steps == self.window + 1) & ((kl >= self.kl) | (top1 < self.top1))
+    def disagrees(self, kl: np.ndarray, top1: np.ndarray) -> np.ndarray:
+        """Rows whose window (its mean KL and top-1 agreement) calls for acting."""
+        return (kl >= self.kl) | (top1 < self.top1)
 
     def actions(self) -> list[tuple]:
         return list(self.relief) + ([("rollback", self.rollback)] if self.rollback else [])

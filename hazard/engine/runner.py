@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from hazard.engine import attention as decode_attn
-from hazard.engine.store import KVStore
+from hazard.engine.store import KVStore, page_bound
 from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
 from hazard.signals.attention import rope
 
@@ -175,7 +175,7 @@ class ModelRunner:
         hkv = st.kv_heads
         q4 = q.view(n, hkv, -1, q.shape[-1])
         mx, mn, cnt = st.sk_max[j, :n], st.sk_min[j, :n], st.sk_n[j, :n]  # (n, H, P, D), (n, H, P)
-        bound = (q4.clamp(min=0) @ mx.transpose(-1, -2) + q4.clamp(max=0) @ mn.transpose(-1, -2)).float() * scale
+        bound = page_bound(q4, mx, mn) * scale
         log_u = torch.logsumexp(bound + cnt.log()[:, :, None, :], dim=-1)  # (n, H, G); -inf with none evicted
         return torch.sigmoid(log_u - lse.float()).mean(dim=(1, 2))
 

@@ -384,7 +384,7 @@ class KVStore:
         nl, r, hq, d = self.layers, len(s), self.q_last.shape[2], self.head_dim
         q = self.q_last[:, s].view(nl, r, self.kv_heads, hq // self.kv_heads, d)
         mx, mn, cnt = self.dg_max[:, s], self.dg_min[:, s], self.dg_n[:, s]  # (L, R, H, P, D), (L, R, H, P)
-        bound = (q.clamp(min=0) @ mx.transpose(-1, -2) + q.clamp(max=0) @ mn.transpose(-1, -2)).float().amax(3)
+        bound = page_bound(q, mx, mn).amax(3)
         bound = bound.masked_fill(cnt == 0, float("-inf"))
         page_of = self.arange[: self.prompt_capacity] // self.digest_page
         score = bound[..., page_of]
@@ -424,6 +424,12 @@ class KVStore:
         self.k[layer, slots, :, :n] = self.k[layer, slots].gather(2, g)
         self.v[layer, slots, :, :n] = self.v[layer, slots].gather(2, g)
         self.pos[layer, slots, :, :n] = self.pos[layer, slots].gather(2, keep)
+
+
+def page_bound(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor) -> torch.Tensor:
+    """ArkVale's bound: ``q+ . max + q- . min`` >= ``q . k`` for every key of a page, float32. ``q`` (..., G, D)
+    query heads of a KV head, ``kmax``/``kmin`` (..., P, D) its pages -> (..., G, P)."""
+    return (q.clamp(min=0) @ kmax.transpose(-1, -2) + q.clamp(max=0) @ kmin.transpose(-1, -2)).float()
 
 
 def _pages(keys: torch.Tensor, evicted: torch.Tensor, page: int, pages: int):
