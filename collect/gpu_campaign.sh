@@ -17,6 +17,8 @@
 #   STEPS=send PART=k bash collect/gpu_campaign.sh   (again until it says "0 of N left")
 # returns it to this machine in 15 MiB pieces (gpu/traces.sh gather, then carry them up to a later hold
 # with gpu/traces.sh receive); the train configs read every /tmp/traces/campaign_<m>* folder.
+# STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
+# /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
 BUDGET=${BUDGET:-560}
 M=${MODEL:-q15}
@@ -41,6 +43,11 @@ if want collect; then
     2>&1 | grep -v -i warn | tee -a "/tmp/hz/collect_$C.log" | tail -40
   cp "/tmp/traces/$C/manifest.json" "$OUT/${C}_manifest.json" 2>/dev/null
   cp "/tmp/hz/${C}_summary.json" "/tmp/hz/collect_$C.log" "$OUT/" 2>/dev/null
+fi
+if want ponr; then  # issue 11's point-of-no-return head: the probe's runs as a collection (configs/ponr/ponr_q15.yaml)
+  timeout $((BUDGET - (SECONDS - start) - 30)) python3 collect/ponr.py --config "configs/ponr/${PONR:-ponr_q15}.yaml" \
+    2>&1 | grep -v -i warn | tee -a "/tmp/hz/${PONR:-ponr_q15}.log" | tail -20
+  cp "/tmp/hz/${PONR:-ponr_q15}.json" "/tmp/hz/${PONR:-ponr_q15}.log" "$OUT/" 2>/dev/null
 fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"

@@ -4,6 +4,7 @@ evicted KV after t generated tokens (t on a grid) and see whether the run still 
     source gpu/setup.sh q15
     python3 collect/ponr.py --model.path /tmp/q15 --model.name qwen2.5-coder-1.5b-instruct \
         --gsm8k .data/gsm8k --out collect/results/ponr_q15.json
+    python3 collect/ponr.py --config configs/ponr/ponr_q15.yaml     # the head's traces (STEPS=ponr)
 
 Resumes per press setting (settings already in ``--out`` are skipped). Writes every failing run's curve
 (``hazard.ponr.point_of_no_return``) and, per setting, the distribution (``summarize_ponr``).
@@ -76,12 +77,15 @@ def run(cfg: PonrConfig) -> dict:
                          seed=0).prompts()
     meta = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "task": "gsm8k", "seed": 0,
             "max_new_tokens": cfg.max_new_tokens}
+    refs = None  # the uncompressed runs, generated once for every setting of this call
     for name, ratio in cfg.presses:
         if (name, ratio) in done:
             continue
         spec = PressSpec(name, ratio)
         kept: dict = {}
-        rows = point_of_no_return(engine, tok, prompts, spec, meta, tuple(cfg.grid), cfg.max_failing, traces=kept)
+        rows = point_of_no_return(engine, tok, prompts, spec, meta, tuple(cfg.grid), cfg.max_failing, traces=kept,
+                                  refs=refs)
+        refs = kept["none"]
         if cfg.traces_dir:
             write_traces(Path(cfg.traces_dir), kept, rows, cfg, spec)
         data["rows"] += rows

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's frontiers on one GPU, run on the device machine from the repo root:
 #   CONFIG=frontier_q15 [MODEL=q15] bash evaluate/gpu_frontier.sh      (configs/evaluate/$CONFIG.yaml)
+#   CONFIG="frontier_q15_more frontier_q15_format" ...                  (several, in turn, one budget)
 # The evaluation writes under /tmp/hz/eval/$CONFIG (the device's copy of the working tree is replaced on
 # every call: nothing written there survives to the next one). Every (task, press, policy, knob) run is
 # saved in closed_loop.parts when it ends, so a call stopped by BUDGET goes on in the next call on a warm
@@ -14,13 +15,18 @@ CONFIG=${CONFIG:-frontier_q15}
 start=$SECONDS
 source gpu/setup.sh "${MODEL:-q15}" || exit 2  # MODEL: the short name the config's model path needs
 export WANDB_MODE=disabled
-work=/tmp/hz/eval/$CONFIG
-mkdir -p "$work"
-if [ -f "evaluate/$CONFIG.tgz" ] && [ ! -d "$work/closed_loop.parts" ] && [ ! -f "$work/closed_loop.json" ]; then
-  tar xzf "evaluate/$CONFIG.tgz" -C "$work" && echo "unpacked the carried runs: $(ls "$work/closed_loop.parts" | wc -l)"
-fi
-timeout $((BUDGET - (SECONDS - start) - 15)) python3 -m hazard.cli evaluate --config "configs/evaluate/$CONFIG.yaml" \
-  --output "$work/closed_loop.json" 2>&1 | grep -v -i warn | tee -a "$work/evaluate.log" | tail -80
-echo "runs saved: $(ls "$work"/closed_loop.parts/*__*.json 2>/dev/null | wc -l)"
-tar czf "$OUT/$CONFIG.tgz" -C "$work" .
+for CONFIG in $CONFIG; do
+  work=/tmp/hz/eval/$CONFIG
+  mkdir -p "$work"
+  [ -f "$work/closed_loop.json" ] && { echo "$CONFIG: done"; tar czf "$OUT/$CONFIG.tgz" -C "$work" .; continue; }
+  if [ -f "evaluate/$CONFIG.tgz" ] && [ ! -d "$work/closed_loop.parts" ]; then
+    tar xzf "evaluate/$CONFIG.tgz" -C "$work" && echo "unpacked the carried runs: $(ls "$work/closed_loop.parts" | wc -l)"
+  fi
+  left=$((BUDGET - (SECONDS - start) - 15))
+  [ "$left" -gt 60 ] || { echo "$CONFIG: no time left in this call"; break; }
+  timeout "$left" python3 -m hazard.cli evaluate --config "configs/evaluate/$CONFIG.yaml" \
+    --output "$work/closed_loop.json" 2>&1 | grep -v -i warn | tee -a "$work/evaluate.log" | tail -60
+  echo "$CONFIG: runs saved: $(ls "$work"/closed_loop.parts/*__*.json 2>/dev/null | wc -l)"
+  tar czf "$OUT/$CONFIG.tgz" -C "$work" .
+done
 echo "elapsed $((SECONDS - start)) s"

@@ -31,6 +31,7 @@ from hazard.errors import HazardError
 from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
+from hazard.ponr import GRID, failing, restore_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
 from hazard.signals import SIGNALS
@@ -42,6 +43,9 @@ from hazard.traces import write_json
 # evaluation of 40 runs x 500 prompts stays a few MB that a later device session can carry.
 ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "text", "finished", "n_tokens")
 OUTCOME_KEYS = ("correct", "onset", "catastrophe", "finished", "n_tokens")
+# The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
+# a restore can wait is what its memory depends on.
+PONR_GRID = (*GRID, 256)
 
 
 @dataclass
@@ -121,6 +125,29 @@ def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_ra
     return build_policy(name, **opts)
 
 
+def _ponr(path: Path, engine: Engine, tok, prompts, ids, spec: PressSpec, meta: dict, refs: list[dict],
+          static: list[dict]) -> tuple[dict[int, int], dict]:
+    """Each failing row's point of no return under ``spec`` (``hazard.ponr`` on ``PONR_GRID``; -1 for the
+    rest) and a summary; kept in ``path`` so a resumed evaluation measures it once."""
+    if path.exists():
+        rec = json.loads(path.read_text())
+    else:
+        t0 = time.perf_counter()
+        rows = failing(static, refs)
+        curves = restore_curves(engine, tok, prompts, ids, spec, meta, refs, static, rows, PONR_GRID)
+        points = [c["point_of_no_return"] for c in curves]
+        saved = np.array([p for p in points if p >= 0])
+        summary = {"grid": list(PONR_GRID), "failing": len(rows), "saved_by_some_restore": int(len(saved)),
+                   "ponr_quartiles": [float(v) for v in np.percentile(saved, [25, 50, 75])] if len(saved) else None,
+                   "prefix_mismatch": sum(not all(c["same_prefix"]) for c in curves),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        rec = {"summary": summary, "ponr": {str(i): p for i, p in zip(rows, points)}}
+        write_json(path, rec)
+        print(f"evaluate: point of no return under {spec.label}: {summary['saved_by_some_restore']} of "
+              f"{summary['failing']} failing rows saved by some restore ({summary['seconds']:.0f} s)", flush=True)
+    return {int(i): p for i, p in rec["ponr"].items()}, rec["summary"]
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Closed-loop evaluation; writes ``cfg.output`` (JSON) and a Pareto PNG beside it."""
     unknown = set(cfg.policies) - set(POLICY_NAMES)
@@ -157,17 +184,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if (parts / "config.json").is_file() and json.loads((parts / "config.json").read_text()) != config:
         raise HazardError(f"{parts} holds runs of a different evaluate config; delete it to start over")
     write_json(parts / "config.json", config)
-    out_rows = []
+    out_rows, ponr_summaries = [], {}
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
                 "max_new_tokens": cfg.max_new_tokens, "task": task.name}
+        unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
 
         def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
-                meta=meta, task=task, twin: bool = False) -> dict:
+                meta=meta, unit=unit, twin: bool = False) -> dict:
             """One generation run, summarised; read back from ``parts`` when an earlier call finished it."""
-            unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
             path = parts / f"{unit}__{key}.json"
             if path.exists():
                 return json.loads(path.read_text())
@@ -193,6 +220,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         for spec in settings:
             static = run(f"{spec.label}__static", spec, refs=full["rows"], twin=spec.label in controlled)
             onsets = {i: r["onset"] for i, r in enumerate(static["rows"])}
+            ponrs = None  # the point of no return per row, measured once, if an oracle asks for it
             results = []
             hazard_rates: list[float] = []
             names = cfg.policies if spec.label in controlled else ["static"]
@@ -207,8 +235,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     knobs = [{"rate": r} for r in dict.fromkeys(hazard_rates)]
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None
-                    ctl = PolicyController(_policy(name, cfg, guard, rate, knob), guard if name == "hazard" else None,
-                                           spec.ratio, cfg.max_new_tokens, onsets)
+                    policy = _policy(name, cfg, guard, rate, knob)
+                    known = onsets
+                    if getattr(policy, "at", "onset") == "ponr":
+                        if ponrs is None:
+                            ponrs, ponr_summaries[f"{unit}/{spec.label}"] = _ponr(
+                                parts / f"{unit}__{spec.label}__ponr.json", engine, tok, prompts, ids, spec, meta,
+                                full["rows"], static["rows"])
+                        known = ponrs
+                    ctl = PolicyController(policy, guard if name == "hazard" else None, spec.ratio,
+                                           cfg.max_new_tokens, known)
                     key = f"{spec.label}__{name}" + (f"__{_knob_label(knob)}" if knob else "")
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step
@@ -228,7 +264,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     fr = frontiers(out_rows, cfg.frontier_kv)
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
-              "frontiers": fr}
+              "frontiers": fr, **({"point_of_no_return": ponr_summaries} if ponr_summaries else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     pareto_plot(out_rows, out.with_suffix(".png"))

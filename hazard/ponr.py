@@ -31,40 +31,53 @@ def _rows(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta
     return build_rows(tok, prompts, engine.generate(ids, build_press(spec), controller), refs, spec, meta)
 
 
+def failing(static: list[dict], refs: list[dict]) -> list[int]:
+    """Indices of the failing runs: a catastrophe under the static press where the twin was right."""
+    return [i for i, r in enumerate(static) if r["catastrophe"] and refs[i]["correct"]]
+
+
+def restore_curves(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta: dict, refs: list[dict],
+                   static: list[dict], rows: list[int], grid=GRID) -> list[dict]:
+    """For the runs ``rows`` (indices into ``prompts``; ``refs``/``static`` are the uncompressed and static
+    runs' rows, with tokens), restore after t tokens for each t in ``grid``: per run ``healthy`` (did the
+    restored run end healthy), ``same_prefix`` (did it follow the static run up to t) and
+    ``point_of_no_return`` (the largest t that saved it, -1: none)."""
+    sub, sub_ids, sub_refs = [prompts[i] for i in rows], [ids[i] for i in rows], [refs[i] for i in rows]
+    curves = {t: _rows(engine, tok, sub, sub_ids, spec, meta, sub_refs, at=t) for t in grid} if rows else {}
+    out = []
+    for j, i in enumerate(rows):
+        healthy = [not curves[t][j]["catastrophe"] for t in grid]
+        # The restored run follows the failing one until it restores (greedy, same press): check it did.
+        same = [list(curves[t][j]["tokens"][: t]) == list(static[i]["tokens"][: t]) for t in grid]
+        saved = [t for t, h in zip(grid, healthy) if h]
+        out.append({"grid": list(grid), "healthy": healthy, "same_prefix": same,
+                    "point_of_no_return": max(saved) if saved else -1})
+    return out
+
+
 def point_of_no_return(engine: Engine, tok, prompts: list[Prompt], spec: PressSpec, meta: dict,
                        grid=GRID, max_failing: int | None = None, seed: int = 0,
-                       traces: dict | None = None) -> list[dict]:
+                       traces: dict | None = None, refs: list[dict] | None = None) -> list[dict]:
     """Run the procedure (module docstring) for ``prompts`` under ``spec``; one dict per failing run.
 
     ``meta`` holds the trace metadata collect writes (model, task, seed, max_new_tokens, ...);
     ``max_failing`` samples that many failing runs (seeded) when there are more. With ``traces`` (a dict),
     the uncompressed and static runs' trace rows are put there (``"none"``, ``spec.label``), so they can be
-    written as a collection whose failing runs carry their point of no return.
+    written as a collection whose failing runs carry their point of no return. ``refs``: the uncompressed
+    runs' rows from an earlier call on the same prompts (the twin is the same for every press setting).
     """
     ids = [encode(tok, p) for p in prompts]
-    refs = _rows(engine, tok, prompts, ids, PressSpec("none"), meta)
+    refs = refs if refs is not None else _rows(engine, tok, prompts, ids, PressSpec("none"), meta)
     static = _rows(engine, tok, prompts, ids, spec, meta, refs)
     if traces is not None:
         traces["none"], traces[spec.label] = refs, static
-    failing = [i for i, r in enumerate(static) if r["catastrophe"] and refs[i]["correct"]]
-    if max_failing is not None and len(failing) > max_failing:
-        failing = sorted(np.random.default_rng(seed).choice(failing, max_failing, replace=False).tolist())
-    sub = [prompts[i] for i in failing]
-    sub_ids = [ids[i] for i in failing]
-    sub_refs = [refs[i] for i in failing]
-    curves = {t: _rows(engine, tok, sub, sub_ids, spec, meta, sub_refs, at=t) for t in grid}
-    out = []
-    for j, i in enumerate(failing):
-        s = static[i]
-        healthy = [not curves[t][j]["catastrophe"] for t in grid]
-        # The restored run follows the failing one until it restores (greedy, same press): check it did.
-        same = [curves[t][j]["tokens"][: t] == s["tokens"][: t] for t in grid]
-        saved = [t for t, h in zip(grid, healthy) if h]
-        out.append({"trace_id": s["trace_id"], "prompt_id": s["prompt_id"], "press": spec.name, "ratio": spec.ratio,
-                    "onset": s["onset"], "onset_source": s["onset_source"], "n_tokens": s["n_tokens"],
-                    "grid": list(grid), "healthy": healthy, "same_prefix": same,
-                    "point_of_no_return": max(saved) if saved else -1})
-    return out
+    rows = failing(static, refs)
+    if max_failing is not None and len(rows) > max_failing:
+        rows = sorted(np.random.default_rng(seed).choice(rows, max_failing, replace=False).tolist())
+    curves = restore_curves(engine, tok, prompts, ids, spec, meta, refs, static, rows, grid)
+    return [{"trace_id": static[i]["trace_id"], "prompt_id": static[i]["prompt_id"], "press": spec.name,
+             "ratio": spec.ratio, "onset": static[i]["onset"], "onset_source": static[i]["onset_source"],
+             "n_tokens": static[i]["n_tokens"], **c} for i, c in zip(rows, curves)]
 
 
 def _quartiles(a: np.ndarray) -> list[float] | None:

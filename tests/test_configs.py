@@ -52,3 +52,17 @@ def test_a_campaign_part_is_its_own_problems_and_seeds(model, tmp_path):
     script = (ROOT / "collect/gpu_campaign.sh").read_text()
     assert "--tasks.0.options.start $((20 * PART)) --tasks.0.options.limit 20" in script
     assert '--tasks.1.options.seed "$PART" --tasks.2.options.seed "$PART"' in script
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/ponr").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ponr_probe_configs_name_known_presses(path):
+    import sys
+
+    from hazard.compression import PressSpec, build_press
+
+    sys.path.insert(0, str(ROOT / "collect"))
+    import ponr as script
+
+    cfg = build(script.PonrConfig, yaml.safe_load(path.read_text()))
+    assert all(build_press(PressSpec(name, ratio)) is not None for name, ratio in cfg.presses)
+    assert cfg.grid == sorted(cfg.grid) and cfg.traces_dir

@@ -60,3 +60,54 @@ def test_the_probe_writes_its_runs_as_a_collection(tmp_path, gsm8k_dir):
     ds = load_traces(tmp_path / "traces")
     assert sorted(set(ds["press"])) == ["knorm", "none"] and len(ds) == 2 * 3
     assert json.loads((tmp_path / "traces" / "ponr.json").read_text()) == {} and data["rows"] == []
+
+
+def test_the_ponr_oracle_restores_each_row_where_its_probe_did(model64, tok, gsm8k_dir):
+    """oracle at=ponr: a row whose point of no return is t runs as the probe's restore after t tokens; a
+    row with none (-1) runs as the static press."""
+    from hazard.collect import encode
+    from hazard.control import PolicyController, build_policy
+
+    prompts = build_task("gsm8k", path=str(gsm8k_dir), split="test", limit=3, k_shot=0, seed=0).prompts()
+    ids = [encode(tok, p) for p in prompts]
+    eng = Engine(model64, [tok.eos_token_id], max_new_tokens=12, batch_size=3)
+    meta = {"model": "tiny", "task": "gsm8k", "seed": 0, "max_new_tokens": 12}
+    spec = PressSpec("snapkv", 0.75, {"window_size": 4})
+    full = _rows(eng, tok, prompts, ids, PressSpec("none"), meta)
+    static = _rows(eng, tok, prompts, ids, spec, meta, full)
+    points = {0: 1, 1: 5, 2: -1}
+    ctl = PolicyController(build_policy("oracle", at="ponr", lead=3), None, spec.ratio, 12, points)
+    from hazard.collect import build_rows
+    from hazard.compression import build_press
+
+    got = build_rows(tok, prompts, eng.generate(ids, build_press(spec), ctl), full, spec, meta)
+    assert got[0]["tokens"] == _rows(eng, tok, prompts, ids, spec, meta, full, at=1)[0]["tokens"] == full[0]["tokens"]
+    assert got[1]["tokens"] == _rows(eng, tok, prompts, ids, spec, meta, full, at=5)[1]["tokens"]
+    assert got[2]["tokens"] == static[2]["tokens"]
+    assert got[1]["tokens"] != static[1]["tokens"]  # the restore after 5 tokens changed what followed
+
+
+def test_evaluate_measures_the_point_of_no_return_once_for_the_ponr_oracle(tmp_path, monkeypatch):
+    """A random tiny model solves nothing, so every static row is made 'failing' here: the evaluation
+    probes each of them, reports the summary, and its oracle row fires on the rows some restore saved."""
+    import json
+
+    import hazard.evaluate as ev
+    from hazard.cli import main
+
+    monkeypatch.setattr(ev, "failing", lambda static, refs: list(range(len(static))))
+    monkeypatch.setattr(ev, "PONR_GRID", (1, 4))
+    out = tmp_path / "cl.json"
+    args = ["evaluate", "--output", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "10", "--batch_size", "4",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 3, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]", "--policies", "[static, full, oracle]",
+            "--policy_options", "{oracle: {at: [onset, ponr], action: restore}}"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    s = res["point_of_no_return"]["kv_retrieval/knorm@0.75"]
+    assert s["failing"] == 3 and s["grid"] == [1, 4] and s["prefix_mismatch"] == 0
+    assert s["saved_by_some_restore"] > 0
+    row = next(r for r in res["rows"] if r["knob"] == {"at": "ponr"})
+    # restoring after the first token turns a row into the uncompressed one, which is "healthy" here
+    assert row["trigger_rate"] == s["saved_by_some_restore"] / 3

@@ -85,14 +85,15 @@ def test_recall_action_of_everything_equals_restore_in_the_engine(model64):
         assert [e[1] for e in b.control["events"]] == ["reselect", "rollback"]
 
 
-@pytest.mark.parametrize("budget", [0.1, 0.25])
-def test_digest_recall_holds_its_cap_and_counts_the_digest_in_memory(model64, budget):
+@pytest.mark.parametrize("budget,page", [(0.1, DIGEST_PAGE), (0.25, 8)])
+def test_digest_recall_holds_its_cap_and_counts_the_digest_in_memory(model64, budget, page):
     prompts = _prompts(3, seed=3)
     eng = Engine(model64, [256], max_new_tokens=20, batch_size=3, probe_layers=(0, -1))
     press = build_press(PressSpec("knorm", 0.75))
-    ctl = PolicyController(build_policy("digest_recall", budget=budget, interval=4))
+    ctl = PolicyController(build_policy("digest_recall", budget=budget, interval=4, page=page))
     gens = eng.generate(prompts, press, controller=ctl)
     st = eng.store
+    assert st.digest_page == page
     for p, g in zip(prompts, gens):
         n = len(p)
         kept = compute_n_kept(n, 0.75)
@@ -136,6 +137,18 @@ def test_bad_recall_settings_fail_with_one_line(kw):
         build_policy("hazard", **kw)
     with pytest.raises(HazardError, match="interval"):
         build_policy("digest_recall", interval=0)
+    with pytest.raises(HazardError, match="page"):
+        build_policy("digest_recall", page=0)
+    with pytest.raises(HazardError, match="page"):
+        build_policy("hazard", action="recall", page=2.5)
+
+
+def test_a_larger_digest_page_holds_proportionally_less_memory(model64):
+    """Digest bytes per page are fixed (min, max, count), so doubling the page halves them."""
+    p = _prompts(1, seed=9)[0]
+    a = _store_after_prefill(model64, p, SPEC, digest_page=4).digest_bytes(64)
+    b = _store_after_prefill(model64, p, SPEC, digest_page=8).digest_bytes(64)
+    assert a == 2 * b > 0
 
 
 @pytest.mark.parametrize("window", [1, 3])

@@ -205,7 +205,7 @@ class PolicyController(Controller):
             return np.zeros(0, dtype=np.int64)
         if isinstance(p, OraclePolicy):
             onset = np.array([self.onsets.get(int(r), -1) for r in rows])
-            return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= onset - p.lead)))
+            return np.flatnonzero(self._busy[slots] | ((onset >= 0) & (steps - 1 >= p.first_step(onset))))
         return np.arange(len(rows))
 
     def _rewind(self, slots, rows, packets, steps) -> dict[int, list]:

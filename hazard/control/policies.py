@@ -47,18 +47,27 @@ def relief(action: str, budget: float) -> list[tuple]:
 
 def digest_page(policy) -> int:
     """Digest page size the engine must keep for ``policy`` (0: it never recalls)."""
-    return DIGEST_PAGE if getattr(policy, "action", "restore") == "recall" else 0
+    return getattr(policy, "page", DIGEST_PAGE) if getattr(policy, "action", "restore") == "recall" else 0
+
+
+def _check_page(page: int) -> None:
+    if not isinstance(page, int) or page < 1:
+        raise HazardError(f"digest page must be a whole number of prompt positions >= 1, got {page!r}")
 
 
 @dataclass
 class _Relief:
-    """``action`` and ``budget`` (module docstring), checked once; ``relief`` is the resulting cache action."""
+    """``action``, ``budget`` and ``page`` (module docstring), checked once; ``relief`` is the resulting cache
+    action. ``page``: prompt positions per digest page when recalling (a larger page halves the digest's
+    memory per doubling and ranks coarser)."""
 
     action: str = "restore"
     budget: float = 0.125
+    page: int = DIGEST_PAGE
 
     def __post_init__(self):
         self.relief = relief(self.action, self.budget)
+        _check_page(self.page)
 
 
 def _relax(st: RowState, rollback: int, acts: list[tuple]) -> list[tuple]:
@@ -205,18 +214,38 @@ class RandomPolicy(_Relief):
         return _relax(st, self.rollback, self.relief) if not blocked and self.rng.random() < self.rate else []
 
 
+ORACLE_AT = ("onset", "ponr")
+
+
 @dataclass
 class OraclePolicy(_Relief):
-    """Fire ``lead`` tokens before the true onset (known from the static run of the same prompt): an upper
-    bound for any predictor with that lead. Stays relaxed to the end."""
+    """Fire with knowledge of the static run of the same prompt; stays relaxed to the end.
+
+    ``at: onset`` fires ``lead`` tokens before the static run's onset: an upper bound for any predictor with
+    that lead. ``at: ponr`` fires at the row's point of no return (``hazard.ponr``: the latest grid point
+    after which a restore still ends the run healthy; the evaluation measures it), exactly as that probe
+    restored (``lead`` unused), and never on rows no restore saves: what perfect timing costs in memory.
+    The controller hands either point to ``decide`` as ``onset``.
+    """
 
     name: str = "oracle"
     signal: str = "none"
     lead: int = 8
     rollback: int = 0
+    at: str = "onset"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.at not in ORACLE_AT:
+            raise HazardError(f"oracle at must be one of {ORACLE_AT}, got {self.at!r}")
+
+    def first_step(self, onset: np.ndarray | int):
+        """The step index ``t`` from which the oracle fires for a row whose known point is ``onset``."""
+        # A restore "after t tokens" (ScheduledPolicy, the probe) happens at step t - 1.
+        return onset - 1 if self.at == "ponr" else onset - self.lead
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
-        if not st.relaxed and onset >= 0 and t >= onset - self.lead:
+        if not st.relaxed and onset >= 0 and t >= self.first_step(onset):
             return _relax(st, self.rollback, self.relief)
         return []
 
@@ -322,15 +351,19 @@ class DigestRecallPolicy:
         Evicted entries held at once, as a share of the prompt.
     interval : int
         Tokens between two selections (each is a gather over the rows' caches).
+    page : int
+        Prompt positions per digest page.
     """
 
     name: str = "digest_recall"
     signal: str = "none"
     budget: float = 0.125
     interval: int = 16
+    page: int = DIGEST_PAGE
     action: str = field(default="recall", init=False)
 
     def __post_init__(self):
+        _check_page(self.page)
         if self.interval < 1:
             raise HazardError(f"digest_recall interval must be >= 1 token, got {self.interval}")
         self.relief = relief("recall", self.budget)
