@@ -5,7 +5,8 @@
 
 Rows are pooled (one ``full`` row per task: every input must have measured the same uncompressed run, or
 the merge stops), frontiers recomputed (``hazard.frontiers``), one PNG per task beside ``--out``, and the
-matched-KV table printed.
+matched-KV table printed. Inputs run with different guards keep them apart: each learned (``hazard``) row's
+knob then names its guard.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
     if len({r["model"] for r in results}) != 1:
         raise SystemExit(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
     rows, seen = [], {}
+    guards = {res.get("guard", "") for res in results if any(r["policy"] == "hazard" for r in res["rows"])}
     for res in results:
         for r in res["rows"]:
+            if r["policy"] == "hazard" and len(guards) > 1:
+                r = {**r, "knob": {"guard": Path(res["guard"]).name, **r.get("knob", {})}}
             # one full row per task, one row per static setting (a static run of one file may be the base
             # press of another): the same run measured twice must agree, and is kept once
             key = (task_key(r), r["policy"]) + (() if r["policy"] == "full" else
@@ -39,7 +43,8 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
     def every(key: str) -> list:
         return sorted({r.get(key, "") for r in results})
 
-    return {"model": results[0]["model"], "sources": [str(p) for p in paths], "hardware": every("hardware"),
+    return {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
+            "hardware": every("hardware"),
             "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
             "rows": rows, "frontiers": frontiers(rows, matched_kv)}
 

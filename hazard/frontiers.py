@@ -6,6 +6,12 @@ static press across its ratios (``static:snapkv``); ``static`` pools every stati
 at memory x is the most accurate of its points whose mean KV fraction is at most x (a staircase: more
 memory never hurts, since one can always run the cheaper setting), so "at matched KV 0.25" reads "the best
 this family does without holding more than a quarter of the uncompressed KV on average".
+
+A stricter baseline for a controller that relieves some rows and not others: the **static mix**, the upper
+concave envelope of the static points and the uncompressed run. Giving a share of the rows one static
+setting and the rest another (the engine takes a press per prompt) reaches every point on the segment
+between them, so a learned policy that only lands on such a segment has learned nothing a coin flip per row
+would not do.
 """
 
 from __future__ import annotations
@@ -41,6 +47,20 @@ def best_at(points: list[dict], x: float) -> dict | None:
     """The most accurate point with mean KV <= ``x`` (None if the family never gets that low)."""
     ok = [p for p in points if p["kv"] <= x + 1e-9]
     return max(ok, key=lambda p: (p["accuracy"], -p["kv"])) if ok else None
+
+
+def mix_level(points: list[dict], x: float) -> float | None:
+    """Accuracy of the best per-row mix of two of ``points`` with mean KV ``x`` (their upper concave envelope
+    at ``x``; the staircase below the cheapest point's KV is undefined: None)."""
+    if not points or x < min(p["kv"] for p in points) - 1e-9:
+        return None
+    best = best_at(points, x)["accuracy"]
+    for a in points:
+        for b in points:
+            if a["kv"] <= x < b["kv"]:
+                w = (x - a["kv"]) / (b["kv"] - a["kv"])
+                best = max(best, (1 - w) * a["accuracy"] + w * b["accuracy"])
+    return float(best)
 
 
 def area_between(a: list[dict], b: list[dict], grid: int = 2001) -> float | None:
@@ -82,6 +102,8 @@ def frontiers(rows: list[dict], matched_kv: list[float]) -> dict:
                          for f, pts in sorted(fams.items()) if pts},
             "matched": matched,
             "area_learned_minus_static": area_between(fams.get(LEARNED, []), fams["static"] + full),
+            "learned_vs_static_mix": [{**p, "static_mix": mix_level(fams["static"] + full, p["kv"])}
+                                      for p in staircase(fams.get(LEARNED, []))],
         }
     return out
 
@@ -105,4 +127,10 @@ def format_matched(fr: dict) -> str:
             lines.append(f"{f:22}" + "".join(cells))
         if t["area_learned_minus_static"] is not None:
             lines.append(f"area between the hazard and the best static frontier: {t['area_learned_minus_static']:+.4f}")
+        vs = [p for p in t.get("learned_vs_static_mix", []) if p["static_mix"] is not None]
+        if vs:
+            p = max(vs, key=lambda p: p["accuracy"] - p["static_mix"])
+            lines.append(f"hazard against a per-row mix of static settings at the same KV, best point: "
+                         f"{p['accuracy']:.3f} vs {p['static_mix']:.3f} ({p['accuracy'] - p['static_mix']:+.3f}) "
+                         f"@{p['kv']:.3f}")
     return "\n".join(lines)

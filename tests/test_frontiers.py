@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hazard.evaluate import variants
-from hazard.frontiers import area_between, best_at, frontiers, staircase
+from hazard.frontiers import area_between, best_at, frontiers, mix_level, staircase
 
 
 def _row(policy, kv, acc, cat=0.0, press="snapkv", ratio=0.875, knob=None, task="gsm8k"):
@@ -42,6 +42,41 @@ def test_frontiers_compare_families_at_matched_memory():
     assert m["0.35"]["static"]["accuracy"] == 0.49 and m["0.35"]["digest_recall"]["accuracy"] == 0.45
     assert "digest_recall" not in m["0.25"]
     assert fr["uncompressed"]["accuracy"] == 0.52 and fr["area_learned_minus_static"] > 0
+
+
+def test_the_static_mix_is_the_upper_envelope_a_coin_flip_per_row_reaches():
+    pts = [{"kv": 0.2, "accuracy": 0.4}, {"kv": 0.3, "accuracy": 0.5}, {"kv": 1.0, "accuracy": 0.6},
+           {"kv": 0.25, "accuracy": 0.41}]
+    assert mix_level(pts, 0.1) is None and mix_level(pts, 0.2) == pytest.approx(0.4)
+    assert mix_level(pts, 0.25) == pytest.approx(0.45)  # halfway from 0.2 to 0.3 beats the point at 0.25
+    assert mix_level(pts, 0.65) == pytest.approx(0.55) and mix_level(pts, 2.0) == pytest.approx(0.6)
+    rows = [_row("full", 1.0, 0.6), _row("static", 0.2, 0.4), _row("static", 0.3, 0.5, ratio=0.75),
+            _row("hazard", 0.25, 0.47, knob={"trigger": 0.5}), _row("hazard", 0.22, 0.41, knob={"trigger": 0.9})]
+    vs = frontiers(rows, [0.25])["gsm8k"]["learned_vs_static_mix"]
+    assert [(p["kv"], p["static_mix"]) for p in vs] == [(0.22, pytest.approx(0.42)), (0.25, pytest.approx(0.45))]
+
+
+def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    from merge_frontiers import merge
+
+    def result(guard, acc):
+        rows = [{**_row("full", 1.0, 0.6), "n": 10}, {**_row("static", 0.2, 0.4), "n": 10},
+                {**_row("hazard", 0.25, acc, knob={"trigger": 0.9}), "n": 10}]
+        return {"model": "m", "guard": guard, "rows": rows}
+
+    paths = []
+    for i, (g, acc) in enumerate([("checkpoints/a", 0.45), ("checkpoints/b", 0.5)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(result(g, acc)))
+    res = merge(paths, [0.25])
+    assert [r["knob"] for r in res["rows"] if r["policy"] == "hazard"] == [{"guard": "a", "trigger": 0.9},
+                                                                          {"guard": "b", "trigger": 0.9}]
+    assert res["guards"] == ["checkpoints/a", "checkpoints/b"] and len(res["rows"]) == 4
+    assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["hazard"]["knob"]["guard"] == "b"
 
 
 def test_variants_sweep_every_list_valued_knob():
