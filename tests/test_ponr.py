@@ -1,22 +1,27 @@
-"""The point-of-no-return procedure: its restore probe at the extremes, and the summary."""
+"""The point-of-no-return procedure: its restore probe at the extremes, the oracle that uses it, and the summary."""
 
-from hazard.compression import PressSpec
+from hazard.collect import build_rows, encode
+from hazard.compression import PressSpec, build_press
+from hazard.control import PolicyController, build_policy
 from hazard.engine import Engine
 from hazard.ponr import _rows, point_of_no_return, summarize_ponr
 from hazard.tasks import build_task
 
 
-def test_restore_probe_at_the_extremes(model64, tok, gsm8k_dir):
-    """Restoring after the first token is the uncompressed run; restoring never is the static press."""
+def _setup(model64, tok, gsm8k_dir):
+    """Three GSM8K prompts, an engine, SnapKV 0.75, and their uncompressed and static runs."""
     prompts = build_task("gsm8k", path=str(gsm8k_dir), split="test", limit=3, k_shot=0, seed=0).prompts()
-    from hazard.collect import encode
-
     ids = [encode(tok, p) for p in prompts]
     eng = Engine(model64, [tok.eos_token_id], max_new_tokens=12, batch_size=3)
     meta = {"model": "tiny", "task": "gsm8k", "seed": 0, "max_new_tokens": 12}
     spec = PressSpec("snapkv", 0.75, {"window_size": 4})
     full = _rows(eng, tok, prompts, ids, PressSpec("none"), meta)
-    static = _rows(eng, tok, prompts, ids, spec, meta, full)
+    return prompts, ids, eng, meta, spec, full, _rows(eng, tok, prompts, ids, spec, meta, full)
+
+
+def test_restore_probe_at_the_extremes(model64, tok, gsm8k_dir):
+    """Restoring after the first token is the uncompressed run; restoring never is the static press."""
+    prompts, ids, eng, meta, spec, full, static = _setup(model64, tok, gsm8k_dir)
     early = _rows(eng, tok, prompts, ids, spec, meta, full, at=1)
     never = _rows(eng, tok, prompts, ids, spec, meta, full, at=10**6)
     assert [r["tokens"] for r in early] == [r["tokens"] for r in full]
@@ -65,21 +70,9 @@ def test_the_probe_writes_its_runs_as_a_collection(tmp_path, gsm8k_dir):
 def test_the_ponr_oracle_restores_each_row_where_its_probe_did(model64, tok, gsm8k_dir):
     """oracle at=ponr: a row whose point of no return is t runs as the probe's restore after t tokens; a
     row with none (-1) runs as the static press."""
-    from hazard.collect import encode
-    from hazard.control import PolicyController, build_policy
-
-    prompts = build_task("gsm8k", path=str(gsm8k_dir), split="test", limit=3, k_shot=0, seed=0).prompts()
-    ids = [encode(tok, p) for p in prompts]
-    eng = Engine(model64, [tok.eos_token_id], max_new_tokens=12, batch_size=3)
-    meta = {"model": "tiny", "task": "gsm8k", "seed": 0, "max_new_tokens": 12}
-    spec = PressSpec("snapkv", 0.75, {"window_size": 4})
-    full = _rows(eng, tok, prompts, ids, PressSpec("none"), meta)
-    static = _rows(eng, tok, prompts, ids, spec, meta, full)
+    prompts, ids, eng, meta, spec, full, static = _setup(model64, tok, gsm8k_dir)
     points = {0: 1, 1: 5, 2: -1}
     ctl = PolicyController(build_policy("oracle", at="ponr", lead=3), None, spec.ratio, 12, points)
-    from hazard.collect import build_rows
-    from hazard.compression import build_press
-
     got = build_rows(tok, prompts, eng.generate(ids, build_press(spec), ctl), full, spec, meta)
     assert got[0]["tokens"] == _rows(eng, tok, prompts, ids, spec, meta, full, at=1)[0]["tokens"] == full[0]["tokens"]
     assert got[1]["tokens"] == _rows(eng, tok, prompts, ids, spec, meta, full, at=5)[1]["tokens"]
