@@ -31,7 +31,7 @@ from hazard.errors import HazardError
 from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
-from hazard.ponr import GRID, failing, restore_curves
+from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
 from hazard.signals import SIGNALS
@@ -135,13 +135,8 @@ def _ponr(path: Path, engine: Engine, tok, prompts, ids, spec: PressSpec, meta: 
         t0 = time.perf_counter()
         rows = failing(static, refs)
         curves = restore_curves(engine, tok, prompts, ids, spec, meta, refs, static, rows, PONR_GRID)
-        points = [c["point_of_no_return"] for c in curves]
-        saved = np.array([p for p in points if p >= 0])
-        summary = {"grid": list(PONR_GRID), "failing": len(rows), "saved_by_some_restore": int(len(saved)),
-                   "ponr_quartiles": [float(v) for v in np.percentile(saved, [25, 50, 75])] if len(saved) else None,
-                   "prefix_mismatch": sum(not all(c["same_prefix"]) for c in curves),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-        rec = {"summary": summary, "ponr": {str(i): p for i, p in zip(rows, points)}}
+        summary = {"grid": list(PONR_GRID), **summarize_curves(curves), "seconds": round(time.perf_counter() - t0, 3)}
+        rec = {"summary": summary, "ponr": {str(i): c["point_of_no_return"] for i, c in zip(rows, curves)}}
         write_json(path, rec)
         print(f"evaluate: point of no return under {spec.label}: {summary['saved_by_some_restore']} of "
               f"{summary['failing']} failing rows saved by some restore ({summary['seconds']:.0f} s)", flush=True)

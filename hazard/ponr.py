@@ -84,17 +84,21 @@ def _quartiles(a: np.ndarray) -> list[float] | None:
     return [float(v) for v in np.percentile(a, [25, 50, 75])] if len(a) else None
 
 
+def summarize_curves(curves: list[dict]) -> dict:
+    """Over failing runs' curves (``restore_curves``): how many, how many some restore saves, the quartiles
+    of their point of no return, and how many restored runs left the static run before restoring."""
+    saved = np.array([c["point_of_no_return"] for c in curves if c["point_of_no_return"] >= 0])
+    return {"failing": len(curves), "saved_by_some_restore": int(len(saved)), "ponr_quartiles": _quartiles(saved),
+            "prefix_mismatch": sum(not all(c["same_prefix"]) for c in curves)}
+
+
 def summarize_ponr(rows: list[dict]) -> dict:
-    """Per (press, ratio): how many failing runs, the share any restore saves, and the distribution of the
-    point of no return (quartiles over the runs that some restore saves) and of its lead on the onset."""
+    """Per (press, ratio): ``summarize_curves`` and the quartiles of the point of no return's lead on the
+    labelled onset."""
     out = {}
     for key in sorted({(r["press"], r["ratio"]) for r in rows}):
         rs = [r for r in rows if (r["press"], r["ratio"]) == key]
-        saved = [r for r in rs if r["point_of_no_return"] >= 0]
-        ponr = np.array([r["point_of_no_return"] for r in saved])
-        lead = np.array([r["point_of_no_return"] - r["onset"] for r in saved if r["onset"] >= 0])
-        out[f"{key[0]}@{key[1]:g}"] = {
-            "failing": len(rs), "saved_by_some_restore": len(saved), "ponr_quartiles": _quartiles(ponr),
-            "ponr_minus_onset_quartiles": _quartiles(lead),
-            "prefix_mismatch": sum(not all(r["same_prefix"]) for r in rs)}
+        lead = np.array([r["point_of_no_return"] - r["onset"] for r in rs
+                         if r["point_of_no_return"] >= 0 and r["onset"] >= 0])
+        out[f"{key[0]}@{key[1]:g}"] = {**summarize_curves(rs), "ponr_minus_onset_quartiles": _quartiles(lead)}
     return out
