@@ -168,8 +168,10 @@ def evaluate(argv: list[str]) -> None:
 def format_summary(summary: dict) -> str:
     head = (f"{'task':14} {'press':20} {'ratio':>5} {'n':>4} {'acc':>5} {'loop':>5} {'nonterm':>7} "
             f"{'catas':>5} {'kept':>5}")
-    lines = [f"model {summary['model']} on {summary['hardware']}: "
-             f"{summary['generated_tokens_per_s']} generated tokens/s", head]
+    rate, shards = summary["generated_tokens_per_s"], summary.get("shard_generated_tokens_per_s")
+    speed = (f"{rate} generated tokens/s" if rate is not None else  # a resumed call that found every shard
+             f"no new shards (the collection's shards: {shards} generated tokens/s)")
+    lines = [f"model {summary['model']} on {summary['hardware']}: {speed}", head]
     for r in summary["configs"]:
         lines.append(f"{r['task']:14} {r['press']:20} {r['ratio']:5.3g} {r['n']:4d} {r['accuracy']:5.2f} "
                      f"{r['loop_rate']:5.2f} {r['nonterm_rate']:7.2f} {r['catastrophe_rate']:5.2f} "

@@ -102,6 +102,16 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, tiny_dir, monkeyp
     assert json.loads((part / "summary.json").read_text())["shard_generated_tokens_per_s"] > 0
 
 
+def test_a_call_that_finds_every_shard_says_so(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "done"
+    assert main(_args(out, tiny_dir)) == 0
+    capsys.readouterr()
+    assert main(_args(out, tiny_dir)) == 0  # nothing left to generate
+    head = capsys.readouterr().out
+    rate = json.loads((out / "summary.json").read_text())["shard_generated_tokens_per_s"]
+    assert f"no new shards (the collection's shards: {rate} generated tokens/s)" in head and "None" not in head
+
+
 def test_resume_refuses_a_different_config(tmp_path, tiny_dir, capsys):
     out = tmp_path / "t"
     assert main(_args(out, tiny_dir)) == 0
