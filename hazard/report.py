@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+
+from hazard.frontiers import mix_level
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,7 +32,7 @@ def pareto_plot(rows: list[dict], out: Path) -> None:
 
 def frontier_plot(key: str, fr: dict, out: Path) -> None:
     """Accuracy and catastrophe rate against mean GPU KV, one staircase per family (static presses grey,
-    controllers in colour, the uncompressed run a star)."""
+    controllers in colour, the uncompressed run a star, the static mix dotted)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     greys = iter(["0.15", "0.45", "0.65", "0.8"])
     for fam, f in fr["families"].items():
@@ -44,6 +47,10 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
         axes[1].scatter([p["kv"] for p in pts], [p["catastrophe_rate"] for p in pts], label=fam, s=18,
                         color=axes[0].lines[-1].get_color(), marker="." if fam.startswith("static:") else "o")
     unc = fr.get("uncompressed")
+    mix = fr["families"].get("static", {}).get("points", []) + ([unc] if unc else [])
+    if mix:  # what a per-row mix of two static settings reaches (hazard.frontiers.mix_level)
+        xs = np.linspace(min(p["kv"] for p in mix), max(1.0, max(p["kv"] for p in mix)), 300)
+        axes[0].plot(xs, [mix_level(mix, x) for x in xs], color="k", lw=0.8, ls=":", label="static mix")
     for ax, y in zip(axes, ("accuracy", "catastrophe_rate")):
         if unc:
             ax.plot([unc["kv"]], [unc[y]], marker="*", ms=14, color="gold", mec="k", ls="", label="uncompressed")
