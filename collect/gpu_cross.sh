@@ -1,28 +1,45 @@
 #!/usr/bin/env bash
-# Issue 11's cross-model study in one hold, on the device machine from the repo root (both models' GGUF
-# chunks staged, .whl and .data carried; gpu/README.md):
-#   collect  campaign part PART (default 2) of the 0.5B and of the 1.5B side by side on the one GPU (the
-#            engine is host bound, so two processes overlap; their tokens/s are not the engine's alone)
-#   train    MODEL=cross report (configs/train/campaign_cross.yaml): pooled guard, then each model held out
-# SIZE="--tasks.0.options.limit 8 ..." overrides the part's size (default: 8 GSM8K problems x 26 formats and
-# 100 prompts of each synthetic task, ~10.6k traces per model). Each step resumes in a next call
-# (STEPS=train again until metrics.json says "complete": true).
+# Several campaign parts collected side by side on the one GPU, then a report on them, on the device machine
+# from the repo root (the models' GGUF chunks staged, .whl and .data carried; gpu/README.md):
+#   collect  every job of JOBS ("<model>:<part> ..."; default "q05:$PART q15:$PART", PART default 2) as its own
+#            process (the engine is host bound, so processes overlap on the GPU; their tokens/s are not the
+#            engine's alone), then collect/merge_parts.py: the parts' totals and the aggregate rate over the
+#            wall time into /tmp/hz/$NAME.json (NAME default campaign_parts)
+#   train    the report REPORT (default campaign_cross: pooled guard, then each model held out)
+# SIZE overrides each part's size (default: 8 GSM8K problems x 26 formats and 100 prompts of each synthetic
+# task, ~10.6k traces per part; SIZE="" runs whole parts, ~27k traces each). Each step resumes in a next
+# call (the parts where they stopped; STEPS=train again until metrics.json says "complete": true).
+# The scale run of issue 11 (four whole parts, ~110k traces):
+#   JOBS="q15:3 q15:4 q15:5 q05:3" SIZE="" NAME=campaign_scale REPORT=campaign_scale bash collect/gpu_cross.sh
 set -uo pipefail
 STEPS=${STEPS:-collect train}
 PART=${PART:-2}
-SIZE=${SIZE:---tasks.0.options.limit 8 --tasks.1.options.n_prompts 100 --tasks.2.options.n_prompts 100}
+JOBS=${JOBS:-q05:$PART q15:$PART}
+SIZE=${SIZE---tasks.0.options.limit 8 --tasks.1.options.n_prompts 100 --tasks.2.options.n_prompts 100}
+NAME=${NAME:-campaign_parts}
 start=$SECONDS
-source gpu/setup.sh || exit 2  # the wheels once, before two jobs would install them at the same time
+# The wheels, and each model that several jobs share, before those jobs would install or convert them at the
+# same time; a model with one job converts in that job, beside the others' collections.
+shared=$(for j in $JOBS; do echo "${j%%:*}"; done | sort | uniq -d | tr '\n' ' ')
+# shellcheck disable=SC2086
+source gpu/setup.sh $shared || exit 2
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # several processes share the GPU's memory
 if [[ " $STEPS " == *" collect "* ]]; then
-  for m in q05 q15; do
-    MODEL=$m PART=$PART STEPS=collect BUDGET=$((${BUDGET:-560} - (SECONDS - start))) COLLECT_ARGS="$SIZE" \
-      bash collect/gpu_campaign.sh > "/tmp/cross_collect_$m.out" 2>&1 &
+  t0=$(date +%s)
+  for j in $JOBS; do
+    MODEL=${j%%:*} PART=${j##*:} STEPS=collect BUDGET=$((${BUDGET:-560} - (SECONDS - start))) COLLECT_ARGS="$SIZE" \
+      bash collect/gpu_campaign.sh > "/tmp/cross_collect_${j/:/_p}.out" 2>&1 &
   done
   wait
-  for m in q05 q15; do echo "== $m"; tail -4 "/tmp/cross_collect_$m.out"; done
+  for j in $JOBS; do echo "== $j"; tail -4 "/tmp/cross_collect_${j/:/_p}.out"; done
+  # wall seconds of this call's collection, added up over resumed calls (the aggregate rate's denominator)
+  echo "$t0 $(date +%s)" >> "/tmp/hz/${NAME}_wall.txt"
+  python3 collect/merge_parts.py --wall "/tmp/hz/${NAME}_wall.txt" --out "/tmp/hz/$NAME.json" \
+    $(for j in $JOBS; do m=${j%%:*}; echo "/tmp/hz/campaign_${m}_p${j##*:}_summary.json"; done) \
+    && cp "/tmp/hz/$NAME.json" "$OUT/"
 fi
 if [[ " $STEPS " == *" train "* ]]; then
-  MODEL=cross STEPS=train BUDGET=$((${BUDGET:-560} - (SECONDS - start))) bash collect/gpu_campaign.sh \
-    2>&1 | grep -v -i "wandb\|dataloader\|Seed set\|available\|LOCAL_RANK\|Tip"
+  MODEL=cross REPORT=${REPORT:-campaign_cross} STEPS=train BUDGET=$((${BUDGET:-560} - (SECONDS - start))) \
+    bash collect/gpu_campaign.sh 2>&1 | grep -v -i "wandb\|dataloader\|Seed set\|available\|LOCAL_RANK\|Tip"
 fi
 echo "elapsed $((SECONDS - start)) s"

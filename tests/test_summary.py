@@ -30,3 +30,40 @@ def test_onset_summary_counts_what_repetition_can_see_within_the_delay():
     assert out["wrong"]["onset_placed"] == 0.0 and out["wrong"]["repeat4_within"] == 0.0
     assert out["wrong"]["median_onset"] is None
     assert out["healthy_repeat4_any"] == 0.5
+
+
+def _part(model, traces, tokens, press="snapkv", complete=True):
+    return {"model": model, "complete": complete, "chunks_left": 0 if complete else 1, "n_traces": traces,
+            "n_generated_tokens": tokens, "shard_generated_tokens_per_s": 100.0, "git_sha": "abc",
+            "hardware": "1x GPU", "configs": [{"press": press, "ratio": 0.5}], "formats": [
+                {"task": "gsm8k", "format": "k3e0s0"}]}
+
+
+def test_parts_collected_side_by_side_add_up_over_the_wall_time(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    paths = []
+    for name, part in {"campaign_q15_p3": _part("q15", 10, 1000), "campaign_q05_p3": _part("q05", 5, 500, "knorm"),
+                       "campaign_q15_p4": _part("q15", 20, 1500, complete=False)}.items():
+        paths.append(tmp_path / f"{name}_summary.json")
+        paths[-1].write_text(json.dumps(part))
+    wall = tmp_path / "wall.txt"
+    wall.write_text("100 200\n300 350\n")  # two calls: 150 s in all
+    out = tmp_path / "merged.json"
+    run = subprocess.run([sys.executable, str(root / "collect/merge_parts.py"), "--wall", str(wall), "--out", str(out),
+                          *map(str, paths)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    assert rec["n_traces"] == 35 and rec["n_generated_tokens"] == 3000 and rec["wall_seconds"] == 150
+    assert rec["aggregate_generated_tokens_per_s"] == 20.0 and rec["processes"] == 3 and not rec["complete"]
+    assert rec["by_model"]["q15"] == {"n_traces": 30, "n_generated_tokens": 2500, "parts": 2}
+    assert rec["settings"] == ["knorm@0.5", "snapkv@0.5"] and set(rec["parts"]) == {
+        "campaign_q15_p3", "campaign_q05_p3", "campaign_q15_p4"}
+    wall.write_text("100 later\n")
+    run = subprocess.run([sys.executable, str(root / "collect/merge_parts.py"), "--wall", str(wall), "--out", str(out),
+                          *map(str, paths)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "wall.txt:1" in run.stderr
