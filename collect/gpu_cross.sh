@@ -25,15 +25,24 @@ shared=$(for j in $JOBS; do echo "${j%%:*}"; done | sort | uniq -d | tr '\n' ' '
 source gpu/setup.sh $shared || exit 2
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # several processes share the GPU's memory
 if [[ " $STEPS " == *" collect "* ]]; then
+  # Wall seconds of the collection over calls (the aggregate rate's denominator): a ticker keeps this
+  # call's "start now" line in an open file, closed into the wall file at the end; a call killed by its
+  # limit leaves it open and the next call closes it first.
+  open_wall="/tmp/hz/${NAME}_wall.open"
+  [ -s "$open_wall" ] && cat "$open_wall" >> "/tmp/hz/${NAME}_wall.txt"
   t0=$(date +%s)
+  (while true; do echo "$t0 $(date +%s)" > "$open_wall"; sleep 5; done) &
+  ticker=$!
+  pids=()
   for j in $JOBS; do
     MODEL=${j%%:*} PART=${j##*:} STEPS=collect BUDGET=$((${BUDGET:-560} - (SECONDS - start))) COLLECT_ARGS="$SIZE" \
       bash collect/gpu_campaign.sh > "/tmp/cross_collect_${j/:/_p}.out" 2>&1 &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"
+  kill "$ticker" 2>/dev/null
+  echo "$t0 $(date +%s)" >> "/tmp/hz/${NAME}_wall.txt" && rm -f "$open_wall"
   for j in $JOBS; do echo "== $j"; tail -4 "/tmp/cross_collect_${j/:/_p}.out"; done
-  # wall seconds of this call's collection, added up over resumed calls (the aggregate rate's denominator)
-  echo "$t0 $(date +%s)" >> "/tmp/hz/${NAME}_wall.txt"
   python3 collect/merge_parts.py --wall "/tmp/hz/${NAME}_wall.txt" --out "/tmp/hz/$NAME.json" \
     $(for j in $JOBS; do m=${j%%:*}; echo "/tmp/hz/campaign_${m}_p${j##*:}_summary.json"; done) \
     && cp "/tmp/hz/$NAME.json" "$OUT/"

@@ -4,9 +4,10 @@ the totals, and the aggregate rate of the processes together over the wall time 
     python collect/merge_parts.py --wall /tmp/hz/campaign_scale_wall.txt --out campaign_scale.json \
         /tmp/hz/campaign_q15_p3_summary.json /tmp/hz/campaign_q05_p3_summary.json ...
 
-``--wall`` holds one line "start end" (Unix seconds) per collecting call; their durations add up (a part
-resumed in a later call is counted once per call it ran in). A part's own rate (``shard_generated_tokens_per_s``)
-is its tokens over its own generation time while sharing the GPU, not the engine's rate alone.
+``--wall`` holds one line "start end" (seconds) per collecting call, ``#`` comments allowed; their durations
+add up (a part resumed in a later call is counted once per call it ran in). A part's own rate
+(``shard_generated_tokens_per_s``) is its tokens over its own generation time while sharing the GPU, not the
+engine's rate alone.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ PART_KEYS = ("model", "complete", "chunks_left", "n_traces", "n_generated_tokens
 
 
 def wall_seconds(path: Path) -> float:
-    """Summed durations of the "start end" lines in ``path``."""
+    """Summed durations of the "start end" lines in ``path`` (``#`` starts a comment)."""
     total = 0.0
     for i, line in enumerate(path.read_text().split("\n"), 1):
+        line = line.split("#")[0]
         if not line.strip():
             continue
         try:

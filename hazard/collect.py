@@ -91,7 +91,8 @@ class CollectConfig:
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
     seed: int = 0
     summary_out: str | None = None
-    time_budget_s: float | None = None  # start no setting after this long (one shard at least); run again to go on
+    time_budget_s: float | None = None  # start no group that would end after this long (one shard at least);
+    # run the same command again to go on
     mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
     verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
 
@@ -172,17 +173,34 @@ def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
     return f"{task}-{chunk:05d}-{setting}.parquet"
 
 
+@dataclass
+class TimeBudget:
+    """When a time-budgeted call stops: no generate group starts after ``deadline`` (``time.perf_counter()``),
+    nor one that would end after it if it lasts as long as the longest group so far in this call (a group of
+    six mixed settings on a shared GPU runs for minutes: checking the start alone overran a device call's
+    limit by one group and lost it)."""
+
+    deadline: float
+    longest_s: float = 0.0
+
+    def allows(self, now: float | None = None) -> bool:
+        return (time.perf_counter() if now is None else now) + self.longest_s <= self.deadline
+
+    def ran(self, seconds: float) -> None:
+        self.longest_s = max(self.longest_s, seconds)
+
+
 def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec], meta: dict,
-             shard_path, deadline: float | None = None, progress: int = 0,
+             shard_path, budget: TimeBudget | None = None, progress: int = 0,
              mix_settings: int = 1) -> tuple[int, int, bool]:
     """The uncompressed reference and every press setting for one chunk of prompts; one shard per setting.
 
     Settings whose shard exists are skipped; the reference rows are read back from their shard when a
     resumed run needs them. Up to ``mix_settings`` prefill settings share one ``generate`` (their rows in
     one batch, prompt by prompt, so each prompt's prefill forward serves all of them; decode-time presses
-    always run alone; 0 = all). No group starts after ``deadline``
-    (``time.perf_counter()``) unless no shard has been written yet (``progress``: shards this call wrote
-    before), so every call makes progress. Returns (shards written, shards skipped, stopped at the deadline).
+    always run alone; 0 = all). No group starts that ``budget`` does not allow, unless no shard has been
+    written yet (``progress``: shards this call wrote before), so every call makes progress. Returns
+    (shards written, shards skipped, stopped by the budget).
     """
     ids = [encode(tok, p) for p in prompts]
     refs: list[dict] | None = None
@@ -203,7 +221,7 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
     size = len(mixable) if mix_settings <= 0 else mix_settings
     groups = [mixable[i:i + size] for i in range(0, len(mixable), size)] + [[s] for s in todo if s not in mixable]
     for group in groups:
-        if deadline is not None and time.perf_counter() > deadline and progress + written:
+        if budget is not None and not budget.allows() and progress + written:
             return written, skipped, True
         presses = [built[spec.label] for spec in group]
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
@@ -211,6 +229,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         m = len(group)
         gens = engine.generate([q for q in ids for _ in group], presses * len(ids) if m > 1 else presses[0])
         seconds = engine.seconds - seconds0
+        if budget is not None:
+            budget.ran(seconds)
         total = max(engine.generated_tokens - tokens0, 1)
         for k, spec in enumerate(group):
             part = gens[k::m]
@@ -336,10 +356,10 @@ def run_collect(cfg: CollectConfig) -> dict | None:
                  "max_new_tokens": cfg.max_new_tokens}
     bar = tqdm(mine, desc=f"collect[rank {rank}]", unit="chunk", disable=None)
     skipped = left = written = 0
-    deadline = None if cfg.time_budget_s is None else time.perf_counter() + cfg.time_budget_s
+    budget = None if cfg.time_budget_s is None else TimeBudget(time.perf_counter() + cfg.time_budget_s)
     for i, (name, chunk, prompts) in enumerate(bar):
         w, s, stopped = run_unit(engine, tok, prompts, specs, {**meta_base, "task": name},
-                                 lambda spec, t=name, c=chunk: out / "data" / shard_name(t, c, spec), deadline,
+                                 lambda spec, t=name, c=chunk: out / "data" / shard_name(t, c, spec), budget,
                                  written, cfg.mix_settings)
         written += w
         skipped += s

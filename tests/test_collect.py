@@ -256,3 +256,13 @@ def test_a_verify_window_fills_the_verify_columns(tmp_path, tiny_dir):
     evicting = [r for r in rows if r["press"] not in ("none",) and not r["press"].startswith("decode")]
     assert max(max(r["verify_kl"]) for r in evicting) > 0  # the shadows saw the compressed runs differ
     assert all(r["verify_kl"][0] == 0 and r["verify_top1"][0] == 1 for r in rows)  # the prefill's token
+
+
+def test_the_time_budget_starts_no_group_the_longest_one_says_would_overrun():
+    from hazard.collect import TimeBudget
+
+    b = TimeBudget(deadline=100.0)
+    assert b.allows(now=99.0)  # nothing ran yet: only the start counts
+    b.ran(30.0)
+    b.ran(10.0)  # the longest group so far is what the next one may take
+    assert b.allows(now=70.0) and not b.allows(now=71.0) and not b.allows(now=101.0)

@@ -52,7 +52,7 @@ def test_parts_collected_side_by_side_add_up_over_the_wall_time(tmp_path):
         paths.append(tmp_path / f"{name}_summary.json")
         paths[-1].write_text(json.dumps(part))
     wall = tmp_path / "wall.txt"
-    wall.write_text("100 200\n300 350\n")  # two calls: 150 s in all
+    wall.write_text("# call 1\n100 200\n300 350  # call 2\n")  # two calls: 150 s in all
     out = tmp_path / "merged.json"
     run = subprocess.run([sys.executable, str(root / "collect/merge_parts.py"), "--wall", str(wall), "--out", str(out),
                           *map(str, paths)], capture_output=True, text=True)
