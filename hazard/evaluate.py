@@ -106,6 +106,12 @@ def variants(options: dict) -> list[dict]:
     return [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
 
 
+def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
+    """Random's runs when its rate is matched: each swept knob (e.g. seeds) at each hazard run's measured rate
+    (settings that fired alike share a run)."""
+    return [{**k, "rate": r} for r in dict.fromkeys(rates) for k in knobs]
+
+
 def _knob_label(knob: dict) -> str:
     return "__".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knob.items())
 
@@ -226,8 +232,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 opts = cfg.policy_options.get(name, {})
                 knobs = variants(opts)
                 if name == "random" and "rate" not in opts and hazard_rates:
-                    # one per hazard setting, at its measured rate (settings that fired alike share a run)
-                    knobs = [{"rate": r} for r in dict.fromkeys(hazard_rates)]
+                    knobs = matched_knobs(knobs, hazard_rates)
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None
                     policy = _policy(name, cfg, guard, rate, knob)

@@ -343,3 +343,12 @@ def test_detect_rewind_to_the_first_token_regenerates_the_uncompressed_run(model
         else:
             assert h.tokens == s.tokens and not h.control["events"]
     assert fired or model64.config.model_type != "qwen2"  # the qwen2 tiny model loops under knorm 0.75
+
+
+def test_random_at_matched_rates_keeps_its_own_swept_knobs():
+    from hazard.evaluate import matched_knobs, variants
+
+    knobs = variants({"calm_tokens": 0, "seed": [0, 1]})
+    assert matched_knobs(knobs, [0.01, 0.02, 0.01]) == [
+        {"seed": 0, "rate": 0.01}, {"seed": 1, "rate": 0.01}, {"seed": 0, "rate": 0.02}, {"seed": 1, "rate": 0.02}]
+    assert matched_knobs(variants({"calm_tokens": 0}), [0.5]) == [{"rate": 0.5}]
