@@ -28,6 +28,7 @@ if [[ " $STEPS " == *" collect "* ]]; then
   # Wall seconds of the collection over calls (the aggregate rate's denominator): a ticker keeps this
   # call's "start now" line in an open file, closed into the wall file at the end; a call killed by its
   # limit leaves it open and the next call closes it first.
+  mkdir -p /tmp/hz
   open_wall="/tmp/hz/${NAME}_wall.open"
   [ -s "$open_wall" ] && cat "$open_wall" >> "/tmp/hz/${NAME}_wall.txt"
   t0=$(date +%s)

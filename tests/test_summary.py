@@ -67,3 +67,20 @@ def test_parts_collected_side_by_side_add_up_over_the_wall_time(tmp_path):
     run = subprocess.run([sys.executable, str(root / "collect/merge_parts.py"), "--wall", str(wall), "--out", str(out),
                           *map(str, paths)], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "wall.txt:1" in run.stderr
+
+
+def test_campaign_totals_count_a_repeated_collection_once(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("totals", Path(__file__).parents[1] / "collect/campaign_totals.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, n in {"campaign_q15": 10, "campaign_q15_run2": 4, "campaign_q05_p3": 6}.items():
+        (tmp_path / f"{name}_summary.json").write_text(json.dumps(_part("m", n, 100 * n)))
+    (tmp_path / "campaign_scale.json").write_text("{}")  # a merged record, not a summary
+    t = mod.totals(tmp_path)
+    assert (t["n_traces"], t["n_generated_tokens"]) == (20, 2000)
+    assert (t["distinct_n_traces"], t["distinct_n_generated_tokens"]) == (16, 1600)
+    assert set(t["collections"]) == {"campaign_q15", "campaign_q15_run2", "campaign_q05_p3"}
