@@ -34,7 +34,7 @@ def wall_seconds(path: Path) -> float:
         try:
             start, end = (float(x) for x in line.split())
         except ValueError:
-            raise HazardError(f"{path}:{i}: expected 'start end' in Unix seconds, got {line!r}") from None
+            raise HazardError(f"{path}:{i}: expected 'start end' in seconds, got {line!r}") from None
         total += max(end - start, 0.0)
     return total
 
