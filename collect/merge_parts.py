@@ -59,6 +59,9 @@ def merge(summaries: dict[str, dict], wall_s: float) -> dict:
         "complete": all(p["complete"] for p in parts.values()),
         "n_traces": traces, "n_generated_tokens": tokens, "wall_seconds": round(wall_s, 1),
         "aggregate_generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else None,
+        # the parts' own rates added up: what the processes reached while generating, lost or idle time aside
+        "summed_part_generated_tokens_per_s": round(sum(p["shard_generated_tokens_per_s"] or 0.0
+                                                        for p in parts.values()), 1),
         "processes": len(parts), "by_model": by_model, "n_settings": len(settings), "settings": settings,
         "n_formats": len(formats), "git_shas": sorted({p["git_sha"] for p in parts.values() if p["git_sha"]}),
         "hardware": sorted({p["hardware"] for p in parts.values() if p["hardware"]}),

@@ -60,6 +60,7 @@ def test_parts_collected_side_by_side_add_up_over_the_wall_time(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["n_traces"] == 35 and rec["n_generated_tokens"] == 3000 and rec["wall_seconds"] == 150
     assert rec["aggregate_generated_tokens_per_s"] == 20.0 and rec["processes"] == 3 and not rec["complete"]
+    assert rec["summed_part_generated_tokens_per_s"] == 300.0
     assert rec["by_model"]["q15"] == {"n_traces": 30, "n_generated_tokens": 2500, "parts": 2}
     assert rec["settings"] == ["knorm@0.5", "snapkv@0.5"] and set(rec["parts"]) == {
         "campaign_q15_p3", "campaign_q05_p3", "campaign_q15_p4"}
