@@ -81,7 +81,7 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     kv = [_kv_fractions(r) for r in rows]
     ctl = [g.control for g in gens]
     healthy = [i for i, r in enumerate(static_rows or []) if not r["catastrophe"]]
-    triggered = [any(e[1] in ("restore", "reselect") for e in c.get("events", [])) for c in ctl]
+    triggered = [any(e[1] in ("restore", "reselect", "force") for e in c.get("events", [])) for c in ctl]
     return {
         "n": len(rows),
         "accuracy": float(np.mean([r["correct"] for r in rows])),

@@ -20,6 +20,7 @@ import torch
 
 from hazard.control.cycles import CycleTracker
 from hazard.control.policies import (
+    AnswerCheckPolicy,
     DetectRewindPolicy,
     DigestRecallPolicy,
     OraclePolicy,
@@ -115,6 +116,8 @@ class PolicyController(Controller):
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays
+        self._checked = np.zeros(n_slots, dtype=np.int64)  # answer_check: answers checked per slot's row
+        self._pending = np.zeros(n_slots, dtype=bool)  # answer_check: recall due at the next step
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
@@ -132,6 +135,8 @@ class PolicyController(Controller):
             self.states[r] = RowState()
         self._busy[list(slots)] = False
         self._rows.reset(list(slots))
+        self._checked[list(slots)] = 0
+        self._pending[list(slots)] = False
         if self._cycles is not None:
             self._cycles.reset(list(slots))
         if self.guard is not None:
@@ -222,8 +227,31 @@ class PolicyController(Controller):
         self._rows.triggers[slots[watch[fire]]] += 1
         return actions
 
+    def review(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        p = self.policy
+        if not isinstance(p, AnswerCheckPolicy):
+            return np.zeros(len(rows), dtype=bool)
+        return (self._checked[slots] < p.checks) & (steps >= 2)  # a first token alone is the prefill's
+
+    def reviewed(self, slots: np.ndarray, rows: np.ndarray, verdicts: list) -> dict[int, list]:
+        p = self.policy
+        self._checked[slots] += 1
+        actions = {}
+        for s, r, v in zip(slots, rows, verdicts):
+            at = v.first_disagreement(p.tau)
+            if at < 0:
+                continue
+            actions[int(r)] = p.repair(len(v.tokens), at, int(v.top[at]))
+            self._rows.triggers[s] += 1
+            self._pending[s] = p.action == "recall"
+        return actions
+
     def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray,
                 extra: np.ndarray | None = None) -> dict[int, list]:
+        if isinstance(self.policy, AnswerCheckPolicy):  # acts at a row's end (review); a repair's recall
+            due = self._pending[slots]  # comes one step later, ranked by the replacement token's queries,
+            self._pending[slots[due]] = False  # which is fed again with the recalled entries
+            return {int(r): list(self.policy.relief) + [("rollback", 1)] for r in rows[due]}
         if self._cycles is not None:  # detect_rewind reads the tokens, no signal
             return self._rewind(slots, rows, packets, steps)
         if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again

@@ -1,7 +1,8 @@
 """Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
 ``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
 reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
-``verify`` decides once, after a verify window beside an uncompressed shadow.
+``verify`` decides once, after a verify window beside an uncompressed shadow; ``answer_check`` once a row has
+finished, from the uncompressed model's reading of the whole answer (``hazard.engine.check``).
 
 What a triggered policy brings back is its ``action``: ``restore`` (every evicted prompt entry) or
 ``recall`` (``budget`` x prompt length of them per layer and KV head, ranked by the evicted-key digest
@@ -339,6 +340,50 @@ class VerifyPolicy(_Relief):
 
 
 @dataclass
+class AnswerCheckPolicy(_Relief):
+    """Check every finished answer against the whole prompt, once, and repair it where compression changed it.
+
+    When a row ends (end token or budget), the engine has the uncompressed model read its answer (one
+    teacher-forced forward over prompt + answer, ``hazard.engine.check``). At the first token that model would
+    not have chosen and gives probability below ``tau``, the row rolls back, takes the uncompressed model's
+    token there, brings entries back (``action``) and generates on. ``recall`` ranks the evicted entries by the
+    queries of that replacement token: the row feeds it once under its compressed cache, recalls, and feeds it
+    again (one extra decode step). Rows the check approves finish as they are, at the press's memory.
+
+    The check's forward holds the row's whole prompt and answer for one step: the engine counts those K/V
+    bytes once, on the row's last token (as a prefill of that length).
+
+    Parameters
+    ----------
+    tau : float
+        A changed greedy choice counts when the uncompressed model gives the row's token less than this
+        probability (1: every change, bf16 near-ties included).
+    checks : int
+        Answers checked per row (a repaired row is checked again at its new end while checks remain).
+    action, budget, page
+        What a repair brings back (module docstring).
+    """
+
+    name: str = "answer_check"
+    signal: str = "none"
+    tau: float = 0.1
+    checks: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.tau <= 1:
+            raise HazardError(f"answer_check tau must be a probability in (0, 1], got {self.tau}")
+        if not isinstance(self.checks, int) or self.checks < 1:
+            raise HazardError(f"answer_check checks must be a whole number >= 1, got {self.checks!r}")
+
+    def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
+        """A row with ``n_tokens`` recorded whose token ``at`` the check replaces by ``token``: roll back to
+        it, put ``token`` there, and restore (``recall`` comes a step later, ranked by ``token``'s queries)."""
+        acts = [("rollback", n_tokens - 1 - at), ("force", int(token))]
+        return ([("restore",)] + acts) if self.action == "restore" else acts
+
+
+@dataclass
 class DigestRecallPolicy:
     """The non-learned query-aware baseline (ArkVale-style): every ``interval`` generated tokens, from the
     first, each row holds the press's kept prompt entries plus the ``budget`` share of the prompt whose
@@ -383,9 +428,10 @@ POLICIES = {
     "detect_rewind": DetectRewindPolicy,
     "digest_recall": DigestRecallPolicy,
     "verify": VerifyPolicy,
+    "answer_check": AnswerCheckPolicy,
 }
 POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall",
-                "verify"]
+                "verify", "answer_check"]
 
 
 def build_policy(name: str, **kwargs):

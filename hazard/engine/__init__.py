@@ -6,6 +6,7 @@ signals on the device, kvpress prefill compression per prompt, and controller ac
     runner.py     ModelRunner: the decode step (attention over the store, signals), graph capture
     attention.py  decode attention with per-row lengths (Triton), the attention signals in the same pass
     prefill.py    Prefill: batched prefill, each prompt compressed as kvpress would compress it alone
+    check.py      check_answers: the uncompressed model reads a finished answer (the answer_check policy)
     types.py      Generation, Controller
 """
 

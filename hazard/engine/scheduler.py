@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hazard.compression import is_decoding, tracker_of
+from hazard.engine.check import check_answers
 from hazard.engine.prefill import Prefill
 from hazard.engine.runner import ModelRunner, row_bucket, width_bucket
 from hazard.engine.store import KVStore
@@ -100,7 +101,8 @@ class Engine:
         self.generated_tokens = 0
         self.seconds = 0.0
         self.steps = 0
-        self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0}
+        self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0,
+                        "check_s": 0.0}
 
     # ---- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -264,6 +266,8 @@ class Engine:
                     control = {**info.pop(r), "controller_s": float(ctl_s[s]), "relaxed_steps": int(relaxed[s]),
                                "offload_bytes": int(plen[s]) * st.bytes_per_token}
                 kv_bytes = kv * st.bytes_per_token + st.digest_bytes(int(plen[s]))
+                if control.get("check_tokens"):  # an answer check held prompt + answer once (one forward)
+                    kv_bytes[-1] += control["check_tokens"] * st.bytes_per_token
                 if verify and reversible:  # a controller's verify window: its shadow's K/V is GPU memory it pays
                     t = np.arange(len(kv))
                     kv_bytes = kv_bytes + np.where(t <= window, (plen[s] + t) * st.bytes_per_token, 0)
@@ -285,6 +289,25 @@ class Engine:
             tok = rec[slots, ntok[slots] - 1, 0].astype(np.int64)
             end = np.zeros(len(slots), bool) if self.ignore_eos else np.isin(tok, self.end_ids)
             return slots[end | (ntok[slots] >= max_new) | (nsteps[slots] >= 4 * max_new)]
+
+        def review(slots: np.ndarray) -> np.ndarray:
+            """Rows about to finish that the controller has checked first; returns those that finish now
+            (a repaired row generates on, unless its replacement token ends it)."""
+            want = controller.review(slots, row[slots], ntok[slots].copy())
+            if not want.any():
+                return slots
+            t0 = time.perf_counter()
+            checked = slots[want]
+            answers = [rec[s, : ntok[s], 0].astype(np.int64).tolist() for s in checked]
+            verdicts = check_answers(self.runner, [prompts[row[s]] for s in checked], answers,
+                                     self.prefill.token_budget)
+            for s in checked:
+                info[int(row[s])]["check_tokens"] += int(plen[s] + ntok[s])
+            acts = controller.reviewed(checked, row[checked], verdicts)
+            self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
+            self.timings["check_s"] += time.perf_counter() - t0
+            acted = np.array([s for s in checked if int(row[s]) in acts], dtype=np.int64)
+            return np.union1d(np.setdiff1d(slots, acted), done(acted)) if len(acted) else slots
 
         while True:
             free = np.flatnonzero(row == -1)
@@ -318,7 +341,7 @@ class Engine:
                 rec[slots, 0] = pk
                 if controller is not None:
                     for i in take:
-                        info[i] = {"events": [], "rollback_tokens": 0}
+                        info[i] = {"events": [], "rollback_tokens": 0, "check_tokens": 0}
                     ctl_s[slots], relaxed[slots] = 0.0, 0
                     controller.admit(slots.tolist(), take, plen[slots].tolist())
                     acts = controller.observe(slots, row[slots], pk, ntok[slots].copy(), extra)
@@ -382,6 +405,8 @@ class Engine:
                 ctl_s[live] += dt / len(live)
                 relaxed[live] += prompt_held[live] > kept_n[live]
             finished = done(live)
+            if len(finished) and controller is not None:
+                finished = review(finished)
             if len(finished):
                 finish(finished)
             self.timings["host_s"] += time.perf_counter() - t1
@@ -479,6 +504,12 @@ class Engine:
                 st.rollback(slots, m, rec[slots, ntok[slots] - 1, 0].astype(np.int64))
                 for s, mm in rb:
                     info[int(row[s])]["rollback_tokens"] += mm
+            forced = by_kind.get("force", [])
+            if forced:  # the row's last recorded token is replaced; it is the one fed next
+                slots = [s for s, _ in forced]
+                tok = np.array([int(a[1]) for _, a in forced], dtype=np.int64)
+                rec[slots, ntok[slots] - 1, 0] = tok
+                st.rollback(slots, 0, tok)
             for kind, items in by_kind.items():
                 for s, _ in items:
                     info[int(row[s])]["events"].append((int(ntok[s]) if kind != "rollback" else

@@ -65,6 +65,16 @@ class Controller:
         ``("recall", positions)`` (an int array (layers, kv_heads, k) of evicted prompt positions),
         ``("reselect", share)`` (hold the press's entries plus the ``share`` x prompt length evicted ones the
         digest ranks best against the row's current queries; needs ``digest_page`` > 0 on the controller),
-        ``("rollback", m)`` or ``("recompress",)``, applied in order.
+        ``("rollback", m)``, ``("force", token)`` (the row's last recorded token becomes ``token``, fed next)
+        or ``("recompress",)``, applied in order.
         """
+        return {}
+
+    def review(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Rows about to finish (``steps`` tokens recorded) whose answer the uncompressed model should read
+        first: a bool mask. Those rows' ``Verdict``s (``hazard.engine.check``) go to ``reviewed``."""
+        return np.zeros(len(rows), dtype=bool)
+
+    def reviewed(self, slots: np.ndarray, rows: np.ndarray, verdicts: list) -> dict[int, list]:
+        """Actions (as ``observe``'s) for reviewed rows; a row given none finishes."""
         return {}

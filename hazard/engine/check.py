@@ -1,0 +1,76 @@
+"""The answer check: the uncompressed model reads a finished answer once and says where it disagrees.
+
+A row generated under a compressed cache is scored, teacher-forced, against its whole prompt: one forward
+over ``prompt + answer`` (no cache kept, like a prefill), the log-probability the uncompressed model gives
+each generated token and the token it would have chosen there. Greedy decoding with the whole prompt would
+have produced exactly the answer's tokens up to its first disagreement, so the first token the
+uncompressed model finds improbable is where compression changed the text: a controller rolls back there,
+puts the uncompressed model's choice in its place and goes on (``hazard.control.policies.AnswerCheckPolicy``).
+
+The forward runs on the model's own modules in chunks of at most ``token_budget`` padded tokens and
+projects only the answer's positions through ``lm_head`` (a 150k vocabulary over a whole prompt would
+cost more than the forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hazard.engine.runner import ModelRunner
+
+
+@dataclass
+class Verdict:
+    """The uncompressed model on one answer (``tokens``): per generated token t, ``logp[t]`` of the token the
+    row chose and ``top[t]`` (``top_logp[t]``), its own greedy choice there, given the prompt and tokens < t."""
+
+    tokens: np.ndarray
+    logp: np.ndarray
+    top: np.ndarray
+    top_logp: np.ndarray
+
+    def first_disagreement(self, tau: float) -> int:
+        """The first token the uncompressed model would not have chosen and gives probability below ``tau``
+        (-1: none). ``tau`` = 1 is any change of the greedy choice (bf16 near-ties included)."""
+        bad = (self.top != self.tokens) & (self.logp < np.log(tau))
+        return int(np.argmax(bad)) if bad.any() else -1
+
+
+@torch.inference_mode()
+def check_answers(runner: ModelRunner, prompts: list[list[int]], answers: list[list[int]],
+                  token_budget: int = 32768) -> list[Verdict]:
+    """Score each ``answers[i]`` (generated ids, the first one included) after ``prompts[i]`` with the
+    uncompressed model; see ``Verdict``."""
+    dev = next(runner.model.parameters()).device
+    seqs = [list(p) + list(a[:-1]) for p, a in zip(prompts, answers)]  # the last token is read, never fed
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[Verdict | None] = [None] * len(seqs)
+    chunk: list[int] = []
+
+    def run(idx: list[int]) -> None:
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for j, i in enumerate(idx):
+            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[j, : len(seqs[i])] = 1
+        hidden = runner.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+        for j, i in enumerate(idx):
+            p, a = len(prompts[i]), np.asarray(answers[i], dtype=np.int64)
+            h = hidden[j, p - 1: p - 1 + len(a)]  # position p - 1 + t predicts answer token t
+            lp = torch.log_softmax(runner.model.lm_head(h).float(), dim=-1)
+            top_lp, top = lp.max(-1)
+            chosen = lp.gather(-1, torch.as_tensor(a, device=dev)[:, None])[:, 0]
+            out[i] = Verdict(a, chosen.cpu().numpy(), top.cpu().numpy(), top_lp.cpu().numpy())
+
+    for i in order:  # sorted by length: a chunk's padding is small
+        if chunk and (len(chunk) + 1) * len(seqs[i]) > token_budget:
+            run(chunk)
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        run(chunk)
+    return out

@@ -1,0 +1,141 @@
+"""The answer check (``hazard.engine.check``) and the ``answer_check`` policy that repairs answers with it."""
+
+import numpy as np
+import pytest
+import torch
+from kvpress.utils import compute_n_kept
+from test_control import _prompts
+
+from hazard.compression import PressSpec, build_press
+from hazard.control import PolicyController, build_policy
+from hazard.engine import Engine
+from hazard.engine.check import Verdict, check_answers
+from hazard.errors import HazardError
+
+KNORM = PressSpec("knorm", 0.75)
+
+
+def _engine(model64, max_new=16, batch=3):
+    return Engine(model64, [256], max_new_tokens=max_new, batch_size=batch, probe_layers=(0, -1))
+
+
+def test_the_check_agrees_with_the_uncompressed_run_token_by_token(model64):
+    eng = _engine(model64)
+    prompts = _prompts(4, seed=3)
+    full = eng.generate(prompts, None)
+    verdicts = check_answers(eng.runner, prompts, [g.tokens for g in full], token_budget=150)  # several chunks
+    for g, v in zip(full, verdicts):
+        assert v.tokens.tolist() == g.tokens and v.top.tolist() == g.tokens
+        assert v.first_disagreement(1.0) == -1
+        assert np.allclose(v.logp, v.top_logp) and (v.logp <= 0).all()
+    static = eng.generate(prompts, build_press(KNORM))
+    changed = [i for i, (f, s) in enumerate(zip(full, static)) if f.tokens != s.tokens]
+    assert changed  # compression changed some answers: the check finds exactly where
+    for i, v in zip(changed, check_answers(eng.runner, [prompts[i] for i in changed],
+                                           [static[i].tokens for i in changed])):
+        first = next(t for t, (a, b) in enumerate(zip(full[i].tokens, static[i].tokens)) if a != b)
+        assert v.first_disagreement(1.0) == first and v.top[first] == full[i].tokens[first]
+        assert v.first_disagreement(np.exp(v.logp[first]) / 2) != first  # above tau: not counted
+
+
+def test_first_disagreement_needs_a_changed_choice_and_a_low_probability():
+    v = Verdict(tokens=np.array([5, 6, 7, 8]), logp=np.log([0.9, 0.3, 0.05, 0.01]), top=np.array([5, 6, 9, 9]),
+                top_logp=np.log([0.9, 0.3, 0.9, 0.9]))
+    assert v.first_disagreement(1.0) == 2  # token 1 has a low probability but is the greedy choice
+    assert v.first_disagreement(0.02) == 3 and v.first_disagreement(0.001) == -1
+
+
+def test_answers_checked_until_approved_are_the_uncompressed_run(model64):
+    """Repair with a restore at every disagreement, as often as needed: the answer the check finally approves
+    is the uncompressed model's greedy answer."""
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=1)
+    full = eng.generate(prompts, None)
+    static = eng.generate(prompts, build_press(KNORM))
+    ctl = PolicyController(build_policy("answer_check", tau=1.0, checks=64, action="restore"))
+    gens = eng.generate(prompts, build_press(KNORM), controller=ctl)
+    for f, s, g in zip(full, static, gens):
+        assert g.tokens == f.tokens
+        kinds = [e[1] for e in g.control["events"]]
+        assert ("force" in kinds) == (s.tokens != f.tokens)
+        assert g.control["check_tokens"] >= len(prompts[0]) // 2  # every row was read at least once
+
+
+def test_an_approving_check_keeps_the_compressed_answer_and_pays_one_forward(model64):
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=4)
+    press = build_press(KNORM)
+    static = eng.generate(prompts, press)
+    gens = eng.generate(prompts, press, controller=PolicyController(build_policy("answer_check", tau=1e-30)))
+    for p, s, g in zip(prompts, static, gens):
+        assert g.tokens == s.tokens and g.control["events"] == []
+        checked = len(s.tokens) >= 2
+        assert g.control["check_tokens"] == (len(p) + len(s.tokens) if checked else 0)
+        extra = g.kv_bytes - s.kv_bytes  # the check's prompt + answer, once, on the last token
+        assert (extra[:-1] == 0).all() and extra[-1] == g.control["check_tokens"] * g.bytes_per_token
+
+
+def test_a_recalling_repair_stays_within_its_cap_and_ranks_with_the_new_token(model64):
+    eng = _engine(model64, max_new=20)
+    prompts = _prompts(3, seed=1)
+    press = build_press(KNORM)
+    static = eng.generate(prompts, press)
+    budget = 0.125
+    gens = eng.generate(prompts, press, controller=PolicyController(
+        build_policy("answer_check", tau=1.0, action="recall", budget=budget, page=4)))
+    repaired = 0
+    for p, s, g in zip(prompts, static, gens):
+        kinds = [e[1] for e in g.control["events"]]
+        if "force" not in kinds:
+            assert g.tokens == s.tokens
+            continue
+        repaired += 1
+        at = next(e[0] for e in g.control["events"] if e[1] == "force")
+        assert g.tokens[: at - 1] == s.tokens[: at - 1] and g.tokens[at - 1] != s.tokens[at - 1]
+        if at < len(g.tokens):  # it went on: recall one step later, then the replacement is fed again
+            assert kinds[-2:] == ["reselect", "rollback"]
+            cap = compute_n_kept(len(p), KNORM.ratio) + int(np.ceil(budget * len(p)))
+            assert g.kv_tokens[at - 1:].max() <= cap + len(g.tokens)
+            assert (g.kv_tokens[at:] - np.arange(at, len(g.tokens)) <= cap).all()
+    assert repaired
+
+
+def test_answer_check_knobs_are_checked():
+    with pytest.raises(HazardError, match="tau"):
+        build_policy("answer_check", tau=0.0)
+    with pytest.raises(HazardError, match="checks"):
+        build_policy("answer_check", checks=0)
+
+
+def test_the_check_reads_only_the_answer_positions(model64):
+    """Scores equal a plain forward's log-softmax at the answer's positions."""
+    eng = _engine(model64)
+    p, a = _prompts(1, seed=5)[0], [3, 9, 27, 81]
+    (v,) = check_answers(eng.runner, [p], [a])
+    with torch.inference_mode():
+        logits = model64(torch.tensor([p + a[:-1]])).logits[0, len(p) - 1:].double()
+    lp = torch.log_softmax(logits, -1)
+    assert np.allclose(v.logp, lp[torch.arange(4), torch.tensor(a)].numpy(), atol=1e-6)
+    assert v.top.tolist() == lp.argmax(-1).tolist()
+
+
+def test_evaluate_runs_answer_check_between_static_and_full(tmp_path):
+    import json
+
+    from hazard.cli import main
+
+    out = tmp_path / "cl.json"
+    args = ["evaluate", "--output", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "12", "--batch_size", "4",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]", "--policies", "[static, full, answer_check]",
+            "--policy_options", "{answer_check: {tau: [1.0e-30, 1.0], checks: 64, action: restore}}"]
+    assert main(args) == 0
+    by = {(r["policy"], r["knob"].get("tau")): r for r in json.loads(out.read_text())["rows"]}
+    static, full = by[("static", None)], by[("full", None)]
+    never, always = by[("answer_check", 1e-30)], by[("answer_check", 1.0)]
+    assert never["trigger_rate"] == 0 and never["accuracy"] == static["accuracy"]
+    assert static["mean_kv_fraction"] < never["mean_kv_fraction"] < always["mean_kv_fraction"]  # checks are paid
+    assert static["catastrophe_rate"] > full["catastrophe_rate"]  # compression hurt; checking until approved heals
+    assert always["trigger_rate"] > 0 and always["catastrophe_rate"] == full["catastrophe_rate"]
+    assert always["accuracy"] == full["accuracy"] and always["rollback_tokens_per_trace"] > 0
