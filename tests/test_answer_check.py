@@ -139,3 +139,25 @@ def test_evaluate_runs_answer_check_between_static_and_full(tmp_path):
     assert static["catastrophe_rate"] > full["catastrophe_rate"]  # compression hurt; checking until approved heals
     assert always["trigger_rate"] > 0 and always["catastrophe_rate"] == full["catastrophe_rate"]
     assert always["accuracy"] == full["accuracy"] and always["rollback_tokens_per_trace"] > 0
+
+
+def test_a_token_only_repair_keeps_the_press_memory(model64):
+    """action none: the replaced token is the uncompressed model's, the cache stays the press's (no recall, no
+    digest), and with checks left the repaired answer is read again."""
+    eng = _engine(model64, max_new=20)
+    prompts = _prompts(3, seed=1)
+    press = build_press(KNORM)
+    static = eng.generate(prompts, press)
+    full = eng.generate(prompts, None)
+    gens = eng.generate(prompts, press, controller=PolicyController(
+        build_policy("answer_check", tau=1.0, action="none", checks=2)))
+    for p, s, f, g in zip(prompts, static, full, gens):
+        kinds = [e[1] for e in g.control["events"]]
+        assert set(kinds) <= {"rollback", "force"}
+        held = g.kv_tokens - np.arange(len(g.tokens))  # prompt entries held: the press's, throughout
+        assert (held == compute_n_kept(len(p), KNORM.ratio)).all()
+        if "force" in kinds:
+            at = next(e[0] for e in g.control["events"] if e[1] == "force")
+            assert g.tokens[at - 1] == f.tokens[at - 1] and g.tokens[: at - 1] == s.tokens[: at - 1]
+            assert g.control["check_tokens"] > len(p) + at  # read at least twice
+    assert any("force" in [e[1] for e in g.control["events"]] for g in gens)

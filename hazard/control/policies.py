@@ -361,7 +361,8 @@ class AnswerCheckPolicy(_Relief):
     checks : int
         Answers checked per row (a repaired row is checked again at its new end while checks remain).
     action, budget, page
-        What a repair brings back (module docstring).
+        What a repair brings back (module docstring), or ``none``: only the token is replaced and the row
+        goes on under its compressed cache (checked again while ``checks`` remain).
     """
 
     name: str = "answer_check"
@@ -370,7 +371,11 @@ class AnswerCheckPolicy(_Relief):
     checks: int = 1
 
     def __post_init__(self):
-        super().__post_init__()
+        if self.action == "none":  # repair the token only: the row stays at the press's memory
+            self.relief = []
+            _check_page(self.page)
+        else:
+            super().__post_init__()
         if not 0 < self.tau <= 1:
             raise HazardError(f"answer_check tau must be a probability in (0, 1], got {self.tau}")
         if not isinstance(self.checks, int) or self.checks < 1:
@@ -378,7 +383,8 @@ class AnswerCheckPolicy(_Relief):
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
         """A row with ``n_tokens`` recorded whose token ``at`` the check replaces by ``token``: roll back to
-        it, put ``token`` there, and restore (``recall`` comes a step later, ranked by ``token``'s queries)."""
+        it, put ``token`` there, and restore (``recall`` comes a step later, ranked by ``token``'s queries;
+        ``none`` brings nothing back)."""
         acts = [("rollback", n_tokens - 1 - at), ("force", int(token))]
         return ([("restore",)] + acts) if self.action == "restore" else acts
 
