@@ -104,8 +104,19 @@ def frontiers(rows: list[dict], matched_kv: list[float]) -> dict:
             "area_learned_minus_static": area_between(fams.get(LEARNED, []), fams["static"] + full),
             "learned_vs_static_mix": [{**p, "static_mix": mix_level(fams["static"] + full, p["kv"])}
                                       for p in staircase(fams.get(LEARNED, []))],
+            "against_static": {f: _against_static(pts, fams["static"] + full) for f, pts in sorted(fams.items())
+                               if f != "full" and not f.startswith("static") and pts},
         }
     return out
+
+
+def _against_static(pts: list[dict], static: list[dict]) -> dict:
+    """One controlled family against the static settings: the area between their frontiers and the staircase
+    point that gains most over a per-row mix of static settings at the same KV (None: no mix reaches it)."""
+    vs = [{**p, "static_mix": mix_level(static, p["kv"])} for p in staircase(pts)]
+    vs = [p for p in vs if p["static_mix"] is not None]
+    return {"area_minus_static": area_between(pts, static),
+            "best_vs_static_mix": max(vs, key=lambda p: p["accuracy"] - p["static_mix"]) if vs else None}
 
 
 def format_matched(fr: dict) -> str:
@@ -127,10 +138,12 @@ def format_matched(fr: dict) -> str:
             lines.append(f"{f:22}" + "".join(cells))
         if t["area_learned_minus_static"] is not None:
             lines.append(f"area between the hazard and the best static frontier: {t['area_learned_minus_static']:+.4f}")
-        vs = [p for p in t.get("learned_vs_static_mix", []) if p["static_mix"] is not None]
-        if vs:
-            p = max(vs, key=lambda p: p["accuracy"] - p["static_mix"])
-            lines.append(f"hazard against a per-row mix of static settings at the same KV, best point: "
+        for f, a in t.get("against_static", {}).items():
+            p = a["best_vs_static_mix"]
+            if p is None:
+                continue
+            area = "" if a["area_minus_static"] is None else f"; area - static {a['area_minus_static']:+.4f}"
+            lines.append(f"{f} against a per-row mix of static settings at the same KV, best point: "
                          f"{p['accuracy']:.3f} vs {p['static_mix']:.3f} ({p['accuracy'] - p['static_mix']:+.3f}) "
-                         f"@{p['kv']:.3f}")
+                         f"@{p['kv']:.3f}{area}")
     return "\n".join(lines)

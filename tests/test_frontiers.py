@@ -54,6 +54,12 @@ def test_the_static_mix_is_the_upper_envelope_a_coin_flip_per_row_reaches():
             _row("hazard", 0.25, 0.47, knob={"trigger": 0.5}), _row("hazard", 0.22, 0.41, knob={"trigger": 0.9})]
     vs = frontiers(rows, [0.25])["gsm8k"]["learned_vs_static_mix"]
     assert [(p["kv"], p["static_mix"]) for p in vs] == [(0.22, pytest.approx(0.42)), (0.25, pytest.approx(0.45))]
+    rows.append(_row("answer_check", 0.22, 0.52, knob={"tau": 0.2}))
+    a = frontiers(rows, [0.25])["gsm8k"]["against_static"]  # every controlled family, not only the learned
+    assert set(a) == {"hazard", "answer_check"}
+    assert a["hazard"]["best_vs_static_mix"]["kv"] == 0.25  # +0.02 over the mix beats +(-0.01) at 0.22
+    best = a["answer_check"]["best_vs_static_mix"]
+    assert best["static_mix"] == pytest.approx(0.42) and a["answer_check"]["area_minus_static"] > 0
 
 
 def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path):
