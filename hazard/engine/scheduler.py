@@ -5,7 +5,8 @@ Prompts wait in a queue; free slots are refilled with a batched prefill once eno
 an end token or reaches ``max_new_tokens``. Per step the host copies back one small packet per row
 (token, signals, cache length) and does its bookkeeping with numpy over the live rows: records,
 finished rows, decode-time compression and a controller's actions, each vectorised over the rows it
-touches. Near the end, when no prompt is waiting, live rows are moved to the lowest slots so the step
+touches; a controller may have a finishing row's answer read by the uncompressed model first (``check``) and
+send it on. Near the end, when no prompt is waiting, live rows are moved to the lowest slots so the step
 runs at a smaller batch bucket.
 
 A step that runs out of GPU memory halves the batch and runs again every row not yet finished (greedy
@@ -102,7 +103,7 @@ class Engine:
         self.seconds = 0.0
         self.steps = 0
         self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0,
-                        "check_s": 0.0}
+                        "check_s": 0.0}  # check_s: answer checks, a part of host_s
 
     # ---- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()
