@@ -249,7 +249,7 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     assert main([*args, "--max_new_tokens", "20"]) == 2  # saved runs of another config are not mixed in
     calls.clear()
     monkeypatch.setattr(Engine, "generate", lambda self, *a, **kw: (calls.append(1), generate(self, *a, **kw))[1])
-    assert main(args) == 0 and len(calls) == 6  # full, static, hazard were saved; the other six run
+    assert main(args) == 0 and len(calls) == 7  # full, static, hazard were saved; the other seven run
     calls.clear()
 
     def timeless(rows):
@@ -258,7 +258,7 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
 
     assert timeless(json.loads(out.read_text())["rows"]) == timeless(res["rows"])
     assert [r["policy"] for r in res["rows"]] == ["static", "full", "hazard", "entropy_rule", "random", "oracle",
-                                                "detect_rewind", "digest_recall", "verify"]
+                                                "detect_rewind", "digest_recall", "verify", "answer_check"]
     keys = {"task", "model", "base_press", "base_ratio", "policy", "n", "accuracy", "catastrophe_rate",
             "recovered_fraction", "mean_kv_fraction", "peak_kv_fraction", "false_trigger_rate", "overhead"}
     assert all(keys <= r.keys() for r in res["rows"])
