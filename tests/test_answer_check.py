@@ -161,3 +161,70 @@ def test_a_token_only_repair_keeps_the_press_memory(model64):
             assert g.tokens[at - 1] == f.tokens[at - 1] and g.tokens[: at - 1] == s.tokens[: at - 1]
             assert g.control["check_tokens"] > len(p) + at  # read at least twice
     assert any("force" in [e[1] for e in g.control["events"]] for g in gens)
+
+
+def _gate(tmp_path, threshold):
+    from hazard.control.gate import FEATURES, AnswerGate
+
+    k = len(FEATURES)
+    AnswerGate([0.0] * k, [1.0] * k, [0.0] * k, 0.0, threshold).save(tmp_path / "g" / "gate.json")
+    return str(tmp_path / "g")
+
+
+def test_a_gate_that_never_repairs_keeps_the_static_answers_and_one_that_always_does_changes_nothing(model64, tmp_path):
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=1)
+    press = build_press(KNORM)
+    static = eng.generate(prompts, press)
+    plain = eng.generate(prompts, press, controller=PolicyController(
+        build_policy("answer_check", tau=1.0, action="none", checks=3)))
+    never = eng.generate(prompts, press, controller=PolicyController(
+        build_policy("answer_check", tau=1.0, action="none", checks=3, gate=_gate(tmp_path, 2.0)), max_new_tokens=16))
+    always = eng.generate(prompts, press, controller=PolicyController(
+        build_policy("answer_check", tau=1.0, action="none", checks=3, gate=_gate(tmp_path, 0.0)), max_new_tokens=16))
+    assert any(g.control["events"] for g in plain)
+    for s, p, n, a in zip(static, plain, never, always):
+        assert n.tokens == s.tokens and n.control["events"] == []
+        assert n.control["check_tokens"] <= len(prompts[0]) + 100  # read once, then approved
+        assert a.tokens == p.tokens and a.control["events"] == p.control["events"]
+
+
+def test_fit_gate_picks_a_threshold_for_the_false_repair_rate_and_round_trips(tmp_path):
+    from hazard.control.gate import FEATURES, AnswerGate, fit_gate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.random(n) < 0.2
+    x = rng.normal(size=(n, len(FEATURES)))
+    x[:, 5] -= 2.0 * y  # broken answers have a lower minimum log-prob
+    healthy = ~y & (rng.random(n) < 0.9)
+    gate, rep = fit_gate(x, y.astype(int), np.arange(n) // 2, healthy, max_false=0.05)
+    assert rep["cv_auroc"] > 0.8 and rep["cv_healthy_repaired"] <= 0.05 and rep["cv_broken_repaired"] > 0.2
+    gate.save(tmp_path / "gate.json")
+    back = AnswerGate.load(tmp_path)
+    assert np.allclose(back.prob(x), gate.prob(x)) and back.threshold == gate.threshold
+    with pytest.raises(HazardError, match="need at least"):
+        fit_gate(x, np.zeros(n, int), np.arange(n), healthy)
+    with pytest.raises(HazardError, match="gate.json"):
+        AnswerGate.load(tmp_path / "nowhere")
+
+
+def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
+    import sys
+
+    sys.path.insert(0, "evaluate")
+    from answer_gate import collect_gate_data
+
+    from hazard.cli import build, parse_args
+    from hazard.control.gate import FEATURES
+    from hazard.evaluate import EvaluateConfig
+
+    cfg = build(EvaluateConfig, parse_args([
+        "--output", str(tmp_path / "x.json"), "--model.tiny", "qwen2", "--model.dtype", "float64",
+        "--model.device", "cpu", "--max_new_tokens", "8", "--batch_size", "4",
+        "--tasks", "[{name: kv_retrieval, options: {n_prompts: 3, n_pairs: 6, seed: 5}}]",
+        "--base_presses", "[{name: knorm, ratio: 0.75}, {name: snapkv, ratio: 0.5, kwargs: {window_size: 4}}]"]))
+    d = collect_gate_data(cfg)
+    assert d["x"].shape == (6, len(FEATURES)) and np.isfinite(d["x"]).all()
+    assert d["groups"].tolist() == [0, 1, 2, 0, 1, 2]  # one group per prompt, across presses
+    assert set(d["y"].tolist()) <= {0, 1} and d["healthy"].dtype == bool

@@ -363,12 +363,16 @@ class AnswerCheckPolicy(_Relief):
     action, budget, page
         What a repair brings back (module docstring), or ``none``: only the token is replaced and the row
         goes on under its compressed cache (checked again while ``checks`` remain).
+    gate : str
+        A learned gate (``hazard.control.gate``, a folder or gate.json): after the first reading, only answers
+        it flags are repaired (and read again); the others finish as they are. Empty: every answer is.
     """
 
     name: str = "answer_check"
     signal: str = "none"
     tau: float = 0.1
     checks: int = 1
+    gate: str = ""
 
     def __post_init__(self):
         if self.action == "none":  # repair the token only: the row stays at the press's memory
@@ -380,6 +384,9 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check tau must be a probability in (0, 1], got {self.tau}")
         if not isinstance(self.checks, int) or self.checks < 1:
             raise HazardError(f"answer_check checks must be a whole number >= 1, got {self.checks!r}")
+        from hazard.control.gate import AnswerGate
+
+        self.gate_model = AnswerGate.load(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
         """A row with ``n_tokens`` recorded whose token ``at`` the check replaces by ``token``: roll back to
