@@ -8,7 +8,8 @@ reading of each compressed answer by the uncompressed model (``check_answers``).
 answer (right uncompressed, wrong compressed). Features: ``hazard.control.gate.FEATURES`` of that reading.
 Prompt-grouped 5-fold cross-validation picks the threshold (at most ``max_false`` of the answers that are
 right compressed get repaired); the gate refit on everything goes to ``<out>/f<max_false>/gate.json`` with
-``report.json`` (cross-validated AUROC, repair rates, data, model, git sha), one folder per ``max_false``. Use prompts the evaluation never sees (GSM8K train).
+``report.json`` (cross-validated AUROC, repair rates, data, model, git sha), one folder per ``max_false``.
+Use prompts the evaluation never sees (GSM8K train).
 """
 
 from __future__ import annotations
