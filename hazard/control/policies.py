@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hazard.control.gate import AnswerGate
 from hazard.errors import HazardError
 
 
@@ -384,8 +385,6 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check tau must be a probability in (0, 1], got {self.tau}")
         if not isinstance(self.checks, int) or self.checks < 1:
             raise HazardError(f"answer_check checks must be a whole number >= 1, got {self.checks!r}")
-        from hazard.control.gate import AnswerGate
-
         self.gate_model = AnswerGate.load(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
