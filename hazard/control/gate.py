@@ -30,8 +30,8 @@ def verdict_features(v: Verdict, max_new_tokens: int) -> np.ndarray:
     n = len(v.tokens)
     changed = v.top != v.tokens
     bad, rare = changed & (v.logp < np.log(0.2)), changed & (v.logp < np.log(0.01))
-    first = v.first_disagreement(0.2)
-    return np.array([np.log(n), float(n < max_new_tokens), (first if first >= 0 else n) / n, bad.mean(),
+    first = int(np.argmax(bad)) if bad.any() else n  # Verdict.first_disagreement(0.2), or the length
+    return np.array([np.log(n), float(n < max_new_tokens), first / n, bad.mean(),
                      rare.mean(), v.logp.min(), v.logp.mean(), (v.top_logp - v.logp).mean()], dtype=np.float64)
 
 

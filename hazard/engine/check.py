@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hazard.engine.prefill import padded_chunks, right_padded
 from hazard.engine.runner import ModelRunner
 
 
@@ -46,17 +47,9 @@ def check_answers(runner: ModelRunner, prompts: list[list[int]], answers: list[l
     uncompressed model; see ``Verdict``."""
     dev = next(runner.model.parameters()).device
     seqs = [list(p) + list(a[:-1]) for p, a in zip(prompts, answers)]  # the last token is read, never fed
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out: list[Verdict | None] = [None] * len(seqs)
-    chunk: list[int] = []
-
-    def run(idx: list[int]) -> None:
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[j, : len(seqs[i])] = 1
+    for idx in padded_chunks([len(s) for s in seqs], token_budget):
+        ids, mask = right_padded([seqs[i] for i in idx])
         hidden = runner.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
         for j, i in enumerate(idx):
             p, a = len(prompts[i]), np.asarray(answers[i], dtype=np.int64)
@@ -65,12 +58,4 @@ def check_answers(runner: ModelRunner, prompts: list[list[int]], answers: list[l
             top_lp, top = lp.max(-1)
             chosen = lp.gather(-1, torch.as_tensor(a, device=dev)[:, None])[:, 0]
             out[i] = Verdict(a, chosen.cpu().numpy(), top.cpu().numpy(), top_lp.cpu().numpy())
-
-    for i in order:  # sorted by length: a chunk's padding is small
-        if chunk and (len(chunk) + 1) * len(seqs[i]) > token_budget:
-            run(chunk)
-            chunk = []
-        chunk.append(i)
-    if chunk:
-        run(chunk)
     return out

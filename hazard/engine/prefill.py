@@ -31,7 +31,18 @@ from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, st
 from hazard.signals.attention import last_queries
 
 
-def _chunks(lengths: list[int], token_budget: int) -> list[list[int]]:
+def right_padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask (rows x longest), each sequence left-aligned and padded with 0 after it."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def padded_chunks(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices grouped into chunks whose padded size (rows x longest) stays within ``token_budget``."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks, cur = [], []
@@ -114,7 +125,7 @@ class Prefill:
         which = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]  # row -> its unique prompt
         texts = list(uniq)
         packets = store.packet.new_zeros(len(slots), store.packet.shape[1])
-        for chunk in _chunks([len(t) for t in texts], self.token_budget):
+        for chunk in padded_chunks([len(t) for t in texts], self.token_budget):
             local = {u: j for j, u in enumerate(chunk)}
             rows = [r for r in range(len(prompts)) if which[r] in local]
             packets[rows] = self._chunk(store, [texts[u] for u in chunk], [slots[r] for r in rows],
@@ -127,11 +138,7 @@ class Prefill:
         prompt ``uniq[r]``. Returns the rows' first-token packets."""
         runner, dev = self.runner, store.device
         b, width, n_rows = len(prompts), max(len(p) for p in prompts), len(slots)
-        ids = torch.zeros(b, width, dtype=torch.long)
-        mask = torch.zeros(b, width, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p)
-            mask[i, : len(p)] = 1
+        ids, mask = right_padded(prompts)
         lengths = torch.tensor([len(p) for p in prompts], device=dev)
         at = torch.arange(width, device=dev)
         by_press: dict[int, list[int]] = defaultdict(list)
