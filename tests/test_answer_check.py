@@ -213,7 +213,7 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     import sys
 
     sys.path.insert(0, "evaluate")
-    from answer_gate import collect_gate_data
+    from answer_gate import collect_gate_data, load_gate_data, save_gate_data
 
     from hazard.cli import build, parse_args
     from hazard.control.gate import FEATURES
@@ -228,3 +228,12 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     assert d["x"].shape == (6, len(FEATURES)) and np.isfinite(d["x"]).all()
     assert d["groups"].tolist() == [0, 1, 2, 0, 1, 2]  # one group per prompt, across presses
     assert set(d["y"].tolist()) <= {0, 1} and d["healthy"].dtype == bool
+    # the readings round-trip through the dump, and a fit reads them back without a model
+    save_gate_data(tmp_path / "d.npz", d)
+    back = load_gate_data(tmp_path / "d.npz")
+    assert np.array_equal(back["x"], d["x"]) and np.array_equal(back["y"], d["y"])
+    assert all(np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logp, b.logp)
+               for a, b in zip(back["verdicts"], d["verdicts"]))
+    assert [list(t) for t in back["full_tokens"]] == [list(t) for t in d["full_tokens"]]
+    assert set(back["vocab_ids"].tolist()) >= {int(t) for v in d["verdicts"] for t in v.tokens}
+    assert not list(tmp_path.glob("*.tmp*"))
