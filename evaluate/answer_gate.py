@@ -35,6 +35,7 @@ from hazard.engine.check import Verdict, check_answers
 from hazard.errors import HazardError
 from hazard.evaluate import EvaluateConfig
 from hazard.models import end_token_ids, load_model
+from hazard.signals import SIGNALS
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
@@ -43,7 +44,8 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
     """Readings, features, labels and prompt groups for every (prompt, base press) of ``cfg``."""
     model, tok = load_model(cfg.model)
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
-    xs, ys, ok, groups, verdicts_all, full_all, full_ok = [], [], [], [], [], [], []
+    xs, ys, ok, groups, verdicts_all, full_all, full_ok, signals = [], [], [], [], [], [], [], []
+    cols = [SIGNALS.index(s) for s in SAVED_SIGNALS]
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
     for t in cfg.tasks:
         for opts in t.expand():
@@ -63,14 +65,20 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
                     full_ok.append(bool(f["correct"]))
                     groups.append(f"{task.name}/{i}")
                 verdicts_all += verdicts
+                signals += [g.signals[:, cols] for g in gens]
                 full_all += [f["tokens"] for f in full]
     _, groups = np.unique(np.array(groups), return_inverse=True)
     seen = np.unique(np.concatenate([v.tokens for v in verdicts_all] + [v.top for v in verdicts_all]))
     return {"x": np.array(xs), "y": np.array(ys, dtype=np.int64), "healthy": np.array(ok), "groups": groups,
             "full_correct": np.array(full_ok), "verdicts": verdicts_all, "full_tokens": full_all,
+            "signals": signals,
             "vocab_ids": seen, "vocab": np.array(tok.convert_ids_to_tokens(seen.tolist()), dtype=object),
             "max_new_tokens": cfg.max_new_tokens,
             "collected": {"hardware": hardware(), "git_sha": _git_sha(), "model": cfg.model.label()}}
+
+
+# the compressed run's own per-token signals kept beside each reading (float16), for studying gate features
+SAVED_SIGNALS = ("entropy", "top1_prob", "margin", "chosen_logprob", "repeat4", "attn_generated_mass")
 
 
 def _ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +94,9 @@ def save_gate_data(path: str | Path, d: dict) -> None:
     for name in ("tokens", "logp", "top", "top_logp"):
         arrays[name], arrays["offsets"] = _ragged([getattr(v, name) for v in vs])
     arrays["full_tokens"], arrays["full_offsets"] = _ragged(d["full_tokens"])
+    if d.get("signals"):
+        arrays["signals"] = np.concatenate(d["signals"]).astype(np.float16)
+        arrays["signal_names"] = np.array(SAVED_SIGNALS)
     arrays["vocab"] = np.array([str(t) for t in d["vocab"]])
     arrays["max_new_tokens"] = np.array(d["max_new_tokens"])
     arrays["collected"] = np.array(json.dumps(d["collected"]))
@@ -109,6 +120,8 @@ def load_gate_data(path: str | Path) -> dict:
             "groups": z["groups"], "full_correct": z["full_correct"], "verdicts": vs,
             "full_tokens": [z["full_tokens"][fo[i]:fo[i + 1]] for i in range(len(fo) - 1)],
             "vocab_ids": z["vocab_ids"], "vocab": z["vocab"], "max_new_tokens": m,
+            "signals": [z["signals"][o[i]:o[i + 1]] for i in range(len(o) - 1)] if "signals" in z else [],
+            "signal_names": tuple(z["signal_names"]) if "signal_names" in z else (),
             "collected": json.loads(str(z["collected"]))}
 
 

@@ -236,4 +236,8 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
                for a, b in zip(back["verdicts"], d["verdicts"]))
     assert [list(t) for t in back["full_tokens"]] == [list(t) for t in d["full_tokens"]]
     assert set(back["vocab_ids"].tolist()) >= {int(t) for v in d["verdicts"] for t in v.tokens}
+    # the compressed run's own signals ride along, one row per generated token
+    assert [len(s) for s in back["signals"]] == [len(v.tokens) for v in d["verdicts"]]
+    assert np.allclose(np.concatenate(back["signals"]), np.concatenate(d["signals"]), rtol=1e-2, atol=1e-2)
+    assert "entropy" in back["signal_names"]
     assert not list(tmp_path.glob("*.tmp*"))
