@@ -1,15 +1,17 @@
 """Train the answer check's learned gate (``hazard.control.gate``) on an evaluate config's tasks and base press.
 
     python evaluate/answer_gate.py --config configs/evaluate/gate_q15.yaml --out checkpoints/answer-gate-q15
-        [--max_false 0.05 0.2] [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
+        [--max_false 0.05 0.2] [--features digits|reading] [--label wrong|broken] [--tau 0.2]
+        [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
 
-For every prompt: the uncompressed run and the run under each base press (the engine, greedy), then one
-reading of each compressed answer by the uncompressed model (``check_answers``). Label: compression broke the
-answer (right uncompressed, wrong compressed). Features: ``hazard.control.gate.FEATURES`` of that reading.
-Prompt-grouped 5-fold cross-validation picks the threshold (at most ``max_false`` of the answers that are
-right compressed get repaired); the gate refit on everything goes to ``<out>/f<max_false>/gate.json`` with
-``report.json`` (cross-validated AUROC, repair rates, data, model, git sha), one folder per ``max_false``.
-Use prompts the evaluation never sees (GSM8K train).
+For every prompt: the uncompressed run and the run under each base press (the engine, greedy), then one reading
+of each compressed answer by the uncompressed model (``check_answers``). Label (``--label``): the compressed
+answer is wrong (default), or compression broke it (right uncompressed, wrong compressed); the report always
+scores the broken ones. Features: ``hazard.control.gate.FEATURE_SETS[--features]`` of that reading. Prompt-
+grouped 5-fold cross-validation picks the threshold (at most ``max_false`` of the answers that are right
+compressed get repaired; only answers with a disagreement at ``--tau`` reach the gate); the gate refit on
+everything goes to ``<out>/f<max_false>/gate.json`` with ``report.json`` (cross-validated AUROC, repair rates,
+data, model, git sha), one folder per ``max_false``. Use prompts the evaluation never sees (GSM8K train).
 
 ``--data PATH``: the readings themselves (every answer's tokens, the uncompressed model's log-probs and choices,
 the uncompressed answer, the labels, the token strings) are saved there after collection (atomically), and a
@@ -29,7 +31,7 @@ import numpy as np
 from hazard.cli import build, parse_args
 from hazard.collect import _git_sha, build_rows, encode, hardware
 from hazard.compression import PressSpec, build_press
-from hazard.control.gate import FEATURES, fit_gate, verdict_features
+from hazard.control.gate import FEATURE_SETS, digit_token_ids, fit_gate, verdict_features
 from hazard.engine import Engine
 from hazard.engine.check import Verdict, check_answers
 from hazard.errors import HazardError
@@ -59,7 +61,7 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
                 rows = build_rows(tok, prompts, gens, full, spec, {**meta, "task": task.name})
                 verdicts = check_answers(engine.runner, ids, [g.tokens for g in gens], engine.prefill.token_budget)
                 for i, (f, r, v) in enumerate(zip(full, rows, verdicts)):
-                    xs.append(verdict_features(v, cfg.max_new_tokens))
+                    xs.append(verdict_features(v, cfg.max_new_tokens))  # the first gate's, for a look
                     ys.append(bool(f["correct"] and not r["correct"]))
                     ok.append(bool(r["correct"]))
                     full_ok.append(bool(f["correct"]))
@@ -113,6 +115,7 @@ def load_gate_data(path: str | Path) -> dict:
         z = np.load(Path(path), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise HazardError(f"gate data {path}: cannot read it ({e}); delete it and collect again") from e
+    z = {k: z[k] for k in z.files}  # each lookup of an NpzFile decompresses the array again: read each once
     o, fo = z["offsets"], z["full_offsets"]
     vs = [Verdict(*(z[k][o[i]:o[i + 1]] for k in ("tokens", "logp", "top", "top_logp"))) for i in range(len(o) - 1)]
     m = int(z["max_new_tokens"])
@@ -130,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max_false", type=float, nargs="+", default=[0.05])
+    ap.add_argument("--features", choices=sorted(FEATURE_SETS), default="digits",
+                    help="the reading's statistics the gate reads (hazard.control.gate.FEATURE_SETS)")
+    ap.add_argument("--label", choices=["broken", "wrong"], default="wrong",
+                    help="fit to predict that compression broke the answer, or that the compressed answer is wrong")
+    ap.add_argument("--tau", type=float, default=0.2,
+                    help="the answer check's tau: only answers with a disagreement there reach the gate")
     ap.add_argument("--data", default="", help="save the readings here, or fit from them when the file exists")
     args, rest = ap.parse_known_args(argv)
     try:
@@ -141,14 +150,23 @@ def main(argv: list[str] | None = None) -> int:
             data = collect_gate_data(cfg)
             if args.data:
                 save_gate_data(args.data, data)
-        fits = [(m, *fit_gate(data["x"], data["y"], data["groups"], data["healthy"], m)) for m in args.max_false]
+        features = FEATURE_SETS[args.features]
+        digit_ids = digit_token_ids(data["vocab_ids"], data["vocab"])
+        x = np.array([verdict_features(v, data["max_new_tokens"], features, digit_ids) for v in data["verdicts"]])
+        target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
+        eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
+        fits = [(m, *fit_gate(x, data["y"], data["groups"], data["healthy"], m, target=target, eligible=eligible))
+                for m in args.max_false]
     except HazardError as e:
         print(f"answer_gate: error: {e}", file=sys.stderr)
         return 2
     for m, gate, report in fits:
         out = Path(args.out) / f"f{m:g}"
+        gate.features, gate.label = features, args.label
+        gate.digit_ids = digit_ids if any(f.startswith("digit_") for f in features) else []
         gate.save(out / "gate.json")
-        report.update({"features": list(FEATURES), "coef": dict(zip(FEATURES, gate.coef)), "config": args.config,
+        report.update({"features": list(features), "coef": dict(zip(features, gate.coef)), "label": args.label,
+                       "tau": args.tau, "config": args.config,
                        "model": cfg.model.label(), "tasks": [t.name for t in cfg.tasks],
                        "base_presses": [s.label for s in cfg.base_presses], "max_new_tokens": cfg.max_new_tokens,
                        "hardware": hardware(), "git_sha": _git_sha(), "collected": data["collected"],

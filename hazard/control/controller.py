@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from hazard.control.cycles import CycleTracker
-from hazard.control.gate import verdict_features
 from hazard.control.policies import (
     AnswerCheckPolicy,
     DetectRewindPolicy,
@@ -243,7 +242,7 @@ class PolicyController(Controller):
             if at < 0:
                 continue
             if p.gate_model is not None and self._checked[s] == 1:  # the gate reads the first reading only
-                if not p.gate_model.repairs(verdict_features(v, self.max_new_tokens))[0]:
+                if not p.gate_model.repairs_verdict(v, self.max_new_tokens):
                     self._checked[s] = p.checks  # approved as it is: no repair, no further reading
                     continue
             actions[int(r)] = p.repair(len(v.tokens), at, int(v.top[at]))
