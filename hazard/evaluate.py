@@ -81,6 +81,8 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     kv = [_kv_fractions(r) for r in rows]
     ctl = [g.control for g in gens]
     healthy = [i for i, r in enumerate(static_rows or []) if not r["catastrophe"]]
+    # rows the press left right: acting on them can only cost (the answer check's false repairs)
+    right = [i for i, r in enumerate(static_rows or []) if r["correct"] and not r["catastrophe"]]
     triggered = [any(e[1] in ("restore", "reselect", "force") for e in c.get("events", [])) for c in ctl]
     return {
         "n": len(rows),
@@ -91,6 +93,7 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
         "mean_kv_fraction": float(np.mean([a for a, _ in kv])),
         "peak_kv_fraction": float(np.mean([b for _, b in kv])),
         "false_trigger_rate": float(np.mean([triggered[i] for i in healthy])) if healthy and ctl[0] else 0.0,
+        "false_repair_rate": float(np.mean([triggered[i] for i in right])) if right and ctl[0] else 0.0,
         "trigger_rate": float(np.mean(triggered)) if ctl and ctl[0] else 0.0,
         "relaxed_step_share": (sum(c.get("relaxed_steps", 0) for c in ctl) / max(steps, 1)),
         "rollback_tokens_per_trace": float(np.mean([c.get("rollback_tokens", 0) for c in ctl])),

@@ -64,18 +64,28 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _knob_text(knob: dict) -> str:
+    """``k=v,...``; a path shows its last two parts (a gate's folder and rate), not its common prefix."""
+    def short(v):
+        if isinstance(v, float):
+            return f"{v:g}"
+        return "/".join(str(v).rstrip("/").split("/")[-2:]) if isinstance(v, str) and "/" in v else str(v)
+    return ",".join(f"{k}={short(v)}" for k, v in knob.items())
+
+
 def format_closed_loop(result: dict) -> str:
     from hazard.frontiers import format_matched
 
-    head = (f"{'task':13} {'base':18} {'policy':13} {'knob':22} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
-            f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'wasted':>6} {'s':>6}")
+    head = (f"{'task':13} {'base':24} {'policy':13} {'knob':36} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
+            f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'falseRep':>8} {'wasted':>6} {'s':>6}")
     lines = [f"closed loop: {result['model']} on {result['hardware']}", head]
     for r in result["rows"]:
         rec = "   n/a" if r["recovered_fraction"] is None else f"{r['recovered_fraction']:6.2f}"
-        knob = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("knob", {}).items())
-        lines.append(f"{r['task']:13} {r['base_press'] + '@' + format(r['base_ratio'], 'g'):18} {r['policy']:13} "
-                     f"{knob[:22]:22} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
-                     f"{r['mean_kv_fraction']:6.2f} {r['peak_kv_fraction']:6.2f} {r['false_trigger_rate']:9.2f} "
+        knob = _knob_text(r.get("knob", {}))
+        rep = f"{r['false_repair_rate']:8.2f}" if "false_repair_rate" in r else "     n/a"  # rows before it existed
+        lines.append(f"{r['task']:13} {r['base_press'] + '@' + format(r['base_ratio'], 'g'):24} {r['policy']:13} "
+                     f"{knob[:36]:36} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
+                     f"{r['mean_kv_fraction']:6.2f} {r['peak_kv_fraction']:6.2f} {r['false_trigger_rate']:9.2f} {rep} "
                      f"{r['rollback_tokens_per_trace']:6.1f} {r['seconds']:6.1f}")
     if result.get("frontiers"):
         lines += ["", format_matched(result["frontiers"])]

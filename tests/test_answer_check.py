@@ -241,3 +241,62 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     assert np.allclose(np.concatenate(back["signals"]), np.concatenate(d["signals"]), rtol=1e-2, atol=1e-2)
     assert "entropy" in back["signal_names"]
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_digit_statistics_count_changed_numbers_apart_from_changed_words():
+    from hazard.control.gate import DIGITS, TAUS, Verdict, reading_stats, verdict_features
+
+    digits = {7, 8}  # token ids whose text holds a digit; positions 1, 3 and 5 involve one
+    tokens = np.array([1, 7, 2, 8, 3, 7])
+    top = np.array([1, 8, 5, 8, 3, 2])  # changed: a digit (7 -> 8), a word (2 -> 5), a digit away (7 -> 2)
+    logp = np.log(np.array([0.9, 0.1, 0.3, 0.95, 0.9, 0.001]))
+    v = Verdict(tokens, logp, top, np.log(np.array([0.9, 0.8, 0.6, 0.95, 0.9, 0.9])))
+    s = reading_stats(v, 16, digits)
+    assert s["digit_bad@0.5"] == np.log1p(2) and s["digit_bad@0.01"] == np.log1p(1)
+    assert s["word_bad@0.5"] == np.log1p(1) and s["word_bad@0.2"] == 0.0
+    assert np.isclose(s["digit_min_logp"], np.log(0.001)) and np.isclose(s["log_digits"], np.log1p(3))
+    assert np.isclose(s["digit_max_gap"], np.log(0.9) - np.log(0.001))
+    assert verdict_features(v, 16, DIGITS, digits).shape == (len(DIGITS),) and len(TAUS) == 4
+    # no digit ids: every change is a word
+    assert reading_stats(v, 16)["digit_bad@0.5"] == 0.0 and reading_stats(v, 16)["word_bad@0.5"] == np.log1p(3)
+
+
+def test_a_digit_gate_round_trips_and_a_broken_gate_file_says_what_to_do(tmp_path):
+    import json
+
+    from hazard.control.gate import DIGITS, AnswerGate, Verdict
+
+    k = len(DIGITS)
+    g = AnswerGate([0.0] * k, [1.0] * k, [0.0] * k, 0.0, 0.4, features=DIGITS, digit_ids=[7, 8], label="wrong")
+    g.save(tmp_path / "g" / "gate.json")
+    back = AnswerGate.load(tmp_path / "g")
+    assert back.features == DIGITS and back.digit_ids == [7, 8] and back.label == "wrong"
+    v = Verdict(np.array([1, 7]), np.log(np.array([0.5, 0.5])), np.array([1, 8]), np.log(np.array([0.5, 0.5])))
+    assert back.repairs_verdict(v, 16)  # sigmoid(0) = 0.5 >= 0.4
+    d = json.loads((tmp_path / "g" / "gate.json").read_text())
+    for bad in ({**d, "features": [*d["features"][:-1], "nonsense"]}, {**d, "digit_ids": []},
+                {**d, "coef": d["coef"][:-1]}):
+        (tmp_path / "b").mkdir(exist_ok=True)
+        (tmp_path / "b" / "gate.json").write_text(json.dumps(bad))
+        with pytest.raises(HazardError, match="retrain it"):
+            AnswerGate.load(tmp_path / "b")
+
+
+def test_fit_gate_counts_only_answers_that_reach_it_against_the_false_repair_rate():
+    from hazard.control.gate import FEATURES, fit_gate
+
+    rng = np.random.default_rng(1)
+    n = 600
+    y = rng.random(n) < 0.25
+    x = rng.normal(size=(n, len(FEATURES)))
+    x[:, 5] -= 1.5 * y
+    healthy = ~y & (rng.random(n) < 0.8)
+    eligible = y | (rng.random(n) < 0.5)  # half the healthy answers have no disagreement: never repaired
+    groups = np.arange(n) // 3
+    plain, rep = fit_gate(x, y.astype(int), groups, healthy, max_false=0.1)
+    gated, rep_e = fit_gate(x, y.astype(int), groups, healthy, max_false=0.1, eligible=eligible,
+                            target=(~healthy).astype(int))
+    assert rep_e["cv_healthy_repaired"] <= 0.1 and rep_e["eligible"] == int(eligible.sum())
+    # the same budget of healthy repairs spent only among the eligible ones: a lower threshold, more found
+    assert rep_e["cv_broken_repaired"] > rep["cv_broken_repaired"]
+    assert 0.5 < rep_e["cv_auroc_broken_vs_healthy"] <= 1.0

@@ -272,6 +272,23 @@ def test_evaluate_end_to_end_with_an_exported_guard(tmp_path, monkeypatch):
     assert fr["uncompressed"]["kv"] == 1.0 and (tmp_path / "closed_loop_kv_retrieval.png").stat().st_size > 1000
 
 
+def test_false_triggers_count_healthy_static_rows_and_false_repairs_only_right_ones():
+    from types import SimpleNamespace
+
+    from hazard.evaluate import summarize_policy
+
+    # static rows: right, wrong (no catastrophe), a loop, right; the policy acts on rows 0, 1 and 2
+    static = [{"correct": c, "catastrophe": k} for c, k in ((1, 0), (0, 0), (0, 1), (1, 0))]
+    rows = [{"correct": 1, "loop": 0, "nonterm": 0, "prompt_len": 4, "n_tokens": 2, "bytes_per_token": 8,
+             "kv_bytes": [32, 40]} for _ in static]
+    events = [[(3, "force")], [(1, "restore")], [(2, "reselect")], [(5, "rollback")]]
+    gens = [SimpleNamespace(control={"events": e}) for e in events]
+    res = summarize_policy(rows, gens, rows, static, 1.0, 10)
+    assert res["trigger_rate"] == 0.75
+    assert res["false_trigger_rate"] == 2 / 3  # rows 0, 1 of the three without a catastrophe
+    assert res["false_repair_rate"] == 0.5  # row 0 of the two the press left right
+
+
 def _cycle_seq(rng, prefix: int, period: int, length: int) -> list[int]:
     """``prefix`` tokens from 100-199, then a cycle of ``period`` distinct tokens from 0-99 to ``length``."""
     cyc = rng.sample(range(100), period)
