@@ -25,3 +25,16 @@ def test_committed_checkpoint_loads_and_streams(path):
     streamed = np.stack([guard.step(torch.from_numpy(x[:, t])).numpy() for t in range(x.shape[1])], axis=1)
     assert np.allclose(streamed, full, atol=1e-5)
     assert np.all((full > 0) & (full < 1))
+
+
+GATES = sorted(p.parent for p in Path(__file__).parent.parent.glob("checkpoints/answer-gate*/f*/gate.json"))
+
+
+@pytest.mark.parametrize("path", GATES, ids=[f"{p.parent.name}/{p.name}" for p in GATES])
+def test_committed_answer_gates_load_and_score_a_reading(path):
+    from hazard.control.gate import AnswerGate, Verdict
+
+    gate = AnswerGate.load(path)
+    v = Verdict(np.array([1, 2, 3]), np.log(np.array([0.9, 0.05, 0.9])), np.array([1, 4, 3]),
+                np.log(np.array([0.9, 0.9, 0.9])))
+    assert isinstance(gate.repairs_verdict(v, 512), bool) and 0.0 <= gate.threshold <= 1.0
