@@ -300,3 +300,34 @@ def test_fit_gate_counts_only_answers_that_reach_it_against_the_false_repair_rat
     # the same budget of healthy repairs spent only among the eligible ones: a lower threshold, more found
     assert rep_e["cv_broken_repaired"] > rep["cv_broken_repaired"]
     assert 0.5 < rep_e["cv_auroc_broken_vs_healthy"] <= 1.0
+
+
+def test_spot_checks_reach_the_same_answer_and_throw_away_fewer_tokens(model64):
+    """Restoring at the first disagreement gives the uncompressed answer whether it is found at the end or by a
+    spot check every 4 tokens; the spot check finds it within 4 tokens, so less is generated in vain."""
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=1)
+    full = eng.generate(prompts, None)
+    end = eng.generate(prompts, build_press(KNORM), controller=PolicyController(
+        build_policy("answer_check", tau=1.0, checks=64, action="restore"), max_new_tokens=16))
+    spot = eng.generate(prompts, build_press(KNORM), controller=PolicyController(
+        build_policy("answer_check", tau=1.0, checks=64, action="restore", spot=4), max_new_tokens=16))
+    assert any(g.control["rollback_tokens"] for g in end)
+    for f, e, s in zip(full, end, spot):
+        assert e.tokens == f.tokens and s.tokens == f.tokens
+        assert s.control["rollback_tokens"] <= e.control["rollback_tokens"]
+        forced = [t for t, kind in s.control["events"] if kind == "force"]
+        assert s.control["rollback_tokens"] <= 3 * len(forced)  # found within the 4 tokens since the last check
+        if forced:  # read while running: at least one reading of a partial answer
+            assert s.control["check_tokens"] > len(prompts[0]) + len(s.tokens)
+
+
+def test_spot_repairs_stop_at_the_checks_budget(model64):
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=1)
+    gens = eng.generate(prompts, build_press(KNORM), controller=PolicyController(
+        build_policy("answer_check", tau=1.0, checks=1, action="none", spot=2), max_new_tokens=16))
+    forces = [sum(kind == "force" for _, kind in g.control["events"]) for g in gens]
+    assert max(forces) >= 1 and max(forces) <= 2  # one at a spot check, one at the end reading
+    with pytest.raises(HazardError, match="spot"):
+        build_policy("answer_check", spot=1)

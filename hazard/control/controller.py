@@ -103,6 +103,7 @@ class PolicyController(Controller):
         self._graphs: dict | None = None
         self.policy, self.guard, self.ratio, self.max_new_tokens = policy, guard, ratio, max_new_tokens
         self.digest_page = digest_page(policy)  # the engine keeps an evicted-key digest when > 0 (recall)
+        self.spots = isinstance(policy, AnswerCheckPolicy) and policy.spot > 0  # the engine asks spot_due
         self.verify_window = policy.window if isinstance(policy, VerifyPolicy) else 0  # the engine shadows rows
         self.onsets = onsets or {}
         self.states: dict[int, RowState] = {}
@@ -118,6 +119,7 @@ class PolicyController(Controller):
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays
         self._checked = np.zeros(n_slots, dtype=np.int64)  # answer_check: answers checked per slot's row
         self._pending = np.zeros(n_slots, dtype=bool)  # answer_check: recall due at the next step
+        self._spot_repairs = np.zeros(n_slots, dtype=np.int64)  # answer_check: repairs made at spot checks
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
@@ -137,6 +139,7 @@ class PolicyController(Controller):
         self._rows.reset(list(slots))
         self._checked[list(slots)] = 0
         self._pending[list(slots)] = False
+        self._spot_repairs[list(slots)] = 0
         if self._cycles is not None:
             self._cycles.reset(list(slots))
         if self.guard is not None:
@@ -245,9 +248,30 @@ class PolicyController(Controller):
                 if not p.gate_model.repairs_verdict(v, self.max_new_tokens):
                     self._checked[s] = p.checks  # approved as it is: no repair, no further reading
                     continue
-            actions[int(r)] = p.repair(len(v.tokens), at, int(v.top[at]))
-            self._rows.triggers[s] += 1
-            self._pending[s] = p.action == "recall"
+            actions[int(r)] = self._repair(s, v, at)
+        return actions
+
+    def _repair(self, s: int, v, at: int) -> list:
+        self._rows.triggers[s] += 1
+        self._pending[s] = self.policy.action == "recall"
+        return self.policy.repair(len(v.tokens), at, int(v.top[at]))
+
+    def spot_due(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        p = self.policy
+        if not isinstance(p, AnswerCheckPolicy) or not p.spot:
+            return np.zeros(len(rows), dtype=bool)
+        return (steps % p.spot == 0) & (self._spot_repairs[slots] < p.checks) & ~self._pending[slots]
+
+    def spotted(self, slots: np.ndarray, rows: np.ndarray, verdicts: list) -> dict[int, list]:
+        p = self.policy
+        actions = {}
+        for s, r, v in zip(slots, rows, verdicts):
+            at = v.first_disagreement(p.tau)
+            # the row runs on: its reading so far is scored as an answer that has not ended (``ended`` 0)
+            if at < 0 or (p.gate_model is not None and not p.gate_model.repairs_verdict(v, 0)):
+                continue
+            self._spot_repairs[s] += 1
+            actions[int(r)] = self._repair(s, v, at)
         return actions
 
     def observe(self, slots: np.ndarray, rows: np.ndarray, packets: np.ndarray, steps: np.ndarray,

@@ -367,6 +367,12 @@ class AnswerCheckPolicy(_Relief):
     gate : str
         A learned gate (``hazard.control.gate``, a folder or gate.json): after the first reading, only answers
         it flags are repaired (and read again); the others finish as they are. Empty: every answer is.
+    spot : int
+        Also read the answer so far every ``spot`` generated tokens while the row runs (spot checks; 0: only
+        at its end), and repair a disagreement found there at once, so the tokens after it are not generated
+        in vain. At most ``checks`` spot repairs per row; a spot reading without a repair is free of that
+        budget (it costs one forward, charged like the end reading). The gate, when given, also decides at
+        spot checks (on the reading so far, with ``ended`` 0).
     """
 
     name: str = "answer_check"
@@ -374,6 +380,7 @@ class AnswerCheckPolicy(_Relief):
     tau: float = 0.1
     checks: int = 1
     gate: str = ""
+    spot: int = 0
 
     def __post_init__(self):
         if self.action == "none":  # repair the token only: the row stays at the press's memory
@@ -385,6 +392,8 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check tau must be a probability in (0, 1], got {self.tau}")
         if not isinstance(self.checks, int) or self.checks < 1:
             raise HazardError(f"answer_check checks must be a whole number >= 1, got {self.checks!r}")
+        if not isinstance(self.spot, int) or self.spot < 0 or self.spot == 1:
+            raise HazardError(f"answer_check spot must be 0 (off) or a whole number of tokens >= 2, got {self.spot!r}")
         self.gate_model = AnswerGate.load(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:

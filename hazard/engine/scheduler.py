@@ -291,6 +291,15 @@ class Engine:
             end = np.zeros(len(slots), bool) if self.ignore_eos else np.isin(tok, self.end_ids)
             return slots[end | (ntok[slots] >= max_new) | (nsteps[slots] >= 4 * max_new)]
 
+        def read(checked: np.ndarray) -> list:
+            """The uncompressed model's reading of these rows' answers so far; its K/V is charged to the row."""
+            answers = [rec[s, : ntok[s], 0].astype(np.int64).tolist() for s in checked]
+            verdicts = check_answers(self.runner, [prompts[row[s]] for s in checked], answers,
+                                     self.prefill.token_budget)
+            for s in checked:
+                info[int(row[s])]["check_tokens"] += int(plen[s] + ntok[s])
+            return verdicts
+
         def review(slots: np.ndarray) -> np.ndarray:
             """Rows about to finish that the controller has checked first; returns those that finish now
             (a repaired row generates on, unless its replacement token ends it)."""
@@ -299,16 +308,22 @@ class Engine:
                 return slots
             t0 = time.perf_counter()
             checked = slots[want]
-            answers = [rec[s, : ntok[s], 0].astype(np.int64).tolist() for s in checked]
-            verdicts = check_answers(self.runner, [prompts[row[s]] for s in checked], answers,
-                                     self.prefill.token_budget)
-            for s in checked:
-                info[int(row[s])]["check_tokens"] += int(plen[s] + ntok[s])
-            acts = controller.reviewed(checked, row[checked], verdicts)
+            acts = controller.reviewed(checked, row[checked], read(checked))
             self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
             self.timings["check_s"] += time.perf_counter() - t0
             acted = np.array([s for s in checked if int(row[s]) in acts], dtype=np.int64)
             return np.union1d(np.setdiff1d(slots, acted), done(acted)) if len(acted) else slots
+
+        def spot(slots: np.ndarray) -> None:
+            """Running rows the controller reads now (spot checks); a repair rolls them back and they run on."""
+            want = controller.spot_due(slots, row[slots], ntok[slots].copy())
+            if not want.any():
+                return
+            t0 = time.perf_counter()
+            checked = slots[want]
+            acts = controller.spotted(checked, row[checked], read(checked))
+            self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
+            self.timings["check_s"] += time.perf_counter() - t0
 
         while True:
             free = np.flatnonzero(row == -1)
@@ -406,8 +421,12 @@ class Engine:
                 ctl_s[live] += dt / len(live)
                 relaxed[live] += prompt_held[live] > kept_n[live]
             finished = done(live)
-            if len(finished) and controller is not None:
-                finished = review(finished)
+            if controller is not None:
+                if controller.spots and len(running := np.setdiff1d(live, finished)):
+                    spot(running)
+                    finished = done(live)  # a repair's replacement token may end its row
+                if len(finished):
+                    finished = review(finished)
             if len(finished):
                 finish(finished)
             self.timings["host_s"] += time.perf_counter() - t1

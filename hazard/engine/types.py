@@ -41,6 +41,7 @@ class Controller:
     """
 
     digest_page: int = 0  # > 0: the engine keeps an evicted-key digest (pages of this many positions) for reselect
+    spots: bool = False  # True: the engine asks ``spot_due`` about the running rows after every step
 
     def begin(self, n_slots: int, device=None) -> None:
         """A ``generate`` call starts on ``device``; at most ``n_slots`` rows are live at once."""
@@ -77,4 +78,13 @@ class Controller:
 
     def reviewed(self, slots: np.ndarray, rows: np.ndarray, verdicts: list) -> dict[int, list]:
         """Actions (as ``observe``'s) for reviewed rows; a row given none finishes."""
+        return {}
+
+    def spot_due(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Running rows (not finishing this step) whose answer so far the uncompressed model should read now:
+        a bool mask. Their ``Verdict``s go to ``spotted``."""
+        return np.zeros(len(rows), dtype=bool)
+
+    def spotted(self, slots: np.ndarray, rows: np.ndarray, verdicts: list) -> dict[int, list]:
+        """Actions (as ``observe``'s) for rows read by a spot check; the rows run on either way."""
         return {}
