@@ -331,3 +331,31 @@ def test_spot_repairs_stop_at_the_checks_budget(model64):
     assert max(forces) >= 1 and max(forces) <= 2  # one at a spot check, one at the end reading
     with pytest.raises(HazardError, match="spot"):
         build_policy("answer_check", spot=1)
+
+
+def test_a_held_restore_recompresses_after_its_tokens_and_costs_less_memory(model64):
+    eng = _engine(model64, max_new=24)
+    prompts = _prompts(3, seed=1)
+    press = build_press(KNORM)
+
+    def run(**kw):
+        return eng.generate(prompts, press, controller=PolicyController(
+            build_policy("answer_check", tau=1.0, checks=1, action="restore", **kw), max_new_tokens=24))
+
+    to_end, held = run(), run(hold=3)
+    assert any("recompress" in [k for _, k in g.control["events"]] for g in held)
+    continued = False
+    for a, b in zip(to_end, held):
+        ev = b.control["events"]
+        assert [t for t, k in ev if k == "force"] == [t for t, k in a.control["events"] if k == "force"]
+        assert "recompress" not in [k for _, k in a.control["events"]]
+        for (t, kind), nxt in zip(ev, ev[1:]):
+            if kind == "force" and nxt[1] == "recompress":
+                assert nxt[0] - t == 3  # three tokens under the restored cache, then back to the press
+                if len(b.tokens) > nxt[0]:  # the row went on: compressed again from the next token
+                    assert b.kv_tokens[nxt[0]] < b.prompt_len <= b.kv_tokens[nxt[0] - 1]
+                    assert b.kv_bytes.sum() < a.kv_bytes.sum()
+                    continued = True
+    assert continued
+    with pytest.raises(HazardError, match="hold"):
+        build_policy("answer_check", action="none", hold=4)

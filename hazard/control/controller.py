@@ -120,6 +120,7 @@ class PolicyController(Controller):
         self._checked = np.zeros(n_slots, dtype=np.int64)  # answer_check: answers checked per slot's row
         self._pending = np.zeros(n_slots, dtype=bool)  # answer_check: recall due at the next step
         self._spot_repairs = np.zeros(n_slots, dtype=np.int64)  # answer_check: repairs made at spot checks
+        self._hold_left = np.zeros(n_slots, dtype=np.int64)  # answer_check: tokens until a repair recompresses
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
@@ -140,6 +141,7 @@ class PolicyController(Controller):
         self._checked[list(slots)] = 0
         self._pending[list(slots)] = False
         self._spot_repairs[list(slots)] = 0
+        self._hold_left[list(slots)] = 0
         if self._cycles is not None:
             self._cycles.reset(list(slots))
         if self.guard is not None:
@@ -254,6 +256,7 @@ class PolicyController(Controller):
     def _repair(self, s: int, v, at: int) -> list:
         self._rows.triggers[s] += 1
         self._pending[s] = self.policy.action == "recall"
+        self._hold_left[s] = self.policy.hold
         return self.policy.repair(len(v.tokens), at, int(v.top[at]))
 
     def spot_due(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -279,7 +282,11 @@ class PolicyController(Controller):
         if isinstance(self.policy, AnswerCheckPolicy):  # acts at a row's end (review); a repair's recall
             due = self._pending[slots]  # comes one step later, ranked by the replacement token's queries,
             self._pending[slots[due]] = False  # which is fed again with the recalled entries
-            return {int(r): list(self.policy.relief) + [("rollback", 1)] for r in rows[due]}
+            acts = {int(r): list(self.policy.relief) + [("rollback", 1)] for r in rows[due]}
+            held = (self._hold_left[slots] > 0) & ~due  # a repair's relief runs out after ``hold`` tokens
+            self._hold_left[slots[held]] -= 1
+            acts.update({int(r): [("recompress",)] for r in rows[held & (self._hold_left[slots] == 0)]})
+            return acts
         if self._cycles is not None:  # detect_rewind reads the tokens, no signal
             return self._rewind(slots, rows, packets, steps)
         if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again

@@ -373,6 +373,10 @@ class AnswerCheckPolicy(_Relief):
         in vain. At most ``checks`` spot repairs per row; a spot reading without a repair is free of that
         budget (it costs one forward, charged like the end reading). The gate, when given, also decides at
         spot checks (on the reading so far, with ``ended`` 0).
+    hold : int
+        With ``restore`` or ``recall``: keep what a repair brought back for ``hold`` generated tokens after the
+        replacement token, then recompress to the press's entries (0: to the end). The uncompressed cache
+        writes the rest of the step that went wrong, and those tokens stay in the cache afterwards.
     """
 
     name: str = "answer_check"
@@ -381,6 +385,7 @@ class AnswerCheckPolicy(_Relief):
     checks: int = 1
     gate: str = ""
     spot: int = 0
+    hold: int = 0
 
     def __post_init__(self):
         if self.action == "none":  # repair the token only: the row stays at the press's memory
@@ -394,6 +399,10 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check checks must be a whole number >= 1, got {self.checks!r}")
         if not isinstance(self.spot, int) or self.spot < 0 or self.spot == 1:
             raise HazardError(f"answer_check spot must be 0 (off) or a whole number of tokens >= 2, got {self.spot!r}")
+        if not isinstance(self.hold, int) or self.hold < 0 or (self.hold and self.action == "none"):
+            raise HazardError(f"answer_check hold must be a whole number of tokens >= 0, with action restore or "
+                              f"recall (it ends what a repair brought back), got hold={self.hold!r}, "
+                              f"action={self.action!r}")
         self.gate_model = AnswerGate.load(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
