@@ -359,3 +359,25 @@ def test_a_held_restore_recompresses_after_its_tokens_and_costs_less_memory(mode
     assert continued
     with pytest.raises(HazardError, match="hold"):
         build_policy("answer_check", action="none", hold=4)
+
+
+def test_a_random_gate_is_chance_at_a_set_rate(model64):
+    from hazard.control.gate import RandomGate
+
+    eng = _engine(model64)
+    prompts = _prompts(3, seed=1)
+    press = build_press(KNORM)
+
+    def run(gate=""):
+        return eng.generate(prompts, press, controller=PolicyController(
+            build_policy("answer_check", tau=1.0, action="none", checks=3, gate=gate), max_new_tokens=16))
+
+    static, plain, never, always = eng.generate(prompts, press), run(), run("random:0"), run("random:1")
+    assert any(g.control["events"] for g in plain)
+    assert [g.tokens for g in never] == [g.tokens for g in static]
+    assert [g.tokens for g in always] == [g.tokens for g in plain]
+    coin = RandomGate(0.3, seed=4)
+    assert 0.2 < np.mean([coin.repairs_verdict(None, 16) for _ in range(2000)]) < 0.4
+    for bad in ("random:often", "random:1.5"):
+        with pytest.raises(HazardError, match="random"):
+            build_policy("answer_check", gate=bad)

@@ -121,6 +121,33 @@ class AnswerGate:
                    digit_ids=list(d.get("digit_ids", [])), label=d.get("label", "broken"))
 
 
+@dataclass
+class RandomGate:
+    """The learned gate's control: repairs a reading with probability ``rate`` whatever it says (``gate:
+    random:<rate>`` in a policy's options), to compare the learned gate with chance at a matched repair rate."""
+
+    rate: float
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.rate <= 1.0:
+            raise HazardError(f"random gate: rate must be in [0, 1], got {self.rate}")
+        self._rng = np.random.default_rng(self.seed)
+
+    def repairs_verdict(self, v: Verdict, max_new_tokens: int) -> bool:
+        return bool(self._rng.random() < self.rate)
+
+
+def load_gate(spec: str) -> AnswerGate | RandomGate:
+    """``random:<rate>`` (``RandomGate``) or a gate folder / gate.json (``AnswerGate.load``)."""
+    if spec.startswith("random:"):
+        try:
+            return RandomGate(float(spec.split(":", 1)[1]))
+        except ValueError:
+            raise HazardError(f"answer gate {spec!r}: write random:<rate>, e.g. random:0.3") from None
+    return AnswerGate.load(spec)
+
+
 def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarray, max_false: float = 0.05,
              folds: int = 5, seed: int = 0, target: np.ndarray | None = None,
              eligible: np.ndarray | None = None) -> tuple[AnswerGate, dict]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hazard.control.gate import AnswerGate
+from hazard.control.gate import load_gate
 from hazard.errors import HazardError
 
 
@@ -367,6 +367,7 @@ class AnswerCheckPolicy(_Relief):
     gate : str
         A learned gate (``hazard.control.gate``, a folder or gate.json): after the first reading, only answers
         it flags are repaired (and read again); the others finish as they are. Empty: every answer is.
+        ``random:<rate>``: a coin with that probability instead (the control at a matched repair rate).
     spot : int
         Also read the answer so far every ``spot`` generated tokens while the row runs (spot checks; 0: only
         at its end), and repair a disagreement found there at once, so the tokens after it are not generated
@@ -403,7 +404,7 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check hold must be a whole number of tokens >= 0, with action restore or "
                               f"recall (it ends what a repair brought back), got hold={self.hold!r}, "
                               f"action={self.action!r}")
-        self.gate_model = AnswerGate.load(self.gate) if self.gate else None
+        self.gate_model = load_gate(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
         """A row with ``n_tokens`` recorded whose token ``at`` the check replaces by ``token``: roll back to
