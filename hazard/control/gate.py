@@ -50,7 +50,7 @@ def reading_stats(v: Verdict, max_new_tokens: int, digit_ids=()) -> dict[str, fl
            "first_bad": (int(np.argmax(bad)) if bad.any() else n) / n,  # Verdict.first_disagreement(0.2) / n
            "bad_share": bad.mean(), "bad_share_rare": rare.mean(), "min_logp": lp.min(), "mean_logp": lp.mean(),
            "mean_gap": gap.mean()}
-    digits = np.asarray(sorted(digit_ids), dtype=np.int64)
+    digits = np.fromiter(digit_ids, dtype=np.int64)
     dig = np.isin(v.tokens, digits) | np.isin(v.top, digits)
     for t in TAUS:
         low = changed & (lp < np.log(t))

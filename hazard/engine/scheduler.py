@@ -291,14 +291,19 @@ class Engine:
             end = np.zeros(len(slots), bool) if self.ignore_eos else np.isin(tok, self.end_ids)
             return slots[end | (ntok[slots] >= max_new) | (nsteps[slots] >= 4 * max_new)]
 
-        def read(checked: np.ndarray) -> list:
-            """The uncompressed model's reading of these rows' answers so far; its K/V is charged to the row."""
+        def check(checked: np.ndarray, decide) -> dict:
+            """The uncompressed model reads these rows' answers so far (its K/V charged to the row); ``decide``
+            (the controller's ``reviewed`` or ``spotted``) turns the readings into actions, applied here."""
+            t0 = time.perf_counter()
             answers = [rec[s, : ntok[s], 0].astype(np.int64).tolist() for s in checked]
             verdicts = check_answers(self.runner, [prompts[row[s]] for s in checked], answers,
                                      self.prefill.token_budget)
             for s in checked:
                 info[int(row[s])]["check_tokens"] += int(plen[s] + ntok[s])
-            return verdicts
+            acts = decide(checked, row[checked], verdicts)
+            self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
+            self.timings["check_s"] += time.perf_counter() - t0
+            return acts
 
         def review(slots: np.ndarray) -> np.ndarray:
             """Rows about to finish that the controller has checked first; returns those that finish now
@@ -306,24 +311,16 @@ class Engine:
             want = controller.review(slots, row[slots], ntok[slots].copy())
             if not want.any():
                 return slots
-            t0 = time.perf_counter()
             checked = slots[want]
-            acts = controller.reviewed(checked, row[checked], read(checked))
-            self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
-            self.timings["check_s"] += time.perf_counter() - t0
+            acts = check(checked, controller.reviewed)
             acted = np.array([s for s in checked if int(row[s]) in acts], dtype=np.int64)
             return np.union1d(np.setdiff1d(slots, acted), done(acted)) if len(acted) else slots
 
         def spot(slots: np.ndarray) -> None:
             """Running rows the controller reads now (spot checks); a repair rolls them back and they run on."""
             want = controller.spot_due(slots, row[slots], ntok[slots].copy())
-            if not want.any():
-                return
-            t0 = time.perf_counter()
-            checked = slots[want]
-            acts = controller.spotted(checked, row[checked], read(checked))
-            self._apply(acts, row, checked, ntok, lens, plen, prompt_held, kept_n, rec, info)
-            self.timings["check_s"] += time.perf_counter() - t0
+            if want.any():
+                check(slots[want], controller.spotted)
 
         while True:
             free = np.flatnonzero(row == -1)
