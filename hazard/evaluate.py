@@ -5,7 +5,8 @@ and each controlled policy on the same prompts, labels every run like the collec
 the uncompressed twin), and reports accuracy, catastrophes, recovered accuracy and KV memory held.
 
 Frontiers: a list in ``policy_options`` sweeps that knob (several lists: every combination), one run per
-value (``knob`` in the row); ``static_sweep`` adds static-only press settings (the static frontier);
+value (``knob`` in the row); a list of such mappings runs each in turn (runs that are not one grid, sharing
+one uncompressed and one static run); ``static_sweep`` adds static-only press settings (the static frontier);
 ``hazard.frontiers`` turns the rows into per-task staircases, matched-KV comparisons (``frontier_kv``) and
 one PNG per task.
 """
@@ -103,10 +104,25 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     }
 
 
-def variants(options: dict) -> list[dict]:
-    """The swept knobs of one policy's options: every combination of its list values ([{}] when none)."""
-    swept = {k: v for k, v in options.items() if isinstance(v, list)}
-    return [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
+def variants(options: dict | list[dict]) -> list[dict]:
+    """The runs of one policy's options, as the knobs that tell them apart. A mapping: every combination of its
+    list values ([{}] when none). A list of mappings (option sets, for runs that are not one grid): each swept
+    so, their runs in turn, each knob naming the options that are not the same in every run."""
+    if isinstance(options, dict):
+        swept = {k: v for k, v in options.items() if isinstance(v, list)}
+        return [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
+    runs = [{**_fixed(d), **k} for d in options for k in variants(d)]
+    common = _fixed(options)
+    return [{k: v for k, v in r.items() if k not in common} for r in runs]
+
+
+def _fixed(options: dict | list[dict]) -> dict:
+    """The options every run of a policy shares: a mapping's single values; for option sets, those set alike
+    in every run."""
+    if isinstance(options, dict):
+        return {k: v for k, v in options.items() if not isinstance(v, list)}
+    runs = [{**_fixed(d), **k} for d in options for k in variants(d)]
+    return {k: v for k, v in runs[0].items() if all(k in r and r[k] == v for r in runs)} if runs else {}
 
 
 def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
@@ -121,7 +137,7 @@ def _knob_label(knob: dict) -> str:
 
 def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None,
             knob: dict | None = None):
-    opts = {**{k: v for k, v in cfg.policy_options.get(name, {}).items() if not isinstance(v, list)}, **(knob or {})}
+    opts = {**_fixed(cfg.policy_options.get(name, {})), **(knob or {})}
     if name == "hazard":
         opts.setdefault("trigger", guard.threshold if guard is not None else 0.5)  # None: only checking knobs
     if name == "entropy_rule":
@@ -164,9 +180,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         if spec.ratio <= 0 or press is None or is_decoding(press):
             raise HazardError(f"evaluate: base press {spec.label} must be a prefill press with ratio > 0")
     for name, opts in cfg.policy_options.items():
-        if name not in POLICY_NAMES or name == "full" or not isinstance(opts, dict):
-            raise HazardError(f"evaluate: policy_options.{name} must be a mapping of knob: value (or [values]) "
-                              f"for one of {', '.join(p for p in POLICY_NAMES if p != 'full')}")
+        sets = opts if isinstance(opts, list) else [opts]
+        if name not in POLICY_NAMES or name == "full" or not sets or not all(isinstance(o, dict) for o in sets):
+            raise HazardError(f"evaluate: policy_options.{name} must be a mapping of knob: value (or [values]), "
+                              f"or a list of such mappings, for one of "
+                              f"{', '.join(p for p in POLICY_NAMES if p != 'full')}")
+        knobs = [_knob_label(k) for k in variants(opts)]
+        if len(set(knobs)) < len(knobs):
+            raise HazardError(f"evaluate: policy_options.{name}: two option sets give the same run "
+                              f"({max(knobs, key=knobs.count) or 'no knob'}); make each run differ")
         for knob in variants(opts):  # a bad knob fails here, before any model is loaded
             _policy(name, cfg, None, None, knob)
     needs_guard = "hazard" in cfg.policies
@@ -234,7 +256,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     continue
                 opts = cfg.policy_options.get(name, {})
                 knobs = variants(opts)
-                if name == "random" and "rate" not in opts and hazard_rates:
+                if name == "random" and "rate" not in _fixed(opts) and not any("rate" in k for k in knobs) and hazard_rates:
                     knobs = matched_knobs(knobs, hazard_rates)
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None

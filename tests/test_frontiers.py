@@ -92,6 +92,18 @@ def test_variants_sweep_every_list_valued_knob():
         {"trigger": 0.2, "budget": 0.1}, {"trigger": 0.2, "budget": 0.2}]
 
 
+def test_option_sets_run_in_turn_and_their_knobs_name_what_differs():
+    from hazard.evaluate import _fixed
+
+    sets = [{"tau": 0.2, "action": "restore", "gate": ["a", "b"], "hold": 16},
+            {"tau": 0.2, "action": "none", "spot": [0, 64]}]
+    assert variants(sets) == [{"action": "restore", "gate": "a", "hold": 16},
+                              {"action": "restore", "gate": "b", "hold": 16},
+                              {"action": "none", "spot": 0}, {"action": "none", "spot": 64}]
+    assert _fixed(sets) == {"tau": 0.2}  # with a knob, each run's options again
+    assert variants([{"rollback": 8}]) == [{}] and _fixed([{"rollback": 8}]) == {"rollback": 8}
+
+
 def test_evaluate_sweeps_knobs_and_static_ratios_into_frontiers(tmp_path):
     from hazard.cli import main
 
@@ -103,8 +115,10 @@ def test_evaluate_sweeps_knobs_and_static_ratios_into_frontiers(tmp_path):
             "--static_sweep", "[{name: knorm, ratio: 0.5}, {name: knorm, ratio: 0.75}, {name: snapkv, ratio: 0.5,"
                               " kwargs: {window_size: 4}}]",
             "--policies", "[static, full, digest_recall, entropy_rule]",
-            "--policy_options", "{digest_recall: {budget: [0.1, 0.3], interval: 4}, entropy_rule: "
-                                "{trigger: [0.0, 100.0], action: recall, budget: 0.2, rollback: 2}}"]
+            # entropy_rule as two option sets: the same two runs as {trigger: [0.0, 100.0], ...} would give
+            "--policy_options", "{digest_recall: {budget: [0.1, 0.3], interval: 4}, entropy_rule: ["
+                                "{trigger: 0.0, action: recall, budget: 0.2, rollback: 2}, "
+                                "{trigger: 100.0, action: recall, budget: 0.2, rollback: 2}]}"]
     assert main(args) == 0
     res = json.loads(out.read_text())
     rows = [(r["base_press"], r["base_ratio"], r["policy"], r["knob"]) for r in res["rows"]]
@@ -135,3 +149,6 @@ def test_a_bad_knob_fails_before_the_model_loads(tmp_path, capsys):
             "--policy_options", "{digest_recall: {budget: [0.1, 2.0]}}"]
     assert main(args) == 2
     assert "budget" in capsys.readouterr().err
+    same = args[:-1] + ["{digest_recall: [{budget: 0.1}, {budget: [0.2, 0.1]}]}"]
+    assert main(same) == 2
+    assert "two option sets give the same run (budget=0.1)" in capsys.readouterr().err
