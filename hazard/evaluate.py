@@ -256,7 +256,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     continue
                 opts = cfg.policy_options.get(name, {})
                 knobs = variants(opts)
-                if name == "random" and "rate" not in _fixed(opts) and not any("rate" in k for k in knobs) and hazard_rates:
+                rate_set = "rate" in _fixed(opts) or any("rate" in k for k in knobs)
+                if name == "random" and not rate_set and hazard_rates:
                     knobs = matched_knobs(knobs, hazard_rates)
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None

@@ -76,7 +76,8 @@ def _knob_text(knob: dict) -> str:
 def format_closed_loop(result: dict) -> str:
     from hazard.frontiers import format_matched
 
-    head = (f"{'task':13} {'base':24} {'policy':13} {'knob':36} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
+    w = min(max([36] + [len(_knob_text(r.get("knob", {}))) for r in result["rows"]]), 64)  # the knob column
+    head = (f"{'task':13} {'base':24} {'policy':13} {'knob':{w}} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
             f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'falseRep':>8} {'wasted':>6} {'s':>6}")
     lines = [f"closed loop: {result['model']} on {result['hardware']}", head]
     for r in result["rows"]:
@@ -84,7 +85,7 @@ def format_closed_loop(result: dict) -> str:
         knob = _knob_text(r.get("knob", {}))
         rep = f"{r['false_repair_rate']:8.2f}" if "false_repair_rate" in r else "     n/a"  # rows before it existed
         lines.append(f"{r['task']:13} {r['base_press'] + '@' + format(r['base_ratio'], 'g'):24} {r['policy']:13} "
-                     f"{knob[:36]:36} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
+                     f"{knob[:w]:{w}} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
                      f"{r['mean_kv_fraction']:6.2f} {r['peak_kv_fraction']:6.2f} {r['false_trigger_rate']:9.2f} {rep} "
                      f"{r['rollback_tokens_per_trace']:6.1f} {r['seconds']:6.1f}")
     if result.get("frontiers"):
