@@ -26,7 +26,7 @@ for CONFIG in $CONFIG; do
   [ "$left" -gt 60 ] || { echo "$CONFIG: no time left in this call"; break; }
   timeout "$left" python3 -m hazard.cli evaluate --config "configs/evaluate/$CONFIG.yaml" \
     --output "$work/closed_loop.json" 2>&1 | grep -v -i warn | tee -a "$work/evaluate.log" | tail -60
-  echo "$CONFIG: runs saved: $(ls "$work"/closed_loop.parts/*__*.json 2>/dev/null | wc -l)"
+  echo "$CONFIG: runs saved: $(find "$work/closed_loop.parts" -name "*__*.json" 2>/dev/null | wc -l)"  # a gate path in a knob nests the file
   tar czf "$OUT/$CONFIG.tgz" -C "$work" .
 done
 echo "elapsed $((SECONDS - start)) s"

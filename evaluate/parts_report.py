@@ -17,6 +17,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from hazard.compression import PressSpec
+from hazard.evaluate import closed_loop_row
 from hazard.frontiers import frontiers
 from hazard.report import format_closed_loop
 
@@ -35,29 +37,27 @@ def _knob(label: str) -> dict:
     return {k: _value(v) for k, _, v in (p.partition("=") for p in label.split("__")) if k} if label else {}
 
 
+def _model(config: dict) -> str:
+    return config["model"].get("name") or config["model"]["path"]
+
+
 def parts_rows(parts: dict[str, dict], config: dict) -> list[dict]:
     """Rows from saved runs keyed by their file name (``<unit>__[<press>__]<policy>[__<knob>]``)."""
-    presses = {f"{p['name']}@{p['ratio']:g}": p for p in config["base_presses"]}
-    model = config["model"].get("name") or config["model"]["path"]
+    presses = {f"{p['name']}@{p['ratio']:g}": PressSpec(p["name"], p["ratio"]) for p in config["base_presses"]}
     full = {k.split("__")[0]: v for k, v in parts.items() if k.split("__")[1] == "full"}
     rows = []
     for key, rec in parts.items():
         unit, *rest = key.split("__")
         if rest[0] == "full":
             continue
-        press = presses[rest[0]]
         static = parts.get(f"{unit}__{rest[0]}__static")
         if static is None or unit not in full:
             continue  # no reference to read it against yet
         name, knob = rest[1], _knob("__".join(rest[2:]))
         task, _, fmt = unit.partition(".")
-        for policy, res in ([("full", full[unit]["summary"])] if name == "static" else []) + [(name, rec["summary"])]:
-            a_full, a_static = full[unit]["summary"]["accuracy"], static["summary"]["accuracy"]
-            rows.append({"task": task, "format": fmt or "default", "model": model, "base_press": press["name"],
-                         "base_ratio": press["ratio"], "policy": policy, "knob": knob if policy == name else {},
-                         **res, "recovered_fraction": (res["accuracy"] - a_static) / (a_full - a_static)
-                         if a_full != a_static else None, "overhead": res["controller_ms_per_step"],
-                         "static_ms_per_token": static["ms_per_token"]})
+        for policy, run in ([("full", full[unit])] if name == "static" else []) + [(name, rec)]:
+            rows.append(closed_loop_row(task, fmt or "default", _model(config), presses[rest[0]], policy,
+                                        knob if policy == name else {}, run["summary"], full[unit], static))
     return sorted(rows, key=lambda r: (r["task"], r["format"], r["policy"] not in ("full", "static"), r["policy"],
                                        json.dumps(r["knob"], sort_keys=True)))
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parts_report: {args.tgz} holds no closed_loop.parts/ with a config.json and runs", file=sys.stderr)
         return 2
     rows = parts_rows(parts, config)
-    result = {"unfinished": True, "source": args.tgz, "model": config["model"].get("name") or config["model"]["path"],
+    result = {"unfinished": True, "source": args.tgz, "model": _model(config),
               "hardware": args.hardware, "git_sha": args.git_sha, "config": config, "rows": rows,
               "frontiers": frontiers(rows, config.get("frontier_kv", [0.15, 0.25, 0.35]))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,6 @@ if [ -f "$tmp/closed_loop.json" ]; then
   echo "evaluate/results/$cfg: $(ls "evaluate/results/$cfg" | tr '\n' ' ')"
 else
   cp "$src/$cfg.tgz" "evaluate/$cfg.tgz"
-  echo "unfinished ($(ls "$tmp/closed_loop.parts" | wc -l) runs): evaluate/$cfg.tgz, carry it to the next call"
+  echo "unfinished ($(find "$tmp/closed_loop.parts" -name "*__*.json" | wc -l) runs): evaluate/$cfg.tgz, carry it to the next call"
 fi
 rm -rf "$tmp"

@@ -131,6 +131,17 @@ def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
     return [{**k, "rate": r} for r in dict.fromkeys(rates) for k in knobs]
 
 
+def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: str, knob: dict, res: dict,
+                    full: dict, static: dict) -> dict:
+    """One row of ``closed_loop.json``: a run's summary ``res`` with what it ran on and the share of the
+    accuracy compression lost that it got back (``full`` and ``static`` are the saved reference runs)."""
+    acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
+    recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static) if acc_full != acc_static else None
+    return {"task": task, "format": fmt, "model": model, "base_press": spec.name, "base_ratio": spec.ratio,
+            "policy": policy, "knob": knob, **res, "recovered_fraction": recovered,
+            "overhead": res["controller_ms_per_step"], "static_ms_per_token": static["ms_per_token"]}
+
+
 def _knob_label(knob: dict) -> str:
     return "__".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knob.items())
 
@@ -276,17 +287,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step
                         hazard_rates.append(rec["restore_rate"])
                     results.append((name, knob, rec["summary"]))
-            acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
-            for name, knob, res in results:
-                recovered = None
-                if acc_full != acc_static:
-                    recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static)
-                out_rows.append({
-                    "task": task.name, "format": format_of(task), "model": label, "base_press": spec.name,
-                    "base_ratio": spec.ratio, "policy": name, "knob": knob, **res, "recovered_fraction": recovered,
-                    "overhead": res["controller_ms_per_step"],
-                    "static_ms_per_token": static["ms_per_token"],
-                })
+            out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, res, full, static)
+                         for name, knob, res in results]
     fr = frontiers(out_rows, cfg.frontier_kv)
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
