@@ -18,23 +18,9 @@ import tarfile
 from pathlib import Path
 
 from hazard.compression import PressSpec
-from hazard.evaluate import closed_loop_row
+from hazard.evaluate import closed_loop_row, knob_from_label
 from hazard.frontiers import frontiers
 from hazard.report import format_closed_loop
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _knob(label: str) -> dict:
-    """A run key's knob part (``gate=a/b__hold=16``) back into the knob it was made from."""
-    return {k: _value(v) for k, _, v in (p.partition("=") for p in label.split("__")) if k} if label else {}
 
 
 def _model(config: dict) -> str:
@@ -53,7 +39,7 @@ def parts_rows(parts: dict[str, dict], config: dict) -> list[dict]:
         static = parts.get(f"{unit}__{rest[0]}__static")
         if static is None or unit not in full:
             continue  # no reference to read it against yet
-        name, knob = rest[1], _knob("__".join(rest[2:]))
+        name, knob = rest[1], knob_from_label("__".join(rest[2:]))
         task, _, fmt = unit.partition(".")
         for policy, run in ([("full", full[unit])] if name == "static" else []) + [(name, rec)]:
             rows.append(closed_loop_row(task, fmt or "default", _model(config), presses[rest[0]], policy,

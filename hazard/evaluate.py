@@ -111,9 +111,18 @@ def variants(options: dict | list[dict]) -> list[dict]:
     if isinstance(options, dict):
         swept = {k: v for k, v in options.items() if isinstance(v, list)}
         return [dict(zip(swept, combo)) for combo in itertools.product(*swept.values())]
-    runs = [{**_fixed(d), **k} for d in options for k in variants(d)]
-    common = _fixed(options)
+    runs = _set_runs(options)
+    common = _shared(runs)
     return [{k: v for k, v in r.items() if k not in common} for r in runs]
+
+
+def _set_runs(sets: list[dict]) -> list[dict]:
+    """Every run of a list of option sets, with all its options."""
+    return [{**_fixed(d), **k} for d in sets for k in variants(d)]
+
+
+def _shared(runs: list[dict]) -> dict:
+    return {k: v for k, v in runs[0].items() if all(k in r and r[k] == v for r in runs)} if runs else {}
 
 
 def _fixed(options: dict | list[dict]) -> dict:
@@ -121,8 +130,7 @@ def _fixed(options: dict | list[dict]) -> dict:
     in every run."""
     if isinstance(options, dict):
         return {k: v for k, v in options.items() if not isinstance(v, list)}
-    runs = [{**_fixed(d), **k} for d in options for k in variants(d)]
-    return {k: v for k, v in runs[0].items() if all(k in r and r[k] == v for r in runs)} if runs else {}
+    return _shared(_set_runs(options))
 
 
 def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
@@ -144,6 +152,18 @@ def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: st
 
 def _knob_label(knob: dict) -> str:
     return "__".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knob.items())
+
+
+def knob_from_label(label: str) -> dict:
+    """``_knob_label`` read back (a saved run's file name into its knob): numbers as int or float."""
+    def value(text: str):
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return text
+    return {k: value(v) for k, _, v in (p.partition("=") for p in label.split("__")) if k} if label else {}
 
 
 def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None,
@@ -196,11 +216,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             raise HazardError(f"evaluate: policy_options.{name} must be a mapping of knob: value (or [values]), "
                               f"or a list of such mappings, for one of "
                               f"{', '.join(p for p in POLICY_NAMES if p != 'full')}")
-        knobs = [_knob_label(k) for k in variants(opts)]
-        if len(set(knobs)) < len(knobs):
+        knobs = variants(opts)
+        labels = [_knob_label(k) for k in knobs]
+        if len(set(labels)) < len(labels):
             raise HazardError(f"evaluate: policy_options.{name}: two option sets give the same run "
-                              f"({max(knobs, key=knobs.count) or 'no knob'}); make each run differ")
-        for knob in variants(opts):  # a bad knob fails here, before any model is loaded
+                              f"({max(labels, key=labels.count) or 'no knob'}); make each run differ")
+        for knob in knobs:  # a bad knob fails here, before any model is loaded
             _policy(name, cfg, None, None, knob)
     needs_guard = "hazard" in cfg.policies
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None

@@ -93,7 +93,7 @@ def test_variants_sweep_every_list_valued_knob():
 
 
 def test_option_sets_run_in_turn_and_their_knobs_name_what_differs():
-    from hazard.evaluate import _fixed
+    from hazard.evaluate import _fixed, _knob_label, knob_from_label
 
     sets = [{"tau": 0.2, "action": "restore", "gate": ["a", "b"], "hold": 16},
             {"tau": 0.2, "action": "none", "spot": [0, 64]}]
@@ -101,6 +101,7 @@ def test_option_sets_run_in_turn_and_their_knobs_name_what_differs():
                               {"action": "restore", "gate": "b", "hold": 16},
                               {"action": "none", "spot": 0}, {"action": "none", "spot": 64}]
     assert _fixed(sets) == {"tau": 0.2}  # with a knob, each run's options again
+    assert all(knob_from_label(_knob_label(k)) == k for k in variants(sets))  # a saved run's name read back
     assert variants([{"rollback": 8}]) == [{}] and _fixed([{"rollback": 8}]) == {"rollback": 8}
 
 
