@@ -5,8 +5,8 @@ returns them as `<config>.tgz`, which the next hold carries back to go on. Until
 out as rows (the keys `closed_loop.json` rows have), their frontiers and the printed table, so what was measured
 can be read and cited before the rest is run:
 
-    python evaluate/parts_report.py evaluate/frontier_q15_check_repairs.tgz \
-        --out evaluate/results/frontier_q15_check_repairs/partial.json
+    python evaluate/parts_report.py evaluate/<config>.tgz \
+        --out evaluate/results/<config>/partial.json
 """
 
 from __future__ import annotations
