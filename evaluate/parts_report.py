@@ -20,6 +20,7 @@ from pathlib import Path
 from hazard.compression import PressSpec
 from hazard.evaluate import closed_loop_row, knob_from_label
 from hazard.frontiers import frontiers
+from hazard.paired import paired_comparisons
 from hazard.report import format_closed_loop
 
 
@@ -43,7 +44,8 @@ def parts_rows(parts: dict[str, dict], config: dict) -> list[dict]:
         task, _, fmt = unit.partition(".")
         for policy, run in ([("full", full[unit])] if name == "static" else []) + [(name, rec)]:
             rows.append(closed_loop_row(task, fmt or "default", _model(config), presses[rest[0]], policy,
-                                        knob if policy == name else {}, run["summary"], full[unit], static))
+                                        knob if policy == name else {}, run["summary"], full[unit], static,
+                                        run.get("rows")))
     return sorted(rows, key=lambda r: (r["task"], r["format"], r["policy"] not in ("full", "static"), r["policy"],
                                        json.dumps(r["knob"], sort_keys=True)))
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = parts_rows(parts, config)
     result = {"unfinished": True, "source": args.tgz, "model": _model(config),
               "hardware": args.hardware, "git_sha": args.git_sha, "config": config, "rows": rows,
-              "frontiers": frontiers(rows, config.get("frontier_kv", [0.15, 0.25, 0.35]))}
+              "frontiers": frontiers(rows, config.get("frontier_kv", [0.15, 0.25, 0.35])),
+              "paired": paired_comparisons(rows, config.get("paired_kv_tol", 0.02))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(format_closed_loop(result))

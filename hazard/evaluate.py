@@ -32,6 +32,7 @@ from hazard.errors import HazardError
 from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
+from hazard.paired import outcome_bits, paired_comparisons
 from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
@@ -42,8 +43,8 @@ from hazard.traces import write_json
 # What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules). Runs
 # that no other run reads (every controlled run, the static sweep) keep the outcomes only: a resumable
 # evaluation of 40 runs x 500 prompts stays a few MB that a later device session can carry.
-ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "text", "finished", "n_tokens")
-OUTCOME_KEYS = ("correct", "onset", "catastrophe", "finished", "n_tokens")
+ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens")
+OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens")
 # The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
 # a restore can wait is what its memory depends on.
 PONR_GRID = (*GRID, 256)
@@ -62,6 +63,7 @@ class EvaluateConfig:
     policy_options: dict = field(default_factory=dict)
     static_sweep: list[PressSpec] = field(default_factory=list)
     frontier_kv: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35])
+    paired_kv_tol: float = 0.02  # two controlled runs this close in mean KV are compared prompt by prompt
     max_new_tokens: int = 384
     batch_size: int = 8
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
@@ -140,14 +142,16 @@ def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
 
 
 def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: str, knob: dict, res: dict,
-                    full: dict, static: dict) -> dict:
+                    full: dict, static: dict, prompt_rows: list[dict] | None = None) -> dict:
     """One row of ``closed_loop.json``: a run's summary ``res`` with what it ran on and the share of the
-    accuracy compression lost that it got back (``full`` and ``static`` are the saved reference runs)."""
+    accuracy compression lost that it got back (``full`` and ``static`` are the saved reference runs); with
+    the run's ``prompt_rows``, its per-prompt outcomes too (``hazard.paired`` compares runs prompt by prompt)."""
     acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
     recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static) if acc_full != acc_static else None
     return {"task": task, "format": fmt, "model": model, "base_press": spec.name, "base_ratio": spec.ratio,
             "policy": policy, "knob": knob, **res, "recovered_fraction": recovered,
-            "overhead": res["controller_ms_per_step"], "static_ms_per_token": static["ms_per_token"]}
+            "overhead": res["controller_ms_per_step"], "static_ms_per_token": static["ms_per_token"],
+            **({"outcomes": outcome_bits(prompt_rows)} if prompt_rows else {})}
 
 
 def _knob_label(knob: dict) -> str:
@@ -204,6 +208,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     unknown = set(cfg.policies) - set(POLICY_NAMES)
     if unknown:
         raise HazardError(f"unknown policy {sorted(unknown)[0]!r}; known: {', '.join(POLICY_NAMES)}")
+    if cfg.paired_kv_tol < 0:
+        raise HazardError(f"evaluate: paired_kv_tol must be >= 0 (a mean-KV gap), got {cfg.paired_kv_tol}")
     if not cfg.tasks or not cfg.base_presses:
         raise HazardError("evaluate: configure at least one task and one base press")
     for spec in [*cfg.base_presses, *cfg.static_sweep]:
@@ -284,7 +290,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             names = cfg.policies if spec.label in controlled else ["static"]
             for name in names:
                 if name in ("full", "static"):
-                    results.append((name, {}, (full if name == "full" else static)["summary"]))
+                    results.append((name, {}, full if name == "full" else static))
                     continue
                 opts = cfg.policy_options.get(name, {})
                 knobs = variants(opts)
@@ -307,13 +313,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step
                         hazard_rates.append(rec["restore_rate"])
-                    results.append((name, knob, rec["summary"]))
-            out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, res, full, static)
-                         for name, knob, res in results]
+                    results.append((name, knob, rec))
+            out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, rec["summary"], full,
+                                         static, rec["rows"]) for name, knob, rec in results]
     fr = frontiers(out_rows, cfg.frontier_kv)
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
-              "frontiers": fr, **({"point_of_no_return": ponr_summaries} if ponr_summaries else {})}
+              "frontiers": fr, "paired": paired_comparisons(out_rows, cfg.paired_kv_tol),
+              **({"point_of_no_return": ponr_summaries} if ponr_summaries else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     pareto_plot(out_rows, out.with_suffix(".png"))

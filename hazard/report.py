@@ -64,7 +64,7 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _knob_text(knob: dict) -> str:
+def knob_text(knob: dict) -> str:
     """``k=v,...``; a path shows its last two parts (a gate's folder and rate), not its common prefix."""
     def short(v):
         if isinstance(v, float):
@@ -76,13 +76,13 @@ def _knob_text(knob: dict) -> str:
 def format_closed_loop(result: dict) -> str:
     from hazard.frontiers import format_matched
 
-    w = min(max([36] + [len(_knob_text(r.get("knob", {}))) for r in result["rows"]]), 64)  # the knob column
+    w = min(max([36] + [len(knob_text(r.get("knob", {}))) for r in result["rows"]]), 64)  # the knob column
     head = (f"{'task':13} {'base':24} {'policy':13} {'knob':{w}} {'n':>4} {'acc':>5} {'catas':>5} {'recov':>6} "
             f"{'meanKV':>6} {'peakKV':>6} {'falseTrig':>9} {'falseRep':>8} {'wasted':>6} {'s':>6}")
     lines = [f"closed loop: {result['model']} on {result['hardware']}", head]
     for r in result["rows"]:
         rec = "   n/a" if r["recovered_fraction"] is None else f"{r['recovered_fraction']:6.2f}"
-        knob = _knob_text(r.get("knob", {}))
+        knob = knob_text(r.get("knob", {}))
         rep = f"{r['false_repair_rate']:8.2f}" if "false_repair_rate" in r else "     n/a"  # rows before it existed
         lines.append(f"{r['task']:13} {r['base_press'] + '@' + format(r['base_ratio'], 'g'):24} {r['policy']:13} "
                      f"{knob[:w]:{w}} {r['n']:4d} {r['accuracy']:5.2f} {r['catastrophe_rate']:5.2f} {rec} "
@@ -90,4 +90,8 @@ def format_closed_loop(result: dict) -> str:
                      f"{r['rollback_tokens_per_trace']:6.1f} {r['seconds']:6.1f}")
     if result.get("frontiers"):
         lines += ["", format_matched(result["frontiers"])]
+    if result.get("paired"):
+        from hazard.paired import format_paired
+
+        lines += ["", format_paired(result["paired"])]
     return "\n".join(lines)

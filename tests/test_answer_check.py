@@ -378,6 +378,9 @@ def test_a_random_gate_is_chance_at_a_set_rate(model64):
     assert [g.tokens for g in always] == [g.tokens for g in plain]
     coin = RandomGate(0.3, seed=4)
     assert 0.2 < np.mean([coin.repairs_verdict(None, 16) for _ in range(2000)]) < 0.4
-    for bad in ("random:often", "random:1.5"):
+    from hazard.control.gate import load_gate
+
+    assert load_gate("random:0.3").seed == 0 and load_gate("random:0.3:2") == RandomGate(0.3, seed=2)
+    for bad in ("random:often", "random:1.5", "random:0.3:x", "random:0.3:1:2"):
         with pytest.raises(HazardError, match="random"):
             build_policy("answer_check", gate=bad)

@@ -140,6 +140,14 @@ def test_evaluate_sweeps_knobs_and_static_ratios_into_frontiers(tmp_path):
     assert {"static:knorm", "static:snapkv", "static", "digest_recall", "entropy_rule", "full"} <= set(fr)
     assert len(fr["static:knorm"]["points"]) == 2 and res["git_sha"]
     assert (tmp_path / "cl_kv_retrieval.png").stat().st_size > 1000
+    # per-prompt outcomes on every row, and the runs compared prompt by prompt
+    assert all(len(r["outcomes"]["correct"]) == 3 for r in res["rows"])
+    never = by[("entropy_rule", '{"trigger": 100.0}')]
+    assert never["outcomes"] == res["rows"][0]["outcomes"]  # it never fires: the static run, prompt by prompt
+    vs_static = {p["a"] if p["b"] == "static" else p["b"]: p for p in res["paired"] if "static" in (p["a"], p["b"])}
+    assert set(vs_static) == {"digest_recall(budget=0.1)", "digest_recall(budget=0.3)", "entropy_rule(trigger=0)",
+                              "entropy_rule(trigger=100)"}
+    assert vs_static["entropy_rule(trigger=100)"]["correct"]["p"] == 1.0
 
 
 def test_a_bad_knob_fails_before_the_model_loads(tmp_path, capsys):

@@ -30,7 +30,9 @@ def _tgz(path, files):
 def test_saved_runs_become_rows_with_their_knobs_and_a_frontier(tmp_path, capsys):
     config = {"model": {"name": "m", "path": "/x"}, "base_presses": [{"name": "knorm", "ratio": 0.75}],
               "frontier_kv": [0.25]}
-    run = lambda acc, kv: {"summary": _summary(acc, kv), "ms_per_token": 1.0}  # noqa: E731
+    def run(acc, kv):  # ten prompts, the first acc x 10 right
+        return {"summary": _summary(acc, kv), "ms_per_token": 1.0,
+                "rows": [{"correct": i < round(acc * 10), "catastrophe": False} for i in range(10)]}
     _tgz(tmp_path / "c.tgz", {
         "config.json": config, "gsm8k__full.json": run(0.6, 1.0), "gsm8k__knorm@0.75__static.json": run(0.3, 0.2),
         "gsm8k__knorm@0.75__answer_check__action=restore__gate=ck/a/f0.3__hold=16.json": run(0.5, 0.24),
@@ -44,6 +46,8 @@ def test_saved_runs_become_rows_with_their_knobs_and_a_frontier(tmp_path, capsys
     assert abs(res["rows"][2]["recovered_fraction"] - 2 / 3) < 1e-9 and res["unfinished"]
     assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["answer_check"]["accuracy"] == 0.5
     assert "hold=16" in capsys.readouterr().out
+    vs = {(p["a"], p["b"]): p["correct"] for p in res["paired"]}
+    assert vs[("answer_check(action=restore,gate=a/f0.3,hold=16)", "static")]["a_only"] == 2
 
 
 def test_a_file_without_saved_runs_is_one_clear_error(tmp_path, capsys):

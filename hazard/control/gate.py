@@ -139,12 +139,17 @@ class RandomGate:
 
 
 def load_gate(spec: str) -> AnswerGate | RandomGate:
-    """``random:<rate>`` (``RandomGate``) or a gate folder / gate.json (``AnswerGate.load``)."""
+    """``random:<rate>[:<seed>]`` (``RandomGate``; other seeds give other coins of the same rate, the spread a
+    learned gate has to clear) or a gate folder / gate.json (``AnswerGate.load``)."""
     if spec.startswith("random:"):
         try:
-            return RandomGate(float(spec.split(":", 1)[1]))
+            _, rate, *seed = spec.split(":")
+            if len(seed) > 1:
+                raise ValueError(spec)
+            return RandomGate(float(rate), int(seed[0]) if seed else 0)
         except ValueError:
-            raise HazardError(f"answer gate {spec!r}: write random:<rate>, e.g. random:0.3") from None
+            raise HazardError(f"answer gate {spec!r}: write random:<rate>[:<seed>], e.g. random:0.3 or "
+                              f"random:0.3:1") from None
     return AnswerGate.load(spec)
 
 

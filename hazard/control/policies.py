@@ -367,7 +367,8 @@ class AnswerCheckPolicy(_Relief):
     gate : str
         A learned gate (``hazard.control.gate``, a folder or gate.json): after the first reading, only answers
         it flags are repaired (and read again); the others finish as they are. Empty: every answer is.
-        ``random:<rate>``: a coin with that probability instead (the control at a matched repair rate).
+        ``random:<rate>[:<seed>]``: a coin with that probability instead (the control at a matched repair
+        rate; seeds 1, 2, ... are other coins, seed 0 by default).
     spot : int
         Also read the answer so far every ``spot`` generated tokens while the row runs (spot checks; 0: only
         at its end), and repair a disagreement found there at once, so the tokens after it are not generated

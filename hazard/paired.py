@@ -1,0 +1,123 @@
+"""Paired comparisons of runs on the same prompts: is one policy above another, or is the gap noise?
+
+Every run of an evaluation answers the same prompts, so two runs are compared prompt by prompt, not as two
+independent samples: most prompts come out the same under both, and only the discordant ones say which run is
+better. Gaps of one or two points on 500 prompts are common between policies here (evaluate/RESULTS.md 0f); an
+unpaired interval would be about +-6 points wide and call all of them noise, a paired one can tell.
+
+For each pair this gives the difference of the two rates, a percentile-bootstrap interval over prompts, the
+discordant counts and the exact two-sided sign test (McNemar's test without the normal approximation).
+Rows carry their per-prompt outcomes as bit strings (``row["outcomes"]``, written by ``hazard evaluate``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from hazard.errors import HazardError
+from hazard.frontiers import task_key
+
+# per prompt, as "0"/"1" strings in a row's ``outcomes``; a catastrophe here is what ``catastrophe_rate``
+# counts, a loop or a non-termination
+OUTCOMES = ("correct", "catastrophe")
+
+
+def outcome_bits(rows: Sequence[dict]) -> dict[str, str]:
+    """A run's per-prompt outcomes as bit strings: compact in JSON (500 prompts: 500 characters each). Rows
+    saved before they kept ``loop`` and ``nonterm`` give ``correct`` only."""
+    bits = {"correct": "".join("1" if r["correct"] else "0" for r in rows)}
+    if all("loop" in r and "nonterm" in r for r in rows):
+        bits["catastrophe"] = "".join("1" if r["loop"] or r["nonterm"] else "0" for r in rows)
+    return bits
+
+
+def _array(x: str | Sequence) -> np.ndarray:
+    if isinstance(x, str):
+        if set(x) - {"0", "1"}:
+            raise HazardError("paired: outcomes must be a string of 0s and 1s")
+        return np.frombuffer(x.encode(), np.uint8) == ord("1")
+    return np.asarray(x, bool)
+
+
+def sign_test_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided p-value of ``a_only`` against ``b_only`` discordant prompts, each side 1/2 under the null."""
+    m, k = a_only + b_only, min(a_only, b_only)
+    if m == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+
+
+def paired_difference(a: str | Sequence, b: str | Sequence, n_boot: int = 10000, level: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Rate of ``a`` minus rate of ``b`` over the same prompts, with its bootstrap interval (prompts resampled
+    with replacement, ``n_boot`` times, percentile ``level``), the prompts where only one is 1, and the sign
+    test's p. The per-prompt difference takes three values, so a resample is one multinomial draw of their
+    counts: exact, and cheap for any ``n_boot``."""
+    x, y = _array(a), _array(b)
+    if len(x) != len(y) or not len(x):
+        raise HazardError(f"paired: the runs must answer the same prompts ({len(x)} vs {len(y)} outcomes)")
+    n = len(x)
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    counts = np.random.default_rng(seed).multinomial(n, [a_only / n, b_only / n, 1 - (a_only + b_only) / n],
+                                                     size=n_boot)
+    boot = (counts[:, 0] - counts[:, 1]) / n
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": n, "diff": (a_only - b_only) / n, "ci": [float(lo), float(hi)], "level": level,
+            "a_only": a_only, "b_only": b_only, "p": sign_test_p(a_only, b_only)}
+
+
+def run_label(row: dict) -> str:
+    """``policy`` or ``policy(knob)``, as the closed-loop table writes the knob."""
+    from hazard.report import knob_text
+
+    knob = knob_text(row.get("knob", {}))
+    return f"{row['policy']}({knob})" if knob else row["policy"]
+
+
+def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
+    """Per task and base press, each controlled run against the static press and the uncompressed run, and
+    each two controlled runs whose mean KV differs by at most ``kv_tol`` (a matched-memory pair). Rows without
+    ``outcomes`` (written before they existed) are left out."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("outcomes"):
+            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
+    for (task, base), sub in groups.items():
+        refs = [r for r in sub if r["policy"] in ("static", "full")]
+        runs = [r for r in sub if r["policy"] not in ("static", "full")]
+        pairs = [(r, ref) for r in runs for ref in refs]
+        pairs += [(r, s) for i, r in enumerate(runs) for s in runs[i + 1:]
+                  if abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
+        for r, s in pairs:
+            if r["accuracy"] < s["accuracy"]:  # the better run first: the differences read as gains
+                r, s = s, r
+            out.append({"task": task, "base": base, "a": run_label(r), "b": run_label(s),
+                        "kv": [r["mean_kv_fraction"], s["mean_kv_fraction"]],
+                        **{k: paired_difference(r["outcomes"][k], s["outcomes"][k]) for k in OUTCOMES
+                           if k in r["outcomes"] and k in s["outcomes"]}})
+    return out
+
+
+def format_paired(pairs: list[dict]) -> str:
+    """One line per pair: the accuracy gain of the better run, its interval, the discordant prompts, p."""
+    if not pairs:
+        return ""
+    level = pairs[0]["correct"]["level"]
+    lines = [f"paired, same prompts (accuracy a - b, {level:.0%} bootstrap interval over prompts; prompts only a / "
+             f"only b got right; p: exact sign test; catastrophes a - b)"]
+    w, v = max(len(p["a"]) for p in pairs), max(len(p["b"]) for p in pairs)
+    last = None
+    for p in pairs:
+        if (p["task"], p["base"]) != last:
+            last = (p["task"], p["base"])
+            lines.append(f"{p['task']} {p['base']}")
+        c = p["correct"]
+        catas = f"catas {p['catastrophe']['diff']:+.3f}" if "catastrophe" in p else "catas   n/a"
+        lines.append(f"  {p['a']:{w}}  vs  {p['b']:{v}}  {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  "
+                     f"{c['a_only']:3d} / {c['b_only']:<3d} p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs "
+                     f"{p['kv'][1]:.3f}")
+    return "\n".join(lines)

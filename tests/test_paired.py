@@ -1,0 +1,89 @@
+"""Paired comparisons of runs on the same prompts: the difference, its bootstrap interval and the sign test."""
+
+import numpy as np
+import pytest
+
+from hazard.errors import HazardError
+from hazard.paired import format_paired, outcome_bits, paired_comparisons, paired_difference, sign_test_p
+
+
+def test_identical_runs_differ_by_nothing_with_certainty():
+    r = paired_difference("0110100111", "0110100111")
+    assert r["diff"] == 0.0 and r["ci"] == [0.0, 0.0] and r["p"] == 1.0 and r["a_only"] == r["b_only"] == 0
+
+
+def test_a_one_sided_gap_is_counted_and_found_significant():
+    a = "1" * 10 + "0" * 40 + "1" * 50
+    b = "0" * 10 + "0" * 40 + "1" * 50
+    r = paired_difference(a, b)
+    assert r["diff"] == pytest.approx(0.1) and (r["a_only"], r["b_only"]) == (10, 0)
+    assert r["p"] == pytest.approx(2 / 2 ** 10)
+    assert 0.0 < r["ci"][0] < 0.1 < r["ci"][1]
+    # the same gap the other way round
+    assert paired_difference(b, a)["diff"] == pytest.approx(-0.1)
+
+
+def test_the_sign_test_is_exact():
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(0, 5) == pytest.approx(2 / 32) and sign_test_p(5, 0) == sign_test_p(0, 5)
+    assert sign_test_p(1, 9) == pytest.approx(2 * (1 + 10) / 2 ** 10)  # C(10,0) + C(10,1)
+
+
+def test_the_multinomial_bootstrap_matches_resampling_prompts():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(500) < 0.52, rng.random(500) < 0.50
+    b[:400] = a[:400]  # most prompts agree, as between two policies on one press
+    r = paired_difference(a.tolist(), b.tolist(), n_boot=20000)
+    idx = rng.integers(0, 500, (20000, 500))
+    naive = (a[idx].astype(int) - b[idx].astype(int)).mean(1)
+    assert np.allclose(r["ci"], np.quantile(naive, [0.025, 0.975]), atol=0.004)
+    assert r["diff"] == pytest.approx(a.mean() - b.mean())
+
+
+def test_bad_outcomes_are_one_clear_error():
+    with pytest.raises(HazardError, match="same prompts"):
+        paired_difference("0101", "010")
+    with pytest.raises(HazardError, match="0s and 1s"):
+        paired_difference("01x1", "0101")
+
+
+def _row(policy, kv, correct, knob=None, base="knorm"):
+    acc = correct.count("1") / len(correct)
+    return {"task": "gsm8k", "format": "k3e0s0", "policy": policy, "base_press": base, "base_ratio": 0.75,
+            "mean_kv_fraction": kv, "accuracy": acc, "knob": knob or {},
+            "outcomes": {"correct": correct, "catastrophe": "0" * len(correct)}}
+
+
+def test_runs_are_paired_with_the_references_and_with_runs_at_matched_memory(capsys):
+    rows = [_row("static", 0.2, "0011"), _row("full", 1.0, "1111"),
+            _row("answer_check", 0.22, "1011", {"gate": ""}),
+            _row("answer_check", 0.23, "0111", {"gate": "random:0.6"}),
+            _row("digest_recall", 0.5, "0011", {"budget": 0.3}),
+            _row("static", 0.1, "0001", base="snapkv")]  # another base press: nothing of its own to pair
+    pairs = paired_comparisons(rows, kv_tol=0.02)
+    names = [(p["a"], p["b"]) for p in pairs]
+    # three controlled runs x two references, and one matched pair (0.22 vs 0.23; 0.5 is too far)
+    assert len(pairs) == 7
+    assert ("full", "answer_check(gate=)") in names  # the better run is named first
+    assert ("answer_check(gate=)", "static") in names and ("digest_recall(budget=0.3)", "static") in names
+    matched = [p for p in pairs if "full" not in (p["a"], p["b"]) and "static" not in (p["a"], p["b"])]
+    assert [(p["a"], p["b"]) for p in matched] == [("answer_check(gate=)", "answer_check(gate=random:0.6)")]
+    assert matched[0]["correct"]["a_only"] == 1 and matched[0]["correct"]["b_only"] == 1
+    assert paired_comparisons(rows, kv_tol=0.0) != pairs  # no matched pair without tolerance
+    text = format_paired(pairs)
+    assert "gsm8k.k3e0s0 knorm@0.75" in text and "answer_check(gate=)" in text and "p=" in text
+    # rows written before outcomes existed are left out, not compared as empty
+    assert paired_comparisons([{**r, "outcomes": None} for r in rows]) == []
+
+
+def test_outcome_bits_are_the_rows_in_order_and_catastrophes_are_loops_or_non_terminations():
+    rows = [{"correct": True, "loop": False, "nonterm": False, "catastrophe": True},  # compression broke it
+            {"correct": False, "loop": True, "nonterm": False, "catastrophe": True},
+            {"correct": False, "loop": False, "nonterm": True, "catastrophe": True}]
+    assert outcome_bits(rows) == {"correct": "100", "catastrophe": "011"}
+    # rows saved before loop / nonterm were kept: accuracy only, and the pair says so
+    old = [{"correct": r["correct"], "catastrophe": r["catastrophe"]} for r in rows]
+    assert outcome_bits(old) == {"correct": "100"}
+    pair = paired_comparisons([_row("static", 0.2, "100"), {**_row("answer_check", 0.3, "110"),
+                                                           "outcomes": outcome_bits(old)}])
+    assert "catastrophe" not in pair[0] and "catas   n/a" in format_paired(pair)
