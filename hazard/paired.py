@@ -71,7 +71,7 @@ def paired_difference(a: str | Sequence, b: str | Sequence, n_boot: int = 10000,
 
 def run_label(row: dict) -> str:
     """``policy`` or ``policy(knob)``, as the closed-loop table writes the knob."""
-    from hazard.report import knob_text
+    from hazard.report import knob_text  # here, not at the top: hazard.report loads matplotlib
 
     knob = knob_text(row.get("knob", {}))
     return f"{row['policy']}({knob})" if knob else row["policy"]
