@@ -5,8 +5,9 @@
 
 Rows are pooled (one ``full`` row per task: every input must have measured the same uncompressed run, or
 the merge stops), frontiers recomputed (``hazard.frontiers``), one PNG per task beside ``--out``, and the
-matched-KV table printed. Inputs run with different guards keep them apart: each learned (``hazard``) row's
-knob then names its guard.
+matched-KV table printed; rows that kept their per-prompt outcomes are also compared prompt by prompt across
+the inputs (``paired``, ``hazard.paired``), as they answered the same prompts. Inputs run with different
+guards keep them apart: each learned (``hazard``) row's knob then names its guard.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from hazard.frontiers import format_matched, frontiers, task_key
+from hazard.paired import format_paired, paired_comparisons
 from hazard.report import frontier_plot
 from hazard.traces import write_json
 
@@ -35,7 +37,9 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
             key = (task_key(r), r["policy"]) + (() if r["policy"] == "full" else
                                                 (r["base_press"], r["base_ratio"], json.dumps(r.get("knob", {}))))
             if r["policy"] in ("full", "static") and key in seen:
-                if (seen[key]["accuracy"], seen[key]["n"]) != (r["accuracy"], r["n"]):
+                a, b = seen[key].get("outcomes"), r.get("outcomes")  # prompt by prompt, where both kept it
+                same_prompts = not (a and b) or a["correct"] == b["correct"]
+                if (seen[key]["accuracy"], seen[key]["n"]) != (r["accuracy"], r["n"]) or not same_prompts:
                     raise SystemExit(f"merge_frontiers: {key}: the inputs measured this run differently")
                 continue
             seen[key] = r
@@ -46,7 +50,7 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
     return {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
             "hardware": every("hardware"),
             "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
-            "rows": rows, "frontiers": frontiers(rows, matched_kv)}
+            "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows)}
 
 
 def main() -> None:
@@ -60,6 +64,8 @@ def main() -> None:
     for key, f in res["frontiers"].items():
         frontier_plot(key, f, a.out.with_name(f"{a.out.stem}_{key}.png"))
     print(format_matched(res["frontiers"]))
+    if res["paired"]:
+        print("\n" + format_paired(res["paired"]))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,13 @@ def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
     from merge_frontiers import merge
 
-    def result(guard, acc):
-        rows = [{**_row("full", 1.0, 0.6), "n": 10}, {**_row("static", 0.2, 0.4), "n": 10},
-                {**_row("hazard", 0.25, acc, knob={"trigger": 0.9}), "n": 10}]
+    def bits(acc):  # ten prompts, the first acc x 10 right
+        return {"correct": "1" * round(acc * 10) + "0" * (10 - round(acc * 10)), "catastrophe": "0" * 10}
+
+    def result(guard, acc, full_bits=None):
+        rows = [{**_row("full", 1.0, 0.6), "n": 10, "outcomes": full_bits or bits(0.6)},
+                {**_row("static", 0.2, 0.4), "n": 10, "outcomes": bits(0.4)},
+                {**_row("hazard", 0.25, acc, knob={"trigger": 0.9}), "n": 10, "outcomes": bits(acc)}]
         return {"model": "m", "guard": guard, "rows": rows}
 
     paths = []
@@ -83,6 +87,13 @@ def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path
                                                                           {"guard": "b", "trigger": 0.9}]
     assert res["guards"] == ["checkpoints/a", "checkpoints/b"] and len(res["rows"]) == 4
     assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["hazard"]["knob"]["guard"] == "b"
+    # the two guards' runs are compared prompt by prompt across the files (same KV: a matched pair)
+    vs = {(p["a"], p["b"]): p["correct"] for p in res["paired"]}
+    assert vs[("hazard(guard=b,trigger=0.9)", "hazard(guard=a,trigger=0.9)")]["a_only"] == 1
+    # an uncompressed run with the same accuracy but other prompts right is not the same run
+    paths[1].write_text(json.dumps(result("checkpoints/b", 0.5, {"correct": "0111111000", "catastrophe": "0" * 10})))
+    with pytest.raises(SystemExit, match="measured this run differently"):
+        merge(paths, [0.25])
 
 
 def test_variants_sweep_every_list_valued_knob():
