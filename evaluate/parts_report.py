@@ -44,8 +44,7 @@ def parts_rows(parts: dict[str, dict], config: dict) -> list[dict]:
         task, _, fmt = unit.partition(".")
         for policy, run in ([("full", full[unit])] if name == "static" else []) + [(name, rec)]:
             rows.append(closed_loop_row(task, fmt or "default", _model(config), presses[rest[0]], policy,
-                                        knob if policy == name else {}, run["summary"], full[unit], static,
-                                        run.get("rows")))
+                                        knob if policy == name else {}, run, full[unit], static))
     return sorted(rows, key=lambda r: (r["task"], r["format"], r["policy"] not in ("full", "static"), r["policy"],
                                        json.dumps(r["knob"], sort_keys=True)))
 

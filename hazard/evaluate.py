@@ -141,17 +141,18 @@ def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
     return [{**k, "rate": r} for r in dict.fromkeys(rates) for k in knobs]
 
 
-def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: str, knob: dict, res: dict,
-                    full: dict, static: dict, prompt_rows: list[dict] | None = None) -> dict:
-    """One row of ``closed_loop.json``: a run's summary ``res`` with what it ran on and the share of the
-    accuracy compression lost that it got back (``full`` and ``static`` are the saved reference runs); with
-    the run's ``prompt_rows``, its per-prompt outcomes too (``hazard.paired`` compares runs prompt by prompt)."""
+def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: str, knob: dict, run: dict,
+                    full: dict, static: dict) -> dict:
+    """One row of ``closed_loop.json``: a saved run's summary with what it ran on, the share of the accuracy
+    compression lost that it got back (``full`` and ``static`` are the saved reference runs) and, where the run
+    kept its rows, its per-prompt outcomes (``hazard.paired`` compares runs prompt by prompt)."""
+    res = run["summary"]
     acc_full, acc_static = full["summary"]["accuracy"], static["summary"]["accuracy"]
     recovered = (res["accuracy"] - acc_static) / (acc_full - acc_static) if acc_full != acc_static else None
     return {"task": task, "format": fmt, "model": model, "base_press": spec.name, "base_ratio": spec.ratio,
             "policy": policy, "knob": knob, **res, "recovered_fraction": recovered,
             "overhead": res["controller_ms_per_step"], "static_ms_per_token": static["ms_per_token"],
-            **({"outcomes": outcome_bits(prompt_rows)} if prompt_rows else {})}
+            **({"outcomes": outcome_bits(run["rows"])} if run.get("rows") else {})}
 
 
 def _knob_label(knob: dict) -> str:
@@ -314,8 +315,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step
                         hazard_rates.append(rec["restore_rate"])
                     results.append((name, knob, rec))
-            out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, rec["summary"], full,
-                                         static, rec["rows"]) for name, knob, rec in results]
+            out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, rec, full, static)
+                         for name, knob, rec in results]
     fr = frontiers(out_rows, cfg.frontier_kv)
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
