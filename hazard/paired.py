@@ -121,3 +121,47 @@ def format_paired(pairs: list[dict]) -> str:
                      f"{c['a_only']:3d} / {c['b_only']:<3d} p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs "
                      f"{p['kv'][1]:.3f}")
     return "\n".join(lines)
+
+
+def gate_headroom(run: dict, static: dict, full: dict) -> dict:
+    """What ``run``'s action would reach behind a perfect gate, from the three rows' per-prompt outcomes.
+
+    A perfect gate acts only on the rows the static press failed: a loop or a non-termination, or an answer the
+    uncompressed run got right and the press got wrong (the rows ``false_trigger_rate`` does not count as
+    healthy). There the row takes ``run``'s outcome, everywhere else the static press's, so its false triggers
+    are 0. The counts say where ``run``'s accuracy comes from: rows it fixed or broke among the failing ones
+    and among the healthy ones (acting on a healthy row can fix an answer that was wrong uncompressed as well).
+    A counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it, which
+    bf16 batch arithmetic makes only nearly true.
+    """
+    for row in (run, static, full):
+        if "catastrophe" not in row.get("outcomes", {}):
+            raise HazardError(f"gate_headroom: {run_label(row)} kept no per-prompt outcomes with catastrophes; "
+                              "re-run it with this version of hazard evaluate")
+    u, s, f = (_array(r["outcomes"]["correct"]) for r in (run, static, full))
+    if not len(u) == len(s) == len(f):
+        raise HazardError(f"gate_headroom: the runs must answer the same prompts ({len(u)}, {len(s)}, {len(f)})")
+    failing = _array(static["outcomes"]["catastrophe"]) | (f & ~s)
+    n = len(u)
+
+    def moves(mask: np.ndarray) -> dict:
+        return {"rows": int(mask.sum()), "fixed": int((mask & u & ~s).sum()), "broke": int((mask & s & ~u).sum())}
+
+    return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
+            "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
+            "failing": moves(failing), "healthy": moves(~failing)}
+
+
+def format_headroom(items: list[dict]) -> str:
+    """One line per run: its accuracy, the perfect gate's, and the rows it fixed / broke, failing vs healthy."""
+    if not items:
+        return ""
+    w = max(len(it["run"]) for it in items)
+    lines = [f"{'run':{w}}  acc    perfect gate  failing rows: fixed / broke   healthy rows: fixed / broke"]
+    for it in items:
+        h = it["headroom"]
+        fa, he = h["failing"], h["healthy"]
+        lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f}         "
+                     f"{fa['rows']:4d}: {fa['fixed']:3d} / {fa['broke']:<3d}              "
+                     f"{he['rows']:4d}: {he['fixed']:3d} / {he['broke']:<3d}")
+    return "\n".join(lines)

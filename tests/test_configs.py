@@ -54,6 +54,24 @@ def test_a_campaign_part_is_its_own_problems_and_seeds(model, tmp_path):
     assert '--tasks.1.options.seed "$PART" --tasks.2.options.seed "$PART"' in script
 
 
+def test_the_second_problems_collection_is_the_next_2000_problems():
+    """collect/gpu_problems.sh STEP=more collects GSM8K problems 2001-4000 into a folder of its own, disjoint
+    from STEP=collect1's problems 1-2000 (the same config without overrides)."""
+    import re
+    import shlex
+
+    from hazard.cli import parse_args
+
+    script = (ROOT / "collect/gpu_problems.sh").read_text()
+    extra = shlex.split(re.search(r'COLLECT_ARGS="([^"]+)"', script).group(1))
+    base = ["--config", str(ROOT / "configs/collect/scaling_q15.yaml")]
+    first, second = (build(CollectConfig, parse_args(base + a)) for a in ([], extra))
+    (g1,), (g2,) = first.tasks, second.tasks
+    assert (g1.options["start"], g1.options["limit"]) == (0, 2000)
+    assert (g2.options["start"], g2.options["limit"]) == (2000, 2000)
+    assert second.output_dir != first.output_dir and second.output_dir.endswith("scale2")
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/ponr").glob("*.yaml")), ids=lambda p: p.stem)
 def test_ponr_probe_configs_name_known_presses(path):
     import sys

@@ -87,3 +87,51 @@ def test_outcome_bits_are_the_rows_in_order_and_catastrophes_are_loops_or_non_te
     pair = paired_comparisons([_row("static", 0.2, "100"), {**_row("answer_check", 0.3, "110"),
                                                            "outcomes": outcome_bits(old)}])
     assert "catastrophe" not in pair[0] and "catas   n/a" in format_paired(pair)
+
+
+def _outcome_row(policy, correct, catastrophe, **kw):
+    return {"policy": policy, "task": "gsm8k", "format": "k3e0s0", "base_press": "snapkv", "base_ratio": 0.875,
+            "knob": {}, "mean_kv_fraction": 0.2, "outcomes": {"correct": correct, "catastrophe": catastrophe}, **kw}
+
+
+def test_a_perfect_gate_keeps_the_runs_outcome_only_on_the_rows_the_press_failed():
+    from hazard.paired import gate_headroom
+
+    # prompts:        0    1    2    3    4    5
+    full = _outcome_row("full", "111100", "000000")
+    static = _outcome_row("static", "100100", "001000")  # 1 broken, 2 looped (both failing); 0, 3, 4, 5 healthy
+    run = _outcome_row("answer_check", "110010", "000000")  # fixes 1; 2 stays wrong; breaks healthy 3, fixes healthy 4
+    h = gate_headroom(run, static, full)
+    assert h["failing"] == {"rows": 2, "fixed": 1, "broke": 0}
+    assert h["healthy"] == {"rows": 4, "fixed": 1, "broke": 1}
+    # behind the perfect gate: rows 1-2 from the run (1, 0), rows 0, 3-5 from static (1, 1, 0, 0)
+    assert h["perfect_gate_accuracy"] == pytest.approx(3 / 6) and h["accuracy"] == pytest.approx(3 / 6)
+    # a run that acts on everything the same way as static gains nothing
+    assert gate_headroom(static, static, full)["perfect_gate_accuracy"] == pytest.approx(2 / 6)
+    with pytest.raises(HazardError, match="kept no per-prompt outcomes"):
+        gate_headroom({**run, "outcomes": {"correct": "110010"}}, static, full)
+    with pytest.raises(HazardError, match="same prompts"):
+        gate_headroom(_outcome_row("answer_check", "11001", "00000"), static, full)
+
+
+def test_the_headroom_script_reads_a_closed_loop_file(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import gate_headroom as script
+
+    rows = [_outcome_row("full", "111100", "000000"), _outcome_row("static", "100100", "001000"),
+            _outcome_row("answer_check", "110010", "000000", knob={"gate": ""}),
+            _outcome_row("oracle", "111100", "000000")]
+    src = tmp_path / "closed_loop.json"
+    src.write_text(json.dumps({"model": "m", "hardware": "cpu", "git_sha": "abc", "rows": rows}))
+    assert script.main([str(src), "--out", str(tmp_path / "h.json")]) == 0
+    items = json.loads((tmp_path / "h.json").read_text())["items"]
+    assert [it["run"] for it in items] == ["answer_check(gate=)", "oracle"]
+    assert items[1]["headroom"]["perfect_gate_accuracy"] == pytest.approx(4 / 6)
+    assert "perfect gate" in capsys.readouterr().out
+    src.write_text(json.dumps({"rows": rows[:2]}))
+    assert script.main([str(src)]) == 2
+    assert "no controlled run" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""How far a gate could take each controlled run: its accuracy behind a perfect gate (acting only on the rows the
+static press failed, so 0 false triggers), from the per-prompt outcomes a `closed_loop.json` keeps.
+
+    python evaluate/gate_headroom.py evaluate/results/frontier_q15_check_paired/closed_loop.json \
+        --out evaluate/results/frontier_q15_check_paired/gate_headroom.json \
+        > evaluate/results/frontier_q15_check_paired/gate_headroom.txt
+
+Issue 12 asks for the accuracy bound and false triggers ≤ 5% of healthy rows together. If a run's action behind
+a perfect gate stays under the bound, no gate can meet both with that action; if it clears it, the gap is the
+gate's (`hazard.paired.gate_headroom`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hazard.errors import HazardError
+from hazard.frontiers import task_key
+from hazard.paired import format_headroom, gate_headroom, run_label
+from hazard.traces import write_json
+
+
+def headroom_items(rows: list[dict]) -> list[dict]:
+    """Each controlled row with outcomes, against the static and uncompressed rows of its task and base press."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("outcomes"):
+            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
+    items = []
+    for (task, base), sub in groups.items():
+        refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
+        if len(refs) < 2:
+            continue
+        items += [{"task": task, "base": base, "run": run_label(r),
+                   "headroom": gate_headroom(r, refs["static"], refs["full"])}
+                  for r in sub if r["policy"] not in ("static", "full")]
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("closed_loop", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON to write (the printed table is on stdout)")
+    args = ap.parse_args(argv)
+    try:
+        if not args.closed_loop.is_file():
+            raise HazardError(f"gate_headroom: {args.closed_loop} not found; give a closed_loop.json")
+        rec = json.loads(args.closed_loop.read_text())
+        items = headroom_items(rec.get("rows", []))
+        if not items:
+            raise HazardError(f"gate_headroom: {args.closed_loop} has no controlled run with per-prompt outcomes "
+                              "beside a static and an uncompressed one")
+    except HazardError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{rec.get('model')} on {rec.get('hardware')} (git {str(rec.get('git_sha'))[:7]})")
+    for task, base in dict.fromkeys((it["task"], it["base"]) for it in items):
+        sub = [it for it in items if (it["task"], it["base"]) == (task, base)]
+        h = sub[0]["headroom"]
+        print(f"{task} {base}: static {h['static_accuracy']:.3f}, uncompressed {h['full_accuracy']:.3f}, "
+              f"{h['n']} prompts")
+        print(format_headroom(sub))
+    if args.out:
+        write_json(args.out, {"source": str(args.closed_loop), "model": rec.get("model"),
+                              "hardware": rec.get("hardware"), "git_sha": rec.get("git_sha"), "items": items})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
