@@ -361,6 +361,7 @@ def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces
     out = tmp_path / "res"
     assert main(["train", "report", "--config", "configs/train/tiny.yaml", "--data.traces", f"[{traces_dir}]",
                  "--trainer.max_epochs", "1", "--report.run_dir", str(tmp_path / "runs"), "--report.out_dir", str(out),
+                 "--report.export", str(tmp_path / "guard"),  # not the committed checkpoints/tiny-gru
                  *(x for k in ("architectures", "feature_sets", "leave_one_press_out", "held_out_task",
                                "held_out_format") for x in (f"--report.{k}", "[]"))]) == 0
     t = training_entry(out)
