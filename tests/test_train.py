@@ -66,6 +66,22 @@ def test_held_out_format_and_cross_model_splits():
         split_traces(traces, "shots:3")
 
 
+def test_a_learning_curve_point_trains_on_fewer_prompts_and_tests_on_the_same_ones():
+    traces = [_fake(f"p{i}", "k3e0s0", "m", press) for i in range(40) for press in ("snapkv", "knorm")]
+    full = split_traces(traces, "prompt", 0.2, 0.3)
+    ids = lambda part: {t.prompt_id for t in part}  # noqa: E731
+    curve = [split_traces(traces, "prompt", 0.2, 0.3, train_prompts=n) for n in (3, 10, len(ids(full["train"])))]
+    for n, part in zip((3, 10, len(ids(full["train"]))), curve):
+        assert ids(part["val"]) == ids(full["val"]) and ids(part["test"]) == ids(full["test"])
+        assert len(ids(part["train"])) == n and ids(part["train"]) <= ids(full["train"])
+        assert len(part["train"]) == 2 * n  # every setting of each prompt kept
+    assert ids(curve[0]["train"]) <= ids(curve[1]["train"])  # nested: each point adds prompts
+    with pytest.raises(HazardError, match="train_prompts 0: the train part has 20 prompts"):
+        split_traces(traces, "prompt", 0.2, 0.3, train_prompts=0)
+    with pytest.raises(HazardError, match="use 1..20"):
+        split_traces(traces, "prompt", 0.2, 0.3, train_prompts=21)
+
+
 def test_leakage_check_would_fail_on_a_token_split(traces_dir):
     """The split test above can fail: a split by trace (not prompt) puts one prompt in two parts."""
     traces = sorted(load_trace_arrays([str(traces_dir)], "logit"), key=lambda t: t.trace_id)
@@ -362,8 +378,17 @@ def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces
     assert main(["train", "report", "--config", "configs/train/tiny.yaml", "--data.traces", f"[{traces_dir}]",
                  "--trainer.max_epochs", "1", "--report.run_dir", str(tmp_path / "runs"), "--report.out_dir", str(out),
                  "--report.export", str(tmp_path / "guard"),  # not the committed checkpoints/tiny-gru
+                 "--report.learning_curve", "[2]",
                  *(x for k in ("architectures", "feature_sets", "leave_one_press_out", "held_out_task",
                                "held_out_format") for x in (f"--report.{k}", "[]"))]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the learning-curve point: 2 train prompts, scored on the main fit's test traces, with its own baseline
+    point = metrics["learning_curve"]["2"]
+    assert point["n_traces"] == metrics["model"]["test"]["n_traces"] and "pre_onset_auroc" in point
+    assert "gradient_boosting" in metrics["split_baselines"]["train-2"]
+    from hazard.predictor.train import format_report
+
+    assert "train prompts 2" in format_report(metrics)
     t = training_entry(out)
     assert t["epochs"] == 1 and t["fit_seconds"] > 0 and t["devices"] == 1 and 0 <= t["test_auroc"] <= 1
     same = compare_collections(traces_dir, traces_dir)

@@ -137,10 +137,15 @@ def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) ->
     return out
 
 
+def hash_order(prompt_ids, seed: int = 0) -> list[str]:
+    """The distinct prompt ids in a seeded-hash order: the order every prompt split cuts."""
+    return sorted(set(prompt_ids), key=lambda p: hashlib.sha1(f"{seed}:{p}".encode()).hexdigest())
+
+
 def assign_prompts(prompt_ids, fracs: dict[str, float], seed: int = 0) -> dict[str, str]:
     """prompt id -> part name. Prompts are ordered by a seeded hash and cut into exact shares, each part
     with a positive share getting at least one prompt; the rest go to ``train``."""
-    ids = sorted(set(prompt_ids), key=lambda p: hashlib.sha1(f"{seed}:{p}".encode()).hexdigest())
+    ids = hash_order(prompt_ids, seed)
     out, start = {}, 0
     for name, frac in fracs.items():
         n = max(1, round(frac * len(ids))) if frac > 0 else 0
@@ -151,7 +156,7 @@ def assign_prompts(prompt_ids, fracs: dict[str, float], seed: int = 0) -> dict[s
 
 
 def split_traces(traces: list[Trace], split: str = "prompt", val_frac: float = 0.15, test_frac: float = 0.2,
-                 seed: int = 0) -> dict[str, list[Trace]]:
+                 seed: int = 0, train_prompts: int | None = None) -> dict[str, list[Trace]]:
     """Train/val/test lists. Every split groups by prompt: no prompt id is in two of them.
 
     ``prompt``: prompts cut by a seeded hash. The held-out splits keep that cut and put only the held-out
@@ -160,6 +165,8 @@ def split_traces(traces: list[Trace], split: str = "prompt", val_frac: float = 0
     format label, e.g. ``format:k8*`` = every 8-shot format, ``format:*e3*`` = exemplar set 3);
     ``model:<name>`` cross-model (train on the other models, test on that one).
     ``task:<name>``: held-out task, test is that task, train/val the others (prompt ids differ by task).
+    ``train_prompts``: train on only that many of the train part's prompts (the first in the same seeded
+    order; every trace of each), val and test unchanged: points of a learning curve on one test set.
     """
     parts: dict[str, list[Trace]] = {"train": [], "val": [], "test": []}
     kind, _, arg = split.partition(":")
@@ -184,6 +191,13 @@ def split_traces(traces: list[Trace], split: str = "prompt", val_frac: float = 0
         part_of = assign_prompts([t.prompt_id for t in traces if not held[kind](t)], {"val": val_frac}, seed)
         for t in traces:
             parts["test" if held[kind](t) else part_of[t.prompt_id]].append(t)
+    if train_prompts is not None:
+        ids = hash_order([t.prompt_id for t in parts["train"]], seed)
+        if not 1 <= train_prompts <= len(ids):
+            raise HazardError(f"data.train_prompts {train_prompts}: the train part has {len(ids)} prompts; "
+                              f"use 1..{len(ids)} (or leave it out for all)")
+        keep = set(ids[:train_prompts])
+        parts["train"] = [t for t in parts["train"] if t.prompt_id in keep]
     for name, part in parts.items():
         if not part:
             raise HazardError(f"split {split}: the {name} part is empty; collect more prompts or change fractions")
@@ -279,11 +293,14 @@ class HazardDataModule(L.LightningDataModule):
         A JSON file ``{trace_id: onset}`` that replaces the catastrophes' onsets (``with_onsets``): with the
         points of no return written by ``collect/ponr.py --traces_dir``, the model forecasts the last
         moment a restore still saves the run instead of the labelled onset.
+    train_prompts : int, optional
+        Train on only this many of the train part's prompts; validation and test stay the same
+        (``split_traces``; the report's ``learning_curve`` study).
     """
 
     def __init__(self, traces: list[str], feature_set: str = "logit_attn", split: str = "prompt",
                  val_frac: float = 0.15, test_frac: float = 0.2, seed: int = 0, batch_size: int = 32,
-                 detect_window: int = 0, onsets_from: str | None = None):
+                 detect_window: int = 0, onsets_from: str | None = None, train_prompts: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.horizons = list(HORIZONS)
@@ -293,7 +310,7 @@ class HazardDataModule(L.LightningDataModule):
             if not os.path.isfile(onsets_from):
                 raise HazardError(f"data.onsets_from: {onsets_from} does not exist")
             arrays = with_onsets(arrays, json.loads(open(onsets_from).read()))
-        self.parts = split_traces(arrays, split, val_frac, test_frac, seed)
+        self.parts = split_traces(arrays, split, val_frac, test_frac, seed, train_prompts)
         self.norm = Normalizer.fit(self.parts["train"])
         y = np.concatenate([t.y[train_mask(t, detect_window)] for t in self.parts["train"]])
         rate = y.mean(0)

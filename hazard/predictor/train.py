@@ -4,7 +4,8 @@
 ``hazard train report --config configs/train/<name>.yaml`` reads the same YAML and runs the whole study:
 the main model, the baselines, other architectures, a feature ablation, and the held-out splits
 (leave-one-press-out, held-out prompt format, held-out task, cross-model; the gradient-boosting baseline is
-fitted on each of those too, under ``split_baselines``); it writes ``metrics.json`` and plots and exports
+fitted on each of those too, under ``split_baselines``), a learning curve (fewer train prompts, the same test);
+it writes ``metrics.json`` and plots and exports
 the main model as a guard.
 """
 
@@ -266,6 +267,13 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     held_out("held_out_format", rep.get("held_out_format", []), "format", "format")
     held_out("cross_model", every("cross_model", "models"), "model", "model")
     held_out("held_out_task", every("held_out_task", "tasks"), "task", "task")
+    # Learning curve: the same val and test prompts, fewer train prompts (does more data still help?).
+    for n in rep.get("learning_curve", []):
+        if str(n) in metrics.get("learning_curve", {}):
+            continue
+        res = _study(cfg, {**data, "train_prompts": n}, f"train-{n}", run_dir, h_tokens, far, seed, metrics, runs)
+        metrics.setdefault("learning_curve", {})[str(n)] = res["test"]
+        save(complete=False)
     # The required splits first (above), then the comparisons a time-limited report may not reach.
     for net in rep.get("architectures", []):
         if net in metrics.get("architectures", {}):
@@ -298,8 +306,8 @@ def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None
 
 
 REPORT_KEYS = {"resume", "target_false_alarm_rate", "patience", "window", "architectures", "feature_sets",
-               "leave_one_press_out", "held_out_format", "held_out_task", "cross_model", "run_dir", "out_dir",
-               "export"}
+               "leave_one_press_out", "held_out_format", "held_out_task", "cross_model", "learning_curve",
+               "run_dir", "out_dir", "export"}
 
 
 def _brief(m: dict) -> dict:
@@ -311,10 +319,15 @@ def format_report(metrics: dict) -> str:
     rows += [(k, v["test"]) for k, v in metrics["baselines"].items()]
     lines = [f"{'predictor':24} {'pre-onset AUROC':>15} {'AUROC':>6} {'>=8 before':>10} {'<=4 after':>9} "
              f"{'false alarms':>12}"]
+    f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
     for name, m in rows:
-        f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
         lines.append(f"{name:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>10} "
                      f"{f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}")
+    for n, m in metrics.get("learning_curve", {}).items():  # the same test traces, n train prompts
+        gbm = metrics.get("split_baselines", {}).get(f"train-{n}", {}).get("gradient_boosting", {})
+        lines.append(f"{'train prompts ' + n:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} "
+                     f"{f(m['detect_rate_lead8']):>10} {f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}"
+                     f"   gradient boosting {f(gbm.get('pre_onset_auroc'))}")
     return "\n".join(lines)
 
 
