@@ -18,26 +18,8 @@ import sys
 from pathlib import Path
 
 from hazard.errors import HazardError
-from hazard.frontiers import task_key
-from hazard.paired import format_headroom, gate_headroom, run_label
+from hazard.paired import format_headroom, gate_headrooms
 from hazard.traces import write_json
-
-
-def headroom_items(rows: list[dict]) -> list[dict]:
-    """Each controlled row with outcomes, against the static and uncompressed rows of its task and base press."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r.get("outcomes"):
-            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
-    items = []
-    for (task, base), sub in groups.items():
-        refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
-        if len(refs) < 2:
-            continue
-        items += [{"task": task, "base": base, "run": run_label(r),
-                   "headroom": gate_headroom(r, refs["static"], refs["full"])}
-                  for r in sub if r["policy"] not in ("static", "full")]
-    return items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.closed_loop.is_file():
             raise HazardError(f"gate_headroom: {args.closed_loop} not found; give a closed_loop.json")
         rec = json.loads(args.closed_loop.read_text())
-        items = headroom_items(rec.get("rows", []))
+        items = gate_headrooms(rec.get("rows", []))
         if not items:
             raise HazardError(f"gate_headroom: {args.closed_loop} has no controlled run with per-prompt outcomes "
                               "beside a static and an uncompressed one")

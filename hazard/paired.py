@@ -77,16 +77,21 @@ def run_label(row: dict) -> str:
     return f"{row['policy']}({knob})" if knob else row["policy"]
 
 
+def outcome_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The rows that kept per-prompt outcomes, by (task, base press): the runs that answered the same prompts."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("outcomes"):
+            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
+    return groups
+
+
 def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     """Per task and base press, each controlled run against the static press and the uncompressed run, and
     each two controlled runs whose mean KV differs by at most ``kv_tol`` (a matched-memory pair). Rows without
     ``outcomes`` (written before they existed) are left out."""
     out = []
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r.get("outcomes"):
-            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
-    for (task, base), sub in groups.items():
+    for (task, base), sub in outcome_groups(rows).items():
         refs = [r for r in sub if r["policy"] in ("static", "full")]
         runs = [r for r in sub if r["policy"] not in ("static", "full")]
         pairs = [(r, ref) for r in runs for ref in refs]
@@ -150,6 +155,19 @@ def gate_headroom(run: dict, static: dict, full: dict) -> dict:
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
             "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
             "failing": moves(failing), "healthy": moves(~failing)}
+
+
+def gate_headrooms(rows: list[dict]) -> list[dict]:
+    """``gate_headroom`` of each controlled row with outcomes, against the static and uncompressed rows of its
+    task and base press (groups without both are left out)."""
+    items = []
+    for (task, base), sub in outcome_groups(rows).items():
+        refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
+        if len(refs) == 2:
+            items += [{"task": task, "base": base, "run": run_label(r),
+                       "headroom": gate_headroom(r, refs["static"], refs["full"])}
+                      for r in sub if r["policy"] not in ("static", "full")]
+    return items
 
 
 def format_headroom(items: list[dict]) -> str:

@@ -5,8 +5,7 @@
 the main model, the baselines, other architectures, a feature ablation, and the held-out splits
 (leave-one-press-out, held-out prompt format, held-out task, cross-model; the gradient-boosting baseline is
 fitted on each of those too, under ``split_baselines``), a learning curve (fewer train prompts, the same test);
-it writes ``metrics.json`` and plots and exports
-the main model as a guard.
+it writes ``metrics.json`` and plots and exports the main model as a guard.
 """
 
 from __future__ import annotations
