@@ -1,0 +1,140 @@
+"""Could any gate on the answer check's reading meet issue 12's false-trigger bound? Gate features studied on
+the saved readings (``evaluate/answer_gate.py --data``), on this CPU, prompt-grouped 5-fold and out of fold.
+
+    python evaluate/gate_features.py --config configs/evaluate/gate_q15_4k.yaml --data <readings.npz> \
+        --gsm8k ../shared/data/gsm8k --out evaluate/results/gate_features_q15.json \
+        > evaluate/results/gate_features_q15.txt
+
+Feature sets: the digit gate's statistics of the reading (``hazard.control.gate.DIGITS``), and those plus the
+question's numbers (``question_numbers``): compression evicts parts of the prompt, and an answer that never uses
+some of the question's numbers has often lost them. Models: logistic regression (the shipped gate's) and
+gradient boosting. Two operating points, both as the share of broken answers (right uncompressed, wrong
+compressed) that the gate flags:
+
+- ``found_at_5pct_right``: when 5% of the answers right under compression are flagged (the gate's own
+  ``max_false``, evaluate/RESULTS.md 0e);
+- ``found_at_5pct_others``: when 5% of every answer that compression did not break is flagged, answers wrong
+  uncompressed as well included: issue 12's false triggers count those rows as healthy too.
+
+The readings follow the prompts of ``--config``'s tasks in order, one per (prompt, base press), as
+``collect_gate_data`` wrote them; the prompts are rebuilt from ``--gsm8k`` (the config's path is the GPU's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hazard.cli import build, parse_args
+from hazard.collect import _git_sha
+from hazard.control.gate import DIGITS, digit_token_ids, verdict_features
+from hazard.errors import HazardError
+from hazard.evaluate import EvaluateConfig
+from hazard.tasks import build_task
+from hazard.traces import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from answer_gate import load_gate_data  # noqa: E402
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+QUESTION = ("q_missing", "log_q_numbers", "a_novel", "log_a_numbers")
+
+
+def numbers(text: str) -> list[str]:
+    """The numbers in ``text`` as written (thousands commas dropped, trailing decimal zeros trimmed)."""
+    return [n.rstrip("0").rstrip(".") if "." in n else n for n in NUMBER.findall(text.replace(",", ""))]
+
+
+def question_numbers(question: str, answer: str) -> list[float]:
+    """``QUESTION``: the share of the question's distinct numbers the answer never writes, log(1 + their
+    count), the share of the answer's distinct numbers that are not the question's, log(1 + their count)."""
+    q, a = set(numbers(question)), set(numbers(answer))
+    return [len(q - a) / max(len(q), 1), float(np.log1p(len(q))), len(a - q) / max(len(a), 1),
+            float(np.log1p(len(a)))]
+
+
+def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray) -> dict:
+    """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others flagged."""
+    from sklearn.metrics import roc_auc_score
+
+    def found(negatives: np.ndarray) -> float:
+        neg = np.sort(scores[negatives])[::-1]
+        return float((scores[broken] > neg[int(0.05 * len(neg))]).mean())
+
+    both = broken | right
+    return {"auroc_broken_vs_right": float(roc_auc_score(broken[both], scores[both])),
+            "auroc_broken_vs_others": float(roc_auc_score(broken, scores)),
+            "found_at_5pct_right": found(right), "found_at_5pct_others": found(~broken)}
+
+
+def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict:
+    """Out-of-fold scores of each model for two targets (the answer is wrong, as the shipped gate; compression
+    broke it), each scored at ``operating_points``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    models = {"logistic_regression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+              "gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05,
+                                                                          random_state=seed)}
+    out = {}
+    for target_name, target in (("wrong", (~right).astype(int)), ("broken", broken.astype(int))):
+        for name, make in models.items():
+            oof = np.zeros(len(target))
+            for tr, te in GroupKFold(5).split(x, target, groups):
+                oof[te] = make().fit(x[tr], target[tr]).predict_proba(x[te])[:, 1]
+            out[f"{name}/{target_name}"] = operating_points(oof, broken, right)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
+    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
+    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        cfg = build(EvaluateConfig, parse_args(["--config", args.config]))
+        if not Path(args.data).is_file():
+            raise HazardError(f"--data {args.data}: no such file; collect it with evaluate/answer_gate.py --data")
+        d = load_gate_data(args.data)
+        questions = [p.messages[-1]["content"] for t in cfg.tasks for opts in t.expand()
+                     for p in build_task(t.name, **{**opts, "path": args.gsm8k}).prompts()]
+        questions = [q for _ in cfg.base_presses for q in questions] if len(cfg.base_presses) == 1 else None
+        if questions is None or len(questions) != len(d["verdicts"]):
+            raise HazardError(f"--config {args.config}: its prompts ({0 if questions is None else len(questions)}, "
+                              f"one base press) do not match the {len(d['verdicts'])} readings in {args.data}")
+    except HazardError as e:
+        print(f"gate_features: error: {e}", file=sys.stderr)
+        return 2
+    vocab = {int(i): s for i, s in zip(d["vocab_ids"], d["vocab"])}
+    answers = ["".join(vocab[int(t)] for t in v.tokens).replace("Ġ", " ").replace("Ċ", "\n") for v in d["verdicts"]]
+    digits = digit_token_ids(d["vocab_ids"], d["vocab"])
+    x_digits = np.array([verdict_features(v, d["max_new_tokens"], DIGITS, digits) for v in d["verdicts"]])
+    x_question = np.array([question_numbers(q, a) for q, a in zip(questions, answers)])
+    broken, right = d["y"].astype(bool), d["healthy"].astype(bool)
+    sets = {"digits": x_digits, "digits+question_numbers": np.hstack([x_digits, x_question])}
+    res = {name: study(x, broken, right, d["groups"]) for name, x in sets.items()}
+    res["question_numbers_alone"] = {f: operating_points(x_question[:, j], broken, right)
+                                     for j, f in enumerate(QUESTION)}
+    write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
+                                "n": int(len(broken)), "broken": int(broken.sum()), "right": int(right.sum()),
+                                "git_sha": _git_sha(), "hardware": "CPU", "results": res})
+    print(f"{len(broken)} readings ({int(broken.sum())} broken by compression, {int(right.sum())} right under it); "
+          "broken answers found when 5% of the right / of all other answers are flagged (AUROCs)")
+    for name, r in res.items():
+        for key, m in r.items():
+            print(f"{name:26} {key:32} {m['found_at_5pct_right']:.3f} / {m['found_at_5pct_others']:.3f}   "
+                  f"({m['auroc_broken_vs_right']:.3f} / {m['auroc_broken_vs_others']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

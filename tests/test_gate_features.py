@@ -1,0 +1,81 @@
+"""evaluate/gate_features.py: the question's numbers as gate features, and the two operating points."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+
+from answer_gate import save_gate_data  # noqa: E402
+
+from hazard.engine.check import Verdict  # noqa: E402
+
+
+def test_question_numbers_count_what_the_answer_never_writes():
+    import gate_features as gf
+
+    assert gf.numbers("Tom paid $1,200.50 for 3 apples, 2.0 kg") == ["1200.5", "3", "2"]
+    missing, log_q, novel, log_a = gf.question_numbers("12 apples and 5 pears cost 3", "12 + 5 = 17")
+    assert missing == pytest.approx(1 / 3) and log_q == pytest.approx(np.log(4))
+    assert novel == pytest.approx(1 / 3) and log_a == pytest.approx(np.log(4))
+    assert gf.question_numbers("no numbers", "none")[0] == 0.0
+
+
+def test_operating_points_flag_broken_answers_at_5pct_of_the_right_or_of_all_others():
+    import gate_features as gf
+
+    broken = np.array([1] * 10 + [0] * 100, bool)
+    right = np.array([0] * 10 + [1] * 60 + [0] * 40, bool)  # the last 40: wrong either way
+    scores = np.r_[np.full(10, 0.9), np.zeros(60), np.full(40, 0.95)]  # wrong-either-way answers score highest
+    m = gf.operating_points(scores, broken, right)
+    assert m["found_at_5pct_right"] == 1.0 and m["auroc_broken_vs_right"] == 1.0
+    assert m["found_at_5pct_others"] == 0.0  # the wrong-either-way answers take every flag first
+
+
+def _write(tmp_path, n=60):
+    """A GSM8K folder of n problems, an evaluate config over them, and n readings: the broken answers (every
+    third) write 7 where the others write the question's 12; the reading is the same noise for both."""
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    rows = [{"question": f"Tom has 12 apples and {i + 20} pears. How many?", "answer": f"12 + {i + 20}\n#### {i + 32}"}
+            for i in range(n)]
+    (data / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (data / "test.jsonl").write_text("")
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text(f"model: {{tiny: qwen2, device: cpu}}\ntasks:\n  - name: gsm8k\n    options: {{path: /gpu/only, "
+                   f"split: train, start: 0, limit: {n}, k_shot: 0}}\nbase_presses:\n  - {{name: snapkv, ratio: 0.875}}"
+                   "\npolicies: [static]\n")
+    y = (np.arange(n) % 3 == 0).astype(np.int64)
+    rng = np.random.default_rng(0)
+    vs = []
+    for b in y:
+        tokens = np.array([5 if b else 1, 2, 3, 2, 4])  # "7 5 x" or "12 5 x"
+        logp = np.log(rng.uniform(0.5, 0.99, len(tokens))).astype(np.float32)
+        vs.append(Verdict(tokens, logp, tokens.copy(), logp.copy()))
+    save_gate_data(tmp_path / "r.npz", {
+        "verdicts": vs, "y": y, "healthy": y == 0, "groups": np.arange(n), "full_correct": np.ones(n, bool),
+        "vocab_ids": np.array([1, 2, 3, 4, 5]), "vocab": np.array(["12", "Ġ", "5", "x", "7"]),
+        "full_tokens": [v.tokens for v in vs], "max_new_tokens": 512, "collected": {"model": "synthetic"}})
+    return data, cfg
+
+
+def test_the_study_finds_answers_that_lost_a_question_number(tmp_path, capsys):
+    import gate_features as gf
+
+    data, cfg = _write(tmp_path)
+    out = tmp_path / "f.json"
+    assert gf.main(["--config", str(cfg), "--data", str(tmp_path / "r.npz"), "--gsm8k", str(data),
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert res["question_numbers_alone"]["q_missing"]["auroc_broken_vs_right"] == 1.0
+    assert res["digits"]["logistic_regression/broken"]["auroc_broken_vs_right"] < 0.8  # the reading says nothing
+    assert res["digits+question_numbers"]["logistic_regression/broken"]["found_at_5pct_right"] == 1.0
+    assert "q_missing" in capsys.readouterr().out
+    # a config whose prompts are not the readings' is one clear line, and writes nothing
+    cfg.write_text(cfg.read_text().replace("limit: 60", "limit: 59"))
+    assert gf.main(["--config", str(cfg), "--data", str(tmp_path / "r.npz"), "--gsm8k", str(data),
+                    "--out", str(tmp_path / "g.json")]) == 2
+    assert "do not match the 60 readings" in capsys.readouterr().err and not (tmp_path / "g.json").exists()
