@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         d = load_gate_data(args.data)
         questions = [p.messages[-1]["content"] for t in cfg.tasks for opts in t.expand()
                      for p in build_task(t.name, **{**opts, "path": args.gsm8k}).prompts()]
-        questions = [q for _ in cfg.base_presses for q in questions] if len(cfg.base_presses) == 1 else None
-        if questions is None or len(questions) != len(d["verdicts"]):
-            raise HazardError(f"--config {args.config}: its prompts ({0 if questions is None else len(questions)}, "
-                              f"one base press) do not match the {len(d['verdicts'])} readings in {args.data}")
+        if len(cfg.base_presses) != 1 or len(questions) != len(d["verdicts"]):
+            raise HazardError(f"--config {args.config}: its prompts ({len(questions)}, under "
+                              f"{len(cfg.base_presses)} base presses; one is read) do not match the "
+                              f"{len(d['verdicts'])} readings in {args.data}")
     except HazardError as e:
         print(f"gate_features: error: {e}", file=sys.stderr)
         return 2
