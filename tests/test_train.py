@@ -142,6 +142,28 @@ def test_metrics_on_hand_made_traces():
     assert "by_task" not in m  # one task
 
 
+def test_detection_per_onset_rule_separates_what_a_type_mixes():
+    """Two non-terminations, one whose onset is a stall the scores see at once, one placed at the twin's
+    length ("overrun") that they never see: the type's rate is their mean, each rule's is 1 or 0."""
+    from hazard.predictor.data import Trace
+
+    def tr(onset, source):
+        y = np.zeros((20, 1), np.float32)
+        y[onset - 4:, 0] = 1
+        valid = np.arange(20) < onset
+        return Trace(np.zeros((20, 1)), y, valid, source, "p", "task", "press", 0.5, "m", True, onset, np.zeros(20),
+                     kind="nonterm", source=source)
+
+    healthy = Trace(np.zeros((20, 1)), np.zeros((20, 1), np.float32), np.ones(20, bool), "h", "p", "task", "press",
+                    0.5, "m", False, -1, np.zeros(20))
+    scores = [np.r_[np.zeros(11), np.ones(9)], np.zeros(20), np.zeros(20)]  # the stall run alarms at its onset + 1
+    m = evaluate([tr(10, "stall"), tr(10, "overrun"), healthy], scores, 0, 0.5)
+    assert m["by_type"]["nonterm"]["detect_rate_within4"] == 0.5
+    assert m["by_source"]["nonterm/stall"]["detect_rate_within4"] == 1.0
+    assert m["by_source"]["nonterm/overrun"]["detect_rate_within4"] == 0.0
+    assert m["by_source"]["nonterm/overrun"]["n"] == m["by_source"]["nonterm/stall"]["n"] == 1
+
+
 def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():
     """Two tasks, each scored by a constant (no ranking within either), one failing more often: the pooled
     AUROC looks good, each task's is 0.5."""
@@ -378,7 +400,7 @@ def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces
     assert main(["train", "report", "--config", "configs/train/tiny.yaml", "--data.traces", f"[{traces_dir}]",
                  "--trainer.max_epochs", "1", "--report.run_dir", str(tmp_path / "runs"), "--report.out_dir", str(out),
                  "--report.export", str(tmp_path / "guard"),  # not the committed checkpoints/tiny-gru
-                 "--report.learning_curve", "[2]",
+                 "--report.learning_curve", "[2, 100000]",  # the second is beyond the train part: skipped
                  *(x for k in ("architectures", "feature_sets", "leave_one_press_out", "held_out_task",
                                "held_out_format") for x in (f"--report.{k}", "[]"))]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -389,6 +411,8 @@ def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces
     from hazard.predictor.train import format_report
 
     assert "train prompts 2" in format_report(metrics)
+    assert "the train part has" in metrics["learning_curve"]["100000"]["skipped"] and metrics["complete"]
+    assert "train prompts 100000     skipped" in format_report(metrics)
     t = training_entry(out)
     assert t["epochs"] == 1 and t["fit_seconds"] > 0 and t["devices"] == 1 and 0 <= t["test_auroc"] <= 1
     same = compare_collections(traces_dir, traces_dir)

@@ -45,6 +45,7 @@ class Trace:
     entropy: np.ndarray = field(repr=False)
     format: str = "default"
     kind: str = "none"  # "loop" | "nonterm" | "wrong" (a catastrophe's type) | "none"
+    source: str = "none"  # the rule that placed the onset (hazard.labels.onset.Verdict.source)
 
 
 def kind_of(row: dict) -> str:
@@ -121,7 +122,8 @@ def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) ->
         raise HazardError("data.traces is empty; list at least one collection folder")
     names = feature_names(feature_set)
     ds = datasets.concatenate_datasets([load_traces(p) for p in paths])
-    cols = sorted(set(META) | (base_columns(names) & set(ds.column_names)) | {f"label_h{k}" for k in horizons})
+    cols = sorted(set(META) | (base_columns(names) & set(ds.column_names)) | {f"label_h{k}" for k in horizons}
+                  | ({"onset_source"} & set(ds.column_names)))
     out = []
     for row in ds.select_columns(cols):
         if row["catastrophe"] and row["onset"] < 0:
@@ -131,7 +133,7 @@ def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) ->
         out.append(Trace(x, y, ~np.asarray(row["post_onset"], dtype=bool), row["trace_id"], row["prompt_id"],
                          row["task"], row["press"], float(row["ratio"]), row["model"], bool(row["catastrophe"]),
                          int(row["onset"]), np.asarray(row["entropy"], dtype=np.float32), row["format"],
-                         kind_of(row)))
+                         kind_of(row), row.get("onset_source") or "none"))
     if not out:
         raise HazardError(f"no usable traces in {paths}")
     return out

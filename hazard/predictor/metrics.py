@@ -73,16 +73,22 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
             # pre-onset tokens are all valid, so the first alarm at any token is the first valid one when
             # there is one; after the onset it is how late the guard notices
             anytime = np.flatnonzero(s >= threshold)
-            first_alarm.append((t.onset, int(anytime[0]) if len(anytime) else None, t.kind))
+            first_alarm.append((t.onset, int(anytime[0]) if len(anytime) else None, t.kind, t.source))
         else:
             healthy_alarm.append(len(hit) > 0)
     out.update(detection(first_alarm, leads, delays))
-    leads_seen = [onset - a for onset, a, _ in first_alarm if a is not None and a <= onset]
+    leads_seen = [onset - a for onset, a, *_ in first_alarm if a is not None and a <= onset]
     out["lead_times"] = leads_seen
     out["median_lead_time"] = float(np.median(leads_seen)) if leads_seen else None
-    kinds = sorted({k for _, _, k in first_alarm})
-    out["by_type"] = {k: {"n": sum(kk == k for _, _, kk in first_alarm),
+    kinds = sorted({f[2] for f in first_alarm})
+    out["by_type"] = {k: {"n": sum(f[2] == k for f in first_alarm),
                           **detection([f for f in first_alarm if f[2] == k], leads, delays)} for k in kinds}
+    # Per type and onset rule ("nonterm/overrun"): a type's detection rate mixes onsets a token-level signal
+    # can see (a loop's first cycle) with ones it cannot (token 0 of an off-topic answer, the twin's length).
+    groups = sorted({(f[2], f[3]) for f in first_alarm})
+    out["by_source"] = {f"{k}/{src}": {"n": sum(f[2:4] == (k, src) for f in first_alarm),
+                                       **detection([f for f in first_alarm if f[2:4] == (k, src)], leads, delays)}
+                        for k, src in groups}
     out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
     tasks = sorted({t.task for t in traces})
@@ -101,15 +107,15 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
 
 def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
     """Shares of catastrophes flagged >= m tokens before the onset, and <= d tokens after it, from
-    (onset, first alarm or None, type) triples; plus the median alarm delay (alarm - onset, missed left out)."""
+    (onset, first alarm or None, ...) tuples; plus the median alarm delay (alarm - onset, missed left out)."""
     if not first_alarm:
         return {**{f"detect_rate_lead{m}": None for m in leads}, **{f"detect_rate_within{d}": None for d in delays},
                 "median_delay": None}
-    out = {f"detect_rate_lead{m}": float(np.mean([a is not None and a <= on - m for on, a, _ in first_alarm]))
+    out = {f"detect_rate_lead{m}": float(np.mean([a is not None and a <= on - m for on, a, *_ in first_alarm]))
            for m in leads}
-    out.update({f"detect_rate_within{d}": float(np.mean([a is not None and a <= on + d for on, a, _ in first_alarm]))
+    out.update({f"detect_rate_within{d}": float(np.mean([a is not None and a <= on + d for on, a, *_ in first_alarm]))
                 for d in delays})
-    delays_seen = [a - on for on, a, _ in first_alarm if a is not None]
+    delays_seen = [a - on for on, a, *_ in first_alarm if a is not None]
     out["median_delay"] = float(np.median(delays_seen)) if delays_seen else None
     return out
 

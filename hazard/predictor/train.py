@@ -270,8 +270,12 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     for n in rep.get("learning_curve", []):
         if str(n) in metrics.get("learning_curve", {}):
             continue
-        res = _study(cfg, {**data, "train_prompts": n}, f"train-{n}", run_dir, h_tokens, far, seed, metrics, runs)
-        metrics.setdefault("learning_curve", {})[str(n)] = res["test"]
+        try:  # a point beyond the train part (a partial collection) is recorded as skipped, like a held-out group
+            res = _study(cfg, {**data, "train_prompts": n}, f"train-{n}", run_dir, h_tokens, far, seed, metrics,
+                         runs)["test"]
+        except HazardError as e:
+            res = {"skipped": str(e)}
+        metrics.setdefault("learning_curve", {})[str(n)] = res
         save(complete=False)
     # The required splits first (above), then the comparisons a time-limited report may not reach.
     for net in rep.get("architectures", []):
@@ -323,6 +327,9 @@ def format_report(metrics: dict) -> str:
         lines.append(f"{name:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>10} "
                      f"{f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}")
     for n, m in metrics.get("learning_curve", {}).items():  # the same test traces, n train prompts
+        if "skipped" in m:
+            lines.append(f"{'train prompts ' + n:24} skipped: {m['skipped']}")
+            continue
         gbm = metrics.get("split_baselines", {}).get(f"train-{n}", {}).get("gradient_boosting", {})
         lines.append(f"{'train prompts ' + n:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} "
                      f"{f(m['detect_rate_lead8']):>10} {f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}"
