@@ -93,6 +93,22 @@ def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarr
     return out
 
 
+def readings_and_prompts(config: str, data: str, gsm8k: str) -> tuple[EvaluateConfig, dict, list]:
+    """The evaluate config, the saved readings and the config's prompts rebuilt from ``gsm8k`` (the config's
+    path is the GPU's), one reading per prompt under the config's one base press; HazardError when they
+    do not match."""
+    cfg = build(EvaluateConfig, parse_args(["--config", config]))
+    if not Path(data).is_file():
+        raise HazardError(f"--data {data}: no such file; collect it with evaluate/answer_gate.py --data")
+    d = load_gate_data(data)
+    prompts = [p for t in cfg.tasks for opts in t.expand()
+               for p in build_task(t.name, **{**opts, "path": gsm8k}).prompts()]
+    if len(cfg.base_presses) != 1 or len(prompts) != len(d["verdicts"]):
+        raise HazardError(f"--config {config}: its prompts ({len(prompts)}, under {len(cfg.base_presses)} base "
+                          f"presses; one is read) do not match the {len(d['verdicts'])} readings in {data}")
+    return cfg, d, prompts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
@@ -101,16 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        cfg = build(EvaluateConfig, parse_args(["--config", args.config]))
-        if not Path(args.data).is_file():
-            raise HazardError(f"--data {args.data}: no such file; collect it with evaluate/answer_gate.py --data")
-        d = load_gate_data(args.data)
-        questions = [p.messages[-1]["content"] for t in cfg.tasks for opts in t.expand()
-                     for p in build_task(t.name, **{**opts, "path": args.gsm8k}).prompts()]
-        if len(cfg.base_presses) != 1 or len(questions) != len(d["verdicts"]):
-            raise HazardError(f"--config {args.config}: its prompts ({len(questions)}, under "
-                              f"{len(cfg.base_presses)} base presses; one is read) do not match the "
-                              f"{len(d['verdicts'])} readings in {args.data}")
+        cfg, d, prompts = readings_and_prompts(args.config, args.data, args.gsm8k)
+        questions = [p.messages[-1]["content"] for p in prompts]
     except HazardError as e:
         print(f"gate_features: error: {e}", file=sys.stderr)
         return 2

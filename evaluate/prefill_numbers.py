@@ -28,17 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hazard.cli import build, parse_args
 from hazard.collect import _git_sha
 from hazard.compression.registry import PressSpec, build_press
 from hazard.errors import HazardError
-from hazard.evaluate import EvaluateConfig
-from hazard.tasks import build_task
 from hazard.traces import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from answer_gate import load_gate_data  # noqa: E402
-from gate_features import operating_points  # noqa: E402
+from gate_features import operating_points, readings_and_prompts  # noqa: E402
 
 DIGIT = re.compile(r"\d")
 FEATURES = ("numbers_kept", "numbers_min_kept", "numbers_lost", "question_kept", "numbers_kept_last_layers")
@@ -94,16 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        cfg = build(EvaluateConfig, parse_args(["--config", args.config]))
-        if not Path(args.data).is_file():
-            raise HazardError(f"--data {args.data}: no such file; collect it with evaluate/answer_gate.py --data")
-        d = load_gate_data(args.data)
-        prompts = [p for t in cfg.tasks for opts in t.expand()
-                   for p in build_task(t.name, **{**opts, "path": args.gsm8k}).prompts()]
-        if len(cfg.base_presses) != 1 or len(prompts) != len(d["verdicts"]):
-            raise HazardError(f"--config {args.config}: its prompts ({len(prompts)}, under "
-                              f"{len(cfg.base_presses)} base presses; one is read) do not match the "
-                              f"{len(d['verdicts'])} readings in {args.data}")
+        cfg, d, prompts = readings_and_prompts(args.config, args.data, args.gsm8k)
         spec = cfg.base_presses[0]
         press = build_press(PressSpec(spec.name, spec.ratio, dict(spec.kwargs)))
         if not Path(args.model_path).exists():
