@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hazard.collect import _git_sha
-from hazard.compression.registry import PressSpec, build_press
+from hazard.compression.registry import build_press
 from hazard.errors import HazardError
 from hazard.traces import write_json
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, d, prompts = readings_and_prompts(args.config, args.data, args.gsm8k)
         spec = cfg.base_presses[0]
-        press = build_press(PressSpec(spec.name, spec.ratio, dict(spec.kwargs)))
+        press = build_press(spec)
         if not Path(args.model_path).exists():
             raise HazardError(f"--model-path {args.model_path} does not exist")
     except HazardError as e:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     res["means"] = {f: {g: (float(x[m, j].mean()) if m.any() else None) for g, m in groups.items()}
                     for j, f in enumerate(FEATURES)}
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
-                                "press": spec.label if hasattr(spec, "label") else f"{spec.name}@{spec.ratio}",
+                                "press": spec.label,
                                 "model": args.gguf or args.model_path, "prefill_dtype": "float32",
                                 "n": int(len(pick)), "broken": int(b.sum()), "right": int(r.sum()),
                                 "prompt_index": pick.tolist(), "features": dict(zip(FEATURES, x.T.tolist())),

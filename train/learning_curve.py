@@ -55,8 +55,8 @@ def curve(metrics: dict) -> list[dict]:
 
 def plot(rows: list[dict], title: str, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for pred, style in (("gradient_boosting", "s--"), *((p, "o-") for p in {r["predictor"] for r in rows}
-                                                         if p != "gradient_boosting")):
+    for pred in dict.fromkeys(r["predictor"] for r in rows):  # the net, then the baseline, as the rows come
+        style = "s--" if pred == "gradient_boosting" else "o-"
         sel = [r for r in rows if r["predictor"] == pred]
         xs = [r["train_prompts"] for r in sel]
         axes[0].plot(xs, [r["pre_onset_auroc"] for r in sel], style, label=pred)
