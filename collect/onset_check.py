@@ -4,7 +4,7 @@ around it, so a reader can say whether that is where the failure begins.
     python collect/onset_check.py --traces /tmp/traces/q15_onsets --tokenizer /tmp/q15 \
         --out collect/results/onset_check.json
 
-For every onset source (loop, off_topic, stall, answered, overrun, claim, unknown) up to ``per_source`` compressed
+For every onset source (loop, off_topic, stall, answered, off_task, claim, unknown) up to ``per_source`` compressed
 catastrophes are drawn at random (seeded); each entry holds the prompt id, press and ratio, the onset and
 its source, the other rules' onsets and the divergence from the twin, the text of the ``context`` tokens
 before the onset and after it (the onset token starts the second part), and the whole generated text.
@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from hazard.cli import build, parse_args
 from hazard.traces import load_traces, write_json
 
-SOURCES = ("loop", "off_topic", "stall", "answered", "overrun", "claim", "unknown")
+SOURCES = ("loop", "off_topic", "stall", "answered", "off_task", "claim", "unknown")
 
 
 @dataclass
@@ -30,7 +30,7 @@ class OnsetCheckConfig:
     """Parameters
     ----------
     traces : str
-        A collection folder (trace schema v2).
+        A collection folder (the current trace schema).
     tokenizer : str
         The model folder (its tokenizer decodes the snippets).
     per_source : int
@@ -52,7 +52,8 @@ class OnsetCheckConfig:
 def run(cfg: OnsetCheckConfig) -> dict:
     tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
     cols = ["trace_id", "prompt_id", "press", "ratio", "tokens", "text", "catastrophe", "onset", "onset_source",
-            "loop_onset", "stall_onset", "answered_at", "claim_onset", "divergence", "nonterm", "correct", "gold",
+            "loop_onset", "stall_onset", "answered_at", "claim_onset", "off_topic_at", "off_task_at", "divergence",
+            "nonterm", "correct", "gold",
             "answer", "n_tokens"]
     ds = load_traces(cfg.traces).select_columns(cols)
     rows = [r for r in ds if r["catastrophe"] and r["press"] != "none"]
@@ -68,7 +69,8 @@ def run(cfg: OnsetCheckConfig) -> dict:
                 "trace_id": r["trace_id"], "prompt_id": r["prompt_id"], "press": r["press"], "ratio": r["ratio"],
                 "source": source, "onset": r["onset"], "n_tokens": r["n_tokens"], "nonterm": r["nonterm"],
                 "gold": r["gold"], "answer": r["answer"],
-                "rules": {k: r[k] for k in ("loop_onset", "stall_onset", "answered_at", "claim_onset", "divergence")},
+                "rules": {k: r[k] for k in ("loop_onset", "stall_onset", "answered_at", "claim_onset", "off_topic_at",
+                                             "off_task_at", "divergence")},
                 "before": tok.decode(r["tokens"][max(t - cfg.context, 0): t], skip_special_tokens=True),
                 "after": tok.decode(r["tokens"][t: t + cfg.context], skip_special_tokens=True),
                 "text": r["text"]})

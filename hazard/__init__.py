@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 # v4: the stall onset also from repeated line templates (hazard.labels.progress): same columns, new labels.
 # v5: a ``repeat4`` signal column (a new signal; the existing ones keep their meaning, so guards still load).
 # v6: ``verify_kl`` and ``verify_top1`` columns (the verify window's signals; 0 and 1 without one).
-SCHEMA_VERSION = 6
+# v7: an ``off_task_at`` column; a non-termination's onset no longer falls back to the twin's length
+#     ("overrun"): the final off-task stretch places it, or nothing does (labels only; guards still load).
+SCHEMA_VERSION = 7
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

@@ -126,14 +126,13 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     n = len(gen.tokens)
     prog = progress_onsets(gen.tokens, gen.finished, text, decode_prefix, question,
                            ref.get("text") if ref is not None else None)
-    ref_len = min(int(ref["n_tokens"]), n - 1) if ref is not None and ref.get("finished") else -1
     # Not catastrophes (the hand check, collect/results/onset_check.md): a run that wrote the gold number
     # last but dropped the "The answer is N" format, and one the budget cut right after its answer.
     format_only = gen.finished and answer is None and last_number(text) == normalise_number(prompt.gold)
     cut_after_answer = not gen.finished and prog["answered_at"] >= max(n - CUT_TOKENS, 0)
     v = verdict(loop.onset if loop else -1, not gen.finished and not cut_after_answer, correct or format_only,
                 ref["correct"] if ref is not None else None, stall=prog["stall_onset"],
-                answered=prog["answered_at"], claim=prog["claim_onset"], ref_len=ref_len,
+                answered=prog["answered_at"], claim=prog["claim_onset"], off_task=prog["off_task_at"],
                 off_topic=prog["off_topic_at"])
     labels, post = hazard_labels(n, v.onset)
     fmt = prompt.format

@@ -58,6 +58,7 @@ FEATURES = datasets.Features({
     "answered_at": datasets.Value("int32"),
     "claim_onset": datasets.Value("int32"),
     "off_topic_at": datasets.Value("int32"),
+    "off_task_at": datasets.Value("int32"),
     "format_only": datasets.Value("bool"),
     "cut_after_answer": datasets.Value("bool"),
     "catastrophe": datasets.Value("bool"),

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -68,7 +70,8 @@ def test_amnesia():
     ((12, True, False, True), {"stall": 5}, (True, 12, "loop")),  # a loop's own onset wins
     ((-1, True, False, False), {"stall": 40, "answered": 30}, (True, 30, "answered")),  # the earlier
     ((-1, True, False, False), {"stall": 40}, (True, 40, "stall")),
-    ((-1, True, False, True), {"ref_len": 90}, (True, 90, "overrun")),  # twin ended at 90, this ran on
+    ((-1, True, False, True), {"off_task": 90, "stall": 120}, (True, 90, "off_task")),  # the earliest rule
+    ((-1, True, False, True), {}, (True, -1, "unknown")),  # ran on, on topic: no reader's onset (no "overrun")
     ((-1, True, False, None), {}, (True, -1, "unknown")),  # uncompressed run, nothing to place it
     ((-1, True, False, None), {"stall": 60}, (True, 60, "stall")),  # ... but a stall needs no twin
     ((-1, False, False, True), {"claim": 17}, (True, 17, "claim")),  # wrong where the reference was right
@@ -179,3 +182,29 @@ def test_repeated_lines_stall_where_token_ngrams_see_progress():
     out = progress_onsets(list(range(len(words))), False, text, prefix, "How many days?", None)
     assert out["stall_onset"] == (len(head) + 2) // 4
     assert progress_onsets(list(range(len(words))), True, text, prefix, "How many days?", None)["stall_onset"] == -1
+
+
+def test_off_task_onset_is_the_final_stretch_about_something_else():
+    from hazard.labels.progress import off_task_onset, progress_onsets
+
+    q = "Janet's ducks lay 16 eggs per day. She eats three for breakfast. How much does she make at the market?"
+    start = "Janet's ducks lay 16 eggs a day.\nShe eats three eggs for breakfast.\n"
+    invented = "".join(f"The rainfall in month {i} was {i + 1} inches of heavy rain.\n" for i in range(6))
+    text = start + invented + "The rainfall in"  # cut by the budget
+    assert off_task_onset(text, q) == len(start)
+    # Sound on-topic reasoning cut by the budget: no onset, whatever solution words it uses.
+    sound = ("First, we calculate how many eggs Janet's ducks lay per day.\nTherefore, she sells the remaining "
+             "eggs at the market.\nThen we multiply the eggs she sells by the price at the market.\nThe")
+    assert off_task_onset(sound, q) == -1
+    # One stray off-topic sentence inside on-topic reasoning is not a stretch.
+    stray = start + "The weather outside was sunny today.\n" + sound
+    assert off_task_onset(stray, q) == -1
+    # Words are compared by their first five letters ("breakfasts" meets "breakfast").
+    assert off_task_onset("Breakfasts matter.\nBreakfasts at market stalls.\nBreakfasts again.\nx", q) == -1
+    # In progress_onsets: a token offset, for runs that did not finish only.
+    words = re.split(r"(?<=\s)", text)  # a token per word, each with the white space after it
+    prefix = lambda m: "".join(words[:m])  # noqa: E731
+    toks = list(range(len(words)))
+    out = progress_onsets(toks, False, text, prefix, q, None)
+    assert "".join(words[:out["off_task_at"]]) == start
+    assert progress_onsets(toks, True, text, prefix, q, None)["off_task_at"] == -1

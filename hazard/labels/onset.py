@@ -9,20 +9,21 @@ from dataclasses import dataclass
 class Verdict:
     catastrophe: bool
     onset: int  # -1: no catastrophe, or one whose onset no rule places
-    source: str  # "loop" | "off_topic" | "stall" | "answered" | "overrun" | "claim" | "none" | "unknown"
+    source: str  # "loop" | "off_topic" | "stall" | "answered" | "off_task" | "claim" | "none" | "unknown"
 
 
 def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | None, *, stall: int = -1,
-            answered: int = -1, claim: int = -1, ref_len: int = -1, off_topic: int = -1) -> Verdict:
+            answered: int = -1, claim: int = -1, off_task: int = -1, off_topic: int = -1) -> Verdict:
     """A catastrophe is a loop, a non-termination, or a wrong answer where the uncompressed run was right.
 
     Onsets (``hazard.labels.progress`` states the rules), in this order:
 
     - loop: the start of the first sustained cycle;
-    - non-termination: where progress stops, the earlier of the stall onset (the final stretch that only
-      recombines what the run already said) and the token after the first explicit answer (what follows
-      is off task); failing both, the length at which the uncompressed twin ended (``ref_len``:
-      "overrun");
+    - non-termination: where progress stops, the earliest of the stall onset (the final stretch that only
+      recombines what the run already said), the token after the first explicit answer (what follows
+      is off task) and the start of the final off-task stretch (``off_task``: segments about something
+      the question never mentions). A run that reasons on-topic until the budget cuts it gets none: the
+      twin's length ("overrun", used until schema 7) matched no reader's onset in the hand checks;
     - wrong answer: the first number the healthy twin never wrote ("claim"), else the answer statement;
     - either, when the run's first sentence has nothing to do with the question: token 0 ("off_topic").
 
@@ -38,12 +39,10 @@ def verdict(loop_onset: int, nonterm: bool, correct: bool, ref_correct: bool | N
     if off_topic >= 0:
         return Verdict(True, off_topic, "off_topic")
     if nonterm:
-        cands = [(t, s) for t, s in ((stall, "stall"), (answered, "answered")) if t >= 0]
+        cands = [(t, s) for t, s in ((stall, "stall"), (answered, "answered"), (off_task, "off_task")) if t >= 0]
         if cands:
             t, s = min(cands)
             return Verdict(True, t, s)
-        if ref_len >= 0:
-            return Verdict(True, ref_len, "overrun")
         return Verdict(True, -1, "unknown")
     if claim >= 0:
         return Verdict(True, claim, "claim")

@@ -25,6 +25,17 @@ off_topic
     content words (4+ letters, not stop words; numbers) and shares none with the question: the run answers
     something else from its first word (heavy eviction of the question); also token 0 when the whole output
     holds fewer than 3 words (it gave up at once: "P", "Char"). None otherwise.
+off_task
+    For a run that does not stop: the start of the final off-task stretch. The text is cut into segments
+    (lines and sentences, as for repeated lines; the last one, often cut by the budget, aside). A segment
+    with at least 3 topic words (4+ letters, not stop words, not the vocabulary of any worked solution:
+    "calculate", "determine", "therefore", ...; compared by their first 5 letters, so "drive" meets
+    "driven") is off task when it shares none with the question. The onset is the first off-task segment
+    from which on at least 2, and at least half, of the judged segments are off task: an invented
+    follow-up problem, a list of made-up data ("January: 2 inches" for a question about eggs), the
+    exemplars' topics. It replaces the twin's length ("overrun"), which matched no reader's onset in the
+    hand checks (0 of 24, collect/results/onset_check.md): a run that reasons soundly on-topic until the
+    budget cuts it gets no onset here (no reader saw a failure in it).
 claim
     For a wrong answer: the first number the run writes that neither the prompt's question nor the
     uncompressed twin's (correct) output contains: the first step the healthy run never took. Its first
@@ -87,6 +98,36 @@ def off_topic(text: str, question: str) -> bool:
     first = re.split(r"\n|\.\s", text.strip(), maxsplit=1)[0]
     words = _content(first)
     return len(words) >= 3 and not (words & _content(question))
+
+
+# Words every worked solution uses whatever the question (a sound on-topic step shares no topic with the question
+# through them), dropped before the off-task comparison.
+_SOLUTION_WORDS = frozenset((
+    "calculate calculation calculations determine following therefore since given value equation result number "
+    "numbers amount break down understand solve using python sympy code define variable print function formula "
+    "steps step-by-step follows second third fourth final finally means known other same here just multiply "
+    "divide subtract sum remaining left every").split())
+_TOPIC = re.compile(r"[a-z]{4,}")
+
+
+def _topic(text: str) -> set[str]:
+    return {w[:5] for w in _TOPIC.findall(text.lower()) if w not in _STOP and w not in _SOLUTION_WORDS}
+
+
+def off_task_onset(text: str, question: str, min_words: int = 3, min_segments: int = 2) -> int:
+    """Character offset where the final off-task stretch of ``text`` starts (see module docstring); -1 if
+    there is none."""
+    q = _topic(question)
+    judged = []  # (offset, off task?) for the segments with at least min_words topic words
+    for m in [m for m in _SEGMENT.finditer(text) if m.group().strip()][:-1]:  # the last may be cut mid-way
+        words = _topic(m.group())
+        if len(words) >= min_words:
+            judged.append((m.start(), not (words & q)))
+    off = np.array([f for _, f in judged], dtype=np.int64)
+    suffix_off = np.cumsum(off[::-1])[::-1]  # off-task segments from i on
+    suffix_len = len(off) - np.arange(len(off))
+    ok = np.flatnonzero(off.astype(bool) & (suffix_off >= min_segments) & (2 * suffix_off >= suffix_len))
+    return judged[int(ok[0])][0] if len(ok) else -1
 
 
 def last_number(text: str) -> str | None:
@@ -156,11 +197,12 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
     """The onsets of this module for one run (-1 where a rule does not apply).
 
     ``decode_prefix(m)`` is the text of the first ``m`` generated tokens, decoded as ``text`` was; without
-    it the rules that place an onset in the text (answered, claim) give -1.
+    it the rules that place an onset in the text (repeated lines, off_task, answered, claim) give -1.
     """
     n = len(tokens)
     out = {"stall_onset": stall_onset(tokens, finished), "answered_at": -1, "claim_onset": -1,
-           "off_topic_at": 0 if off_topic(text, question) or len(re.findall(r"\w+", text)) < 3 else -1}
+           "off_topic_at": 0 if off_topic(text, question) or len(re.findall(r"\w+", text)) < 3 else -1,
+           "off_task_at": -1}
     if decode_prefix is None or not n:
         return out
     if not finished:
@@ -168,6 +210,9 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
         if c >= 0:
             t = token_of_char(decode_prefix, n, c)
             out["stall_onset"] = t if out["stall_onset"] < 0 else min(out["stall_onset"], t)
+        c = off_task_onset(text, question)
+        if c >= 0:
+            out["off_task_at"] = token_of_char(decode_prefix, n, c)
     span = answer_span(text)
     if span is not None:
         out["answered_at"] = min(token_of_char(decode_prefix, n, span[1] - 1) + 1, n)
