@@ -5,6 +5,7 @@
     hazard train report --config configs/train/demo.yaml   (model + baselines + splits -> metrics.json, export)
     hazard export --ckpt runs/.../best.ckpt --out checkpoints/<name> [--threshold 0.5]
     hazard evaluate --config configs/evaluate/demo.yaml     (the guard as a live controller -> closed_loop.json)
+    hazard relabel --traces <collection> --tokenizer <model>  (today's onset rules on stored traces, in place)
 
 Every option of the YAML can be overridden as ``--dotted.key value`` (the value is read as YAML, so
 ``--presses '[{name: knorm, ratio: 0.5}]'`` works). User errors end in one line: ``hazard: error: ...``.
@@ -22,7 +23,7 @@ import yaml
 
 from hazard.errors import HazardError
 
-VERBS = ("collect", "train", "export", "evaluate")
+VERBS = ("collect", "train", "export", "evaluate", "relabel")
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -195,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             train_main(rest)
         elif verb == "evaluate":
             evaluate(rest)
+        elif verb == "relabel":
+            import json
+
+            from hazard.relabel import RelabelConfig, relabel
+
+            _quiet_libraries()
+            print(json.dumps(relabel(build(RelabelConfig, parse_args(rest)))))
         elif verb == "export":
             from hazard.predictor.export import main as export_main
 

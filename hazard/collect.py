@@ -110,9 +110,11 @@ def decode_prefix(tok, tokens: list[int], m: int) -> str:
     return tok.decode(tokens[:m], skip_special_tokens=True)
 
 
-def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
-              meta: dict, decode_prefix=None) -> dict:
-    """One trace row: outcome, detectors, onsets, labels and per-token arrays.
+def outcome(prompt: Prompt, tokens: list[int], finished: bool, text: str, ref: dict | None,
+            decode_prefix=None) -> dict:
+    """A run's outcome, detectors, onsets and hazard labels: every trace column that follows from the
+    generated tokens and text (and the twin's), none of the per-token signals. ``hazard.relabel`` calls it
+    again on stored traces when these rules change.
 
     ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run);
     ``decode_prefix(m)`` the text of the first m generated tokens (default: none, so the rules that place
@@ -120,21 +122,35 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     """
     answer = parse_answer(text)
     correct = score(answer, prompt.gold)
-    loop = detect_loop(gen.tokens, gen.finished)
-    diverge = divergence(gen.tokens, ref["tokens"]) if ref is not None else -1
+    loop = detect_loop(tokens, finished)
     question = prompt.messages[-1]["content"]
-    n = len(gen.tokens)
-    prog = progress_onsets(gen.tokens, gen.finished, text, decode_prefix, question,
+    n = len(tokens)
+    prog = progress_onsets(tokens, finished, text, decode_prefix, question,
                            ref.get("text") if ref is not None else None)
     # Not catastrophes (the hand check, collect/results/onset_check.md): a run that wrote the gold number
     # last but dropped the "The answer is N" format, and one the budget cut right after its answer.
-    format_only = gen.finished and answer is None and last_number(text) == normalise_number(prompt.gold)
-    cut_after_answer = not gen.finished and prog["answered_at"] >= max(n - CUT_TOKENS, 0)
-    v = verdict(loop.onset if loop else -1, not gen.finished and not cut_after_answer, correct or format_only,
+    format_only = finished and answer is None and last_number(text) == normalise_number(prompt.gold)
+    cut_after_answer = not finished and prog["answered_at"] >= max(n - CUT_TOKENS, 0)
+    v = verdict(loop.onset if loop else -1, not finished and not cut_after_answer, correct or format_only,
                 ref["correct"] if ref is not None else None, stall=prog["stall_onset"],
                 answered=prog["answered_at"], claim=prog["claim_onset"], off_task=prog["off_task_at"],
                 off_topic=prog["off_topic_at"])
     labels, post = hazard_labels(n, v.onset)
+    return {
+        "answer": answer, "correct": correct, "ref_correct": ref["correct"] if ref is not None else correct,
+        "loop": loop is not None, "loop_onset": loop.onset if loop else -1,
+        "loop_period": loop.period if loop else 0, "nonterm": not finished,
+        "amnesia": detect_amnesia(text, answer, prompt.gold, prompt.distractors, prompt.exemplar_texts, question),
+        "divergence": divergence(tokens, ref["tokens"]) if ref is not None else -1,
+        **prog, "format_only": format_only, "cut_after_answer": cut_after_answer,
+        "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source, "post_onset": post,
+        **{f"label_h{k}": labels[k] for k in HORIZONS},
+    }
+
+
+def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
+              meta: dict, decode_prefix=None) -> dict:
+    """One trace row: the run's ``outcome`` (detectors, onsets, labels) and its per-token arrays."""
     fmt = prompt.format
     unit = meta["task"] if fmt == "default" else f"{meta['task']}.{fmt}"
     row = {
@@ -143,15 +159,9 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
         "prompt_id": prompt.id, "press": spec.name, "ratio": float(spec.ratio),
         "prompt_len": gen.prompt_len, "kv_tokens_prefill": gen.kv_tokens_prefill,
         "bytes_per_token": gen.bytes_per_token, "n_tokens": len(gen.tokens), "tokens": gen.tokens,
-        "text": text, "finished": gen.finished, "gold": prompt.gold, "answer": answer, "correct": correct,
-        "ref_correct": ref["correct"] if ref is not None else correct,
-        "loop": loop is not None, "loop_onset": loop.onset if loop else -1,
-        "loop_period": loop.period if loop else 0, "nonterm": not gen.finished,
-        "amnesia": detect_amnesia(text, answer, prompt.gold, prompt.distractors, prompt.exemplar_texts, question),
-        "divergence": diverge, **prog, "format_only": format_only, "cut_after_answer": cut_after_answer,
-        "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source,
-        "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes, "post_onset": post,
-        **{f"label_h{k}": labels[k] for k in HORIZONS},
+        "text": text, "finished": gen.finished, "gold": prompt.gold,
+        **outcome(prompt, gen.tokens, gen.finished, text, ref, decode_prefix),
+        "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes,
     }
     for i, name in enumerate(SIGNALS):
         row[name] = gen.signals[:, i]

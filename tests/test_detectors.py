@@ -140,6 +140,10 @@ def test_off_topic_last_number_and_their_verdict():
     assert off_topic("The total rainfall in Virginia over one year is 12 inches.\nThe average...", q)
     assert not off_topic("Janet's ducks lay 16 eggs per day and she eats 3.", q)
     assert not off_topic("JoJoJoJo", q)  # fewer than 3 content words: no judgement (the loop detector's)
+    # A generic opening is not judged; the first sentence with 3 content words is.
+    opening = "Let's break down the problem step by step and use Python to ensure our calculations are accurate.\n"
+    assert not off_topic(opening + "Janet's ducks lay 16 eggs per day.", q)
+    assert off_topic(opening + "The rainfall in Virginia was 12 inches in March.", q)
     assert last_number("52 + 18 = 70\nTherefore, Travis now has 70 apps.") == "70"
     assert last_number("no numbers") is None
     v = verdict(-1, True, False, True, stall=40, off_topic=0)
@@ -199,7 +203,7 @@ def test_off_task_onset_is_the_final_stretch_about_something_else():
     # One stray off-topic sentence inside on-topic reasoning is not a stretch.
     stray = start + "The weather outside was sunny today.\n" + sound
     assert off_task_onset(stray, q) == -1
-    # Words are compared by their first five letters ("breakfasts" meets "breakfast").
+    # Words are compared by their first four letters ("breakfasts" meets "breakfast").
     assert off_task_onset("Breakfasts matter.\nBreakfasts at market stalls.\nBreakfasts again.\nx", q) == -1
     # In progress_onsets: a token offset, for runs that did not finish only.
     words = re.split(r"(?<=\s)", text)  # a token per word, each with the white space after it

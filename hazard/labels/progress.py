@@ -21,16 +21,19 @@ answered
     The token after the first explicit answer statement ("The answer is N", ``\\boxed{N}``, "#### N"): a
     run that goes on after answering is off task from there (it invents follow-up problems, restates, pads).
 off_topic
-    Token 0 when the run's first sentence (up to the first line break or full stop) has at least 3
-    content words (4+ letters, not stop words; numbers) and shares none with the question: the run answers
-    something else from its first word (heavy eviction of the question); also token 0 when the whole output
-    holds fewer than 3 words (it gave up at once: "P", "Char"). None otherwise.
+    Token 0 when the run's first sentence (up to a line break or full stop) with at least 3 content words
+    (4+ letters, not stop words nor the solution words of off_task below; numbers), among its first 4,
+    shares none with the question (a generic opening before it, "use Python to ensure our calculations
+    are accurate", is not judged): the run answers something else from its first word (heavy eviction of
+    the question); also token 0 when the whole output holds fewer than 3 words (it gave up at once: "P",
+    "Char"). None otherwise.
 off_task
     For a run that does not stop: the start of the final off-task stretch. The text is cut into segments
     (lines and sentences, as for repeated lines; the last one, often cut by the budget, aside). A segment
     with at least 3 topic words (4+ letters, not stop words, not the vocabulary of any worked solution:
-    "calculate", "determine", "therefore", ...; compared by their first 5 letters, so "drive" meets
-    "driven") is off task when it shares none with the question. The onset is the first off-task segment
+    "calculate", "determine", "therefore", ...; compared by their first 4 letters, so "fold" meets
+    "folding" and "hour" "hours") is off task when it shares none with the question nor with the
+    uncompressed twin's answer (how a sound solution of this problem talks: "combined rate"). The onset is the first off-task segment
     from which on at least 2, and at least half, of the judged segments are off task: an invented
     follow-up problem, a list of made-up data ("January: 2 inches" for a question about eggs), the
     exemplars' topics. It replaces the twin's length ("overrun"), which matched no reader's onset in the
@@ -86,43 +89,50 @@ _STOP = frozenset((
     "that this with from have will then there their they what when which your into each were been more than "
     "them some much many would could should about also only over after before first next total lets solve "
     "step problem answer find need").split())
-_WORD = re.compile(r"[a-z]{4,}|\d+(?:\.\d+)?")
-
-
-def _content(text: str) -> set[str]:
-    return {w.rstrip("s") for w in _WORD.findall(text.lower()) if w not in _STOP}
-
-
-def off_topic(text: str, question: str) -> bool:
-    """The first sentence of ``text`` shares no content word with ``question`` (see module docstring)."""
-    first = re.split(r"\n|\.\s", text.strip(), maxsplit=1)[0]
-    words = _content(first)
-    return len(words) >= 3 and not (words & _content(question))
-
-
 # Words every worked solution uses whatever the question (a sound on-topic step shares no topic with the question
 # through them), dropped before the off-task comparison.
 _SOLUTION_WORDS = frozenset((
     "calculate calculation calculations determine following therefore since given value equation result number "
     "numbers amount break down understand solve using python sympy code define variable print function formula "
     "steps step-by-step follows second third fourth final finally means known other same here just multiply "
-    "divide subtract sum remaining left every").split())
+    "divide subtract sum remaining left every ensure accurate accuracy approach correct equations express "
+    "terms substitute substituting isolate sides both variables denote represent simplify simplifying "
+    "information write rewrite solving").split())
+_WORD = re.compile(r"[a-z]{4,}|\d+(?:\.\d+)?")
+
+
+def _content(text: str) -> set[str]:
+    return {w.rstrip("s") for w in _WORD.findall(text.lower()) if w not in _STOP and w not in _SOLUTION_WORDS}
+
+
+def off_topic(text: str, question: str, opening: int = 4) -> bool:
+    """The first sentence of ``text`` with 3 content words shares none with ``question`` (see module
+    docstring); sentences before it (a generic opening) and after the first ``opening`` are not judged."""
+    for part in re.split(r"\n|\.\s", text.strip())[:opening]:
+        words = _content(part)
+        if len(words) >= 3:
+            return not (words & _content(question))
+    return False
+
+
 _TOPIC = re.compile(r"[a-z]{4,}")
 
 
 def _topic(text: str) -> set[str]:
-    return {w[:5] for w in _TOPIC.findall(text.lower()) if w not in _STOP and w not in _SOLUTION_WORDS}
+    return {w[:4] for w in _TOPIC.findall(text.lower()) if w not in _STOP and w not in _SOLUTION_WORDS}
 
 
-def off_task_onset(text: str, question: str, min_words: int = 3, min_segments: int = 2) -> int:
+def off_task_onset(text: str, question: str, ref_text: str | None = None, min_words: int = 3,
+                   min_segments: int = 2) -> int:
     """Character offset where the final off-task stretch of ``text`` starts (see module docstring); -1 if
-    there is none."""
-    q = _topic(question)
+    there is none. The topic is the question's words and, when given, the healthy twin's (``ref_text``:
+    how a sound solution of this problem talks)."""
+    topic = _topic(question) | _topic(ref_text or "")
     judged = []  # (offset, off task?) for the segments with at least min_words topic words
     for m in [m for m in _SEGMENT.finditer(text) if m.group().strip()][:-1]:  # the last may be cut mid-way
         words = _topic(m.group())
         if len(words) >= min_words:
-            judged.append((m.start(), not (words & q)))
+            judged.append((m.start(), not (words & topic)))
     off = np.array([f for _, f in judged], dtype=np.int64)
     suffix_off = np.cumsum(off[::-1])[::-1]  # off-task segments from i on
     suffix_len = len(off) - np.arange(len(off))
@@ -210,7 +220,7 @@ def progress_onsets(tokens, finished: bool, text: str, decode_prefix: Callable[[
         if c >= 0:
             t = token_of_char(decode_prefix, n, c)
             out["stall_onset"] = t if out["stall_onset"] < 0 else min(out["stall_onset"], t)
-        c = off_task_onset(text, question)
+        c = off_task_onset(text, question, ref_text)
         if c >= 0:
             out["off_task_at"] = token_of_char(decode_prefix, n, c)
     span = answer_span(text)

@@ -1,0 +1,92 @@
+"""hazard relabel: today's label rules on stored traces, signals untouched."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hazard import SCHEMA_VERSION
+from hazard.cli import main
+from hazard.models import save_tiny
+from hazard.relabel import outcome_keys
+from hazard.signals import SIGNALS
+from hazard.traces import load_traces, shard_paths, write_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """A tiny collection on GSM8K-format problems (whose prompts the relabel rebuilds from a data path)."""
+    base = tmp_path_factory.mktemp("relabel")
+    model = save_tiny(base / "tiny-qwen2", "qwen2", seed=2)
+    data = base / "gsm8k"
+    data.mkdir()
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+            for a, b in [(3, 4), (10, 5), (7, 8), (1, 1)]]
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = base / "traces"
+    tasks = json.dumps([{"name": "gsm8k", "options": {"path": str(data), "limit": 3, "k_shot": 1}}])
+    assert main(["collect", "--config", str(ROOT / "configs/collect/tiny.yaml"), "--output_dir", str(out),
+                 "--model", json.dumps({"path": str(model), "device": "cpu", "dtype": "float64", "name": "tiny"}),
+                 "--tasks", tasks, "--presses", "[{name: knorm, ratio: 0.5}]", "--max_new_tokens", "12"]) == 0
+    return out, model, data
+
+
+def _table(root):
+    return sorted(load_traces(root).to_list(), key=lambda r: r["trace_id"])
+
+
+def _relabel(root, model, data):
+    return main(["relabel", "--traces", str(root), "--tokenizer", str(model),
+                 "--task_paths", json.dumps({"gsm8k": str(data)})])
+
+
+def test_relabel_reproduces_the_collections_labels_and_keeps_its_signals(collection, tmp_path, capsys):
+    root, model, data = collection
+    before = _table(root)
+    moved = tmp_path / "moved"  # the manifest's data path no longer exists: --task_paths points at it
+    data.rename(moved)
+    try:
+        assert _relabel(root, model, moved) == 0
+    finally:
+        moved.rename(data)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["shards"] == len(shard_paths(root))
+    after = _table(root)
+    assert [r["trace_id"] for r in after] == [r["trace_id"] for r in before]
+    for a, b in zip(after, before):
+        for k in (*outcome_keys(), *SIGNALS, "tokens", "kv_tokens"):
+            assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["relabelled"]["from_schema"] == SCHEMA_VERSION
+
+
+def test_relabel_replaces_stale_labels(collection):
+    root, model, data = collection
+    before = {r["trace_id"]: r for r in _table(root)}
+    shard = [f for f in shard_paths(root) if "knorm" in f.name][0]
+    rows = pq.read_table(shard).to_pylist()
+    for r in rows:  # labels of an older rule: "overrun" at a made-up onset
+        r.update(catastrophe=True, onset=3, onset_source="overrun", off_task_at=-1)
+    write_shard(rows, shard)
+    assert {r["onset_source"] for r in pq.read_table(shard).to_pylist()} == {"overrun"}
+    assert _relabel(root, model, data) == 0
+    for r in pq.read_table(shard).to_pylist():
+        old = before[r["trace_id"]]
+        assert (r["catastrophe"], r["onset"], r["onset_source"]) == (old["catastrophe"], old["onset"],
+                                                                      old["onset_source"])
+
+
+def test_relabel_says_what_to_fix(collection, tmp_path, capsys):
+    root, model, data = collection
+    assert main(["relabel", "--traces", str(tmp_path), "--tokenizer", str(model)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert main(["relabel", "--traces", str(root), "--tokenizer", str(tmp_path / "none")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert _relabel(root, model, tmp_path / "nowhere") == 2  # the prompts cannot be rebuilt
+    err = capsys.readouterr().err
+    assert "--task_paths" in err and err.count("\n") == 1
