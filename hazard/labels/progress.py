@@ -33,8 +33,9 @@ off_task
     with at least 3 topic words (4+ letters, not stop words, not the vocabulary of any worked solution:
     "calculate", "determine", "therefore", ...; compared by their first 4 letters, so "fold" meets
     "folding" and "hour" "hours") is off task when it shares none with the question nor with the
-    uncompressed twin's answer (how a sound solution of this problem talks: "combined rate"). The onset is the first off-task segment
-    from which on at least 2, and at least half, of the judged segments are off task: an invented
+    uncompressed twin's answer (how a sound solution of this problem talks: "combined rate"). The onset is
+    the first off-task segment from which on at least 2, and at least half, of the judged segments are
+    off task: an invented
     follow-up problem, a list of made-up data ("January: 2 inches" for a question about eggs), the
     exemplars' topics. It replaces the twin's length ("overrun"), which matched no reader's onset in the
     hand checks (0 of 24, collect/results/onset_check.md): a run that reasons soundly on-topic until the
