@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -16,11 +17,12 @@ from hazard.predictor.nets import NETS
 
 @pytest.fixture(scope="module")
 def traces_dir(tmp_path_factory):
-    """Traces from the real collect stage on a tiny random model: 2 tasks x 12 prompts x 4 settings."""
+    """Traces from the real collect stage on a tiny random model: 2 tasks x 12 prompts x 4 settings, 48 new
+    tokens (at 24 nearly every run is cut mid-way and gets no onset: a random model's loops need the room)."""
     from hazard.cli import main
 
     out = tmp_path_factory.mktemp("traces") / "tiny"
-    assert main(["collect", "--config", "configs/collect/tiny.yaml", "--output_dir", str(out),
+    assert main(["collect", "--config", "configs/collect/tiny.yaml", "--output_dir", str(out), "--max_new_tokens", "48",
                  "--tasks", "[{name: kv_retrieval, options: {n_prompts: 12, n_pairs: 6}}, "
                             "{name: var_tracking, options: {n_prompts: 12}}]",
                  "--presses", "[{name: snapkv, ratio: 0.5, kwargs: {window_size: 8}}, {name: knorm, ratio: 0.75},"
@@ -143,8 +145,8 @@ def test_metrics_on_hand_made_traces():
 
 
 def test_detection_per_onset_rule_separates_what_a_type_mixes():
-    """Two non-terminations, one whose onset is a stall the scores see at once, one placed at the twin's
-    length ("overrun") that they never see: the type's rate is their mean, each rule's is 1 or 0."""
+    """Two non-terminations, one whose onset is a stall the scores see at once, one placed where they never
+    see it (an "off_task" stretch): the type's rate is their mean, each rule's is 1 or 0."""
     from hazard.predictor.data import Trace
 
     def tr(onset, source):
@@ -157,11 +159,38 @@ def test_detection_per_onset_rule_separates_what_a_type_mixes():
     healthy = Trace(np.zeros((20, 1)), np.zeros((20, 1), np.float32), np.ones(20, bool), "h", "p", "task", "press",
                     0.5, "m", False, -1, np.zeros(20))
     scores = [np.r_[np.zeros(11), np.ones(9)], np.zeros(20), np.zeros(20)]  # the stall run alarms at its onset + 1
-    m = evaluate([tr(10, "stall"), tr(10, "overrun"), healthy], scores, 0, 0.5)
+    m = evaluate([tr(10, "stall"), tr(10, "off_task"), healthy], scores, 0, 0.5)
     assert m["by_type"]["nonterm"]["detect_rate_within4"] == 0.5
     assert m["by_source"]["nonterm/stall"]["detect_rate_within4"] == 1.0
-    assert m["by_source"]["nonterm/overrun"]["detect_rate_within4"] == 0.0
-    assert m["by_source"]["nonterm/overrun"]["n"] == m["by_source"]["nonterm/stall"]["n"] == 1
+    assert m["by_source"]["nonterm/off_task"]["detect_rate_within4"] == 0.0
+    assert m["by_source"]["nonterm/off_task"]["n"] == m["by_source"]["nonterm/stall"]["n"] == 1
+    assert "by_press" not in m  # one press setting
+
+
+def test_metrics_per_press_expose_a_guard_that_flags_one_setting_wholesale():
+    """A guard that alarms on every trace of the setting that fails most (failing and healthy alike) and on
+    no other: pooled, most catastrophes are flagged at 1 false alarm in 10 healthy traces; per press, it
+    flags every trace of one setting and nothing of the other."""
+    from hazard.predictor.data import Trace
+
+    def tr(press, failing, i):
+        y = np.zeros((20, 1), np.float32)
+        onset = 10 if failing else -1
+        if failing:
+            y[6:, 0] = 1
+        valid = np.arange(20) < onset if failing else np.ones(20, bool)
+        return Trace(np.zeros((20, 1)), y, valid, f"{press}{failing}{i}", f"p{i}", "task", press, 0.875, "m",
+                     failing, onset, np.zeros(20), kind="loop" if failing else "none",
+                     source="loop" if failing else "none")
+
+    traces = ([tr("knorm", True, i) for i in range(8)] + [tr("knorm", False, 0)] + [tr("snapkv", True, 0)]
+              + [tr("snapkv", False, i) for i in range(9)])
+    scores = [np.ones(20) if t.press == "knorm" else np.zeros(20) for t in traces]
+    m = evaluate(traces, scores, 0, 0.5)
+    assert m["detect_rate_within4"] == 8 / 9 and m["false_alarm_rate"] == 0.1
+    knorm, snapkv = m["by_press"]["knorm@0.875"], m["by_press"]["snapkv@0.875"]
+    assert knorm["false_alarm_rate"] == 1.0 and knorm["detect_rate_within4"] == 1.0
+    assert snapkv["false_alarm_rate"] == 0.0 and snapkv["by_type"]["loop"] == {"n": 1, "detect_rate_within4": 0.0}
 
 
 def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():
@@ -325,7 +354,10 @@ def test_onsets_from_a_point_of_no_return_map(traces_dir, tmp_path):
 
     traces = load_trace_arrays([str(traces_dir)], "logit")
     bad = [t for t in traces if t.catastrophe and len(t.x) > 6]
-    assert len(bad) >= 2
+    assert bad
+    if len(bad) == 1:  # the tiny collection places few onsets (schema 7 has no "overrun"): a second one
+        bad.append(dataclasses.replace(bad[0], trace_id=bad[0].trace_id + "/copy", prompt_id="copy"))
+        traces.append(bad[1])
     onsets = {bad[0].trace_id: 3, bad[1].trace_id: -1}  # -1: no restore saved it
     out = with_onsets(traces, onsets)
     kept = {t.trace_id: t for t in out}

@@ -50,10 +50,14 @@ TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_r
 
 
 def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float,
-             probabilistic: bool = True, leads=LEADS, delays=DELAYS, by_task: bool = True) -> dict:
+             probabilistic: bool = True, leads=LEADS, delays=DELAYS, by_task: bool = True,
+             by_press: bool = True) -> dict:
     """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``; with several
     tasks among the traces, also the main figures per task (``by_task``, same threshold): a pooled AUROC
-    can come from tasks that differ in how often they fail rather than from within-task ranking."""
+    can come from tasks that differ in how often they fail rather than from within-task ranking. Likewise
+    per press setting (``by_press``, same threshold, with detection per catastrophe type): a pooled
+    false-alarm rate of 5% can hide a guard that flags most traces of the setting that fails most (healthy
+    and failing alike) and none of the others."""
     y_all = np.concatenate([t.y[:, horizon] for t in traces])
     s_all = np.concatenate(scores)
     y_pre = np.concatenate([t.y[t.valid, horizon] for t in traces])
@@ -97,8 +101,19 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
         for task in tasks:
             sel = [i for i, t in enumerate(traces) if t.task == task]
             sub = evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
-                           delays, by_task=False)
+                           delays, by_task=False, by_press=False)
             out["by_task"][task] = {k: sub[k] for k in TASK_KEYS}
+    settings = sorted({(t.press, float(t.ratio)) for t in traces})
+    if by_press and len(settings) > 1:
+        out["by_press"] = {}
+        for press, ratio in settings:
+            sel = [i for i, t in enumerate(traces) if (t.press, float(t.ratio)) == (press, ratio)]
+            sub = evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
+                           delays, by_task=False, by_press=False)
+            out["by_press"][press if press == "none" else f"{press}@{ratio:g}"] = {
+                **{k: sub[k] for k in TASK_KEYS},
+                "by_type": {k: {"n": v["n"], "detect_rate_within4": v["detect_rate_within4"]}
+                            for k, v in sub["by_type"].items()}}
     if probabilistic:
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)
