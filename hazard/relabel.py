@@ -100,12 +100,8 @@ def relabel(cfg: RelabelConfig) -> dict:
     counts: dict[str, int] = {}
     t0 = time.time()
     for f in files:
-        rows = pq.read_table(f).to_pylist()
-        missing = set(FEATURES) - set(rows[0]) - set(outcome_keys()) - {"schema_version"} if rows else set()
-        if missing:
-            raise HazardError(f"{f}: lacks {sorted(missing)[:4]}: its signals are not today's; re-collect it")
         out = []
-        for r in rows:
+        for r in pq.read_table(f).to_pylist():
             p = prompts.get((r["task"], r["format"], r["prompt_id"]))
             if p is None:
                 raise HazardError(f"{f}: prompt {r['prompt_id']} ({r['task']}, {r['format']}) is not in the "
@@ -117,6 +113,9 @@ def relabel(cfg: RelabelConfig) -> dict:
                           partial(decode_prefix, tok, list(r["tokens"])))
             row = {k: v for k, v in r.items() if k in FEATURES}
             row.update(new, schema_version=SCHEMA_VERSION)
+            missing = set(FEATURES) - set(row)  # what only the collection writes (the signals, the run)
+            if missing:
+                raise HazardError(f"{f}: lacks {sorted(missing)[:4]}: its signals are not today's; re-collect it")
             out.append(row)
             if row["catastrophe"]:
                 counts[row["onset_source"]] = counts.get(row["onset_source"], 0) + 1
@@ -128,14 +127,4 @@ def relabel(cfg: RelabelConfig) -> dict:
     manifest["schema_version"] = SCHEMA_VERSION
     write_json(path, manifest)
     return {"shards": len(files), "catastrophes_by_source": counts}
-
-
-def outcome_keys() -> tuple[str, ...]:
-    """The columns ``hazard.collect.outcome`` writes (for checking what an old shard must bring)."""
-    from hazard.labels import HORIZONS
-
-    return ("answer", "correct", "ref_correct", "loop", "loop_onset", "loop_period", "nonterm", "amnesia",
-            "divergence", "stall_onset", "answered_at", "claim_onset", "off_topic_at", "off_task_at", "format_only",
-            "cut_after_answer", "catastrophe", "onset", "onset_source", "post_onset",
-            *(f"label_h{k}" for k in HORIZONS))
 

@@ -10,9 +10,7 @@ import pytest
 from hazard import SCHEMA_VERSION
 from hazard.cli import main
 from hazard.models import save_tiny
-from hazard.relabel import outcome_keys
-from hazard.signals import SIGNALS
-from hazard.traces import load_traces, shard_paths, write_shard
+from hazard.traces import FEATURES, load_traces, shard_paths, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +57,7 @@ def test_relabel_reproduces_the_collections_labels_and_keeps_its_signals(collect
     after = _table(root)
     assert [r["trace_id"] for r in after] == [r["trace_id"] for r in before]
     for a, b in zip(after, before):
-        for k in (*outcome_keys(), *SIGNALS, "tokens", "kv_tokens"):
+        for k in FEATURES:  # labels recomputed, signals kept: every column as the collection wrote it
             assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION and manifest["relabelled"]["from_schema"] == SCHEMA_VERSION
@@ -90,3 +88,17 @@ def test_relabel_says_what_to_fix(collection, tmp_path, capsys):
     assert _relabel(root, model, tmp_path / "nowhere") == 2  # the prompts cannot be rebuilt
     err = capsys.readouterr().err
     assert "--task_paths" in err and err.count("\n") == 1
+
+
+def test_relabel_refuses_a_shard_without_todays_signals(collection, tmp_path, capsys):
+    import shutil
+
+    root, model, data = collection
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    shard = shard_paths(old)[0]
+    pq.write_table(pq.read_table(shard).drop(["repeat4"]), shard)  # a schema before the repeat4 signal
+    assert _relabel(old, model, data) == 2
+    err = capsys.readouterr().err
+    assert "repeat4" in err and "re-collect" in err
+    assert json.loads((old / "manifest.json").read_text()) == json.loads((root / "manifest.json").read_text())

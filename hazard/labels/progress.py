@@ -35,11 +35,10 @@ off_task
     "folding" and "hour" "hours") is off task when it shares none with the question nor with the
     uncompressed twin's answer (how a sound solution of this problem talks: "combined rate"). The onset is
     the first off-task segment from which on at least 2, and at least half, of the judged segments are
-    off task: an invented
-    follow-up problem, a list of made-up data ("January: 2 inches" for a question about eggs), the
-    exemplars' topics. It replaces the twin's length ("overrun"), which matched no reader's onset in the
-    hand checks (0 of 24, collect/results/onset_check.md): a run that reasons soundly on-topic until the
-    budget cuts it gets no onset here (no reader saw a failure in it).
+    off task: an invented follow-up problem, a list of made-up data ("January: 2 inches" for a question
+    about eggs), the exemplars' topics. It replaces the twin's length ("overrun"), which matched no
+    reader's onset in the hand checks (0 of 24, collect/results/onset_check.md): a run that reasons
+    soundly on-topic until the budget cuts it gets no onset here (no reader saw a failure in it).
 claim
     For a wrong answer: the first number the run writes that neither the prompt's question nor the
     uncompressed twin's (correct) output contains: the first step the healthy run never took. Its first
