@@ -4,10 +4,11 @@ The per-token signals are what a GPU run costs; the outcome, detector and onset 
 generated tokens and text alone (``hazard.collect.outcome``). When those rules change (a schema bump that
 touches labels only, e.g. v7's off-task onsets), ``hazard relabel`` rewrites each shard's label columns in
 place from its own tokens and text and the uncompressed twin's, keeps every signal column as it is, and
-stamps the manifest with the current schema version and a ``relabelled`` record.
+stamps the manifest with the current schema version and a ``relabelled`` record; the collection's
+``summary.json`` gets the rates and onset counts of the new labels.
 
     hazard relabel --traces .traces/nonterm_q15 --tokenizer ~/.cache/hazard/converted/qwen2.5-coder-0.5b-... \\
-        [--task_paths '{gsm8k: ../shared/data/gsm8k}']
+        [--task_paths '{gsm8k: ../shared/data/gsm8k}'] [--summary_out collect/results/<name>_summary.json]
 
 Each shard is rewritten atomically and the manifest last, so a killed relabel leaves a readable mix of old
 and new shards that the next call finishes (relabelling a relabelled shard changes nothing). The prompts are
@@ -26,7 +27,8 @@ import pyarrow.parquet as pq
 
 from hazard import SCHEMA_VERSION
 from hazard.errors import HazardError
-from hazard.traces import FEATURES, shard_paths, write_json, write_shard
+from hazard.summary import summarize, summarize_formats, summarize_onsets
+from hazard.traces import FEATURES, load_traces, shard_paths, write_json, write_shard
 
 
 @dataclass
@@ -39,11 +41,14 @@ class RelabelConfig:
         The collection model's tokenizer folder (it places onsets in the text: token of a character).
     task_paths : dict
         Task name -> data folder on this machine, replacing the path in the manifest's task options.
+    summary_out : str, optional
+        Also write the refreshed collection summary here (as ``hazard collect``'s ``summary_out``).
     """
 
     traces: str = ""
     tokenizer: str = ""
     task_paths: dict = field(default_factory=dict)
+    summary_out: str | None = None
 
 
 def _prompts(manifest: dict, task_paths: dict) -> dict:
@@ -126,5 +131,14 @@ def relabel(cfg: RelabelConfig) -> dict:
     manifest["relabelled"] = {"from_schema": first, "git_sha": _git_sha(), "seconds": round(time.time() - t0, 1)}
     manifest["schema_version"] = SCHEMA_VERSION
     write_json(path, manifest)
+    # The summary's label-derived parts follow the new labels (its throughput figures stay the collection's).
+    ds = load_traces(root)
+    summary_path = root / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(configs=summarize(ds), formats=summarize_formats(ds), onsets=summarize_onsets(ds),
+                   relabelled=manifest["relabelled"])
+    write_json(summary_path, summary)
+    if cfg.summary_out:
+        write_json(Path(cfg.summary_out), summary)
     return {"shards": len(files), "catastrophes_by_source": counts}
 

@@ -61,6 +61,23 @@ def test_relabel_reproduces_the_collections_labels_and_keeps_its_signals(collect
             assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION and manifest["relabelled"]["from_schema"] == SCHEMA_VERSION
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["relabelled"] == manifest["relabelled"] and "generated_tokens_per_s" in summary
+
+
+def test_relabel_refreshes_the_summary_from_the_new_labels(collection, tmp_path):
+    from hazard.summary import summarize_onsets
+
+    root, model, data = collection
+    shard = [f for f in shard_paths(root) if "knorm" in f.name][0]
+    rows = pq.read_table(shard).to_pylist()
+    stale = [dict(r, catastrophe=True, onset=3, onset_source="overrun") for r in rows]
+    write_shard(stale, shard)
+    assert main(["relabel", "--traces", str(root), "--tokenizer", str(model), "--task_paths",
+                 json.dumps({"gsm8k": str(data)}), "--summary_out", str(tmp_path / "s.json")]) == 0
+    onsets = json.loads((tmp_path / "s.json").read_text())["onsets"]
+    assert onsets == json.loads(json.dumps(summarize_onsets(load_traces(root))))
+    assert "overrun" not in json.dumps(onsets)
 
 
 def test_relabel_replaces_stale_labels(collection):
