@@ -76,7 +76,7 @@ def relabel(cfg: RelabelConfig) -> dict:
     """Rewrite every shard's label columns with the current rules; returns counts by onset source."""
     from transformers import AutoTokenizer
 
-    from hazard.collect import decode_prefix, outcome
+    from hazard.collect import _git_sha, decode_prefix, outcome  # collect loads torch and kvpress: on use
 
     root = Path(cfg.traces)
     path = root / "manifest.json"
@@ -125,8 +125,6 @@ def relabel(cfg: RelabelConfig) -> dict:
             if row["catastrophe"]:
                 counts[row["onset_source"]] = counts.get(row["onset_source"], 0) + 1
         write_shard(out, f)
-    from hazard.collect import _git_sha
-
     first = manifest.get("relabelled", {}).get("from_schema", manifest.get("schema_version"))
     manifest["relabelled"] = {"from_schema": first, "git_sha": _git_sha(), "seconds": round(time.time() - t0, 1)}
     manifest["schema_version"] = SCHEMA_VERSION

@@ -84,40 +84,40 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     leads_seen = [onset - a for onset, a, *_ in first_alarm if a is not None and a <= onset]
     out["lead_times"] = leads_seen
     out["median_lead_time"] = float(np.median(leads_seen)) if leads_seen else None
-    kinds = sorted({f[2] for f in first_alarm})
-    out["by_type"] = {k: {"n": sum(f[2] == k for f in first_alarm),
-                          **detection([f for f in first_alarm if f[2] == k], leads, delays)} for k in kinds}
-    # Per type and onset rule ("nonterm/overrun"): a type's detection rate mixes onsets a token-level signal
-    # can see (a loop's first cycle) with ones it cannot (token 0 of an off-topic answer, the twin's length).
-    groups = sorted({(f[2], f[3]) for f in first_alarm})
-    out["by_source"] = {f"{k}/{src}": {"n": sum(f[2:4] == (k, src) for f in first_alarm),
-                                       **detection([f for f in first_alarm if f[2:4] == (k, src)], leads, delays)}
-                        for k, src in groups}
+    out["by_type"] = _grouped(first_alarm, lambda f: f[2], leads, delays)
+    # Per type and onset rule ("nonterm/stall"): a type's detection rate mixes onsets a token-level signal
+    # can see (a loop's first cycle) with ones it cannot (token 0 of an off-topic answer).
+    out["by_source"] = _grouped(first_alarm, lambda f: f"{f[2]}/{f[3]}", leads, delays)
     out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
-    tasks = sorted({t.task for t in traces})
-    if by_task and len(tasks) > 1:
-        out["by_task"] = {}
-        for task in tasks:
-            sel = [i for i, t in enumerate(traces) if t.task == task]
-            sub = evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
-                           delays, by_task=False, by_press=False)
-            out["by_task"][task] = {k: sub[k] for k in TASK_KEYS}
-    settings = sorted({(t.press, float(t.ratio)) for t in traces})
-    if by_press and len(settings) > 1:
-        out["by_press"] = {}
-        for press, ratio in settings:
-            sel = [i for i, t in enumerate(traces) if (t.press, float(t.ratio)) == (press, ratio)]
-            sub = evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
-                           delays, by_task=False, by_press=False)
-            out["by_press"][press if press == "none" else f"{press}@{ratio:g}"] = {
-                **{k: sub[k] for k in TASK_KEYS},
-                "by_type": {k: {"n": v["n"], "detect_rate_within4": v["detect_rate_within4"]}
-                            for k, v in sub["by_type"].items()}}
+    def within(key) -> dict:
+        """The main figures of each group of traces (``key(trace)``), at the same threshold."""
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(traces):
+            groups.setdefault(key(t), []).append(i)
+        return {g: evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
+                            delays, by_task=False, by_press=False) for g, sel in sorted(groups.items())}
+
+    if by_task and len({t.task for t in traces}) > 1:
+        out["by_task"] = {task: {k: sub[k] for k in TASK_KEYS} for task, sub in within(lambda t: t.task).items()}
+    if by_press and len({(t.press, float(t.ratio)) for t in traces}) > 1:
+        setting = within(lambda t: t.press if t.press == "none" else f"{t.press}@{float(t.ratio):g}")
+        out["by_press"] = {name: {**{k: sub[k] for k in TASK_KEYS},
+                                  "by_type": {k: {"n": v["n"], "detect_rate_within4": v["detect_rate_within4"]}
+                                              for k, v in sub["by_type"].items()}}
+                           for name, sub in setting.items()}
     if probabilistic:
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)
     return out
+
+
+def _grouped(first_alarm: list[tuple], key, leads=LEADS, delays=DELAYS) -> dict:
+    """``detection`` within each group of catastrophes (``key`` of their first-alarm tuple), with its size."""
+    groups: dict[str, list[tuple]] = {}
+    for f in first_alarm:
+        groups.setdefault(key(f), []).append(f)
+    return {g: {"n": len(fs), **detection(fs, leads, delays)} for g, fs in sorted(groups.items())}
 
 
 def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
