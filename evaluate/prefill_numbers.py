@@ -20,7 +20,6 @@ fall differently, so a feature here is an estimate of what the GPU's press kept.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,29 +30,13 @@ import torch
 from hazard.collect import _git_sha
 from hazard.compression.registry import build_press
 from hazard.errors import HazardError
+from hazard.signals.prefill import question_positions
 from hazard.traces import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gate_features import operating_points, readings_and_prompts  # noqa: E402
 
-DIGIT = re.compile(r"\d")
 FEATURES = ("numbers_kept", "numbers_min_kept", "numbers_lost", "question_kept", "numbers_kept_last_layers")
-
-
-def question_positions(tok, text: str, question: str) -> tuple[list[int], list[int]]:
-    """Token positions of ``question`` (its last occurrence in the templated ``text``) and of its digit tokens."""
-    start = text.rfind(question)
-    if start < 0:
-        raise HazardError("the question is not in the templated prompt; the task's format changed")
-    end = start + len(question)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    q, digits = [], []
-    for i, (a, b) in enumerate(enc["offset_mapping"]):
-        if a < end and b > start:
-            q.append(i)
-            if DIGIT.search(text[a:b]):
-                digits.append(i)
-    return q, digits
 
 
 def kept_share(kept: dict[int, torch.Tensor], n: int) -> np.ndarray:

@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 # v6: ``verify_kl`` and ``verify_top1`` columns (the verify window's signals; 0 and 1 without one).
 # v7: an ``off_task_at`` column; a non-termination's onset no longer falls back to the twin's length
 #     ("overrun"): the final off-task stretch places it, or nothing does (labels only; guards still load).
-SCHEMA_VERSION = 7
+# v8: ``question_kept``, ``question_digits_kept``, ``question_digits_lost`` columns (what the prefill press kept
+#     of the question, hazard.signals.prefill; per trace, new signals: guards still load).
+SCHEMA_VERSION = 8
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

@@ -30,7 +30,7 @@ from hazard.errors import HazardError
 from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
 from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
-from hazard.signals import SIGNALS
+from hazard.signals import SIGNALS, prefill_signals, question_positions
 from hazard.summary import summarize, summarize_formats, summarize_onsets
 from hazard.tasks import Prompt, build_task, parse_answer, score
 from hazard.tasks.base import normalise_number
@@ -97,9 +97,12 @@ class CollectConfig:
     verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
 
 
+def prompt_text(tok, prompt: Prompt) -> str:
+    return tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+
+
 def encode(tok, prompt: Prompt) -> list[int]:
-    text = tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(prompt_text(tok, prompt), add_special_tokens=False)["input_ids"]
 
 
 CUT_TOKENS = 8  # a run cut by the budget within this many tokens of its answer statement answered
@@ -149,8 +152,10 @@ def outcome(prompt: Prompt, tokens: list[int], finished: bool, text: str, ref: d
 
 
 def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
-              meta: dict, decode_prefix=None) -> dict:
-    """One trace row: the run's ``outcome`` (detectors, onsets, labels) and its per-token arrays."""
+              meta: dict, decode_prefix=None, question: tuple[list[int], list[int]] | None = None) -> dict:
+    """One trace row: the run's ``outcome`` (detectors, onsets, labels), its per-token arrays, and what the
+    prefill press kept of the question (``question``: its token positions and its digit tokens' in the
+    prompt, ``hazard.signals.question_positions``; without them the prefill signals are NaN)."""
     fmt = prompt.format
     unit = meta["task"] if fmt == "default" else f"{meta['task']}.{fmt}"
     row = {
@@ -158,6 +163,7 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
         "trace_id": f"{meta['model']}/{unit}/{prompt.id}/{spec.label}/s{meta['seed']}",
         "prompt_id": prompt.id, "press": spec.name, "ratio": float(spec.ratio),
         "prompt_len": gen.prompt_len, "kv_tokens_prefill": gen.kv_tokens_prefill,
+        **prefill_signals(gen.prompt_kept if question is not None else None, *(question or ([], []))),
         "bytes_per_token": gen.bytes_per_token, "n_tokens": len(gen.tokens), "tokens": gen.tokens,
         "text": text, "finished": gen.finished, "gold": prompt.gold,
         **outcome(prompt, gen.tokens, gen.finished, text, ref, decode_prefix),
@@ -172,7 +178,8 @@ def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[di
                meta: dict) -> list[dict]:
     """``build_row`` for one generate call: each row's text decoded once, onsets placed in it."""
     return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
-                      partial(decode_prefix, tok, g.tokens))
+                      partial(decode_prefix, tok, g.tokens), question_positions(tok, prompt_text(tok, p),
+                                                                                p.messages[-1]["content"]))
             for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
 
 

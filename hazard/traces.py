@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from hazard import SCHEMA_VERSION
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS
-from hazard.signals import SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS
 
 _seq = datasets.Sequence
 FEATURES = datasets.Features({
@@ -39,6 +39,7 @@ FEATURES = datasets.Features({
     "max_new_tokens": datasets.Value("int32"),
     "prompt_len": datasets.Value("int32"),
     "kv_tokens_prefill": datasets.Value("int32"),
+    **{name: datasets.Value("float32") for name in PREFILL_SIGNALS},
     "bytes_per_token": datasets.Value("int64"),
     "n_tokens": datasets.Value("int32"),
     "tokens": _seq(datasets.Value("int32")),

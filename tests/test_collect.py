@@ -11,7 +11,7 @@ from hazard import SCHEMA_VERSION
 from hazard.cli import main
 from hazard.labels import HORIZONS
 from hazard.models import save_tiny
-from hazard.signals import SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS
 from hazard.traces import load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,9 @@ def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
             assert row["divergence"] == -1 and row["kv_tokens_prefill"] == row["prompt_len"]
         if row["press"] == "snapkv":
             assert row["kv_tokens_prefill"] < row["prompt_len"]
+        assert all(0.0 <= row[c] <= 1.0 for c in PREFILL_SIGNALS)
+        if row["press"] in ("none", "decode_knorm"):  # nothing evicted at prefill
+            assert row["question_kept"] == row["question_digits_kept"] == 1.0 and row["question_digits_lost"] == 0
         if row["onset"] >= 0:
             assert row["catastrophe"] and sum(row["post_onset"]) == max(n - row["onset"], 0)
             assert row["label_h4"][max(row["onset"] - 4, 0):].count(1) == n - max(row["onset"] - 4, 0)
@@ -62,6 +65,7 @@ def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
             assert sum(row["label_h64"]) == 0
         if row["loop"]:
             assert row["onset"] == row["loop_onset"] and row["onset_source"] == "loop"
+    assert min(r["question_kept"] for r in ds if r["press"] == "snapkv") < 1.0  # the press evicted question tokens
 
 
 def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, tiny_dir, monkeypatch):

@@ -411,3 +411,20 @@ def test_verify_window_measures_kl_against_the_uncompressed_model(model64):
     assert all((s.signals[:, ki] == 0).all() and (s.signals[:, ti] == 1).all() for s in same)
     with pytest.raises(HazardError, match="verify_window"):
         Engine(model64, [256], batch_size=1, verify_window=4)
+
+
+def test_prompt_kept_is_what_the_prefill_press_kept_of_each_prompt(model64):
+    """StreamingLLM keeps the same positions in every layer and head (4 sinks and the most recent ones):
+    each row's ``prompt_kept`` is 1 there and 0 elsewhere, whichever slot the row ran in (six prompts of
+    different lengths through two slots, refilled as rows finish); uncompressed rows keep everything, and
+    a run without signals reports nothing."""
+    prompts = _prompts(6, seed=5)
+    gens = _run(model64, prompts, PressSpec("streaming_llm", 0.5), batch_size=2, max_new=6)
+    for p, g in zip(prompts, gens):
+        n, n_kept = len(p), compute_n_kept(len(p), 0.5)
+        want = np.zeros(n, np.float32)
+        want[:4] = want[n - n_kept + 4:] = 1.0
+        assert g.prompt_kept.shape == (n,) and np.array_equal(g.prompt_kept, want)
+    assert all(np.all(g.prompt_kept == 1.0) for g in _run(model64, prompts, PressSpec("none"), batch_size=2, max_new=4))
+    eng = Engine(model64, [256], max_new_tokens=4, batch_size=2, signals=False)
+    assert all(g.prompt_kept is None for g in eng.generate(prompts[:2], None))

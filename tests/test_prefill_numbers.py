@@ -10,24 +10,10 @@ from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
 
-from prefill_numbers import features, kept_share, main, question_positions  # noqa: E402
+from prefill_numbers import features, kept_share, main  # noqa: E402
 
 from hazard.compression.registry import PressSpec, build_press  # noqa: E402
-from hazard.errors import HazardError  # noqa: E402
 from hazard.models import tiny_model  # noqa: E402
-
-
-def test_question_positions_are_the_last_occurrence_and_its_digits(tok):
-    question = "Tom has 3 apples and buys 45 more."
-    text = tok.apply_chat_template([{"role": "user", "content": f"Example: {question}"},
-                                    {"role": "assistant", "content": "ok"},
-                                    {"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    q, digits = question_positions(tok, text, question)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert tok.decode([ids[i] for i in q]) == question  # the second occurrence, whole
-    assert tok.decode([ids[i] for i in digits]) == "345" and q[0] > text.find(question)
-    with pytest.raises(HazardError, match="not in the templated prompt"):
-        question_positions(tok, text, "a question that is not there")
 
 
 def test_kept_share_records_what_a_real_press_keeps_per_layer_and_head():

@@ -193,6 +193,38 @@ def test_metrics_per_press_expose_a_guard_that_flags_one_setting_wholesale():
     assert snapkv["false_alarm_rate"] == 0.0 and snapkv["by_type"]["loop"] == {"n": 1, "detect_rate_within4": 0.0}
 
 
+def test_thresholds_per_setting_hold_each_setting_to_the_target():
+    """Two settings whose scores live on different scales: Knorm's healthy traces score 0.8 and its failures
+    0.9, SnapKV's 0.1 and 0.2. One pooled threshold for 0 false alarms (0.9) misses every SnapKV failure;
+    a threshold per setting flags every failure of both at no false alarm, and a setting the thresholds do
+    not name is one clear error."""
+    from hazard.errors import HazardError
+    from hazard.predictor.data import Trace
+    from hazard.predictor.metrics import choose_threshold, choose_thresholds
+
+    def tr(press, failing, i):
+        y = np.zeros((20, 1), np.float32)
+        if failing:
+            y[6:, 0] = 1
+        valid = np.arange(20) < 10 if failing else np.ones(20, bool)
+        return Trace(np.zeros((20, 1)), y, valid, f"{press}{failing}{i}", f"p{i}", "task", press, 0.875, "m",
+                     failing, 10 if failing else -1, np.zeros(20), kind="loop" if failing else "none",
+                     source="loop" if failing else "none")
+
+    traces = [tr(p, f, i) for p in ("knorm", "snapkv") for f in (True, False) for i in range(4)]
+    base = {"knorm": 0.8, "snapkv": 0.1}
+    scores = [np.full(20, base[t.press] + (0.1 if t.catastrophe else 0.0)) for t in traces]
+    pooled = evaluate(traces, scores, 0, choose_threshold(traces, scores, 0.0))
+    assert pooled["false_alarm_rate"] == 0.0 and pooled["detect_rate_within4"] == 0.5
+    per = choose_thresholds(traces, scores, 0.0)
+    assert set(per) == {"knorm@0.875", "snapkv@0.875"} and per["snapkv@0.875"] < per["knorm@0.875"]
+    m = evaluate(traces, scores, 0, per)
+    assert m["false_alarm_rate"] == 0.0 and m["detect_rate_within4"] == 1.0
+    assert m["by_press"]["snapkv@0.875"]["detect_rate_within4"] == 1.0
+    with pytest.raises(HazardError, match="no threshold for press setting"):
+        evaluate(traces, scores, 0, {"knorm@0.875": 0.5})
+
+
 def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():
     """Two tasks, each scored by a constant (no ranking within either), one failing more often: the pooled
     AUROC looks good, each task's is 0.5."""
@@ -242,6 +274,10 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
         for b in ("entropy_rule", "logistic_regression", "gradient_boosting"):
             assert key in saved["baselines"][b]["test"]
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
+    # thresholds per press setting beside the pooled one; none where test holds a press validation lacks
+    per = saved["model"]["test_per_setting"]
+    assert set(per["threshold"]) == set(per["by_press"]) == set(saved["model"]["test"]["by_press"])
+    assert "test_per_setting" in saved["baselines"]["gradient_boosting"]
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
     assert set(saved["leave_one_press_out"]) == {"snapkv", "knorm", "streaming_llm"}  # "all": every press
     assert set(saved["split_baselines"]) == {"lopo-snapkv", "lopo-knorm", "lopo-streaming_llm", "task-kv_retrieval",

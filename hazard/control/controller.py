@@ -33,7 +33,7 @@ from hazard.control.policies import (
 )
 from hazard.engine import Controller
 from hazard.errors import HazardError
-from hazard.signals import SIGNALS, VERIFY_SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS
 
 log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
@@ -65,6 +65,10 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
 
 def check_live(names) -> None:
     """Fail with one line unless every feature in ``names`` follows from one step's packet."""
+    prefill = [n for n in names if n in PREFILL_SIGNALS]
+    if prefill:
+        raise HazardError(f"guard features {prefill} are the prefill press's keeps of the question, which the live "
+                          "controller does not compute yet: export a guard trained on a set without them (e.g. live)")
     missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac")]
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "

@@ -237,6 +237,7 @@ class Engine:
         since_compress = np.zeros(b, dtype=np.int64)
         rec = np.zeros((b, max_new, 1 + len(SIGNALS)), dtype=np.float32)
         info: dict[int, dict] = {}  # controller bookkeeping per row: events, rolled-back tokens
+        prompt_kept: dict[int, np.ndarray] = {}  # row -> share of layer-heads holding each prompt position
         ctl_s = np.zeros(b)  # per slot: controller seconds, steps with more prompt entries than the press keeps
         relaxed = np.zeros(b, dtype=np.int64)
         host = torch.zeros(b, rec.shape[2], dtype=torch.float32, pin_memory=cuda)
@@ -277,7 +278,8 @@ class Engine:
                     finished=bool(np.isin(int(data[-1, 0]), self.end_ids)), signals=data[:, 1:].copy(),
                     kv_tokens=kv, kv_bytes=kv_bytes,
                     prompt_len=int(plen[s]),
-                    kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control)
+                    kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control,
+                    prompt_kept=prompt_kept.pop(r, None))
             self._bar.update(len(slots))
             ended = shadow_of[slots]
             if (ended >= 0).any():  # a row that ends inside its verify window frees its shadow
@@ -347,6 +349,10 @@ class Engine:
                                                    st.next_pos[sl] - st.prompt_len[sl])
                     extra = extra.cpu().numpy() if extra is not None else None
                 pk = packets.cpu().numpy()
+                if self.runner.signals:  # what the prefill press kept of each prompt position (one transfer)
+                    share = st.kept_share(slots.tolist(), max(len(prompts[i]) for i in take)).cpu().numpy()
+                    for j, i in enumerate(take):
+                        prompt_kept[i] = share[j, : len(prompts[i])]
                 self.timings["prefill_s"] += time.perf_counter() - t0
                 row[slots], ntok[slots], nsteps[slots], since_compress[slots] = take, 1, 0, 0
                 plen[slots] = [len(prompts[i]) for i in take]

@@ -291,6 +291,18 @@ class KVStore:
             self.full_k[list(dst)] = self.full_k[list(src)]
             self.full_v[list(dst)] = self.full_v[list(src)]
 
+    def kept_share(self, slots, width: int) -> torch.Tensor:
+        """(R, width) float: per prompt position below ``width``, the share of (layer, KV head) caches of each
+        row that hold it (right after prefill: what the press kept). Needs no full prompt copy."""
+        s = self._slots(slots)
+        pos, plen = self.pos[:, s], self.prompt_len[s]
+        valid = self.arange[: self.capacity] < self.lens[s][:, None]
+        is_prompt = (pos >= 0) & (pos < plen[None, :, None, None]) & valid[None, :, None, :]
+        idx = torch.where(is_prompt, pos, width).clamp(max=width).transpose(0, 1).reshape(pos.shape[1], -1)
+        counts = torch.zeros(pos.shape[1], width + 1, device=self.device).scatter_add_(
+            1, idx, torch.ones_like(idx, dtype=torch.float32))
+        return counts[:, :width] / (pos.shape[0] * pos.shape[2])
+
     # ---- controller operations ----------------------------------------------------------------------
     def held(self, slots) -> torch.Tensor:
         """(L, R, H, N) bool: prompt positions each row holds now."""

@@ -17,6 +17,8 @@ class Generation:
     kv_tokens : (len(tokens),) KV slots per layer held on the GPU after token t was chosen.
     kv_bytes : (len(tokens),) bytes of K and V over all layers for those slots.
     prompt_len : prompt tokens; kv_tokens_prefill : slots kept after prefill compression.
+    prompt_kept : (prompt_len,) float32, per prompt position the share of (layer, KV head) caches that held
+        it right after prefill compression (all 1 when nothing was evicted); None without signals.
     control : what a controller did to this row (empty without one): events ``(t, kind)``, relaxed steps,
         rolled-back tokens, controller seconds, bytes of prompt K/V held off the GPU.
     """
@@ -30,6 +32,7 @@ class Generation:
     kv_tokens_prefill: int
     bytes_per_token: int
     control: dict = field(default_factory=dict)
+    prompt_kept: np.ndarray | None = None
 
 
 class Controller:

@@ -18,7 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from hazard.errors import HazardError
-from hazard.signals import ATTENTION_SIGNALS, EVICTION_SIGNALS, LOGIT_SIGNALS, REPETITION_SIGNALS, VERIFY_SIGNALS
+from hazard.signals import (
+    ATTENTION_SIGNALS,
+    EVICTION_SIGNALS,
+    LOGIT_SIGNALS,
+    PREFILL_SIGNALS,
+    REPETITION_SIGNALS,
+    VERIFY_SIGNALS,
+)
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
@@ -39,6 +46,9 @@ FEATURE_SETS = {
     # + the verify window's signals (traces collected with verify_window > 0; constant otherwise)
     "live_verify": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
                     *CONFIG_FEATURES),
+    # + what the prefill press kept of the question (schema >= 8; constant over a trace: a prior)
+    "live_prefill": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
+                     *PREFILL_SIGNALS, *CONFIG_FEATURES),
     "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
                               *CONFIG_FEATURES, *DYNAMICS),
 }
@@ -107,12 +117,15 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
             col = np.asarray(row["kv_tokens"], dtype=np.float32) / (row["prompt_len"] + np.arange(n))
         elif name == "step_frac":
             col = np.arange(n, dtype=np.float32) / row["max_new_tokens"]
+        elif name in PREFILL_SIGNALS:  # one value per trace, known before the first token
+            col = np.full(n, row[name], dtype=np.float32)
         elif ":" in name or name.startswith("novel"):
             col = _derived(row, name, n).astype(np.float32)
         else:
             col = np.asarray(row[name], dtype=np.float32)
         if not np.all(np.isfinite(col)):
             raise HazardError(f"trace {row['trace_id']}: feature {name} has NaN/inf (attention signals are NaN "
-                              "when collected with probe_layers: []); pick a feature set without it or re-collect")
+                              "when collected with probe_layers: []; prefill signals without signals); pick a "
+                              "feature set without it or re-collect")
         cols.append(col)
     return np.stack(cols, axis=1).astype(np.float32)

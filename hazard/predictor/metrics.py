@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from hazard.errors import HazardError
 from hazard.predictor.data import Trace
 
 LEADS = (1, 8, 16, 32)
@@ -45,11 +46,27 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
     return float(np.nextafter(maxes[k], np.inf)) if k < len(maxes) else float(maxes[-1])
 
 
+def setting(t: Trace) -> str:
+    """The press setting a trace ran under, as ``by_press`` names it (``none``, ``snapkv@0.875``)."""
+    return t.press if t.press == "none" else f"{t.press}@{float(t.ratio):g}"
+
+
+def choose_thresholds(traces: list[Trace], scores: list[np.ndarray], target_far: float = 0.05) -> dict[str, float]:
+    """``choose_threshold`` within each press setting (validation only). A controller knows the press it
+    runs, so it can hold each setting to the target: one pooled threshold lets the setting that fails most
+    take the whole false-alarm budget and flag its healthy traces wholesale."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(traces):
+        groups.setdefault(setting(t), []).append(i)
+    return {g: choose_threshold([traces[i] for i in sel], [scores[i] for i in sel], target_far)
+            for g, sel in sorted(groups.items())}
+
+
 TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_rate_lead8", "detect_rate_within4",
              "false_alarm_rate")
 
 
-def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float,
+def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float | dict[str, float],
              probabilistic: bool = True, leads=LEADS, delays=DELAYS, by_task: bool = True,
              by_press: bool = True) -> dict:
     """Metrics of per-token ``scores`` (one array per trace) for labels at column ``horizon``; with several
@@ -57,7 +74,16 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     can come from tasks that differ in how often they fail rather than from within-task ranking. Likewise
     per press setting (``by_press``, same threshold, with detection per catastrophe type): a pooled
     false-alarm rate of 5% can hide a guard that flags most traces of the setting that fails most (healthy
-    and failing alike) and none of the others."""
+    and failing alike) and none of the others. ``threshold``: one for every trace, or one per press setting
+    (``choose_thresholds``; a setting it does not name raises a KeyError)."""
+    if isinstance(threshold, dict):
+        missing = sorted({setting(t) for t in traces} - set(threshold))
+        if missing:
+            raise HazardError(f"no threshold for press setting(s) {missing}: choose them on validation traces "
+                              "of the same settings")
+        thr = [threshold[setting(t)] for t in traces]
+    else:
+        thr = [threshold] * len(traces)
     y_all = np.concatenate([t.y[:, horizon] for t in traces])
     s_all = np.concatenate(scores)
     y_pre = np.concatenate([t.y[t.valid, horizon] for t in traces])
@@ -68,15 +94,15 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
            "auroc": auroc, "auprc": auprc, "pre_onset_auroc": pre_auroc, "pre_onset_auprc": pre_auprc,
            "threshold": threshold}
     first_alarm, healthy_alarm, alarm_tokens, tokens = [], [], 0, 0
-    for t, s in zip(traces, scores):
-        alarms = (s >= threshold) & t.valid
+    for t, s, th in zip(traces, scores, thr):
+        alarms = (s >= th) & t.valid
         alarm_tokens += int(alarms.sum())
         tokens += int(t.valid.sum())
         hit = np.flatnonzero(alarms)
         if t.catastrophe:
             # pre-onset tokens are all valid, so the first alarm at any token is the first valid one when
             # there is one; after the onset it is how late the guard notices
-            anytime = np.flatnonzero(s >= threshold)
+            anytime = np.flatnonzero(s >= th)
             first_alarm.append((t.onset, int(anytime[0]) if len(anytime) else None, t.kind, t.source))
         else:
             healthy_alarm.append(len(hit) > 0)
@@ -101,11 +127,10 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     if by_task and len({t.task for t in traces}) > 1:
         out["by_task"] = {task: {k: sub[k] for k in TASK_KEYS} for task, sub in within(lambda t: t.task).items()}
     if by_press and len({(t.press, float(t.ratio)) for t in traces}) > 1:
-        setting = within(lambda t: t.press if t.press == "none" else f"{t.press}@{float(t.ratio):g}")
         out["by_press"] = {name: {**{k: sub[k] for k in TASK_KEYS},
                                   "by_type": {k: {"n": v["n"], "detect_rate_within4": v["detect_rate_within4"]}
                                               for k, v in sub["by_type"].items()}}
-                           for name, sub in setting.items()}
+                           for name, sub in within(setting).items()}
     if probabilistic:
         out["brier"] = float(np.mean((s_pre - y_pre) ** 2))
         out["ece"] = ece(y_pre, s_pre)

@@ -29,7 +29,7 @@ from hazard.errors import HazardError
 from hazard.guard import export_guard
 from hazard.predictor.baselines import EntropyRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule
-from hazard.predictor.metrics import choose_threshold, evaluate, signal_report
+from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
 from hazard.traces import write_json
@@ -128,10 +128,18 @@ def model_scores(model: HazardModule, dm: HazardDataModule, part: str, h: int) -
 
 
 def scored(traces_val, val_scores, traces_test, test_scores, h: int, target_far: float, probabilistic=True) -> dict:
-    """Threshold on validation for the target false-alarm rate, then the same threshold on test."""
+    """Threshold on validation for the target false-alarm rate, then the same threshold on test. With several
+    press settings, also ``test_per_setting``: a threshold per setting on validation (each setting held to
+    the target), applied to test the same way; skipped where test has a setting validation lacks
+    (leave-one-press-out)."""
     thr = choose_threshold(traces_val, val_scores, target_far)
-    return {"val": evaluate(traces_val, val_scores, h, thr, probabilistic),
-            "test": evaluate(traces_test, test_scores, h, thr, probabilistic)}
+    out = {"val": evaluate(traces_val, val_scores, h, thr, probabilistic),
+           "test": evaluate(traces_test, test_scores, h, thr, probabilistic)}
+    val_settings = {setting(t) for t in traces_val}
+    if len(val_settings) > 1 and {setting(t) for t in traces_test} <= val_settings:
+        per = choose_thresholds(traces_val, val_scores, target_far)
+        out["test_per_setting"] = evaluate(traces_test, test_scores, h, per, probabilistic)
+    return out
 
 
 def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: float, seed: int,
@@ -318,8 +326,11 @@ def _brief(m: dict) -> dict:
 
 
 def format_report(metrics: dict) -> str:
-    rows = [("model:" + metrics["model"]["net"], metrics["model"]["test"])]
-    rows += [(k, v["test"]) for k, v in metrics["baselines"].items()]
+    rows = []
+    for name, m in (("model:" + metrics["model"]["net"], metrics["model"]), *metrics["baselines"].items()):
+        rows.append((name, m["test"]))
+        if "test_per_setting" in m:  # thresholds per press setting: each setting held to the false-alarm target
+            rows.append((name + " per setting", m["test_per_setting"]))
     lines = [f"{'predictor':24} {'pre-onset AUROC':>15} {'AUROC':>6} {'>=8 before':>10} {'<=4 after':>9} "
              f"{'false alarms':>12}"]
     f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731

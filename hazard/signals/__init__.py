@@ -1,5 +1,6 @@
 from hazard.signals.attention import ATTENTION_SIGNALS, attention_probs, attention_stats, stats_from_probs
 from hazard.signals.logits import LOGIT_SIGNALS, logit_signals
+from hazard.signals.prefill import PREFILL_SIGNALS, prefill_signals, question_positions
 
 # The attention mass the evicted prompt entries would get from the current query at the probed layers: exact
 # for the first token (the prefill sees the whole prompt), an upper bound from a per-page min/max sketch of
@@ -18,7 +19,7 @@ VERIFY_SIGNALS = ("verify_kl", "verify_top1")
 SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
            "cache_len")
 
-__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "REPETITION_SIGNALS", "SIGNALS",
-           "VERIFY_SIGNALS",
+__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "PREFILL_SIGNALS", "REPETITION_SIGNALS",
+           "SIGNALS", "VERIFY_SIGNALS",
            "attention_probs", "attention_stats",
-           "logit_signals", "stats_from_probs"]
+           "logit_signals", "prefill_signals", "question_positions", "stats_from_probs"]

@@ -1,0 +1,34 @@
+"""hazard.signals.prefill: what the prefill press kept of the question, per trace."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hazard.errors import HazardError
+from hazard.signals.prefill import PREFILL_SIGNALS, prefill_signals, question_positions
+
+
+def test_question_positions_are_the_last_occurrence_and_its_digits(tok):
+    question = "Tom has 3 apples and buys 45 more."
+    text = tok.apply_chat_template([{"role": "user", "content": f"Example: {question}"},
+                                    {"role": "assistant", "content": "ok"},
+                                    {"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    q, digits = question_positions(tok, text, question)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode([ids[i] for i in q]) == question  # the second occurrence, whole
+    assert tok.decode([ids[i] for i in digits]) == "345" and q[0] > text.find(question)
+    with pytest.raises(HazardError, match="not in the templated prompt"):
+        question_positions(tok, text, "a question that is not there")
+
+
+def test_prefill_signals_of_hand_made_keeps():
+    kept = np.array([1.0, 1.0, 0.05, 0.5, 0.0, 1.0])  # share of layer-heads holding each prompt position
+    got = prefill_signals(kept, q=[2, 3, 4, 5], digits=[2, 3])
+    assert got["question_kept"] == pytest.approx((0.05 + 0.5 + 0 + 1) / 4)
+    assert got["question_digits_kept"] == pytest.approx(0.275)
+    assert got["question_digits_lost"] == 0.5  # 0.05 is under 10%, 0.5 is not
+    assert prefill_signals(np.ones(6), q=[1, 2], digits=[]) == {"question_kept": 1.0, "question_digits_kept": 1.0,
+                                                                "question_digits_lost": 0.0}
+    assert all(math.isnan(v) for v in prefill_signals(None, [1], [1]).values())
+    assert set(got) == set(PREFILL_SIGNALS)
