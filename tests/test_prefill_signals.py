@@ -32,3 +32,33 @@ def test_prefill_signals_of_hand_made_keeps():
                                                                 "question_digits_lost": 0.0}
     assert all(math.isnan(v) for v in prefill_signals(None, [1], [1]).values())
     assert set(got) == set(PREFILL_SIGNALS)
+
+
+def test_the_per_setting_table_ranks_runs_that_lost_the_question_as_riskier():
+    """train/prefill_signals.py on hand-made traces: in one setting the loops kept less of the question than
+    the healthy runs (AUROC 1 in the risk direction), the wrong answers as much (0.5); too few runs of a kind
+    give no AUROC; uncompressed runs are left out."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
+    from prefill_signals import format_table, table
+
+    rows = []
+    for i in range(12):
+        for kind, kept in (("healthy", 0.5), ("loop", 0.1), ("wrong", 0.5)):
+            rows.append({"press": "knorm", "ratio": 0.875, "prompt_id": f"p{i}", "catastrophe": kind != "healthy",
+                         "loop": kind == "loop", "nonterm": False, "correct": kind == "healthy",
+                         "question_kept": kept + 0.001 * i, "question_digits_kept": kept,
+                         "question_digits_lost": 1 - kept})
+        rows.append({"press": "none", "ratio": 0.0, "prompt_id": f"p{i}", "catastrophe": False, "loop": False,
+                     "nonterm": False, "correct": True, "question_kept": 1.0, "question_digits_kept": 1.0,
+                     "question_digits_lost": 0.0})
+    t = table(pd.DataFrame(rows))
+    assert list(t) == ["knorm@0.875"] and t["knorm@0.875"]["kinds"] == {"healthy": 12, "loop": 12, "wrong": 12}
+    a = t["knorm@0.875"]["auroc"]
+    assert a["question_kept"]["loop"] == 1.0 and a["question_digits_lost"]["loop"] == 1.0
+    assert a["question_kept"]["wrong"] == pytest.approx(0.5) and a["question_kept"]["nonterm"] is None
+    assert "knorm@0.875" in format_table(t)

@@ -190,7 +190,8 @@ def test_metrics_per_press_expose_a_guard_that_flags_one_setting_wholesale():
     assert m["detect_rate_within4"] == 8 / 9 and m["false_alarm_rate"] == 0.1
     knorm, snapkv = m["by_press"]["knorm@0.875"], m["by_press"]["snapkv@0.875"]
     assert knorm["false_alarm_rate"] == 1.0 and knorm["detect_rate_within4"] == 1.0
-    assert snapkv["false_alarm_rate"] == 0.0 and snapkv["by_type"]["loop"] == {"n": 1, "detect_rate_within4": 0.0}
+    loop = snapkv["by_type"]["loop"]
+    assert snapkv["false_alarm_rate"] == 0.0 and loop["n"] == 1 and loop["detect_rate_within32"] == 0.0
 
 
 def test_thresholds_per_setting_hold_each_setting_to_the_target():

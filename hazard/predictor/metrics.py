@@ -18,7 +18,9 @@ from hazard.errors import HazardError
 from hazard.predictor.data import Trace
 
 LEADS = (1, 8, 16, 32)
-DELAYS = (0, 2, 4, 8)
+# up to 32 tokens after the onset: a loop is recognisable only once it has cycled, and rollback still saves
+# a run flagged that late (a guard trained with data.detect_window 32 learns what a failure in progress looks like)
+DELAYS = (0, 2, 4, 8, 16, 32)
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> tuple[float | None, float | None]:
@@ -128,7 +130,8 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
         out["by_task"] = {task: {k: sub[k] for k in TASK_KEYS} for task, sub in within(lambda t: t.task).items()}
     if by_press and len({(t.press, float(t.ratio)) for t in traces}) > 1:
         out["by_press"] = {name: {**{k: sub[k] for k in TASK_KEYS},
-                                  "by_type": {k: {"n": v["n"], "detect_rate_within4": v["detect_rate_within4"]}
+                                  "by_type": {k: {"n": v["n"], **{f"detect_rate_within{d}": v[f"detect_rate_within{d}"]
+                                                                  for d in delays if d >= 4}}
                                               for k, v in sub["by_type"].items()}}
                            for name, sub in within(setting).items()}
     if probabilistic:
