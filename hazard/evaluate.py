@@ -172,10 +172,11 @@ def knob_from_label(label: str) -> dict:
 
 
 def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_rate: float | None,
-            knob: dict | None = None):
+            knob: dict | None = None, spec: PressSpec | None = None):
     opts = {**_fixed(cfg.policy_options.get(name, {})), **(knob or {})}
-    if name == "hazard":
-        opts.setdefault("trigger", guard.threshold if guard is not None else 0.5)  # None: only checking knobs
+    if name == "hazard":  # the guard's threshold for this press setting (its pooled one if it has none)
+        opts.setdefault("trigger", (guard.threshold_for(spec.name, spec.ratio) if spec is not None else guard.threshold)
+                        if guard is not None else 0.5)  # None: only checking knobs
     if name == "entropy_rule":
         rule = (guard.config.get("baselines", {}) if guard else {}).get("entropy_rule", {})
         opts.setdefault("trigger", rule.get("threshold", 2.5))
@@ -300,7 +301,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     knobs = matched_knobs(knobs, hazard_rates)
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None
-                    policy = _policy(name, cfg, guard, rate, knob)
+                    policy = _policy(name, cfg, guard, rate, knob, spec)
                     known = onsets
                     if getattr(policy, "at", "onset") == "ponr":
                         if ponrs is None:

@@ -36,6 +36,8 @@ class HazardGuard:
         self.feature_names: list[str] = list(feats["names"])
         self.horizons: list[int] = list(config["horizons"])
         self.threshold: float = float(config["threshold"])
+        # one per press setting ("snapkv@0.875"), chosen on validation with the pooled one (train report)
+        self.thresholds: dict[str, float] = {k: float(v) for k, v in config.get("thresholds_by_setting", {}).items()}
         self.eval_horizon: int = int(config["eval_horizon"])
         self._mean = torch.tensor(feats["mean"], device=self.device)
         self._std = torch.tensor(feats["std"], device=self.device)
@@ -66,6 +68,13 @@ class HazardGuard:
             raise HazardError(f"guard checkpoint {path}: weights do not fit the config "
                               f"({str(e).splitlines()[0]})") from None
         return cls(net, config, device)
+
+    def threshold_for(self, press: str, ratio: float) -> float:
+        """The alarm threshold for rows compressed by ``press`` at ``ratio``: the setting's own where the
+        checkpoint holds one (each setting held to the target false-alarm rate on validation), else the
+        pooled one."""
+        key = press if press == "none" else f"{press}@{float(ratio):g}"
+        return self.thresholds.get(key, self.threshold)
 
     def check_features(self, names: list[str] | tuple[str, ...]) -> None:
         """Fail with one line unless ``names`` are exactly the checkpoint's features, in order."""
@@ -143,7 +152,9 @@ def export_guard(module, out: str | os.PathLike, threshold: float, eval_horizon:
         f"# {out.name}\n\nHazard guard: a causal `{hp.net}` over {len(hp.feature_spec['names'])} per-token features "
         f"({hp.feature_spec['feature_set']}) forecasting a KV-compression catastrophe within "
         f"{hp.feature_spec['horizons']} tokens. Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
-        f"chosen on validation for a {extra.get('target_false_alarm_rate')} false-alarm rate.\n\n"
+        f"chosen on validation for a {extra.get('target_false_alarm_rate')} false-alarm rate"
+        + (f"; per press setting {json.dumps(extra['thresholds_by_setting'])} (the same rate in each setting; "
+           "`threshold_for(press, ratio)`)" if extra.get("thresholds_by_setting") else "") + ".\n\n"
         f"Trained on: {extra.get('trained_on')}\n\nTest: pre-onset AUROC {test.get('pre_onset_auroc')}, "
         f"detection >= 8 tokens ahead {test.get('detect_rate_lead8')}, false alarms {test.get('false_alarm_rate')}."
         "\n\nLoad: `HazardGuard.from_pretrained(path)`; see config.json for the feature order.\n")

@@ -51,9 +51,13 @@ def test_the_per_setting_table_ranks_runs_that_lost_the_question_as_riskier():
         for kind, kept in (("healthy", 0.5), ("loop", 0.1), ("wrong", 0.5)):
             rows.append({"press": "knorm", "ratio": 0.875, "prompt_id": f"p{i}", "catastrophe": kind != "healthy",
                          "loop": kind == "loop", "nonterm": False, "correct": kind == "healthy",
+                         "onset": 1 if kind == "loop" else (5 if kind == "wrong" else -1),
+                         "label_h8": [0] * 10 if kind == "healthy" else [1] * 10,
+                         "post_onset": [t >= {"loop": 1, "wrong": 5}.get(kind, 10) for t in range(10)],
                          "question_kept": kept + 0.001 * i, "question_digits_kept": kept,
                          "question_digits_lost": 1 - kept})
         rows.append({"press": "none", "ratio": 0.0, "prompt_id": f"p{i}", "catastrophe": False, "loop": False,
+                     "onset": -1, "label_h8": [0] * 10, "post_onset": [False] * 10,
                      "nonterm": False, "correct": True, "question_kept": 1.0, "question_digits_kept": 1.0,
                      "question_digits_lost": 0.0})
     t = table(pd.DataFrame(rows))
@@ -62,3 +66,7 @@ def test_the_per_setting_table_ranks_runs_that_lost_the_question_as_riskier():
     assert a["question_kept"]["loop"] == 1.0 and a["question_digits_lost"]["loop"] == 1.0
     assert a["question_kept"]["wrong"] == pytest.approx(0.5) and a["question_kept"]["nonterm"] is None
     assert "knorm@0.875" in format_table(t)
+    # positives: the tokens before each onset (position 0 of the loops, 0-4 of the wrong answers); negatives:
+    # every healthy token (0-9). Position 0 outranks 9 of 10 negative positions and ties one (0.95), 1 -> 0.85,
+    # ..., 4 -> 0.55: (12 * 0.95 + 12 * (0.95 + 0.85 + 0.75 + 0.65 + 0.55)) / 72
+    assert t["knorm@0.875"]["position_pre_onset_auroc"] == pytest.approx((0.95 + 3.75) / 6)

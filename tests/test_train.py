@@ -9,7 +9,7 @@ import yaml
 from hazard import SCHEMA_VERSION, SIGNALS_VERSION
 from hazard.errors import HazardError
 from hazard.guard import HazardGuard
-from hazard.predictor.baselines import EntropyRule, rolling_min, windows
+from hazard.predictor.baselines import EntropyRule, RepeatRule, rolling_min, rolling_share, windows
 from hazard.predictor.data import HazardDataModule, Trace, load_trace_arrays, split_traces
 from hazard.predictor.metrics import choose_threshold, evaluate
 from hazard.predictor.nets import NETS
@@ -255,13 +255,37 @@ def test_baseline_helpers():
     w = windows(np.arange(6, dtype=np.float32).reshape(3, 2), 2)
     assert w.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3], [2, 3, 4, 5]]
     assert EntropyRule().candidates[0] == 1
+    assert rolling_share(np.array([1.0, 0, 1, 1]), 2).tolist() == [0.5, 0.5, 0.5, 1]
+
+
+def test_repeat_rule_flags_loops_once_they_cycle_and_picks_its_window_on_validation():
+    """Loops whose tokens repeat from 3 tokens after the onset, healthy runs with an isolated repeat now and
+    then: averaged over 4+ tokens the rule flags every loop within 16 tokens at no false alarm, where a
+    single token (window 1) cannot tell a loop's first repeat from a healthy one's."""
+    def tr(i, loop):
+        n, x = 60, np.zeros((60, 2), np.float32)
+        x[::7, 1] = 1.0  # isolated repeats in every run
+        y = np.zeros((n, 1), np.float32)
+        onset = 20 if loop else -1
+        if loop:
+            x[onset + 3:, 1] = 1.0
+            y[onset - 8:, 0] = 1
+        valid = np.arange(n) < onset if loop else np.ones(n, bool)
+        return Trace(x, y, valid, f"t{i}{loop}", f"p{i}", "task", "knorm", 0.875, "m", loop, onset, np.zeros(n),
+                     kind="loop" if loop else "none", source="loop" if loop else "none")
+
+    val = [tr(i, i % 2 == 0) for i in range(20)]
+    rule = RepeatRule(column=1, candidates=(1, 8)).fit([], val, 0)
+    assert rule.n == 8
+    m = evaluate(val, rule.scores(val), 0, choose_threshold(val, rule.scores(val), 0.0), probabilistic=False)
+    assert m["false_alarm_rate"] == 0.0 and m["detect_rate_within16"] == 1.0 and m["detect_rate_lead1"] == 0.0
 
 
 def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path):
     from hazard.predictor.train import run_report
 
     cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
-    cfg["data"]["traces"] = [str(traces_dir)]
+    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")  # live has repeat4: the repetition rule too
     cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"),
                          export=str(tmp_path / "ckpt"), resume=True,  # nothing to resume on the first call
                          leave_one_press_out="all",
@@ -272,13 +296,19 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
     for key in ("pre_onset_auroc", "auroc", "detect_rate_lead8", "detect_rate_within4", "false_alarm_rate", "by_type"):
         assert key in saved["model"]["test"]
-        for b in ("entropy_rule", "logistic_regression", "gradient_boosting"):
+        for b in ("entropy_rule", "repeat_rule", "logistic_regression", "gradient_boosting"):
             assert key in saved["baselines"][b]["test"]
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     # thresholds per press setting beside the pooled one; none where test holds a press validation lacks
     per = saved["model"]["test_per_setting"]
     assert set(per["threshold"]) == set(per["by_press"]) == set(saved["model"]["test"]["by_press"])
     assert "test_per_setting" in saved["baselines"]["gradient_boosting"]
+    guard = HazardGuard.from_pretrained(tmp_path / "ckpt")  # the exported guard carries them
+    assert guard.thresholds == per["threshold"] and guard.threshold == saved["model"]["val"]["threshold"]
+    setting = next(k for k in per["threshold"] if k != "none")
+    press, ratio = setting.split("@")
+    assert guard.threshold_for(press, float(ratio)) == per["threshold"][setting]
+    assert guard.threshold_for("a_press_it_never_saw", 0.5) == guard.threshold
     assert set(saved["held_out_task"]) == {"kv_retrieval", "var_tracking"}
     assert set(saved["leave_one_press_out"]) == {"snapkv", "knorm", "streaming_llm"}  # "all": every press
     assert set(saved["split_baselines"]) == {"lopo-snapkv", "lopo-knorm", "lopo-streaming_llm", "task-kv_retrieval",

@@ -5,7 +5,10 @@ per press setting: the traces by outcome (healthy, loop, non-termination, wrong)
 signal's trace AUROC within the setting for every catastrophe type against the healthy traces, and for answers
 compression broke against answers right under compression (the 0h comparison of evaluate/RESULTS.md). Risk
 direction: less kept (``question_kept``, ``question_digits_kept``) or more lost (``question_digits_lost``) is
-the higher score, so 0.5 is no information and above it the expected direction.
+the higher score, so 0.5 is no information and above it the expected direction. Also, per setting, the
+pre-onset token AUROC of the token's position alone (earlier = riskier; the report's ``pre_onset_auroc`` at the
+8-token horizon): where onsets sit at the first tokens (Knorm), a per-setting pre-onset AUROC that does not beat
+it says no more than "early tokens".
 
     python train/prefill_signals.py --traces .traces/prefill_q15 .traces/prefill_q15_p2 \
         --out train/results/prefill_signals_q15.json > train/results/prefill_signals_q15.txt
@@ -26,7 +29,8 @@ from hazard.signals import PREFILL_SIGNALS
 from hazard.traces import load_traces, write_json
 
 RISK = {"question_kept": -1.0, "question_digits_kept": -1.0, "question_digits_lost": 1.0}
-COLUMNS = ["press", "ratio", "prompt_id", "catastrophe", "loop", "nonterm", "correct", *PREFILL_SIGNALS]
+COLUMNS = ["press", "ratio", "prompt_id", "catastrophe", "loop", "nonterm", "correct", "onset", "label_h8",
+           "post_onset", *PREFILL_SIGNALS]
 MIN_N = 10  # fewer traces of a class: no AUROC
 
 
@@ -44,6 +48,20 @@ def _auroc(pos: pd.Series, neg: pd.Series, sign: float) -> float | None:
     return float(roc_auc_score(y, sign * np.r_[pos.to_numpy(), neg.to_numpy()]))
 
 
+def position_auroc(g: pd.DataFrame) -> float | None:
+    """Pre-onset AUROC (8-token horizon) of minus the token position, over the traces of ``g`` (catastrophes
+    without an onset left out, as the report does)."""
+    y, s = [], []
+    for lab, post, cat, onset in zip(g["label_h8"], g["post_onset"], g["catastrophe"], g["onset"]):
+        if cat and onset < 0:
+            continue
+        keep = ~np.asarray(post, dtype=bool)
+        y.append(np.asarray(lab)[keep])
+        s.append(-np.arange(len(keep))[keep])
+    y = np.concatenate(y) if y else np.zeros(0)
+    return float(roc_auc_score(y, np.concatenate(s))) if 0 < y.sum() < len(y) else None
+
+
 def table(df: pd.DataFrame) -> dict:
     """Per press setting (``press@ratio``; the uncompressed runs left out: they keep everything)."""
     df = df.assign(kind=outcome_kind(df))
@@ -52,7 +70,8 @@ def table(df: pd.DataFrame) -> dict:
         healthy = g[g["kind"] == "healthy"]
         broken, right = g[g["kind"] == "wrong"], g[g["correct"].astype(bool)]
         entry = {"n": len(g), "kinds": {k: int(v) for k, v in g["kind"].value_counts().sort_index().items()},
-                 "mean": {s: float(g[s].mean()) for s in PREFILL_SIGNALS}, "auroc": {}}
+                 "mean": {s: float(g[s].mean()) for s in PREFILL_SIGNALS}, "auroc": {},
+                 "position_pre_onset_auroc": position_auroc(g)}
         for s in PREFILL_SIGNALS:
             a = {k: _auroc(g[g["catastrophe"]][s] if k == "any" else g[g["kind"] == k][s], healthy[s], RISK[s])
                  for k in ("any", "loop", "nonterm", "wrong")}
@@ -67,7 +86,8 @@ def format_table(t: dict) -> str:
     lines = [f"{'setting':26} {'signal':22} {'mean':>6} {'any':>6} {'loop':>6} {'nonterm':>7} {'wrong':>6} "
              f"{'broken vs right':>15}"]
     for name, e in t.items():
-        lines.append(f"{name:26} traces {e['n']}: " + ", ".join(f"{k} {v}" for k, v in e["kinds"].items()))
+        lines.append(f"{name:26} traces {e['n']}: " + ", ".join(f"{k} {v}" for k, v in e["kinds"].items())
+                     + f"; pre-onset AUROC of the position alone {f(e['position_pre_onset_auroc'])}")
         for s in PREFILL_SIGNALS:
             a = e["auroc"][s]
             lines.append(f"{'':26} {s:22} {e['mean'][s]:6.3f} {f(a['any']):>6} {f(a['loop']):>6} {f(a['nonterm']):>7} "

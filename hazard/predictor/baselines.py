@@ -1,4 +1,4 @@
-"""Baselines on the same splits: the entropy rule, logistic regression, gradient boosting.
+"""Baselines on the same splits: the entropy rule, the repetition rule, logistic regression, gradient boosting.
 
 The sklearn models see the same causal windows as the nets, flattened: the features of the last
 ``window`` tokens (zeros before the first token).
@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from hazard.predictor.data import Normalizer, Trace, train_mask
+from hazard.predictor.metrics import choose_threshold, detection
 
 
 def rolling_min(x: np.ndarray, n: int) -> np.ndarray:
@@ -48,6 +49,47 @@ class EntropyRule:
 
     def scores(self, traces: list[Trace]) -> list[np.ndarray]:
         return [rolling_min(t.entropy, self.n) for t in traces]
+
+
+def rolling_share(x: np.ndarray, n: int) -> np.ndarray:
+    """sum(x[t-n+1 .. t]) / n for every t, as if zeros came before the first value (so one repeat among the
+    first tokens is not already a share of 1)."""
+    cs = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    hi = np.arange(1, len(x) + 1)
+    return (cs[hi] - cs[np.maximum(hi - n, 0)]) / n
+
+
+@dataclass
+class RepeatRule:
+    """Alarm when the share of the last ``n`` tokens whose 4-gram already occurred (the ``repeat4`` signal, which
+    the engine computes on the device) reaches a threshold: the non-learned loop detector a live guard can run.
+
+    ``column`` is ``repeat4``'s index among the traces' features. ``n`` is tuned on validation for the share of
+    catastrophes flagged within ``delay`` tokens of the onset at the target false-alarm rate (a repetition rule
+    sees a loop once it has cycled, not before: pre-onset AUROC would not choose ``n``); the threshold by the
+    shared false-alarm rule.
+    """
+
+    column: int
+    n: int = 16
+    candidates: tuple[int, ...] = (4, 8, 16, 32)
+    delay: int = 16
+    probabilistic = False
+
+    def fit(self, train: list[Trace], val: list[Trace], horizon: int, target_far: float = 0.05) -> RepeatRule:
+        best = -1.0
+        for n in self.candidates:
+            s = [rolling_share(t.x[:, self.column], n) for t in val]
+            thr = choose_threshold(val, s, target_far)
+            first = [(t.onset, int(a[0]) if len(a := np.flatnonzero(x >= thr)) else None)
+                     for t, x in zip(val, s) if t.catastrophe]
+            rate = detection(first, leads=(), delays=(self.delay,))[f"detect_rate_within{self.delay}"] or 0.0
+            if rate > best:
+                best, self.n = rate, n
+        return self
+
+    def scores(self, traces: list[Trace]) -> list[np.ndarray]:
+        return [rolling_share(t.x[:, self.column], self.n) for t in traces]
 
 
 def windows(x: np.ndarray, window: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from hazard.errors import HazardError
 from hazard.guard import export_guard
-from hazard.predictor.baselines import EntropyRule, WindowClassifier
+from hazard.predictor.baselines import EntropyRule, RepeatRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule
 from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
 from hazard.predictor.module import HazardModule
@@ -207,6 +207,11 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         baselines["entropy_rule"] = {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test), h, far,
                                                            probabilistic=False)}
         curves["entropy_rule"] = rule.scores(test)
+        if "repeat4" in dm.feature_names:  # the non-learned loop detector on the live repetition signal
+            rep_rule = RepeatRule(dm.feature_names.index("repeat4")).fit(dm.parts["train"], val, h, far)
+            baselines["repeat_rule"] = {"n": rep_rule.n, **scored(val, rep_rule.scores(val), test,
+                                                                  rep_rule.scores(test), h, far, probabilistic=False)}
+            curves["repeat_rule"] = rep_rule.scores(test)
         for kind, label in (("logreg", "logistic_regression"), ("gbm", "gradient_boosting")):
             clf = WindowClassifier(kind, window=rep.get("window", 8), seed=seed,
                                    detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
@@ -238,8 +243,11 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_report(test, curves, metrics, h, out_dir)
         if rep.get("export"):
+            per_setting = metrics["model"].get("test_per_setting")
             export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
                 "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
+                **({"thresholds_by_setting": per_setting["threshold"],
+                    "test_metrics_per_setting": _brief(per_setting)} if per_setting else {}),
                 # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
                 "baselines": {"entropy_rule": {"n": rule.n,
                                                "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
