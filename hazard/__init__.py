@@ -16,3 +16,9 @@ SCHEMA_VERSION = 8
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1
+
+
+def setting_label(press: str, ratio: float) -> str:
+    """How a press setting is named everywhere (``none``, ``snapkv@0.875``): ``PressSpec.label``, the report's
+    ``by_press`` keys, a guard's ``thresholds_by_setting``. Here, so that naming one needs no kvpress import."""
+    return "none" if press == "none" else f"{press}@{float(ratio):g}"

@@ -174,13 +174,19 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     return row
 
 
+def questions_of(tok, prompts: list[Prompt]) -> list[tuple[list[int], list[int]]]:
+    """Each prompt's question positions (``hazard.signals.question_positions``), for ``build_rows``."""
+    return [question_positions(tok, prompt_text(tok, p), p.messages[-1]["content"]) for p in prompts]
+
+
 def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[dict] | None, spec: PressSpec,
-               meta: dict) -> list[dict]:
-    """``build_row`` for one generate call: each row's text decoded once, onsets placed in it."""
+               meta: dict, questions: list | None = None) -> list[dict]:
+    """``build_row`` for one generate call: each row's text decoded once, onsets placed in it. ``questions``:
+    ``questions_of(tok, prompts)`` when the caller builds rows of the same prompts under several settings."""
+    questions = questions_of(tok, prompts) if questions is None else questions
     return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
-                      partial(decode_prefix, tok, g.tokens), question_positions(tok, prompt_text(tok, p),
-                                                                                p.messages[-1]["content"]))
-            for p, g, r in zip(prompts, gens, refs or [None] * len(prompts))]
+                      partial(decode_prefix, tok, g.tokens), q)
+            for p, g, r, q in zip(prompts, gens, refs or [None] * len(prompts), questions)]
 
 
 def shard_name(task: str, chunk: int, spec: PressSpec) -> str:
@@ -219,6 +225,7 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
     (shards written, shards skipped, stopped by the budget).
     """
     ids = [encode(tok, p) for p in prompts]
+    questions = questions_of(tok, prompts)  # once per prompt, not per setting
     refs: list[dict] | None = None
     written = skipped = 0
     todo = []
@@ -250,7 +257,7 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         total = max(engine.generated_tokens - tokens0, 1)
         for k, spec in enumerate(group):
             part = gens[k::m]
-            rows = build_rows(tok, prompts, part, None if spec.name == "none" else refs, spec, meta)
+            rows = build_rows(tok, prompts, part, None if spec.name == "none" else refs, spec, meta, questions)
             if spec.name == "none":
                 refs = rows
             path = shard_path(spec)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hazard import SCHEMA_VERSION, SIGNALS_VERSION
+from hazard import SCHEMA_VERSION, SIGNALS_VERSION, setting_label
 from hazard.errors import HazardError
 from hazard.predictor.nets import NETS
 
@@ -73,8 +73,7 @@ class HazardGuard:
         """The alarm threshold for rows compressed by ``press`` at ``ratio``: the setting's own where the
         checkpoint holds one (each setting held to the target false-alarm rate on validation), else the
         pooled one."""
-        key = press if press == "none" else f"{press}@{float(ratio):g}"
-        return self.thresholds.get(key, self.threshold)
+        return self.thresholds.get(setting_label(press, ratio), self.threshold)
 
     def check_features(self, names: list[str] | tuple[str, ...]) -> None:
         """Fail with one line unless ``names`` are exactly the checkpoint's features, in order."""

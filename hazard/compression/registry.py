@@ -24,6 +24,7 @@ from kvpress import (
     TOVAPress,
 )
 
+from hazard import setting_label
 from hazard.compression.tracked import TrackedPress
 from hazard.errors import HazardError
 
@@ -62,7 +63,7 @@ class PressSpec:
 
     @property
     def label(self) -> str:
-        return "none" if self.name == "none" else f"{self.name}@{self.ratio:g}"
+        return setting_label(self.name, self.ratio)
 
 
 def _make(cls, name: str, kwargs: dict):

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from hazard.predictor.data import Normalizer, Trace, train_mask
-from hazard.predictor.metrics import choose_threshold, detection
+from hazard.predictor.metrics import choose_threshold, evaluate
 
 
 def rolling_min(x: np.ndarray, n: int) -> np.ndarray:
@@ -80,10 +80,9 @@ class RepeatRule:
         best = -1.0
         for n in self.candidates:
             s = [rolling_share(t.x[:, self.column], n) for t in val]
-            thr = choose_threshold(val, s, target_far)
-            first = [(t.onset, int(a[0]) if len(a := np.flatnonzero(x >= thr)) else None)
-                     for t, x in zip(val, s) if t.catastrophe]
-            rate = detection(first, leads=(), delays=(self.delay,))[f"detect_rate_within{self.delay}"] or 0.0
+            m = evaluate(val, s, horizon, choose_threshold(val, s, target_far), probabilistic=False, leads=(),
+                         delays=(self.delay,), by_task=False, by_press=False)
+            rate = m[f"detect_rate_within{self.delay}"] or 0.0
             if rate > best:
                 best, self.n = rate, n
         return self

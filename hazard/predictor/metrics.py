@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from hazard import setting_label
 from hazard.errors import HazardError
 from hazard.predictor.data import Trace
 
@@ -50,7 +51,7 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
 
 def setting(t: Trace) -> str:
     """The press setting a trace ran under, as ``by_press`` names it (``none``, ``snapkv@0.875``)."""
-    return t.press if t.press == "none" else f"{t.press}@{float(t.ratio):g}"
+    return setting_label(t.press, t.ratio)
 
 
 def choose_thresholds(traces: list[Trace], scores: list[np.ndarray], target_far: float = 0.05) -> dict[str, float]:
