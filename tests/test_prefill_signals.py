@@ -70,3 +70,4 @@ def test_the_per_setting_table_ranks_runs_that_lost_the_question_as_riskier():
     # every healthy token (0-9). Position 0 outranks 9 of 10 negative positions and ties one (0.95), 1 -> 0.85,
     # ..., 4 -> 0.55: (12 * 0.95 + 12 * (0.95 + 0.85 + 0.75 + 0.65 + 0.55)) / 72
     assert t["knorm@0.875"]["position_pre_onset_auroc"] == pytest.approx((0.95 + 3.75) / 6)
+
