@@ -339,18 +339,18 @@ def format_report(metrics: dict) -> str:
         rows.append((name, m["test"]))
         if "test_per_setting" in m:  # thresholds per press setting: each setting held to the false-alarm target
             rows.append((name + " per setting", m["test_per_setting"]))
-    lines = [f"{'predictor':24} {'pre-onset AUROC':>15} {'AUROC':>6} {'>=8 before':>10} {'<=4 after':>9} "
+    lines = [f"{'predictor':32} {'pre-onset AUROC':>15} {'AUROC':>6} {'>=8 before':>10} {'<=4 after':>9} "
              f"{'false alarms':>12}"]
     f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
     for name, m in rows:
-        lines.append(f"{name:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>10} "
+        lines.append(f"{name:32} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>10} "
                      f"{f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}")
     for n, m in metrics.get("learning_curve", {}).items():  # the same test traces, n train prompts
         if "skipped" in m:
-            lines.append(f"{'train prompts ' + n:24} skipped: {m['skipped']}")
+            lines.append(f"{'train prompts ' + n:32} skipped: {m['skipped']}")
             continue
         gbm = metrics.get("split_baselines", {}).get(f"train-{n}", {}).get("gradient_boosting", {})
-        lines.append(f"{'train prompts ' + n:24} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} "
+        lines.append(f"{'train prompts ' + n:32} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} "
                      f"{f(m['detect_rate_lead8']):>10} {f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}"
                      f"   gradient boosting {f(gbm.get('pre_onset_auroc'))}")
     return "\n".join(lines)
