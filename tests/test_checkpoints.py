@@ -38,3 +38,20 @@ def test_committed_answer_gates_load_and_score_a_reading(path):
     v = Verdict(np.array([1, 2, 3]), np.log(np.array([0.9, 0.05, 0.9])), np.array([1, 4, 3]),
                 np.log(np.array([0.9, 0.9, 0.9])))
     assert isinstance(gate.repairs_verdict(v, 512), bool) and 0.0 <= gate.threshold <= 1.0
+
+
+def test_the_hazard_policy_takes_the_guards_threshold_for_its_press():
+    """checkpoints/qwen2.5-coder-1.5b-live32 holds a threshold per press setting: the evaluate stage's hazard
+    policy triggers at the one for its base press, at the pooled one for a press the guard never saw, and at
+    a threshold the config sets."""
+    from hazard.compression import PressSpec
+    from hazard.evaluate import EvaluateConfig, _policy
+
+    guard = HazardGuard.from_pretrained(Path(__file__).parent.parent / "checkpoints" / "qwen2.5-coder-1.5b-live32")
+    cfg = EvaluateConfig(policy_options={"hazard": {"action": "restore"}})
+    knorm, snapkv = guard.thresholds["knorm@0.875"], guard.thresholds["snapkv@0.875"]
+    assert knorm != snapkv != guard.threshold
+    assert _policy("hazard", cfg, guard, None, {}, PressSpec("knorm", 0.875)).trigger == knorm
+    assert _policy("hazard", cfg, guard, None, {}, PressSpec("snapkv", 0.875)).trigger == snapkv
+    assert _policy("hazard", cfg, guard, None, {}, PressSpec("tova", 0.5)).trigger == guard.threshold
+    assert _policy("hazard", cfg, guard, None, {"trigger": 0.5}, PressSpec("knorm", 0.875)).trigger == 0.5
