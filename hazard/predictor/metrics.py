@@ -54,15 +54,20 @@ def setting(t: Trace) -> str:
     return setting_label(t.press, t.ratio)
 
 
+def _groups(items: list, key) -> dict[str, list[int]]:
+    """Indices of ``items`` by ``key(item)``, keys in sorted order."""
+    out: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        out.setdefault(key(item), []).append(i)
+    return dict(sorted(out.items()))
+
+
 def choose_thresholds(traces: list[Trace], scores: list[np.ndarray], target_far: float = 0.05) -> dict[str, float]:
     """``choose_threshold`` within each press setting (validation only). A controller knows the press it
     runs, so it can hold each setting to the target: one pooled threshold lets the setting that fails most
     take the whole false-alarm budget and flag its healthy traces wholesale."""
-    groups: dict[str, list[int]] = {}
-    for i, t in enumerate(traces):
-        groups.setdefault(setting(t), []).append(i)
     return {g: choose_threshold([traces[i] for i in sel], [scores[i] for i in sel], target_far)
-            for g, sel in sorted(groups.items())}
+            for g, sel in _groups(traces, setting).items()}
 
 
 TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_rate_lead8", "detect_rate_within4",
@@ -78,7 +83,7 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     per press setting (``by_press``, same threshold, with detection per catastrophe type): a pooled
     false-alarm rate of 5% can hide a guard that flags most traces of the setting that fails most (healthy
     and failing alike) and none of the others. ``threshold``: one for every trace, or one per press setting
-    (``choose_thresholds``; a setting it does not name raises a KeyError)."""
+    (``choose_thresholds``; a setting it does not name is a HazardError)."""
     if isinstance(threshold, dict):
         missing = sorted({setting(t) for t in traces} - set(threshold))
         if missing:
@@ -121,15 +126,12 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
     def within(key) -> dict:
         """The main figures of each group of traces (``key(trace)``), at the same threshold."""
-        groups: dict[str, list[int]] = {}
-        for i, t in enumerate(traces):
-            groups.setdefault(key(t), []).append(i)
         return {g: evaluate([traces[i] for i in sel], [scores[i] for i in sel], horizon, threshold, False, leads,
-                            delays, by_task=False, by_press=False) for g, sel in sorted(groups.items())}
+                            delays, by_task=False, by_press=False) for g, sel in _groups(traces, key).items()}
 
     if by_task and len({t.task for t in traces}) > 1:
         out["by_task"] = {task: {k: sub[k] for k in TASK_KEYS} for task, sub in within(lambda t: t.task).items()}
-    if by_press and len({(t.press, float(t.ratio)) for t in traces}) > 1:
+    if by_press and len({setting(t) for t in traces}) > 1:
         out["by_press"] = {name: {**{k: sub[k] for k in TASK_KEYS},
                                   "by_type": {k: {"n": v["n"], **{f"detect_rate_within{d}": v[f"detect_rate_within{d}"]
                                                                   for d in delays if d >= 4}}
@@ -143,10 +145,8 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
 
 def _grouped(first_alarm: list[tuple], key, leads=LEADS, delays=DELAYS) -> dict:
     """``detection`` within each group of catastrophes (``key`` of their first-alarm tuple), with its size."""
-    groups: dict[str, list[tuple]] = {}
-    for f in first_alarm:
-        groups.setdefault(key(f), []).append(f)
-    return {g: {"n": len(fs), **detection(fs, leads, delays)} for g, fs in sorted(groups.items())}
+    return {g: {"n": len(sel), **detection([first_alarm[i] for i in sel], leads, delays)}
+            for g, sel in _groups(first_alarm, key).items()}
 
 
 def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
