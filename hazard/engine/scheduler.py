@@ -344,6 +344,9 @@ class Engine:
                     st.shadow(slots.tolist(), shadows.tolist())
                 extra = None
                 if controller is not None:
+                    # admitted first: admission resets the slots' policy and guard state, and the guard's
+                    # first step (the prefill's token) must land in the new rows' state, not be wiped by it
+                    controller.admit(slots.tolist(), take, [len(prompts[i]) for i in take])
                     sl = torch.as_tensor(slots, device=self.device)
                     extra = controller.device_step(slots.tolist(), packets, st.prompt_len[sl],
                                                    st.next_pos[sl] - st.prompt_len[sl])
@@ -362,7 +365,6 @@ class Engine:
                     for i in take:
                         info[i] = {"events": [], "rollback_tokens": 0, "check_tokens": 0}
                     ctl_s[slots], relaxed[slots] = 0.0, 0
-                    controller.admit(slots.tolist(), take, plen[slots].tolist())
                     acts = controller.observe(slots, row[slots], pk, ntok[slots].copy(), extra)
                     self._apply(acts, row, slots, ntok, lens, plen, prompt_held, kept_n, rec, info)
                 finished = done(slots)
