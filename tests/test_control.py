@@ -369,3 +369,31 @@ def test_random_at_matched_rates_keeps_its_own_swept_knobs():
     assert matched_knobs(knobs, [0.01, 0.02, 0.01]) == [
         {"seed": 0, "rate": 0.01}, {"seed": 1, "rate": 0.01}, {"seed": 0, "rate": 0.02}, {"seed": 1, "rate": 0.02}]
     assert matched_knobs(variants({"calm_tokens": 0}), [0.5]) == [{"rate": 0.5}]
+
+
+def test_the_live_guard_gives_the_probabilities_it_was_validated_with(tmp_path):
+    """The guard stepping inside the engine gives, token by token, the probabilities its thresholds were chosen
+    on (``forward_sequence`` over the static run's features), first token included and through slot reuse
+    (7 prompts, 3 slots). Admission used to reset the guard's state after its first step, so every live row
+    started at its second token: differences of 0.13 on this model, and on the 1.5B alarms in the first tokens
+    of 22-25% of healthy rows where validation allowed 5% (evaluate/RESULTS.md 0i)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+    from guard_parity import main
+
+    out = tmp_path / "parity.json"
+    assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "knorm@0.5", "--limit", "7",
+                 "--out", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64", "--model.device", "cpu",
+                 "--max_new_tokens", "24", "--batch_size", "3", "--base_presses", "[{name: knorm, ratio: 0.5}]",
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 7, n_pairs: 6}}]"]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["n"] == 7 and res["same_token_share"] == 1.0
+    assert all(r["max_abs_diff"] is not None and r["same_tokens"] == r["tokens"] for r in res["rows"])
+    assert res["max_abs_diff"] < 1e-5
+    assert res["alarm_share"]["live"] == res["alarm_share"]["offline"]
+    assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "snapkv@0.5",
+                 "--out", str(out)]) == 2  # not one of the config's base presses: one line, no run
