@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hazard import SCHEMA_VERSION
 from hazard.cli import build, parse_args
 from hazard.collect import build_rows, encode
 from hazard.compression import build_press
@@ -80,7 +81,7 @@ def parity(cfg: EvaluateConfig, press: str, limit: int, eager: bool = False) -> 
     model, tok = load_model(cfg.model)
     ids = [encode(tok, p) for p in prompts]
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
-    meta = {"schema_version": 0, "model": cfg.model.label(), "seed": cfg.seed,
+    meta = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "seed": cfg.seed,
             "max_new_tokens": cfg.max_new_tokens, "task": task.name}
     h = guard.horizons.index(guard.eval_horizon)
     thr = guard.threshold_for(spec.name, spec.ratio)
@@ -92,7 +93,7 @@ def parity(cfg: EvaluateConfig, press: str, limit: int, eager: bool = False) -> 
     rec = Recorder(policy, guard, spec.ratio, cfg.max_new_tokens, cuda_graphs=not eager)
     live_gens = engine.generate(ids, build_press(spec), controller=rec)
 
-    # the full-precision answers, to tell the rows the press left right (the closed loop's false repairs)
+    # the uncompressed answers (the twin the closed loop's rows are labelled against)
     refs = build_rows(tok, prompts, engine.generate(ids, None), None, spec, meta)
     rows = []
     for i, (r, off, g) in enumerate(zip(static, offline, live_gens)):

@@ -377,6 +377,7 @@ def test_the_live_guard_gives_the_probabilities_it_was_validated_with(tmp_path):
     (7 prompts, 3 slots). Admission used to reset the guard's state after its first step, so every live row
     started at its second token: differences of 0.13 on this model, and on the 1.5B alarms in the first tokens
     of 22-25% of healthy rows where validation allowed 5% (evaluate/RESULTS.md 0i)."""
+    import json
     import sys
     from pathlib import Path
 
@@ -388,8 +389,6 @@ def test_the_live_guard_gives_the_probabilities_it_was_validated_with(tmp_path):
                  "--out", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64", "--model.device", "cpu",
                  "--max_new_tokens", "24", "--batch_size", "3", "--base_presses", "[{name: knorm, ratio: 0.5}]",
                  "--tasks", "[{name: kv_retrieval, options: {n_prompts: 7, n_pairs: 6}}]"]) == 0
-    import json
-
     res = json.loads(out.read_text())
     assert res["n"] == 7 and res["same_token_share"] == 1.0
     assert all(r["max_abs_diff"] is not None and r["same_tokens"] == r["tokens"] for r in res["rows"])
