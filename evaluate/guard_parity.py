@@ -31,7 +31,7 @@ import torch
 
 from hazard import SCHEMA_VERSION
 from hazard.cli import build, parse_args
-from hazard.collect import build_rows, encode
+from hazard.collect import build_rows, encode, questions_of
 from hazard.compression import build_press
 from hazard.control import PolicyController, build_policy
 from hazard.engine import Engine
@@ -52,8 +52,8 @@ class Recorder(PolicyController):
         self.row_of = np.full(n_slots, -1, dtype=np.int64)
         self.probs: dict[int, dict[int, float]] = {}
 
-    def admit(self, slots, rows, prompt_lens) -> None:
-        super().admit(slots, rows, prompt_lens)
+    def admit(self, slots, rows, prompt_lens, prompt_kept=None) -> None:
+        super().admit(slots, rows, prompt_lens, prompt_kept)
         self.row_of[list(slots)] = list(rows)
 
     def device_step(self, slots, packets, prompt_lens, steps):
@@ -86,11 +86,12 @@ def parity(cfg: EvaluateConfig, press: str, limit: int, eager: bool = False) -> 
     h = guard.horizons.index(guard.eval_horizon)
     thr = guard.threshold_for(spec.name, spec.ratio)
 
-    static = build_rows(tok, prompts, engine.generate(ids, build_press(spec)), None, spec, meta)
+    questions = questions_of(tok, prompts)  # for a guard reading the prefill press's keeps of the question
+    static = build_rows(tok, prompts, engine.generate(ids, build_press(spec)), None, spec, meta, questions)
     offline = [guard.forward_sequence(trace_features(r, tuple(guard.feature_names)))[:, h] for r in static]
 
     policy = build_policy("hazard", trigger=float("inf"), sustain=1, calm_tokens=0)
-    rec = Recorder(policy, guard, spec.ratio, cfg.max_new_tokens, cuda_graphs=not eager)
+    rec = Recorder(policy, guard, spec.ratio, cfg.max_new_tokens, cuda_graphs=not eager, questions=questions)
     live_gens = engine.generate(ids, build_press(spec), controller=rec)
 
     # the uncompressed answers (the twin the closed loop's rows are labelled against)

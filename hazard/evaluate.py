@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware
+from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware, questions_of
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.engine import Engine
@@ -36,7 +36,7 @@ from hazard.paired import outcome_bits, paired_comparisons
 from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
-from hazard.signals import SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
@@ -236,10 +236,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
     model, tok = load_model(cfg.model)
     if guard is not None:  # every feature the guard wants must be one the engine can produce
-        missing = [n for n in guard.feature_names if n not in (*SIGNALS, *CONFIG_FEATURES)]
+        missing = [n for n in guard.feature_names if n not in (*SIGNALS, *PREFILL_SIGNALS, *CONFIG_FEATURES)]
         if missing:
             raise HazardError(f"guard {cfg.guard}: features {missing} are not produced by this engine "
-                              f"(it gives {list(SIGNALS)} and {list(CONFIG_FEATURES)})")
+                              f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)} and {list(CONFIG_FEATURES)})")
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
     label = cfg.model.label()
     out = Path(cfg.output)
@@ -254,6 +254,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
+        # a guard reading what the prefill press kept of the question needs the question's positions
+        questions = questions_of(tok, prompts) if guard is not None and any(
+            n in PREFILL_SIGNALS for n in guard.feature_names) else None
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
                 "max_new_tokens": cfg.max_new_tokens, "task": task.name}
         unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
@@ -310,7 +313,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                 full["rows"], static["rows"])
                         known = ponrs
                     ctl = PolicyController(policy, guard if name == "hazard" else None, spec.ratio,
-                                           cfg.max_new_tokens, known)
+                                           cfg.max_new_tokens, known, questions=questions)
                     key = f"{spec.label}__{name}" + (f"__{_knob_label(knob)}" if knob else "")
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step

@@ -162,6 +162,9 @@ def test_a_guard_must_read_what_the_live_loop_gives():
         check_live(["roll8_mean:entropy"])
     with pytest.raises(HazardError, match="verify window"):
         check_live(["entropy", "verify_kl"])
+    with pytest.raises(HazardError, match="question positions"):  # the prefill keeps: only with the positions
+        check_live(["entropy", "question_kept"])
+    check_live(["entropy", "question_kept"], prefill=True)
 
 
 def test_features_from_packets_match_trace_features():
@@ -396,3 +399,52 @@ def test_the_live_guard_gives_the_probabilities_it_was_validated_with(tmp_path):
     assert res["alarm_share"]["live"] == res["alarm_share"]["offline"]
     assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "snapkv@0.5",
                  "--out", str(out)]) == 2  # not one of the config's base presses: one line, no run
+
+
+def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path):
+    """A guard on the ``live_question`` features (the live set + ``PREFILL_SIGNALS``) runs in the closed loop
+    when the controller knows each prompt's question positions: live it gives the probabilities it gives
+    offline on the collected features (the keeps computed at admission, as collection computes them per
+    trace). Without the positions the controller refuses it with one line."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from hazard import SCHEMA_VERSION, SIGNALS_VERSION
+    from hazard.guard import FORMAT, FORMAT_VERSION, HazardGuard
+    from hazard.predictor.features import FEATURE_SETS
+    from hazard.predictor.nets import GRUNet
+    from hazard.signals import PREFILL_SIGNALS
+
+    names = list(FEATURE_SETS["live_question"])
+    torch.manual_seed(0)
+    net = GRUNet(len(names), 5, hidden=8, layers=1, dropout=0.0)
+    with torch.no_grad():  # the prefill keeps weigh on the output: a wrong or missing value shows
+        net.gru.weight_ih_l0[:, [names.index(n) for n in PREFILL_SIGNALS]] *= 20
+    ckpt = tmp_path / "guard"
+    ckpt.mkdir()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+        "signals_version": SIGNALS_VERSION, "net": "gru", "net_kwargs": {"hidden": 8, "layers": 1, "dropout": 0.0},
+        "features": {"names": names, "mean": [0.0] * len(names), "std": [1.0] * len(names),
+                     "horizons": [4, 8, 16, 32, 64], "feature_set": "live_question"},
+        "horizons": [4, 8, 16, 32, 64], "eval_horizon": 8, "threshold": 0.5}))
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+    from guard_parity import main
+
+    out = tmp_path / "parity.json"
+    assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "knorm@0.75", "--limit", "5",
+                 "--out", str(out), "--guard", str(ckpt), "--model.tiny", "qwen2", "--model.dtype", "float64",
+                 "--model.device", "cpu", "--max_new_tokens", "16", "--batch_size", "3",
+                 "--base_presses", "[{name: knorm, ratio: 0.75}]",
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 5, n_pairs: 6}}]"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
+
+    guard = HazardGuard.from_pretrained(ckpt)
+    with pytest.raises(HazardError, match="question positions"):
+        PolicyController(build_policy("hazard", trigger=2.0), guard, 0.75, 16).begin(3)

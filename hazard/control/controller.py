@@ -33,21 +33,23 @@ from hazard.control.policies import (
 )
 from hazard.engine import Controller
 from hazard.errors import HazardError
-from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, prefill_signals
 
 log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
 
 
-def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, steps, max_new_tokens: int):
-    """The guard's features for one step of several rows, from the engine's per-step packets.
+def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, steps, max_new_tokens: int,
+                          prefill=None):
+    """The guard's features for one step of several rows, from the engine's per-step packets; ``prefill``:
+    the rows' ``PREFILL_SIGNALS`` (k, 3), constant over a row, when ``names`` has any of them.
 
     Works on device tensors (the engine's path: no host round trip) and on numpy arrays (returns numpy).
     """
     if isinstance(packets, np.ndarray):
         out = features_from_packets(names, torch.from_numpy(packets).double(), ratio,
                                     torch.as_tensor(prompt_lens).double(), torch.as_tensor(steps).double(),
-                                    max_new_tokens)
+                                    max_new_tokens, None if prefill is None else torch.as_tensor(prefill).double())
         return out.numpy()
     cols = []
     for name in names:
@@ -57,19 +59,24 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
             cols.append(packets[:, _COL["cache_len"]] / (prompt_lens + steps))
         elif name == "step_frac":
             cols.append(steps / max_new_tokens)
+        elif name in PREFILL_SIGNALS:
+            check_live([name], prefill=prefill is not None)
+            cols.append(prefill[:, PREFILL_SIGNALS.index(name)].to(packets.dtype))
         else:
             check_live([name])
             cols.append(packets[:, _COL[name]])
     return torch.stack(cols, dim=1).float()
 
 
-def check_live(names) -> None:
-    """Fail with one line unless every feature in ``names`` follows from one step's packet."""
-    prefill = [n for n in names if n in PREFILL_SIGNALS]
-    if prefill:
-        raise HazardError(f"guard features {prefill} are the prefill press's keeps of the question, which the live "
-                          "controller does not compute yet: export a guard trained on a set without them (e.g. live)")
-    missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac")]
+def check_live(names, prefill: bool = False) -> None:
+    """Fail with one line unless every feature in ``names`` follows from one step's packet (or, with
+    ``prefill``, from what the prefill press kept of the question: the controller knows its positions)."""
+    needs = [n for n in names if n in PREFILL_SIGNALS]
+    if needs and not prefill:
+        raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
+                          "controller each prompt's question positions (PolicyController(questions=...), "
+                          "hazard.collect.questions_of) or export a guard trained on a set without them (e.g. live)")
+    missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS)]
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "
                           "per-step features only: export a guard trained on a set without dynamics")
@@ -98,10 +105,14 @@ class PolicyController(Controller):
         A guard step slower than this counts as a failure: its answer is dropped for the safe action.
     cuda_graphs : bool
         On CUDA, replay the decode-step guard from a graph per batch bucket (recurrent guards).
+    questions : list, optional
+        Per prompt index, its question's token positions and its digit tokens' (``hazard.collect.questions_of``):
+        a guard reading ``PREFILL_SIGNALS`` needs them (the engine gives the prefill press's keeps at admission).
     """
 
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
-                 onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True):
+                 onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True,
+                 questions: list | None = None):
         self.guard_timeout_s = guard_timeout_s
         self.cuda_graphs = cuda_graphs
         self._graphs: dict | None = None
@@ -110,6 +121,8 @@ class PolicyController(Controller):
         self.spots = isinstance(policy, AnswerCheckPolicy) and policy.spot > 0  # the engine asks spot_due
         self.verify_window = policy.window if isinstance(policy, VerifyPolicy) else 0  # the engine shadows rows
         self.onsets = onsets or {}
+        self.questions = questions
+        self._prefill: torch.Tensor | None = None  # (slots, 3): each live row's PREFILL_SIGNALS, for the guard
         self.states: dict[int, RowState] = {}
         self.guard_failures = 0
         self.n_slots = 0
@@ -117,7 +130,9 @@ class PolicyController(Controller):
 
     def begin(self, n_slots: int, device=None) -> None:
         if self.guard is not None:
-            check_live(self.guard.feature_names)
+            check_live(self.guard.feature_names, prefill=self.questions is not None)
+        reads_prefill = self.guard is not None and any(n in PREFILL_SIGNALS for n in self.guard.feature_names)
+        self._prefill = torch.zeros(n_slots, len(PREFILL_SIGNALS), device=device) if reads_prefill else None
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
         self._rows = RowStates.zeros(n_slots)  # ThresholdPolicy: its state per slot, stepped as arrays
@@ -137,7 +152,14 @@ class PolicyController(Controller):
         state = getattr(self.guard, "_state", None)
         self._graphs = {} if self.cuda_graphs and on_cuda and torch.is_tensor(state) else None
 
-    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
+    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int], prompt_kept=None) -> None:
+        if self._prefill is not None:  # constant over the row: computed once, here
+            if prompt_kept is None:
+                raise HazardError("the guard reads the prefill press's keeps of the question; run the engine with "
+                                  "signals on")
+            vals = [[prefill_signals(k, *self.questions[r])[n] for n in PREFILL_SIGNALS]
+                    for k, r in zip(prompt_kept, rows)]
+            self._prefill[list(slots)] = torch.tensor(vals, dtype=self._prefill.dtype, device=self._prefill.device)
         for r in rows:
             self.states[r] = RowState()
         self._busy[list(slots)] = False
@@ -169,8 +191,11 @@ class PolicyController(Controller):
 
     def _probs(self, slots, packets, prompt_lens, steps) -> torch.Tensor:
         h = self.guard.horizons.index(self.guard.eval_horizon)
+        prefill = None
+        if self._prefill is not None:
+            prefill = self._prefill[slots] if isinstance(slots, slice) else self._prefill[list(slots)]
         x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
-                                  steps.float(), self.max_new_tokens)
+                                  steps.float(), self.max_new_tokens, prefill)
         full = x.new_zeros(self.n_slots, x.shape[1])
         if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
             full[slots] = x

@@ -342,20 +342,21 @@ class Engine:
                     row[shadows], vleft[shadows] = -2, window
                     shadow_of[slots], primary_of[shadows] = shadows, slots
                     st.shadow(slots.tolist(), shadows.tolist())
+                if self.runner.signals:  # what the prefill press kept of each prompt position (one transfer)
+                    share = st.kept_share(slots.tolist(), max(len(prompts[i]) for i in take)).cpu().numpy()
+                    for j, i in enumerate(take):
+                        prompt_kept[i] = share[j, : len(prompts[i])]
                 extra = None
                 if controller is not None:
                     # admitted first: admission resets the slots' policy and guard state, and the guard's
                     # first step (the prefill's token) must land in the new rows' state, not be wiped by it
-                    controller.admit(slots.tolist(), take, [len(prompts[i]) for i in take])
+                    controller.admit(slots.tolist(), take, [len(prompts[i]) for i in take],
+                                     [prompt_kept[i] for i in take] if self.runner.signals else None)
                     sl = torch.as_tensor(slots, device=self.device)
                     extra = controller.device_step(slots.tolist(), packets, st.prompt_len[sl],
                                                    st.next_pos[sl] - st.prompt_len[sl])
                     extra = extra.cpu().numpy() if extra is not None else None
                 pk = packets.cpu().numpy()
-                if self.runner.signals:  # what the prefill press kept of each prompt position (one transfer)
-                    share = st.kept_share(slots.tolist(), max(len(prompts[i]) for i in take)).cpu().numpy()
-                    for j, i in enumerate(take):
-                        prompt_kept[i] = share[j, : len(prompts[i])]
                 self.timings["prefill_s"] += time.perf_counter() - t0
                 row[slots], ntok[slots], nsteps[slots], since_compress[slots] = take, 1, 0, 0
                 plen[slots] = [len(prompts[i]) for i in take]

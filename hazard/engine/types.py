@@ -49,8 +49,11 @@ class Controller:
     def begin(self, n_slots: int, device=None) -> None:
         """A ``generate`` call starts on ``device``; at most ``n_slots`` rows are live at once."""
 
-    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int]) -> None:
-        """``rows`` were prefilled into ``slots``."""
+    def admit(self, slots: list[int], rows: list[int], prompt_lens: list[int],
+              prompt_kept: list[np.ndarray] | None = None) -> None:
+        """``rows`` were prefilled into ``slots``; called before their first ``device_step``. ``prompt_kept``:
+        per row, the share of (layer, KV head) caches holding each prompt position after the prefill press
+        (``Generation.prompt_kept``), when the engine records signals."""
 
     def device_step(self, slots, packets, prompt_lens, steps):
         """Optional work on the device right after a step, before the host transfer: ``slots`` (a slice

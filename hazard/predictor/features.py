@@ -49,6 +49,9 @@ FEATURE_SETS = {
     # + what the prefill press kept of the question (schema >= 8; constant over a trace: a prior)
     "live_prefill": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
                      *PREFILL_SIGNALS, *CONFIG_FEATURES),
+    # what a live guard can compute once the controller knows the question's positions: live + the prefill keeps
+    "live_question": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *PREFILL_SIGNALS,
+                      *CONFIG_FEATURES),
     "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
                               *CONFIG_FEATURES, *DYNAMICS),
 }
