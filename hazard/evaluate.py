@@ -254,15 +254,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
-        # a guard reading what the prefill press kept of the question needs the question's positions
-        questions = questions_of(tok, prompts) if guard is not None and any(
-            n in PREFILL_SIGNALS for n in guard.feature_names) else None
+        # the question's positions, once per task: every run's rows, and a guard reading the prefill keeps
+        questions = questions_of(tok, prompts)
         meta = {"schema_version": SCHEMA_VERSION, "model": label, "seed": cfg.seed,
                 "max_new_tokens": cfg.max_new_tokens, "task": task.name}
         unit = task.name if format_of(task) == "default" else f"{task.name}.{format_of(task)}"
 
         def run(key: str, spec: PressSpec, policy=None, refs=None, static=None, prompts=prompts, ids=ids,
-                meta=meta, unit=unit, twin: bool = False) -> dict:
+                meta=meta, unit=unit, questions=questions, twin: bool = False) -> dict:
             """One generation run, summarised; read back from ``parts`` when an earlier call finished it."""
             path = parts / f"{unit}__{key}.json"
             if path.exists():
@@ -270,7 +269,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             t0 = time.perf_counter()
             gens = engine.generate(ids, build_press(spec), controller=policy)
             secs = time.perf_counter() - t0
-            rows = build_rows(tok, prompts, gens, refs, spec, meta)
+            rows = build_rows(tok, prompts, gens, refs, spec, meta, questions)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
             restores = sum(sum(e[1] in ("restore", "reselect") for e in g.control.get("events", [])) for g in gens)
