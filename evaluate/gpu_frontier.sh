@@ -10,7 +10,7 @@
 # GSM8K in .data/gsm8k. $OUT gets $CONFIG.tgz (parts while unfinished; the JSON and PNGs once done) and
 # the log; evaluate/unpack_frontier.sh lays a finished one into evaluate/results/$CONFIG/.
 set -uo pipefail
-BUDGET=${BUDGET:-560}
+BUDGET=${BUDGET:-280}  # short calls: a machine taken back mid-call returns nothing (gpu/README.md)
 CONFIG=${CONFIG:-frontier_q15}
 start=$SECONDS
 source gpu/setup.sh "${MODEL:-q15}" || exit 2  # MODEL: the short name the config's model path needs
