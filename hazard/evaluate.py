@@ -59,7 +59,8 @@ class EvaluateConfig:
     guard: str = ""
     tasks: list[TaskSpec] = field(default_factory=list)
     base_presses: list[PressSpec] = field(default_factory=list)
-    policies: list[str] = field(default_factory=lambda: list(POLICY_NAMES))
+    # every policy but ``scheduled``, which needs its step (``at``: 0 would rerun the uncompressed model)
+    policies: list[str] = field(default_factory=lambda: [p for p in POLICY_NAMES if p != "scheduled"])
     policy_options: dict = field(default_factory=dict)
     static_sweep: list[PressSpec] = field(default_factory=list)
     frontier_kv: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35])
@@ -205,8 +206,9 @@ def _ponr(path: Path, engine: Engine, tok, prompts, ids, spec: PressSpec, meta: 
     return {int(i): p for i, p in rec["ponr"].items()}, rec["summary"]
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Closed-loop evaluation; writes ``cfg.output`` (JSON) and a Pareto PNG beside it."""
+def check_config(cfg: EvaluateConfig) -> None:
+    """Every check that needs no model: policies, their knobs, presses. A typo fails here, on the CPU, before
+    a device machine loads the model (``tests/test_configs.py`` runs it on every committed config)."""
     unknown = set(cfg.policies) - set(POLICY_NAMES)
     if unknown:
         raise HazardError(f"unknown policy {sorted(unknown)[0]!r}; known: {', '.join(POLICY_NAMES)}")
@@ -231,6 +233,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                               f"({max(labels, key=labels.count) or 'no knob'}); make each run differ")
         for knob in knobs:  # a bad knob fails here, before any model is loaded
             _policy(name, cfg, None, None, knob)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Closed-loop evaluation; writes ``cfg.output`` (JSON) and a Pareto PNG beside it."""
+    check_config(cfg)
     needs_guard = "hazard" in cfg.policies
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
     tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]

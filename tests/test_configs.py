@@ -7,7 +7,7 @@ import yaml
 
 from hazard.cli import build
 from hazard.collect import CollectConfig, validate
-from hazard.evaluate import EvaluateConfig
+from hazard.evaluate import EvaluateConfig, check_config
 from hazard.predictor.features import FEATURE_SETS
 from hazard.predictor.nets import NETS
 from hazard.predictor.train import REPORT_KEYS
@@ -23,7 +23,7 @@ def test_collect_configs_build(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/evaluate").glob("*.yaml")), ids=lambda p: p.stem)
 def test_evaluate_configs_build(path):
-    build(EvaluateConfig, yaml.safe_load(path.read_text()))
+    check_config(build(EvaluateConfig, yaml.safe_load(path.read_text())))  # policies, knobs and presses
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)

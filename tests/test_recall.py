@@ -9,7 +9,7 @@ from test_engine import _store_after_prefill
 
 from hazard.compression import PressSpec, build_press
 from hazard.control import PolicyController, build_policy
-from hazard.control.policies import DIGEST_PAGE
+from hazard.control.policies import DIGEST_PAGE, RowState
 from hazard.engine import Controller, Engine
 from hazard.errors import HazardError
 
@@ -124,6 +124,30 @@ def test_a_triggered_policy_recalls_under_its_budget_and_recompresses(model64):
     assert ctl.digest_page == DIGEST_PAGE
 
 
+@pytest.mark.parametrize("at", [3, 6])
+def test_a_scheduled_recall_acts_once_at_its_step_and_rolls_back_to_the_first_token(model64, at):
+    # the non-learned twin of a guard that fires at a fixed step: one recall (under its cap) after ``at``
+    # tokens, then a rollback of up to 8, which stops at the first token (it comes from the prefill forward)
+    prompts = _prompts(2, seed=6)
+    no_end = [model64.config.vocab_size]  # an id the model cannot emit: every row reaches its step
+    eng = Engine(model64, no_end, max_new_tokens=16, batch_size=2, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    ctl = PolicyController(build_policy("scheduled", at=at, action="recall", budget=0.2, rollback=8))
+    gens = eng.generate(prompts, press, controller=ctl)
+    static = eng.generate(prompts, press)
+    for p, g, s in zip(prompts, gens, static):
+        assert g.control["events"] == [(at, "reselect"), (at, "rollback")]
+        assert g.control["rollback_tokens"] == at - 1
+        assert g.tokens[0] == s.tokens[0]  # kept: the rollback never undoes the prefill's token
+        cap = compute_n_kept(len(p), 0.75) + int(np.ceil(0.2 * len(p)))
+        assert g.kv_tokens.max() - (len(g.tokens) - 1) <= cap
+    assert ctl.digest_page == DIGEST_PAGE
+    # without recall and rollback it is still the point-of-no-return probe: one restore, nothing rolled back
+    probe = build_policy("scheduled", at=at)
+    st = RowState()
+    assert [probe.decide(0.0, t, st) for t in range(at + 2)] == [[]] * (at - 1) + [[("restore",)], [], []]
+
+
 def test_static_runs_keep_no_digest(model64):
     eng = Engine(model64, [256], max_new_tokens=8, batch_size=2)
     g = eng.generate(_prompts(2, seed=5), build_press(PressSpec("knorm", 0.5)), controller=Controller())[0]
@@ -141,6 +165,8 @@ def test_bad_recall_settings_fail_with_one_line(kw):
         build_policy("digest_recall", page=0)
     with pytest.raises(HazardError, match="page"):
         build_policy("hazard", action="recall", page=2.5)
+    with pytest.raises(HazardError, match="scheduled at"):
+        build_policy("scheduled", at=-1)
 
 
 def test_a_larger_digest_page_holds_proportionally_less_memory(model64):

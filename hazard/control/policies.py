@@ -1,8 +1,9 @@
 """Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
 ``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
 reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
-``verify`` decides once, after a verify window beside an uncompressed shadow; ``answer_check`` once a row has
-finished, from the uncompressed model's reading of the whole answer (``hazard.engine.check``).
+``verify`` decides once, after a verify window beside an uncompressed shadow; ``scheduled`` acts once, at a
+fixed token of every row; ``answer_check`` once a row has finished, from the uncompressed model's reading of
+the whole answer (``hazard.engine.check``).
 
 What a triggered policy brings back is its ``action``: ``restore`` (every evicted prompt entry) or
 ``recall`` (``budget`` x prompt length of them per layer and KV head, ranked by the evicted-key digest
@@ -253,18 +254,28 @@ class OraclePolicy(_Relief):
 
 
 @dataclass
-class ScheduledPolicy:
-    """Restore every evicted entry once the row has generated ``at`` tokens, and stay relaxed: the probe of
-    the point-of-no-return procedure (``hazard.ponr``). ``at`` <= 1 restores before the first decode step
-    (the first token comes from the uncompressed prefill forward, so the run is the uncompressed one)."""
+class ScheduledPolicy(_Relief):
+    """Act once, when the row has generated ``at`` tokens, and stay relaxed: no signal, the same step for every
+    row. With ``restore`` and no rollback it is the probe of the point-of-no-return procedure
+    (``hazard.ponr``); ``at`` <= 1 restores before the first decode step (the first token comes from the
+    uncompressed prefill forward, so the run is the uncompressed one). With ``recall`` and a ``rollback`` it
+    is the non-learned twin of a guard that fires at about the same step on nearly every row: what the
+    guard's timing adds beyond "at token ``at``" is the difference between the two.
+    """
 
     name: str = "scheduled"
     signal: str = "none"
     at: int = 0
+    rollback: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.at, int) or self.at < 0:
+            raise HazardError(f"scheduled at must be a whole number of generated tokens >= 0, got {self.at!r}")
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
         if not st.relaxed and t + 1 >= self.at:
-            return _relax(st, 0, [("restore",)])
+            return _relax(st, self.rollback, self.relief)
         return []
 
 
@@ -463,7 +474,7 @@ POLICIES = {
     "answer_check": AnswerCheckPolicy,
 }
 POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall",
-                "verify", "answer_check"]
+                "verify", "answer_check", "scheduled"]
 
 
 def build_policy(name: str, **kwargs):
