@@ -27,6 +27,7 @@ from hazard import SCHEMA_VERSION
 from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware, questions_of
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
+from hazard.control.gate import digit_token_ids
 from hazard.engine import Engine
 from hazard.errors import HazardError
 from hazard.frontiers import frontiers
@@ -59,8 +60,10 @@ class EvaluateConfig:
     guard: str = ""
     tasks: list[TaskSpec] = field(default_factory=list)
     base_presses: list[PressSpec] = field(default_factory=list)
-    # every policy but ``scheduled``, which needs its step (``at``: 0 would rerun the uncompressed model)
-    policies: list[str] = field(default_factory=lambda: [p for p in POLICY_NAMES if p != "scheduled"])
+    # every policy but ``scheduled``, which needs its step (``at``: 0 would rerun the uncompressed model), and
+    # ``number_recall``, a probe of RESULTS.md 0k's finding (name them to run them)
+    policies: list[str] = field(default_factory=lambda: [p for p in POLICY_NAMES
+                                                         if p not in ("scheduled", "number_recall")])
     policy_options: dict = field(default_factory=dict)
     static_sweep: list[PressSpec] = field(default_factory=list)
     frontier_kv: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35])
@@ -258,6 +261,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         raise HazardError(f"{parts} holds runs of a different evaluate config; delete it to start over")
     write_json(parts / "config.json", config)
     out_rows, ponr_summaries = [], {}
+    digit_ids = None  # number_recall's: token ids whose text holds a digit
+    if "number_recall" in cfg.policies:
+        vocab = list(range(len(tok)))
+        digit_ids = digit_token_ids(vocab, tok.convert_ids_to_tokens(vocab))
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
@@ -319,7 +326,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                 full["rows"], static["rows"])
                         known = ponrs
                     ctl = PolicyController(policy, guard if name == "hazard" else None, spec.ratio,
-                                           cfg.max_new_tokens, known, questions=questions)
+                                           cfg.max_new_tokens, known, questions=questions,
+                                           digit_ids=digit_ids if name == "number_recall" else None)
                     key = f"{spec.label}__{name}" + (f"__{_knob_label(knob)}" if knob else "")
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step

@@ -172,3 +172,20 @@ def test_a_bad_knob_fails_before_the_model_loads(tmp_path, capsys):
     same = args[:-1] + ["{digest_recall: [{budget: 0.1}, {budget: [0.2, 0.1]}]}"]
     assert main(same) == 2
     assert "two option sets give the same run (budget=0.1)" in capsys.readouterr().err
+
+
+def test_evaluate_gives_number_recall_the_tokenizers_digits(tmp_path):
+    from hazard.cli import main
+
+    out = tmp_path / "cl.json"
+    args = ["evaluate", "--output", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "16", "--batch_size", "6",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 6, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]",
+            "--policies", "[static, full, number_recall]",
+            "--policy_options", "{number_recall: {budget: 0.2, rollback: 1}}"]
+    assert main(args) == 0
+    rows = {r["policy"]: r for r in json.loads(out.read_text())["rows"]}
+    nr = rows["number_recall"]
+    assert 0 < nr["trigger_rate"] <= 1 and nr["rollback_tokens_per_trace"] > 0  # the tiny model writes digits
+    assert rows["static"]["mean_kv_fraction"] < nr["mean_kv_fraction"] < 1.0

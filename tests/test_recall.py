@@ -212,3 +212,51 @@ def test_a_verify_window_that_agrees_keeps_the_compressed_run(model64):
             prompts, press, controller=PolicyController(build_policy("verify", window=2)))
     with pytest.raises(HazardError, match="window"):
         build_policy("verify", window=0)
+
+
+def test_number_recall_fires_where_a_number_starts_and_not_on_its_rewrite():
+    from hazard.signals import SIGNALS
+
+    ctl = PolicyController(build_policy("number_recall", budget=0.2), digit_ids=[5, 6])
+    ctl.begin(2)
+    ctl.admit([0, 1], [0, 1], [10, 10])
+    fire = [("reselect", 0.2), ("rollback", 1)]
+
+    def step(tokens, steps):
+        packets = np.zeros((2, len(SIGNALS) + 1), dtype=np.float32)
+        packets[:, 0] = tokens
+        return ctl.observe(np.array([0, 1]), np.array([0, 1]), packets, np.array(steps))
+
+    assert step([1, 5], [1, 1]) == {1: fire}  # row 1's first token is a digit: a number starts
+    assert step([5, 6], [2, 2]) == {0: fire}  # row 0 starts one; row 1 goes on with it
+    assert step([6, 2], [2, 3]) == {}  # row 0's rewritten digit does not fire again
+    assert step([2, 6], [3, 4]) == {1: fire}  # row 1 starts a second number
+    assert step([6, 7], [4, 5]) == {0: fire}
+    with pytest.raises(HazardError, match="digit token ids"):
+        PolicyController(build_policy("number_recall"))
+    with pytest.raises(HazardError, match="rollback"):
+        build_policy("number_recall", rollback=-1)
+
+
+def test_number_recall_in_the_engine_recalls_under_its_cap_and_rewrites_one_token(model64):
+    prompts = _prompts(2, seed=6)
+    no_end = [model64.config.vocab_size]  # an id the model cannot emit: every row runs to the end
+    eng = Engine(model64, no_end, max_new_tokens=16, batch_size=2, probe_layers=(0, -1))
+    press = build_press(PressSpec("knorm", 0.75))
+    static = eng.generate(prompts, press)
+    digits = {static[0].tokens[3]}  # "digits": a token row 0 writes at step 4, so the first fire is known
+    first = next(i for i, t in enumerate(static[0].tokens) if t in digits and (i == 0 or static[0].tokens[i - 1]
+                                                                                not in digits))
+    ctl = PolicyController(build_policy("number_recall", budget=0.2), digit_ids=sorted(digits))
+    gens = eng.generate(prompts, press, controller=ctl)
+    g = gens[0]
+    assert g.control["events"][0] == (first + 1, "reselect")
+    assert g.tokens[:first] == static[0].tokens[:first]  # nothing acts before the first number
+    for p, g in zip(prompts, gens):
+        events = g.control["events"]
+        recalls = [s for s, kind in events if kind == "reselect"]
+        assert [s for s, kind in events if kind == "rollback"] == [s for s in recalls if s > 1]  # one rewrite each
+        assert g.control["rollback_tokens"] == sum(s > 1 for s in recalls)
+        cap = compute_n_kept(len(p), 0.75) + int(np.ceil(0.2 * len(p)))
+        assert g.kv_tokens.max() - (len(g.tokens) - 1) <= cap
+    assert ctl.digest_page == DIGEST_PAGE

@@ -23,6 +23,7 @@ from hazard.control.policies import (
     AnswerCheckPolicy,
     DetectRewindPolicy,
     DigestRecallPolicy,
+    NumberRecallPolicy,
     OraclePolicy,
     RowState,
     RowStates,
@@ -108,11 +109,16 @@ class PolicyController(Controller):
     questions : list, optional
         Per prompt index, its question's token positions and its digit tokens' (``hazard.collect.questions_of``):
         a guard reading ``PREFILL_SIGNALS`` needs them (the engine gives the prefill press's keeps at admission).
+    digit_ids : list, optional
+        Token ids whose text holds a digit (``hazard.control.gate.digit_token_ids``): ``number_recall`` needs them.
     """
 
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
                  onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True,
-                 questions: list | None = None):
+                 questions: list | None = None, digit_ids=None):
+        if isinstance(policy, NumberRecallPolicy) and not len(digit_ids if digit_ids is not None else []):
+            raise HazardError("number_recall needs the tokenizer's digit token ids: PolicyController(digit_ids=...)")
+        self._digits = np.unique(np.asarray(digit_ids if digit_ids is not None else [], dtype=np.int64))
         self.guard_timeout_s = guard_timeout_s
         self.cuda_graphs = cuda_graphs
         self._graphs: dict | None = None
@@ -140,6 +146,7 @@ class PolicyController(Controller):
         self._pending = np.zeros(n_slots, dtype=bool)  # answer_check: recall due at the next step
         self._spot_repairs = np.zeros(n_slots, dtype=np.int64)  # answer_check: repairs made at spot checks
         self._hold_left = np.zeros(n_slots, dtype=np.int64)  # answer_check: tokens until a repair recompresses
+        self._last_digit = np.zeros(n_slots, dtype=bool)  # number_recall: the slot's previous token held a digit
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
@@ -168,6 +175,7 @@ class PolicyController(Controller):
         self._pending[list(slots)] = False
         self._spot_repairs[list(slots)] = 0
         self._hold_left[list(slots)] = 0
+        self._last_digit[list(slots)] = False
         if self._cycles is not None:
             self._cycles.reset(list(slots))
         if self.guard is not None:
@@ -318,6 +326,12 @@ class PolicyController(Controller):
             return acts
         if self._cycles is not None:  # detect_rewind reads the tokens, no signal
             return self._rewind(slots, rows, packets, steps)
+        if isinstance(self.policy, NumberRecallPolicy):  # reads the tokens: a row that starts a number recalls
+            digit = np.isin(packets[:, 0].astype(np.int64), self._digits)
+            fire = self.policy.due(digit, self._last_digit[slots])
+            self._last_digit[slots] = digit  # after a rewrite it still holds the replaced digit: no second fire
+            self._rows.triggers[slots[fire]] += 1
+            return {int(r): self.policy.actions() for r in rows[fire]}
         if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again
             return {int(r): list(self.policy.relief) for r in rows[self.policy.due(steps)]}
         if isinstance(self.policy, VerifyPolicy):  # once per row, when its window closes (a rollback to before

@@ -1,6 +1,7 @@
 """Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
 ``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
 reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
+``number_recall`` does the same, with a one-token rewrite, whenever a row starts writing a number;
 ``verify`` decides once, after a verify window beside an uncompressed shadow; ``scheduled`` acts once, at a
 fixed token of every row; ``answer_check`` once a row has finished, from the uncompressed model's reading of
 the whole answer (``hazard.engine.check``).
@@ -461,6 +462,39 @@ class DigestRecallPolicy:
         return (steps - 1) % self.interval == 0
 
 
+@dataclass
+class NumberRecallPolicy(_Relief):
+    """Recall at every number a row starts to write: when a recorded token holds a digit and the one before it
+    does not, bring back the ``budget`` share of evicted entries that the queries which wrote it rank best
+    (``recall``, a swap as digest_recall's: what an earlier selection brought back and no longer ranks goes),
+    and roll back ``rollback`` tokens (1: that digit is written again, with them). No signal, no learning.
+
+    Why: on kv_retrieval one recall at the step that writes the answer's first digit, and a rewrite, beats the
+    learned trigger and every-token selection at the same memory (RESULTS.md 0k); a GSM8K answer writes many
+    numbers, each copied from the question or computed from earlier ones. The rewritten token never fires
+    again: the rule still holds the digit it replaced as the row's previous token. Needs the tokenizer's digit
+    token ids (``PolicyController(digit_ids=...)``).
+    """
+
+    name: str = "number_recall"
+    signal: str = "tokens"
+    action: str = "recall"
+    rollback: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.rollback, int) or self.rollback < 0:
+            raise HazardError(f"number_recall rollback must be a whole number of tokens >= 0, got {self.rollback!r}")
+
+    @staticmethod
+    def due(digit: np.ndarray, last_digit: np.ndarray) -> np.ndarray:
+        """Rows whose new token starts a number: it holds a digit, the row's previous token did not."""
+        return digit & ~last_digit
+
+    def actions(self) -> list[tuple]:
+        return list(self.relief) + ([("rollback", self.rollback)] if self.rollback else [])
+
+
 POLICIES = {
     "static": StaticPolicy,
     "hazard": lambda **kw: ThresholdPolicy(**{"name": "hazard", "signal": "hazard", **kw}),
@@ -470,11 +504,12 @@ POLICIES = {
     "scheduled": ScheduledPolicy,
     "detect_rewind": DetectRewindPolicy,
     "digest_recall": DigestRecallPolicy,
+    "number_recall": NumberRecallPolicy,
     "verify": VerifyPolicy,
     "answer_check": AnswerCheckPolicy,
 }
 POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall",
-                "verify", "answer_check", "scheduled"]
+                "verify", "answer_check", "scheduled", "number_recall"]
 
 
 def build_policy(name: str, **kwargs):
