@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
-from hazard.collect import _git_sha, encode
+from hazard.collect import _git_sha, encode, hardware
 from hazard.models import ModelConfig, load_model
 from hazard.tasks import build_task
 
@@ -40,7 +39,8 @@ def main() -> None:
     a = ap.parse_args()
     cfg = ModelConfig(path=a.model_path, gguf_file=a.gguf, dtype="bfloat16", device="cpu")
     model, tok = load_model(cfg)
-    task = build_task(a.task, **json.loads(a.options))
+    options = json.loads(a.options)
+    task = build_task(a.task, **options)
     rows, t0 = [], time.time()
     for p in task.prompts():
         ids = torch.tensor([encode(tok, p)])
@@ -50,9 +50,8 @@ def main() -> None:
         steps = {i + 1: tok.decode([t]) for i, t in enumerate(new)}
         rows.append({"id": p.id, "gold": p.gold, "steps": steps})
         print(p.id, p.gold, " | ".join(f"{k}:{v!r}" for k, v in steps.items()), flush=True)
-    res = {"model": cfg.label(), "task": a.task, "options": json.loads(a.options), "dtype": "bfloat16",
-           "greedy": True, "hardware": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-           "git_sha": _git_sha(), "seconds": round(time.time() - t0, 1), "rows": rows}
+    res = {"model": cfg.label(), "task": a.task, "options": options, "dtype": "bfloat16", "greedy": True,
+           "hardware": hardware(), "git_sha": _git_sha(), "seconds": round(time.time() - t0, 1), "rows": rows}
     tmp = Path(a.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     os.replace(tmp, a.out)  # no partial file if killed

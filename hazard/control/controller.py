@@ -116,9 +116,9 @@ class PolicyController(Controller):
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
                  onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True,
                  questions: list | None = None, digit_ids=None):
-        if isinstance(policy, NumberRecallPolicy) and not len(digit_ids if digit_ids is not None else []):
-            raise HazardError("number_recall needs the tokenizer's digit token ids: PolicyController(digit_ids=...)")
         self._digits = np.unique(np.asarray(digit_ids if digit_ids is not None else [], dtype=np.int64))
+        if isinstance(policy, NumberRecallPolicy) and not len(self._digits):
+            raise HazardError("number_recall needs the tokenizer's digit token ids: PolicyController(digit_ids=...)")
         self.guard_timeout_s = guard_timeout_s
         self.cuda_graphs = cuda_graphs
         self._graphs: dict | None = None

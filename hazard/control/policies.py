@@ -469,8 +469,9 @@ class NumberRecallPolicy(_Relief):
     (``recall``, a swap as digest_recall's: what an earlier selection brought back and no longer ranks goes),
     and roll back ``rollback`` tokens (1: that digit is written again, with them). No signal, no learning.
 
-    Why: on kv_retrieval one recall at the step that writes the answer's first digit, and a rewrite, beats the
-    learned trigger and every-token selection at the same memory (RESULTS.md 0k); a GSM8K answer writes many
+    Why: on kv_retrieval one recall at the step that writes the answer's first digit, then regenerating from
+    the first token, beats the learned trigger and every-token selection at the same memory (RESULTS.md 0k:
+    ``scheduled`` at 5, which knows the step); a GSM8K answer writes many
     numbers, each copied from the question or computed from earlier ones. The rewritten token never fires
     again: the rule still holds the digit it replaced as the row's previous token. Needs the tokenizer's digit
     token ids (``PolicyController(digit_ids=...)``).
