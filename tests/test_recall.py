@@ -142,6 +142,14 @@ def test_a_scheduled_recall_acts_once_at_its_step_and_rolls_back_to_the_first_to
         cap = compute_n_kept(len(p), 0.75) + int(np.ceil(0.2 * len(p)))
         assert g.kv_tokens.max() - (len(g.tokens) - 1) <= cap
     assert ctl.digest_page == DIGEST_PAGE
+    # rollback 8: each fire regenerates from before its number; none fires twice at one step, and rows end
+    ctl8 = PolicyController(build_policy("number_recall", budget=0.2, rollback=8), digit_ids=sorted(digits))
+    gens8 = eng.generate(prompts, press, controller=ctl8)
+    assert gens8[0].control["events"][0] == (first + 1, "reselect")  # row 0 fires where it did with rollback 1
+    for g in gens8:
+        recalls = [s for s, kind in g.control["events"] if kind == "reselect"]
+        assert recalls == sorted(set(recalls))
+        assert len(g.tokens) == 16
     # without recall and rollback it is still the point-of-no-return probe: one restore, nothing rolled back
     probe = build_policy("scheduled", at=at)
     st = RowState()
@@ -232,6 +240,16 @@ def test_number_recall_fires_where_a_number_starts_and_not_on_its_rewrite():
     assert step([6, 2], [2, 3]) == {}  # row 0's rewritten digit does not fire again
     assert step([2, 6], [3, 4]) == {1: fire}  # row 1 starts a second number
     assert step([6, 7], [4, 5]) == {0: fire}
+    # a longer rollback regenerates up to the step that fired: that number start does not fire twice
+    ctl.admit([0], [0], [10])
+    fire8 = [("reselect", 0.2), ("rollback", 8)]
+    ctl.policy = build_policy("number_recall", budget=0.2, rollback=8)
+    assert step([1, 2], [1, 6]) == {}
+    assert step([5, 2], [2, 7]) == {0: fire8}  # row 0 starts a number at step 2 and rolls back to before it
+    assert step([1, 2], [1, 8]) == {}
+    assert step([5, 2], [2, 9]) == {}  # the same start, written again
+    assert step([2, 2], [3, 10]) == {}
+    assert step([6, 2], [4, 11]) == {0: fire8}  # a new one
     with pytest.raises(HazardError, match="digit token ids"):
         PolicyController(build_policy("number_recall"))
     with pytest.raises(HazardError, match="rollback"):
@@ -260,3 +278,11 @@ def test_number_recall_in_the_engine_recalls_under_its_cap_and_rewrites_one_toke
         cap = compute_n_kept(len(p), 0.75) + int(np.ceil(0.2 * len(p)))
         assert g.kv_tokens.max() - (len(g.tokens) - 1) <= cap
     assert ctl.digest_page == DIGEST_PAGE
+    # rollback 8: each fire regenerates from before its number; none fires twice at one step, and rows end
+    ctl8 = PolicyController(build_policy("number_recall", budget=0.2, rollback=8), digit_ids=sorted(digits))
+    gens8 = eng.generate(prompts, press, controller=ctl8)
+    assert gens8[0].control["events"][0] == (first + 1, "reselect")  # row 0 fires where it did with rollback 1
+    for g in gens8:
+        recalls = [s for s, kind in g.control["events"] if kind == "reselect"]
+        assert recalls == sorted(set(recalls))
+        assert len(g.tokens) == 16

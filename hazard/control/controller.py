@@ -147,6 +147,7 @@ class PolicyController(Controller):
         self._spot_repairs = np.zeros(n_slots, dtype=np.int64)  # answer_check: repairs made at spot checks
         self._hold_left = np.zeros(n_slots, dtype=np.int64)  # answer_check: tokens until a repair recompresses
         self._last_digit = np.zeros(n_slots, dtype=bool)  # number_recall: the slot's previous token held a digit
+        self._fired_at = np.full(n_slots, -1, dtype=np.int64)  # number_recall: the step it last fired at
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
@@ -176,6 +177,7 @@ class PolicyController(Controller):
         self._spot_repairs[list(slots)] = 0
         self._hold_left[list(slots)] = 0
         self._last_digit[list(slots)] = False
+        self._fired_at[list(slots)] = -1
         if self._cycles is not None:
             self._cycles.reset(list(slots))
         if self.guard is not None:
@@ -328,8 +330,10 @@ class PolicyController(Controller):
             return self._rewind(slots, rows, packets, steps)
         if isinstance(self.policy, NumberRecallPolicy):  # reads the tokens: a row that starts a number recalls
             digit = np.isin(packets[:, 0].astype(np.int64), self._digits)
-            fire = self.policy.due(digit, self._last_digit[slots])
-            self._last_digit[slots] = digit  # after a rewrite it still holds the replaced digit: no second fire
+            # once per number start: a rollback regenerates up to the step that fired, which must not fire again
+            fire = self.policy.due(digit, self._last_digit[slots]) & (steps > self._fired_at[slots])
+            self._last_digit[slots] = digit
+            self._fired_at[slots[fire]] = steps[fire]
             self._rows.triggers[slots[fire]] += 1
             return {int(r): self.policy.actions() for r in rows[fire]}
         if isinstance(self.policy, DigestRecallPolicy):  # always on: the due rows select again

@@ -472,9 +472,9 @@ class NumberRecallPolicy(_Relief):
     Why: on kv_retrieval one recall at the step that writes the answer's first digit, then regenerating from
     the first token, beats the learned trigger and every-token selection at the same memory (RESULTS.md 0k:
     ``scheduled`` at 5, which knows the step); a GSM8K answer writes many
-    numbers, each copied from the question or computed from earlier ones. The rewritten token never fires
-    again: the rule still holds the digit it replaced as the row's previous token. Needs the tokenizer's digit
-    token ids (``PolicyController(digit_ids=...)``).
+    numbers, each copied from the question or computed from earlier ones. Each number start fires once: the
+    tokens a rollback regenerates, up to and including the step that fired, do not fire again. Needs the
+    tokenizer's digit token ids (``PolicyController(digit_ids=...)``).
     """
 
     name: str = "number_recall"
