@@ -233,9 +233,10 @@ def test_number_recall_fires_where_a_number_starts_and_not_on_its_rewrite():
     assert step([2, 6], [3, 4]) == {1: fire}  # row 1 starts a second number
     assert step([6, 7], [4, 5]) == {0: fire}
     # a longer rollback regenerates up to the step that fired: that number start does not fire twice
-    ctl.admit([0], [0], [10])
+    ctl = PolicyController(build_policy("number_recall", budget=0.2, rollback=8), digit_ids=[5, 6])  # ``step``'s
+    ctl.begin(2)
+    ctl.admit([0, 1], [0, 1], [10, 10])
     fire8 = [("reselect", 0.2), ("rollback", 8)]
-    ctl.policy = build_policy("number_recall", budget=0.2, rollback=8)
     assert step([1, 2], [1, 6]) == {}
     assert step([5, 2], [2, 7]) == {0: fire8}  # row 0 starts a number at step 2 and rolls back to before it
     assert step([1, 2], [1, 8]) == {}
