@@ -139,10 +139,11 @@ def _fixed(options: dict | list[dict]) -> dict:
     return _shared(_set_runs(options))
 
 
-def matched_knobs(knobs: list[dict], rates: list[float]) -> list[dict]:
+def matched_knobs(knobs: list[dict], rates: list[float], key: str = "rate") -> list[dict]:
     """Random's runs when its rate is matched: each swept knob (e.g. seeds) at each hazard run's measured rate
-    (settings that fired alike share a run)."""
-    return [{**k, "rate": r} for r in dict.fromkeys(rates) for k in knobs]
+    (settings that fired alike share a run). ``key="share"``: scheduled's runs at each hazard run's share of
+    rows that acted (``share: matched``)."""
+    return [{**k, key: r} for r in dict.fromkeys(rates) for k in knobs]
 
 
 def closed_loop_row(task: str, fmt: str, model: str, spec: PressSpec, policy: str, knob: dict, run: dict,
@@ -188,6 +189,8 @@ def _policy(name: str, cfg: EvaluateConfig, guard: HazardGuard | None, hazard_ra
     if name == "random":
         opts.setdefault("rate", hazard_rate if hazard_rate is not None else 0.01)
         opts.setdefault("seed", cfg.seed)
+    if opts.get("share") == "matched":  # only checking knobs: the run loop puts the hazard run's share here
+        opts["share"] = 1.0
     return build_policy(name, **opts)
 
 
@@ -236,6 +239,11 @@ def check_config(cfg: EvaluateConfig) -> None:
                               f"({max(labels, key=labels.count) or 'no knob'}); make each run differ")
         for knob in knobs:  # a bad knob fails here, before any model is loaded
             _policy(name, cfg, None, None, knob)
+        if _fixed(opts).get("share") == "matched" and (
+                "hazard" not in cfg.policies or name not in cfg.policies
+                or cfg.policies.index("hazard") > cfg.policies.index(name)):
+            raise HazardError(f"evaluate: policy_options.{name}.share 'matched' takes the hazard run's share of rows "
+                              "that acted: list hazard before it in policies")
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
@@ -305,6 +313,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             ponrs = None  # the point of no return per row, measured once, if an oracle asks for it
             results = []
             hazard_rates: list[float] = []
+            hazard_shares: list[float] = []  # each hazard run's share of rows that acted (``share: matched``)
             names = cfg.policies if spec.label in controlled else ["static"]
             for name in names:
                 if name in ("full", "static"):
@@ -315,6 +324,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 rate_set = "rate" in _fixed(opts) or any("rate" in k for k in knobs)
                 if name == "random" and not rate_set and hazard_rates:
                     knobs = matched_knobs(knobs, hazard_rates)
+                if _fixed(opts).get("share") == "matched":
+                    knobs = matched_knobs(knobs, [x for x in hazard_shares if x > 0], key="share")  # 0: static
                 for knob in knobs:
                     rate = hazard_rates[0] if hazard_rates else None
                     policy = _policy(name, cfg, guard, rate, knob, spec)
@@ -332,6 +343,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step
                         hazard_rates.append(rec["restore_rate"])
+                        hazard_shares.append(rec["summary"]["trigger_rate"])
                     results.append((name, knob, rec))
             out_rows += [closed_loop_row(task.name, format_of(task), label, spec, name, knob, rec, full, static)
                          for name, knob, rec in results]

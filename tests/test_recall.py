@@ -148,6 +148,55 @@ def test_a_scheduled_recall_acts_once_at_its_step_and_rolls_back_to_the_first_to
     assert [probe.decide(0.0, t, st) for t in range(at + 2)] == [[]] * (at - 1) + [[("restore",)], [], []]
 
 
+def test_a_scheduled_coin_acts_on_its_share_of_rows_once_each_and_a_full_share_draws_nothing():
+    # share < 1: the twin of a guard that fires at one step on some rows; each row gets one coin, at its step
+    coin = build_policy("scheduled", at=3, share=0.3, seed=4)
+    states = [RowState() for _ in range(2000)]
+    acted = [sum(bool(coin.decide(0.0, t, st)) for t in range(8)) for st in states]
+    assert set(acted) == {0, 1} and abs(np.mean(acted) - 0.3) < 0.04
+    assert all(st.passed != bool(a) for st, a in zip(states, acted))
+    again = build_policy("scheduled", at=3, share=0.3, seed=4)  # seeded: the same rows
+    assert [sum(bool(again.decide(0.0, t, st)) for t in range(8)) for st in [RowState() for _ in range(2000)]] == acted
+    every = build_policy("scheduled", at=3)
+    draws = every.rng.bit_generator.state
+    assert all(sum(bool(every.decide(0.0, t, st)) for t in range(8)) == 1 for st in [RowState() for _ in range(50)])
+    assert every.rng.bit_generator.state == draws  # share 1 is the old policy: no coin
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(HazardError, match="scheduled share"):
+            build_policy("scheduled", at=3, share=bad)
+
+
+def test_a_scheduled_coin_matched_to_the_hazard_runs_share_of_rows(tmp_path):
+    """``share: matched`` runs the coin at each hazard run's measured share of rows that acted (one that never
+    acted gives no run), so the pair measures the guard's choice of rows at the same step and memory."""
+    import json
+
+    from hazard.cli import build, main, parse_args
+    from hazard.evaluate import EvaluateConfig, check_config
+
+    out = tmp_path / "closed_loop.json"
+    args = ["evaluate", "--output", str(out), "--guard", "checkpoints/qwen2.5-coder-1.5b-campaign",
+            "--model.tiny", "qwen2", "--model.dtype", "float64", "--model.device", "cpu", "--max_new_tokens", "12",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]", "--policies", "[static, full, hazard, scheduled]",
+            "--policy_options", "{hazard: {trigger: [0.0, 2.0], sustain: 1, calm_tokens: 0, rollback: 2, "
+            "action: recall, budget: 0.25}, scheduled: {at: 2, rollback: 2, action: recall, budget: 0.25, "
+            "share: matched}}"]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    by = {(r["policy"], json.dumps(r["knob"])): r for r in rows}
+    assert by[("hazard", '{"trigger": 0.0}')]["trigger_rate"] == 1.0
+    assert by[("hazard", '{"trigger": 2.0}')]["trigger_rate"] == 0.0
+    coins = [r for r in rows if r["policy"] == "scheduled"]
+    assert [c["knob"] for c in coins] == [{"share": 1.0}] and coins[0]["trigger_rate"] == 1.0
+    # matched needs a hazard run before it: one line, before any model is loaded
+    cfg = build(EvaluateConfig, parse_args(args[1:]))
+    check_config(cfg)
+    cfg.policies = ["static", "scheduled"]
+    with pytest.raises(HazardError, match="list hazard before it"):
+        check_config(cfg)
+
+
 def test_static_runs_keep_no_digest(model64):
     eng = Engine(model64, [256], max_new_tokens=8, batch_size=2)
     g = eng.generate(_prompts(2, seed=5), build_press(PressSpec("knorm", 0.5)), controller=Controller())[0]

@@ -34,6 +34,7 @@ class RowState:
     calm: int = 0
     cooldown: int = 0
     triggers: int = 0
+    passed: bool = False  # a coin-gated one-off policy (scheduled with share < 1) let this row's step go by
 
 
 ACTIONS = ("restore", "recall")
@@ -262,22 +263,35 @@ class ScheduledPolicy(_Relief):
     uncompressed prefill forward, so the run is the uncompressed one). With ``recall`` and a ``rollback`` it
     is the non-learned twin of a guard that fires at about the same step on nearly every row: what the
     guard's timing adds beyond "at token ``at``" is the difference between the two.
+
+    ``share`` < 1 acts on that share of the rows only, each row's by a coin drawn when it reaches the step
+    (``seed``): the twin of a guard that fires at that step on some rows, so the guard's *choice of rows* is
+    what a run against it measures (``share: matched`` in an evaluate config takes the hazard run's share).
     """
 
     name: str = "scheduled"
     signal: str = "none"
     at: int = 0
     rollback: int = 0
+    share: float = 1.0
+    seed: int = 0
+    rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.at, int) or self.at < 0:
             raise HazardError(f"scheduled at must be a whole number of generated tokens >= 0, got {self.at!r}")
+        if isinstance(self.share, bool) or not isinstance(self.share, (int, float)) or not 0 < self.share <= 1:
+            raise HazardError(f"scheduled share must be the share of rows that act, in (0, 1], got {self.share!r}")
+        self.rng = np.random.default_rng(self.seed)
 
     def decide(self, x: float, t: int, st: RowState, onset: int = -1) -> list[tuple]:
-        if not st.relaxed and t + 1 >= self.at:
-            return _relax(st, self.rollback, self.relief)
-        return []
+        if st.relaxed or st.passed or t + 1 < self.at:
+            return []
+        if self.share < 1 and self.rng.random() >= self.share:  # one coin per row: this one sits out
+            st.passed = True
+            return []
+        return _relax(st, self.rollback, self.relief)
 
 
 @dataclass
