@@ -3,8 +3,8 @@
 reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
 ``number_recall`` does the same, with a one-token rewrite, whenever a row starts writing a number;
 ``verify`` decides once, after a verify window beside an uncompressed shadow; ``scheduled`` acts once, at a
-fixed token of every row; ``answer_check`` once a row has finished, from the uncompressed model's reading of
-the whole answer (``hazard.engine.check``).
+fixed token of every row (or of a coin's share of them); ``answer_check`` once a row has finished, from the
+uncompressed model's reading of the whole answer (``hazard.engine.check``).
 
 What a triggered policy brings back is its ``action``: ``restore`` (every evicted prompt entry) or
 ``recall`` (``budget`` x prompt length of them per layer and KV head, ranked by the evicted-key digest
