@@ -44,8 +44,14 @@ from hazard.traces import write_json
 # What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules). Runs
 # that no other run reads (every controlled run, the static sweep) keep the outcomes only: a resumable
 # evaluation of 40 runs x 500 prompts stays a few MB that a later device session can carry.
-ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens")
-OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens")
+ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens", "acted")
+OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens", "acted")
+ACTS = ("restore", "reselect", "force")  # the events a trigger counts: entries brought back, a token replaced
+
+
+def acted(control: dict) -> bool:
+    """Whether a row's controller acted on it (``ACTS``): the per-row trigger behind ``trigger_rate``."""
+    return any(e[1] in ACTS for e in control.get("events", []))
 # The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
 # a restore can wait is what its memory depends on.
 PONR_GRID = (*GRID, 256)
@@ -90,7 +96,7 @@ def summarize_policy(rows: list[dict], gens, full_rows: list[dict], static_rows:
     healthy = [i for i, r in enumerate(static_rows or []) if not r["catastrophe"]]
     # rows the press left right: acting on them can only cost (the answer check's false repairs)
     right = [i for i, r in enumerate(static_rows or []) if r["correct"] and not r["catastrophe"]]
-    triggered = [any(e[1] in ("restore", "reselect", "force") for e in c.get("events", [])) for c in ctl]
+    triggered = [acted(c) for c in ctl]
     return {
         "n": len(rows),
         "accuracy": float(np.mean([r["correct"] for r in rows])),
@@ -292,6 +298,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             gens = engine.generate(ids, build_press(spec), controller=policy)
             secs = time.perf_counter() - t0
             rows = build_rows(tok, prompts, gens, refs, spec, meta, questions)
+            for r, g in zip(rows, gens):  # per prompt, so a trigger's choice of rows can be judged (hazard.paired)
+                r["acted"] = acted(g.control)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
             restores = sum(sum(e[1] in ("restore", "reselect") for e in g.control.get("events", [])) for g in gens)

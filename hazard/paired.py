@@ -27,10 +27,13 @@ OUTCOMES = ("correct", "catastrophe")
 
 def outcome_bits(rows: Sequence[dict]) -> dict[str, str]:
     """A run's per-prompt outcomes as bit strings: compact in JSON (500 prompts: 500 characters each). Rows
-    saved before they kept ``loop`` and ``nonterm`` give ``correct`` only."""
+    saved before they kept ``loop`` and ``nonterm`` give ``correct`` only; ``acted`` (the controller acted on
+    the row) where the rows kept it."""
     bits = {"correct": "".join("1" if r["correct"] else "0" for r in rows)}
     if all("loop" in r and "nonterm" in r for r in rows):
         bits["catastrophe"] = "".join("1" if r["loop"] or r["nonterm"] else "0" for r in rows)
+    if rows and all("acted" in r for r in rows):
+        bits["acted"] = "".join("1" if r["acted"] else "0" for r in rows)
     return bits
 
 
@@ -154,7 +157,26 @@ def gate_headroom(run: dict, static: dict, full: dict) -> dict:
 
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
             "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
-            "failing": moves(failing), "healthy": moves(~failing)}
+            "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing)}
+
+
+def acted_shares(run: dict, static: dict, failing: np.ndarray) -> dict | None:
+    """Where ``run`` acted: its share of the failing rows (``gate_headroom``'s) and of the others, from its
+    per-prompt ``acted`` bits. Runs saved without them give the split their summary allows: the rows the static
+    press left right (``false_repair_rate``) against the others (``trigger_rate``). A trigger that knows which
+    rows fail acts on more of the first group than of the second; a coin acts on both alike. None: neither."""
+    bits = run["outcomes"].get("acted")
+    if bits is not None:
+        a = _array(bits)
+        return {"among": "failing", "share": float(a[failing].mean()) if failing.any() else 0.0,
+                "others": float(a[~failing].mean()) if (~failing).any() else 0.0}
+    if "trigger_rate" not in run or "false_repair_rate" not in run:
+        return None
+    right = _array(static["outcomes"]["correct"]) & ~_array(static["outcomes"]["catastrophe"])
+    n, n_right = len(right), int(right.sum())
+    on_right = run["false_repair_rate"] * n_right
+    return {"among": "static_not_right", "share": (run["trigger_rate"] * n - on_right) / max(n - n_right, 1),
+            "others": on_right / max(n_right, 1)}
 
 
 def gate_headrooms(rows: list[dict]) -> list[dict]:
@@ -175,11 +197,13 @@ def format_headroom(items: list[dict]) -> str:
     if not items:
         return ""
     w = max(len(it["run"]) for it in items)
-    lines = [f"{'run':{w}}  acc    perfect gate  failing rows: fixed / broke   healthy rows: fixed / broke"]
+    lines = [f"{'run':{w}}  acc    perfect gate  failing rows: fixed / broke   healthy rows: fixed / broke   "
+             "acted on: failing (F) or not right under static (W) / the others"]
     for it in items:
         h = it["headroom"]
-        fa, he = h["failing"], h["healthy"]
+        fa, he, a = h["failing"], h["healthy"], h.get("acted")
+        where = "" if a is None else f"{'F' if a['among'] == 'failing' else 'W'} {a['share']:.3f} / {a['others']:.3f}"
         lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f}         "
                      f"{fa['rows']:4d}: {fa['fixed']:3d} / {fa['broke']:<3d}              "
-                     f"{he['rows']:4d}: {he['fixed']:3d} / {he['broke']:<3d}")
+                     f"{he['rows']:4d}: {he['fixed']:3d} / {he['broke']:<3d}              {where}")
     return "\n".join(lines)

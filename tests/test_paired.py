@@ -84,6 +84,7 @@ def test_outcome_bits_are_the_rows_in_order_and_catastrophes_are_loops_or_non_te
     # rows saved before loop / nonterm were kept: accuracy only, and the pair says so
     old = [{"correct": r["correct"], "catastrophe": r["catastrophe"]} for r in rows]
     assert outcome_bits(old) == {"correct": "100"}
+    assert outcome_bits([{**r, "acted": i == 1} for i, r in enumerate(rows)])["acted"] == "010"
     pair = paired_comparisons([_row("static", 0.2, "100"), {**_row("answer_check", 0.3, "110"),
                                                            "outcomes": outcome_bits(old)}])
     assert "catastrophe" not in pair[0] and "catas   n/a" in format_paired(pair)
@@ -108,6 +109,13 @@ def test_a_perfect_gate_keeps_the_runs_outcome_only_on_the_rows_the_press_failed
     assert h["perfect_gate_accuracy"] == pytest.approx(3 / 6) and h["accuracy"] == pytest.approx(3 / 6)
     # a run that acts on everything the same way as static gains nothing
     assert gate_headroom(static, static, full)["perfect_gate_accuracy"] == pytest.approx(2 / 6)
+    assert h["acted"] is None  # neither per-prompt bits nor the summary's rates: nothing to say
+    # where it acted: its bits split by the failing rows (1, 2) and the others (0, 3, 4, 5)
+    bits = {**run, "outcomes": {**run["outcomes"], "acted": "011100"}}
+    assert gate_headroom(bits, static, full)["acted"] == {"among": "failing", "share": 1.0, "others": 0.25}
+    # without bits, from the summary: acted on 3 of 6 rows, on 1 of the 2 the press left right (0, 3)
+    rates = {**run, "trigger_rate": 0.5, "false_repair_rate": 0.5}
+    assert gate_headroom(rates, static, full)["acted"] == {"among": "static_not_right", "share": 0.5, "others": 0.5}
     with pytest.raises(HazardError, match="kept no per-prompt outcomes"):
         gate_headroom({**run, "outcomes": {"correct": "110010"}}, static, full)
     with pytest.raises(HazardError, match="same prompts"):

@@ -189,6 +189,9 @@ def test_a_scheduled_coin_matched_to_the_hazard_runs_share_of_rows(tmp_path):
     assert by[("hazard", '{"trigger": 2.0}')]["trigger_rate"] == 0.0
     coins = [r for r in rows if r["policy"] == "scheduled"]
     assert [c["knob"] for c in coins] == [{"share": 1.0}] and coins[0]["trigger_rate"] == 1.0
+    # each row records whether it was acted on, so a trigger's choice of rows can be judged prompt by prompt
+    assert coins[0]["outcomes"]["acted"] == "1111" and by[("hazard", '{"trigger": 2.0}')]["outcomes"]["acted"] == "0000"
+    assert by[("static", "{}")]["outcomes"]["acted"] == "0000"
     # matched needs a hazard run before it: one line, before any model is loaded
     cfg = build(EvaluateConfig, parse_args(args[1:]))
     check_config(cfg)
