@@ -47,14 +47,14 @@ from hazard.traces import write_json
 ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens", "acted")
 OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens", "acted")
 ACTS = ("restore", "reselect", "force")  # the events a trigger counts: entries brought back, a token replaced
+# The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
+# a restore can wait is what its memory depends on.
+PONR_GRID = (*GRID, 256)
 
 
 def acted(control: dict) -> bool:
     """Whether a row's controller acted on it (``ACTS``): the per-row trigger behind ``trigger_rate``."""
     return any(e[1] in ACTS for e in control.get("events", []))
-# The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
-# a restore can wait is what its memory depends on.
-PONR_GRID = (*GRID, 256)
 
 
 @dataclass
