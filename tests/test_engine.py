@@ -131,15 +131,17 @@ def test_signals_off_gives_the_same_tokens(model64):
     assert all((g.signals[:, :-1] == 0).all() and (g.signals[:, -1] == g.kv_tokens).all() for g in off)
 
 
-@pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "knorm", "expected_attention", "tova", "keydiff"])
-def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name):
+@pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "knorm", "expected_attention", "tova", "keydiff",
+                                  "cur", "cap", "critical_expected_attention", "critical_snapkv"])
+def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name, monkeypatch):
     """Our recording wrapper must compress exactly like the plain kvpress press it wraps."""
+    from kvpress import CriticalKVPress
     from transformers import DynamicCache
 
     from hazard.compression.registry import SCORERS
 
     ids = torch.tensor([_prompts(1, seed=3)[0]])
-    kwargs = {"window_size": 8} if name == "snapkv" else {}
+    kwargs = {"window_size": 8} if name.endswith("snapkv") else {"n_future_positions": 64} if name == "cap" else {}
 
     def prefill(press):
         cache = DynamicCache()
@@ -148,7 +150,16 @@ def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name):
         return [layer.keys for layer in cache.layers]
 
     ours = build_press(PressSpec(name, 0.5, kwargs))
-    theirs = SCORERS[name](compression_ratio=0.5, **kwargs)
+    if name.startswith("critical_"):  # kvpress reads config.head_dim, which Qwen2 configs leave unset
+        cfg = model64.config
+        monkeypatch.setattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads, raising=False)
+        base = name.removeprefix("critical_")
+        theirs = CriticalKVPress(SCORERS[base](**kwargs, **({"use_vnorm": False} if base == "expected_attention"
+                                                            else {})))
+        theirs.compression_ratio = 0.5
+        assert not torch.equal(prefill(ours)[0], prefill(SCORERS[base](compression_ratio=0.5, **kwargs))[0])
+    else:
+        theirs = SCORERS[name](compression_ratio=0.5, **kwargs)
     for a, b in zip(prefill(ours), prefill(theirs)):
         assert torch.equal(a, b)
     if name == "streaming_llm":  # the 4 sink slots and the most recent ones, nothing from the middle
@@ -159,7 +170,7 @@ def test_tracked_press_keeps_what_the_kvpress_press_keeps(model64, name):
 
 
 @pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "knorm", "expected_attention", "tova", "keydiff",
-                                  "lagkv", "random"])
+                                  "lagkv", "random", "cur", "cap", "critical_expected_attention"])
 def test_batched_prefill_keeps_what_kvpress_keeps_for_each_prompt_alone(model64, name):
     """Prompts of different lengths prefilled together: each row's store holds exactly the entries the
     press keeps when it compresses that prompt alone (kept positions and K/V, every layer)."""
@@ -172,6 +183,8 @@ def test_batched_prefill_keeps_what_kvpress_keeps_for_each_prompt_alone(model64,
     kwargs = {"window_size": 8} if name == "snapkv" else {"seed": 0} if name == "random" else {}
     if name == "lagkv":
         kwargs = {"n_sink": 2, "lag_size": 8}
+    if name == "cap":
+        kwargs = {"n_future_positions": 64}
     prompts = _prompts(4, seed=7) + [_prompts(1, seed=7)[0]]  # a repeated length: one group of two
     cfg = model64.config
     d = cfg.hidden_size // cfg.num_attention_heads

@@ -1,7 +1,9 @@
 """Press registry over kvpress: a name and a compression ratio give a press (or None for no compression).
 
 Prefill presses compress the prompt once; ``decode_*`` presses (kvpress CompressionRatioDecodingPress)
-also compress during generation, every ``compression_interval`` steps, to keep ``ratio`` of all tokens.
+also compress during generation, every ``compression_interval`` steps, to keep ``ratio`` of all tokens;
+``critical_*`` presses (kvpress CriticalKVPress) rescale a scorer's scores by the L1 norm of the values
+through the output projection, keeping the first half of the budget by the scorer alone.
 Only ScorerPress subclasses whose selection is plain top-k are listed: their kept indices can be
 tracked (see tracked.py). Presses that need eager attention weights or downloaded statistics are left out.
 """
@@ -11,9 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 from kvpress import (
     BasePress,
+    CapPress,
     CompressionRatioDecodingPress,
+    CriticalKVPress,
+    CURPress,
     ExpectedAttentionPress,
     KeyDiffPress,
     KnormPress,
@@ -37,9 +43,14 @@ SCORERS = {
     "keydiff": KeyDiffPress,
     "lagkv": LagKVPress,
     "random": RandomPress,
+    "cur": CURPress,
+    "cap": CapPress,
 }
 DECODE_PREFIX = "decode_"
-PRESS_NAMES = ["none", *SCORERS, *(DECODE_PREFIX + n for n in ("knorm", "streaming_llm", "keydiff", "random"))]
+CRITICAL_PREFIX = "critical_"
+CRITICAL_BASES = ("expected_attention", "snapkv", "knorm", "tova", "keydiff")
+PRESS_NAMES = ["none", *SCORERS, *(DECODE_PREFIX + n for n in ("knorm", "streaming_llm", "keydiff", "random")),
+               *(CRITICAL_PREFIX + n for n in CRITICAL_BASES)]
 
 
 @dataclass
@@ -49,12 +60,14 @@ class PressSpec:
     Parameters
     ----------
     name : str
-        A registry name: ``none``, a prefill press (``snapkv``, ``knorm``, ...) or ``decode_<press>``.
+        A registry name: ``none``, a prefill press (``snapkv``, ``knorm``, ...), ``decode_<press>`` or
+        ``critical_<press>``.
     ratio : float
         Fraction of KV pairs removed, in [0, 1).
     kwargs : dict
-        Extra press options, e.g. ``{window_size: 32}`` for snapkv or ``{compression_interval: 64}``
-        for a decode press.
+        Extra press options, e.g. ``{window_size: 32}`` for snapkv, ``{compression_interval: 64}``
+        for a decode press, ``{first_stage_ratio: 0.5, epsilon: 1e-4}`` for a critical press (the others
+        go to its scorer).
     """
 
     name: str
@@ -64,6 +77,17 @@ class PressSpec:
     @property
     def label(self) -> str:
         return setting_label(self.name, self.ratio)
+
+
+class _CriticalKV(CriticalKVPress):
+    """kvpress CriticalKVPress with the value norm taken from the attention module's own shape: kvpress reads
+    ``config.head_dim``, which Qwen2 configs leave unset. Same formula, all heads in one einsum."""
+
+    @staticmethod
+    def vwl1norm(values, module):
+        b, hkv, n, d = values.shape
+        wo = module.o_proj.weight.T.reshape(hkv, -1, d, module.o_proj.weight.shape[0])  # (hkv, group, d, hidden)
+        return torch.einsum("bknd,kgde->bkgne", values, wo.to(values.dtype)).abs().sum(-1).mean(2)
 
 
 def _make(cls, name: str, kwargs: dict):
@@ -92,6 +116,13 @@ def build_press(spec: PressSpec) -> BasePress | None:
         scorer = TrackedPress(press=_make(SCORERS[base], base, kwargs))
         return CompressionRatioDecodingPress(base_press=scorer, target_compression_ratio=spec.ratio,
                                              **{"compression_interval": 64, **decode_opts})
+    if spec.name.startswith(CRITICAL_PREFIX):
+        base = spec.name[len(CRITICAL_PREFIX):]
+        critical_opts = {k: kwargs.pop(k) for k in ("first_stage_ratio", "epsilon") if k in kwargs}
+        if base == "expected_attention":  # CriticalKV reweights by the values itself (kvpress warns otherwise)
+            kwargs.setdefault("use_vnorm", False)
+        scorer = _CriticalKV(press=_make(SCORERS[base], base, kwargs), **critical_opts)
+        return TrackedPress(press=scorer, compression_ratio=spec.ratio)
     return TrackedPress(press=_make(SCORERS[spec.name], spec.name, kwargs), compression_ratio=spec.ratio)
 
 
