@@ -90,24 +90,39 @@ def outcome_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
-    """Per task and base press, each controlled run against the static press and the uncompressed run, and
-    each two controlled runs whose mean KV differs by at most ``kv_tol`` (a matched-memory pair). Rows without
-    ``outcomes`` (written before they existed) are left out."""
+    """Per task and base press, each controlled run against the static press, the uncompressed run, and every
+    other static press of the task within ``kv_tol`` of its mean KV (issue 12's bar is the best static press at
+    the same memory, whichever press that is); and each two controlled runs whose mean KV differs by at most
+    ``kv_tol`` (a matched-memory pair). The uncompressed run is the same under any base press: a group without
+    its own (a merge keeps one per task) takes the task's. Rows without ``outcomes`` (written before they
+    existed) are left out."""
     out = []
-    for (task, base), sub in outcome_groups(rows).items():
-        refs = [r for r in sub if r["policy"] in ("static", "full")]
+    groups = outcome_groups(rows)
+    for (task, base), sub in groups.items():
+        task_rows = [r for (t, _), g in groups.items() if t == task for r in g]
         runs = [r for r in sub if r["policy"] not in ("static", "full")]
+        refs = [r for r in sub if r["policy"] in ("static", "full")]
+        if not any(r["policy"] == "full" for r in refs):
+            refs += [r for r in task_rows if r["policy"] == "full"][:1]
         pairs = [(r, ref) for r in runs for ref in refs]
+        pairs += [(r, s) for r in runs for s in task_rows if s["policy"] == "static" and s not in sub
+                  and abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
         pairs += [(r, s) for i, r in enumerate(runs) for s in runs[i + 1:]
                   if abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
         for r, s in pairs:
             if r["accuracy"] < s["accuracy"]:  # the better run first: the differences read as gains
                 r, s = s, r
-            out.append({"task": task, "base": base, "a": run_label(r), "b": run_label(s),
+            out.append({"task": task, "base": base, "a": _label(r, base), "b": _label(s, base),
                         "kv": [r["mean_kv_fraction"], s["mean_kv_fraction"]],
                         **{k: paired_difference(r["outcomes"][k], s["outcomes"][k]) for k in OUTCOMES
                            if k in r["outcomes"] and k in s["outcomes"]}})
     return out
+
+
+def _label(row: dict, base: str) -> str:
+    """``run_label``; a static press other than the group's base press is named with its setting."""
+    own = row["policy"] != "static" or f"{row['base_press']}@{row['base_ratio']:g}" == base
+    return run_label(row) if own else f"static {row['base_press']}@{row['base_ratio']:g}"
 
 
 def format_paired(pairs: list[dict]) -> str:

@@ -76,6 +76,24 @@ def test_runs_are_paired_with_the_references_and_with_runs_at_matched_memory(cap
     assert paired_comparisons([{**r, "outcomes": None} for r in rows]) == []
 
 
+def test_runs_meet_the_static_presses_of_other_settings_at_the_same_memory():
+    """The bar is the best static press at equal memory, whichever press: a controlled run is also paired with
+    another setting's static run within the tolerance, and a group without its own uncompressed run (a merge
+    keeps one per task) takes the task's."""
+    rows = [_row("full", 1.0, "1111", base="snapkv"), _row("static", 0.2, "0011"),
+            _row("answer_check", 0.24, "1011", {"gate": ""}),
+            _row("static", 0.25, "0111", base="expected_attention"),  # matched: 0.01 from the run
+            _row("static", 0.31, "1111", base="tova")]  # too far
+    pairs = paired_comparisons(rows, kv_tol=0.02)
+    names = {(p["a"], p["b"]) for p in pairs}
+    assert names == {("full", "answer_check(gate=)"), ("answer_check(gate=)", "static"),
+                     ("answer_check(gate=)", "static expected_attention@0.75")}
+    cross = next(p for p in pairs if p["b"].startswith("static expected"))
+    assert cross["base"] == "knorm@0.75" and cross["kv"] == [0.24, 0.25]
+    assert (cross["correct"]["a_only"], cross["correct"]["b_only"]) == (1, 1)
+    assert len(paired_comparisons(rows, kv_tol=0.005)) == 2
+
+
 def test_outcome_bits_are_the_rows_in_order_and_catastrophes_are_loops_or_non_terminations():
     rows = [{"correct": True, "loop": False, "nonterm": False, "catastrophe": True},  # compression broke it
             {"correct": False, "loop": True, "nonterm": False, "catastrophe": True},
