@@ -1,15 +1,17 @@
 """Train the answer check's learned gate (``hazard.control.gate``) on an evaluate config's tasks and base press.
 
     python evaluate/answer_gate.py --config configs/evaluate/gate_q15.yaml --out checkpoints/answer-gate-q15
-        [--max_false 0.05 0.2] [--features digits|reading] [--label wrong|broken] [--tau 0.2]
-        [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
+        [--max_false 0.05 0.2] [--false_over right|calm] [--features digits|reading] [--label wrong|broken]
+        [--tau 0.2] [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
 
 For every prompt: the uncompressed run and the run under each base press (the engine, greedy), then one reading
 of each compressed answer by the uncompressed model (``check_answers``). Label (``--label``): the compressed
 answer is wrong (default), or compression broke it (right uncompressed, wrong compressed); the report always
 scores the broken ones. Features: ``hazard.control.gate.FEATURE_SETS[--features]`` of that reading. Prompt-
-grouped 5-fold cross-validation picks the threshold (at most ``max_false`` of the answers that are right
-compressed get repaired; only answers with a disagreement at ``--tau`` reach the gate); the gate refit on
+grouped 5-fold cross-validation picks the threshold: at most ``max_false`` of the answers that are right
+compressed get repaired (``--false_over right``, the false-repair rate), or of every answer without a loop or a
+non-termination under the press (``calm``: issue 12's false-trigger rate, which also counts the answers wrong
+uncompressed); only answers with a disagreement at ``--tau`` reach the gate; the gate refit on
 everything goes to ``<out>/f<max_false>/gate.json`` with ``report.json`` (cross-validated AUROC, repair rates,
 data, model, git sha), one folder per ``max_false``. Use prompts the evaluation never sees (GSM8K train).
 
@@ -46,7 +48,7 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
     """Readings, features, labels and prompt groups for every (prompt, base press) of ``cfg``."""
     model, tok = load_model(cfg.model)
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
-    xs, ys, ok, groups, verdicts_all, full_all, full_ok, signals = [], [], [], [], [], [], [], []
+    xs, ys, ok, calm, groups, verdicts_all, full_all, full_ok, signals = [], [], [], [], [], [], [], [], []
     cols = [SIGNALS.index(s) for s in SAVED_SIGNALS]
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
     for t in cfg.tasks:
@@ -64,6 +66,7 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
                     xs.append(verdict_features(v, cfg.max_new_tokens))  # the first gate's, for a look
                     ys.append(bool(f["correct"] and not r["correct"]))
                     ok.append(bool(r["correct"]))
+                    calm.append(not (r["loop"] or r["nonterm"]))  # the rows false_trigger_rate counts
                     full_ok.append(bool(f["correct"]))
                     groups.append(f"{task.name}/{i}")
                 verdicts_all += verdicts
@@ -71,7 +74,8 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
                 full_all += [f["tokens"] for f in full]
     _, groups = np.unique(np.array(groups), return_inverse=True)
     seen = np.unique(np.concatenate([v.tokens for v in verdicts_all] + [v.top for v in verdicts_all]))
-    return {"x": np.array(xs), "y": np.array(ys, dtype=np.int64), "healthy": np.array(ok), "groups": groups,
+    return {"x": np.array(xs), "y": np.array(ys, dtype=np.int64), "healthy": np.array(ok), "calm": np.array(calm),
+            "groups": groups,
             "full_correct": np.array(full_ok), "verdicts": verdicts_all, "full_tokens": full_all,
             "signals": signals,
             "vocab_ids": seen, "vocab": np.array(tok.convert_ids_to_tokens(seen.tolist()), dtype=object),
@@ -92,7 +96,7 @@ def _ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
 def save_gate_data(path: str | Path, d: dict) -> None:
     """``collect_gate_data``'s readings as one .npz, written atomically (a killed call leaves no file)."""
     vs = d["verdicts"]
-    arrays = {k: d[k] for k in ("y", "healthy", "groups", "full_correct", "vocab_ids")}
+    arrays = {k: d[k] for k in ("y", "healthy", "calm", "groups", "full_correct", "vocab_ids") if k in d}
     for name in ("tokens", "logp", "top", "top_logp"):
         arrays[name], arrays["offsets"] = _ragged([getattr(v, name) for v in vs])
     arrays["full_tokens"], arrays["full_offsets"] = _ragged(d["full_tokens"])
@@ -120,7 +124,8 @@ def load_gate_data(path: str | Path) -> dict:
     vs = [Verdict(*(z[k][o[i]:o[i + 1]] for k in ("tokens", "logp", "top", "top_logp"))) for i in range(len(o) - 1)]
     m = int(z["max_new_tokens"])
     return {"x": np.array([verdict_features(v, m) for v in vs]), "y": z["y"], "healthy": z["healthy"],
-            "groups": z["groups"], "full_correct": z["full_correct"], "verdicts": vs,
+            **({"calm": z["calm"]} if "calm" in z else {}), "groups": z["groups"],
+            "full_correct": z["full_correct"], "verdicts": vs,
             "full_tokens": [z["full_tokens"][fo[i]:fo[i + 1]] for i in range(len(fo) - 1)],
             "vocab_ids": z["vocab_ids"], "vocab": z["vocab"], "max_new_tokens": m,
             "signals": [z["signals"][o[i]:o[i + 1]] for i in range(len(o) - 1)] if "signals" in z else [],
@@ -133,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max_false", type=float, nargs="+", default=[0.05])
+    ap.add_argument("--false_over", choices=["right", "calm"], default="right",
+                    help="max_false counts repairs of answers right under the press, or of every answer without a "
+                         "loop or non-termination under it (issue 12's false triggers)")
     ap.add_argument("--features", choices=sorted(FEATURE_SETS), default="digits",
                     help="the reading's statistics the gate reads (hazard.control.gate.FEATURE_SETS)")
     ap.add_argument("--label", choices=["broken", "wrong"], default="wrong",
@@ -155,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         x = np.array([verdict_features(v, data["max_new_tokens"], features, digit_ids) for v in data["verdicts"]])
         target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
         eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
-        fits = [(m, *fit_gate(x, data["y"], data["groups"], data["healthy"], m, target=target, eligible=eligible))
+        if args.false_over == "calm" and "calm" not in data:
+            raise HazardError(f"--false_over calm: the readings in {args.data} were collected before their loop and "
+                              "non-termination flags were kept; collect them again (delete the file)")
+        spared = data["healthy"] if args.false_over == "right" else data["calm"]
+        fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible))
                 for m in args.max_false]
     except HazardError as e:
         print(f"answer_gate: error: {e}", file=sys.stderr)
@@ -166,16 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         gate.digit_ids = digit_ids if any(f.startswith("digit_") for f in features) else []
         gate.save(out / "gate.json")
         report.update({"features": list(features), "coef": dict(zip(features, gate.coef)), "label": args.label,
+                       "false_over": args.false_over,
                        "tau": args.tau, "config": args.config,
                        "model": cfg.model.label(), "tasks": [t.name for t in cfg.tasks],
                        "base_presses": [s.label for s in cfg.base_presses], "max_new_tokens": cfg.max_new_tokens,
                        "hardware": hardware(), "git_sha": _git_sha(), "collected": data["collected"],
                        "data": args.data or None})
         write_json(out / "report.json", report)
+        spared = "right" if args.false_over == "right" else "calm (no loop or non-termination)"
         print(f"answer gate: {report['n']} answers ({report['broken']} broken by compression), cross-validated "
               f"AUROC {report['cv_auroc']:.3f}; at threshold {gate.threshold:.3f} it repairs "
               f"{report['cv_broken_repaired']:.2f} of the broken and {report['cv_healthy_repaired']:.2f} of the "
-              f"healthy answers -> {out}/gate.json")
+              f"{spared} answers -> {out}/gate.json")
     return 0
 
 

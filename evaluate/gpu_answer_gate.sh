@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's learned gate for the answer check, on one GPU, run on the device machine from the repo root:
-#   [GATE=gate_q15] [NAME=answer-gate-q15] [MAX_FALSE="0.05 0.2"] [FRONTIER=frontier_q15_check_gate] \
-#     bash evaluate/gpu_answer_gate.sh
+#   [GATE=gate_q15] [NAME=answer-gate-q15] [MAX_FALSE="0.05 0.2"] [GATE_ARGS="--false_over calm ..."] \
+#     [FRONTIER=frontier_q15_check_gate] bash evaluate/gpu_answer_gate.sh
 # 1. evaluate/answer_gate.py collects the readings on GSM8K train problems (configs/evaluate/$GATE.yaml), saves
 #    them to /tmp/hz/$NAME.npz and fits one gate per false-repair rate into /tmp/hz/$NAME (skipped when it is
 #    there: a second call on a warm machine goes on);
@@ -19,7 +19,7 @@ gate=/tmp/hz/$NAME
 if [ ! -f "$gate/.done" ]; then
   # shellcheck disable=SC2086
   python3 evaluate/answer_gate.py --config "configs/evaluate/$GATE.yaml" --out "$gate" \
-    --max_false ${MAX_FALSE:-0.05 0.2} --data "/tmp/hz/$NAME.npz" 2>&1 | grep -v -i warn | tail -20
+    --max_false ${MAX_FALSE:-0.05 0.2} ${GATE_ARGS:-} --data "/tmp/hz/$NAME.npz" 2>&1 | grep -v -i warn | tail -20
   [ "${PIPESTATUS[0]}" -eq 0 ] || exit 3
   touch "$gate/.done"
 fi

@@ -1,5 +1,7 @@
 """The answer check (``hazard.engine.check``) and the ``answer_check`` policy that repairs answers with it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -228,10 +230,12 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     assert d["x"].shape == (6, len(FEATURES)) and np.isfinite(d["x"]).all()
     assert d["groups"].tolist() == [0, 1, 2, 0, 1, 2]  # one group per prompt, across presses
     assert set(d["y"].tolist()) <= {0, 1} and d["healthy"].dtype == bool
+    assert d["calm"].dtype == bool and len(d["calm"]) == 6
     # the readings round-trip through the dump, and a fit reads them back without a model
     save_gate_data(tmp_path / "d.npz", d)
     back = load_gate_data(tmp_path / "d.npz")
     assert np.array_equal(back["x"], d["x"]) and np.array_equal(back["y"], d["y"])
+    assert np.array_equal(back["calm"], d["calm"])
     assert all(np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logp, b.logp)
                for a, b in zip(back["verdicts"], d["verdicts"]))
     assert [list(t) for t in back["full_tokens"]] == [list(t) for t in d["full_tokens"]]
@@ -241,6 +245,56 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     assert np.allclose(np.concatenate(back["signals"]), np.concatenate(d["signals"]), rtol=1e-2, atol=1e-2)
     assert "entropy" in back["signal_names"]
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _synthetic_readings(n: int, seed: int) -> dict:
+    """Readings where wrong answers carry a confident disagreement and half the right ones a mild one; some wrong
+    answers are calm (no loop or non-termination), as answers wrong uncompressed too are."""
+    from hazard.engine.check import Verdict
+
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < 0.4
+    vs = []
+    for w in wrong:
+        tokens = rng.integers(0, 50, 20)
+        top, logp = tokens.copy(), np.full(20, -0.05)
+        j = rng.integers(0, 20)
+        if w or rng.random() < 0.5:
+            top[j] = tokens[j] + 1
+            logp[j] = -3.0 - 2 * rng.random() if w else -1.7 - 1.5 * rng.random()
+        vs.append(Verdict(tokens, logp, top, np.full(20, -0.05)))
+    return {"verdicts": vs, "y": (wrong & (rng.random(n) < 0.5)).astype(np.int64), "healthy": ~wrong,
+            "calm": ~wrong | (rng.random(n) < 0.7), "groups": np.arange(n) // 2, "full_correct": np.ones(n, bool),
+            "full_tokens": [v.tokens for v in vs], "vocab_ids": np.arange(60),
+            "vocab": np.array([str(i) for i in range(60)], dtype=object), "max_new_tokens": 32,
+            "collected": {"hardware": "test"}}
+
+
+def test_a_gate_held_to_the_false_trigger_rate_spares_the_calm_answers(tmp_path, capsys):
+    """--false_over calm holds the gate to issue 12's false triggers (every answer without a loop or a
+    non-termination), which also count the wrong-anyway answers a false-repair threshold may repair."""
+    import sys
+
+    sys.path.insert(0, "evaluate")
+    from answer_gate import main, save_gate_data
+
+    d = _synthetic_readings(400, seed=2)
+    save_gate_data(tmp_path / "d.npz", d)
+    args = ["--config", "configs/evaluate/gate_q15_4k.yaml", "--data", str(tmp_path / "d.npz"), "--features",
+            "reading", "--max_false", "0.05"]
+    assert main([*args, "--out", str(tmp_path / "right")]) == 0
+    assert main([*args, "--out", str(tmp_path / "calm"), "--false_over", "calm"]) == 0
+    right, calm = (json.loads((tmp_path / k / "f0.05" / "report.json").read_text()) for k in ("right", "calm"))
+    assert (right["false_over"], calm["false_over"]) == ("right", "calm")
+    assert calm["cv_healthy_repaired"] <= 0.05 and right["cv_healthy_repaired"] <= 0.05
+    assert calm["threshold"] > right["threshold"]  # sparing the calm wrong answers takes a stricter gate
+    assert "of the calm (no loop or non-termination) answers" in capsys.readouterr().out
+    # readings collected before the flags were kept: one clear line
+    del d["calm"]
+    save_gate_data(tmp_path / "old.npz", d)
+    old = ["--data", str(tmp_path / "old.npz"), "--out", str(tmp_path / "x"), "--false_over", "calm"]
+    assert main([*args[:2], *old]) == 2
+    assert "collect them again" in capsys.readouterr().err
 
 
 def test_digit_statistics_count_changed_numbers_apart_from_changed_words():
