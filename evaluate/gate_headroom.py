@@ -1,13 +1,16 @@
 """How far a gate could take each controlled run: its accuracy behind a perfect gate (acting only on the rows the
-static press failed, so 0 false triggers), from the per-prompt outcomes a `closed_loop.json` keeps.
+static press failed), and behind the best gate held to issue 12's false-trigger bound, from the per-prompt
+outcomes a `closed_loop.json` keeps.
 
     python evaluate/gate_headroom.py evaluate/results/frontier_q15_check_paired/closed_loop.json \
         --out evaluate/results/frontier_q15_check_paired/gate_headroom.json \
         > evaluate/results/frontier_q15_check_paired/gate_headroom.txt
 
-Issue 12 asks for the accuracy bound and false triggers ≤ 5% of healthy rows together. If a run's action behind
-a perfect gate stays under the bound, no gate can meet both with that action; if it clears it, the gap is the
-gate's (`hazard.paired.gate_headroom`).
+Issue 12 asks for the accuracy bound and false triggers ≤ 5% of healthy rows together. The closed loop counts a
+false trigger on every row without a loop or non-termination, broken answers included, so the perfect gate's own
+false-trigger rate is printed beside it, and the best gate held to `--max_false` of it (`bound_gate`). If a
+run's action behind that gate stays under the accuracy bound, no gate can meet both with that action; if it
+clears it, the gap is the gate's (`hazard.paired.gate_headroom`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("closed_loop", type=Path)
     ap.add_argument("--out", type=Path, help="JSON to write (the printed table is on stdout)")
+    ap.add_argument("--max_false", type=float, default=0.05,
+                    help="the false-trigger bound of the bound gate (issue 12: 0.05 of the calm rows)")
     args = ap.parse_args(argv)
     try:
         if not args.closed_loop.is_file():
             raise HazardError(f"gate_headroom: {args.closed_loop} not found; give a closed_loop.json")
         rec = json.loads(args.closed_loop.read_text())
-        items = gate_headrooms(rec.get("rows", []))
+        items = gate_headrooms(rec.get("rows", []), args.max_false)
         if not items:
             raise HazardError(f"gate_headroom: {args.closed_loop} has no controlled run with per-prompt outcomes "
                               "beside a static and an uncompressed one")

@@ -146,16 +146,20 @@ def format_paired(pairs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def gate_headroom(run: dict, static: dict, full: dict) -> dict:
+def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) -> dict:
     """What ``run``'s action would reach behind a perfect gate, from the three rows' per-prompt outcomes.
 
-    A perfect gate acts only on the rows the static press failed: a loop or a non-termination, or an answer the
-    uncompressed run got right and the press got wrong (the rows ``false_trigger_rate`` does not count as
-    healthy). There the row takes ``run``'s outcome, everywhere else the static press's, so its false triggers
-    are 0. The counts say where ``run``'s accuracy comes from: rows it fixed or broke among the failing ones
-    and among the healthy ones (acting on a healthy row can fix an answer that was wrong uncompressed as well).
-    A counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it, which
-    bf16 batch arithmetic makes only nearly true.
+    A perfect gate acts only on the rows the static press failed, the catastrophes of the trace labels: a loop or
+    a non-termination, or an answer the uncompressed run got right and the press got wrong. There the row takes
+    ``run``'s outcome, everywhere else the static press's: no false alarm in the labels' sense. The closed loop's
+    ``false_trigger_rate`` counts every row without a loop or non-termination ("calm"), the broken answers too,
+    so that gate still shows ``perfect_gate_false_triggers``. ``bound_gate`` is the best gate held to
+    ``max_false`` of that rate: it acts on every row where ``run`` fixes the static answer among the loops and
+    non-terminations (free) and on at most ``floor(max_false x calm rows)`` calm rows, those it fixes; its
+    accuracy is the most any gate can keep with this action at that bound. The counts say where ``run``'s
+    accuracy comes from: rows it fixed or broke among the failing ones and among the healthy ones (acting on a
+    healthy row can fix an answer that was wrong uncompressed as well). A counterfactual per row: it assumes a
+    row's outcome does not depend on the rows batched with it, which bf16 batch arithmetic makes only nearly true.
     """
     for row in (run, static, full):
         if "catastrophe" not in row.get("outcomes", {}):
@@ -164,14 +168,21 @@ def gate_headroom(run: dict, static: dict, full: dict) -> dict:
     u, s, f = (_array(r["outcomes"]["correct"]) for r in (run, static, full))
     if not len(u) == len(s) == len(f):
         raise HazardError(f"gate_headroom: the runs must answer the same prompts ({len(u)}, {len(s)}, {len(f)})")
-    failing = _array(static["outcomes"]["catastrophe"]) | (f & ~s)
+    wild = _array(static["outcomes"]["catastrophe"])  # loops and non-terminations under the press
+    failing = wild | (f & ~s)
     n = len(u)
+    fixes = u & ~s
+    budget = int(np.floor(max_false * (~wild).sum()))
+    bound = {"max_false": max_false, "calm_rows": int((~wild).sum()), "budget": budget,
+             "fixable_wild": int((fixes & wild).sum()), "fixable_calm": int((fixes & ~wild).sum()),
+             "accuracy": float((s.sum() + (fixes & wild).sum() + min(budget, int((fixes & ~wild).sum()))) / n)}
 
     def moves(mask: np.ndarray) -> dict:
         return {"rows": int(mask.sum()), "fixed": int((mask & u & ~s).sum()), "broke": int((mask & s & ~u).sum())}
 
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
             "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
+            "perfect_gate_false_triggers": float((failing & ~wild).sum() / max((~wild).sum(), 1)), "bound_gate": bound,
             "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing)}
 
 
@@ -194,7 +205,7 @@ def acted_shares(run: dict, static: dict, failing: np.ndarray) -> dict | None:
             "others": on_right / max(n_right, 1)}
 
 
-def gate_headrooms(rows: list[dict]) -> list[dict]:
+def gate_headrooms(rows: list[dict], max_false: float = 0.05) -> list[dict]:
     """``gate_headroom`` of each controlled row with outcomes, against the static and uncompressed rows of its
     task and base press (groups without both are left out)."""
     items = []
@@ -202,7 +213,7 @@ def gate_headrooms(rows: list[dict]) -> list[dict]:
         refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
         if len(refs) == 2:
             items += [{"task": task, "base": base, "run": run_label(r),
-                       "headroom": gate_headroom(r, refs["static"], refs["full"])}
+                       "headroom": gate_headroom(r, refs["static"], refs["full"], max_false)}
                       for r in sub if r["policy"] not in ("static", "full")]
     return items
 
@@ -212,13 +223,17 @@ def format_headroom(items: list[dict]) -> str:
     if not items:
         return ""
     w = max(len(it["run"]) for it in items)
-    lines = [f"{'run':{w}}  acc    perfect gate  failing rows: fixed / broke   healthy rows: fixed / broke   "
+    m = items[0]["headroom"]["bound_gate"]["max_false"]
+    lines = [f"{'run':{w}}  acc    perfect gate (its false triggers)  at <= {m:.0%} false triggers  "
+             "failing rows: fixed / broke   healthy rows: fixed / broke   "
              "acted on: failing (F) or not right under static (W) / the others"]
     for it in items:
         h = it["headroom"]
         fa, he, a = h["failing"], h["healthy"], h.get("acted")
         where = "" if a is None else f"{'F' if a['among'] == 'failing' else 'W'} {a['share']:.3f} / {a['others']:.3f}"
-        lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f}         "
+        lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f} "
+                     f"({h['perfect_gate_false_triggers']:.3f})                {h['bound_gate']['accuracy']:.3f}"
+                     "                    "
                      f"{fa['rows']:4d}: {fa['fixed']:3d} / {fa['broke']:<3d}              "
                      f"{he['rows']:4d}: {he['fixed']:3d} / {he['broke']:<3d}              {where}")
     return "\n".join(lines)
