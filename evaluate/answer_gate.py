@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                        "hardware": hardware(), "git_sha": _git_sha(), "collected": data["collected"],
                        "data": args.data or None})
         write_json(out / "report.json", report)
-        spared = "right" if args.false_over == "right" else "calm (no loop or non-termination)"
+        spared_name = "right" if args.false_over == "right" else "calm (no loop or non-termination)"
         print(f"answer gate: {report['n']} answers ({report['broken']} broken by compression), cross-validated "
               f"AUROC {report['cv_auroc']:.3f}; at threshold {gate.threshold:.3f} it repairs "
               f"{report['cv_broken_repaired']:.2f} of the broken and {report['cv_healthy_repaired']:.2f} of the "
-              f"{spared} answers -> {out}/gate.json")
+              f"{spared_name} answers -> {out}/gate.json")
     return 0
 
 

@@ -85,7 +85,7 @@ def outcome_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r.get("outcomes"):
-            groups.setdefault((task_key(r), f"{r['base_press']}@{r['base_ratio']:g}"), []).append(r)
+            groups.setdefault((task_key(r), _base(r)), []).append(r)
     return groups
 
 
@@ -99,13 +99,13 @@ def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     out = []
     groups = outcome_groups(rows)
     for (task, base), sub in groups.items():
-        task_rows = [r for (t, _), g in groups.items() if t == task for r in g]
+        others = [r for (t, b), g in groups.items() if t == task and b != base for r in g]
         runs = [r for r in sub if r["policy"] not in ("static", "full")]
         refs = [r for r in sub if r["policy"] in ("static", "full")]
         if not any(r["policy"] == "full" for r in refs):
-            refs += [r for r in task_rows if r["policy"] == "full"][:1]
+            refs += [r for r in others if r["policy"] == "full"][:1]
         pairs = [(r, ref) for r in runs for ref in refs]
-        pairs += [(r, s) for r in runs for s in task_rows if s["policy"] == "static" and s not in sub
+        pairs += [(r, s) for r in runs for s in others if s["policy"] == "static"
                   and abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
         pairs += [(r, s) for i, r in enumerate(runs) for s in runs[i + 1:]
                   if abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
@@ -119,10 +119,14 @@ def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     return out
 
 
+def _base(row: dict) -> str:
+    """The row's base press setting, ``press@ratio``."""
+    return f"{row['base_press']}@{row['base_ratio']:g}"
+
+
 def _label(row: dict, base: str) -> str:
     """``run_label``; a static press other than the group's base press is named with its setting."""
-    own = row["policy"] != "static" or f"{row['base_press']}@{row['base_ratio']:g}" == base
-    return run_label(row) if own else f"static {row['base_press']}@{row['base_ratio']:g}"
+    return f"static {_base(row)}" if row["policy"] == "static" and _base(row) != base else run_label(row)
 
 
 def format_paired(pairs: list[dict]) -> str:
@@ -172,17 +176,17 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
     failing = wild | (f & ~s)
     n = len(u)
     fixes = u & ~s
-    budget = int(np.floor(max_false * (~wild).sum()))
-    bound = {"max_false": max_false, "calm_rows": int((~wild).sum()), "budget": budget,
-             "fixable_wild": int((fixes & wild).sum()), "fixable_calm": int((fixes & ~wild).sum()),
-             "accuracy": float((s.sum() + (fixes & wild).sum() + min(budget, int((fixes & ~wild).sum()))) / n)}
+    calm, fix_wild, fix_calm = int((~wild).sum()), int((fixes & wild).sum()), int((fixes & ~wild).sum())
+    budget = int(np.floor(max_false * calm))
+    bound = {"max_false": max_false, "calm_rows": calm, "budget": budget, "fixable_wild": fix_wild,
+             "fixable_calm": fix_calm, "accuracy": float((s.sum() + fix_wild + min(budget, fix_calm)) / n)}
 
     def moves(mask: np.ndarray) -> dict:
-        return {"rows": int(mask.sum()), "fixed": int((mask & u & ~s).sum()), "broke": int((mask & s & ~u).sum())}
+        return {"rows": int(mask.sum()), "fixed": int((mask & fixes).sum()), "broke": int((mask & s & ~u).sum())}
 
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
             "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
-            "perfect_gate_false_triggers": float((failing & ~wild).sum() / max((~wild).sum(), 1)), "bound_gate": bound,
+            "perfect_gate_false_triggers": float((failing & ~wild).sum() / max(calm, 1)), "bound_gate": bound,
             "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing)}
 
 
