@@ -6,7 +6,8 @@
 Rows are pooled (one ``full`` row per task: every input must have measured the same uncompressed run, or
 the merge stops), frontiers recomputed (``hazard.frontiers``), one PNG per task beside ``--out``, and the
 matched-KV table printed; rows that kept their per-prompt outcomes are also compared prompt by prompt across
-the inputs (``paired``, ``hazard.paired``), as they answered the same prompts. Inputs run with different
+the inputs (``paired``, ``hazard.paired``), as they answered the same prompts, and each run against the
+pooled seeds of every coin at its memory (``coins``). Inputs run with different
 guards keep them apart: each learned (``hazard``) row's knob then names its guard.
 """
 
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from hazard.frontiers import format_matched, frontiers, task_key
-from hazard.paired import format_paired, paired_comparisons
+from hazard.paired import coin_comparisons, format_coins, format_paired, paired_comparisons
 from hazard.report import frontier_plot
 from hazard.traces import write_json
 
@@ -50,7 +51,8 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
     return {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
             "hardware": every("hardware"),
             "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
-            "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows)}
+            "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows),
+            "coins": coin_comparisons(rows)}
 
 
 def main() -> None:
@@ -66,6 +68,8 @@ def main() -> None:
     print(format_matched(res["frontiers"]))
     if res["paired"]:
         print("\n" + format_paired(res["paired"]))
+    if res["coins"]:
+        print("\n" + format_coins(res["coins"]))
 
 
 if __name__ == "__main__":

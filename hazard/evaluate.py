@@ -33,7 +33,7 @@ from hazard.errors import HazardError
 from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
-from hazard.paired import outcome_bits, paired_comparisons
+from hazard.paired import coin_comparisons, outcome_bits, paired_comparisons
 from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
@@ -359,6 +359,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     result = {"model": label, "guard": cfg.guard, "hardware": hardware(), "max_new_tokens": cfg.max_new_tokens,
               "seed": cfg.seed, "git_sha": _git_sha(), "policy_options": cfg.policy_options, "rows": out_rows,
               "frontiers": fr, "paired": paired_comparisons(out_rows, cfg.paired_kv_tol),
+              "coins": coin_comparisons(out_rows, cfg.paired_kv_tol),
               **({"point_of_no_return": ponr_summaries} if ponr_summaries else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

@@ -8,11 +8,14 @@ unpaired interval would be about +-6 points wide and call all of them noise, a p
 For each pair this gives the difference of the two rates, a percentile-bootstrap interval over prompts, the
 discordant counts and the exact two-sided sign test (McNemar's test without the normal approximation).
 Rows carry their per-prompt outcomes as bit strings (``row["outcomes"]``, written by ``hazard evaluate``).
+Against chance (a coin gate run with several seeds) a run is also compared with the seeds' mean outcome per
+prompt (``coin_comparisons``), so one lucky or unlucky draw does not decide it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -117,6 +120,87 @@ def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
                         **{k: paired_difference(r["outcomes"][k], s["outcomes"][k]) for k in OUTCOMES
                            if k in r["outcomes"] and k in s["outcomes"]}})
     return out
+
+
+# an answer check behind a coin (``hazard.control.gate.load_gate``): random:<rate>[:<seed>]
+COIN = re.compile(r"random:([0-9.eE+-]+)(?::\d+)?")
+
+
+def coin_rate(row: dict) -> str | None:
+    """``random:<rate>`` when ``row`` is a run behind a coin gate (any seed), else None."""
+    m = COIN.fullmatch(str(row.get("knob", {}).get("gate", "")))
+    return f"random:{m.group(1)}" if m else None
+
+
+def pooled_difference(a: str | Sequence, coins: Sequence[str | Sequence], n_boot: int = 10000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """Rate of ``a`` minus the mean rate of several coin runs (seeds of one random gate) on the same prompts.
+
+    One coin is one draw of chance: against it alone a gap mixes the run's choice of rows with that draw's luck
+    (three seeds of one rate differ by up to 1 point here, evaluate/RESULTS.md 0n). Per prompt, ``a``'s outcome
+    minus the coins' mean outcome (the coin policy's expected outcome, estimated) removes most of the draw; the
+    interval resamples prompts (percentile bootstrap) and p is the paired t-test on those per-prompt differences
+    (normal approximation: hundreds of prompts)."""
+    x = _array(a).astype(float)
+    ys = [_array(c).astype(float) for c in coins]
+    if not ys or any(len(y) != len(x) for y in ys) or not len(x):
+        raise HazardError("paired: the run and its coins must answer the same prompts "
+                          f"({len(x)} vs {[len(y) for y in ys]} outcomes)")
+    d = x - np.mean(ys, axis=0)
+    n = len(d)
+    rng = np.random.default_rng(seed)
+    boot = np.concatenate([d[rng.integers(0, n, (min(1000, n_boot - i), n))].mean(1) for i in range(0, n_boot, 1000)])
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    se = d.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+    p = 1.0 if d.mean() == 0 else 0.0 if se == 0 else math.erfc(abs(d.mean()) / se / math.sqrt(2))
+    return {"n": n, "diff": float(d.mean()), "ci": [float(lo), float(hi)], "level": level, "coins": len(ys),
+            "p": p}
+
+
+def coin_comparisons(rows: list[dict], kv_tol: float = 0.02, min_seeds: int = 2) -> list[dict]:
+    """Per task and base press, each controlled run that is not a coin against the pooled coins of each rate
+    (``pooled_difference``) whose mean KV is within ``kv_tol`` of its own: issue 12 asks the learned policy to
+    beat random at matched memory. A rate needs ``min_seeds`` seeds to be pooled; ``paired_comparisons`` still
+    pairs each seed on its own."""
+    out = []
+    for (task, base), sub in outcome_groups(rows).items():
+        coins: dict[tuple[str, str], list[dict]] = {}
+        for r in sub:
+            if rate := coin_rate(r):
+                coins.setdefault((r["policy"], rate), []).append(r)
+        runs = [r for r in sub if r["policy"] not in ("static", "full") and not coin_rate(r)]
+        for (policy, rate), group in coins.items():
+            if len(group) < min_seeds:
+                continue
+            kv = float(np.mean([g["mean_kv_fraction"] for g in group]))
+            for r in runs:
+                if abs(r["mean_kv_fraction"] - kv) > kv_tol:
+                    continue
+                out.append({"task": task, "base": base, "a": _label(r, base),
+                            "b": f"{policy}(gate={rate}) x{len(group)} seeds", "kv": [r["mean_kv_fraction"], kv],
+                            **{k: pooled_difference(r["outcomes"][k], [g["outcomes"][k] for g in group])
+                               for k in OUTCOMES if k in r["outcomes"] and all(k in g["outcomes"] for g in group)}})
+    return out
+
+
+def format_coins(items: list[dict]) -> str:
+    """One line per run against pooled coins: the accuracy gain, its interval, p, the catastrophe gap."""
+    if not items:
+        return ""
+    level = items[0]["correct"]["level"]
+    lines = [f"against pooled coins, same prompts (accuracy a - the coins' mean, {level:.0%} bootstrap interval over "
+             f"prompts; p: paired t-test on per-prompt differences; catastrophes a - the coins' mean)"]
+    w, v = max(len(p["a"]) for p in items), max(len(p["b"]) for p in items)
+    last = None
+    for p in items:
+        if (p["task"], p["base"]) != last:
+            last = (p["task"], p["base"])
+            lines.append(f"{p['task']} {p['base']}")
+        c = p["correct"]
+        catas = f"catas {p['catastrophe']['diff']:+.3f}" if "catastrophe" in p else "catas   n/a"
+        lines.append(f"  {p['a']:{w}}  vs  {p['b']:{v}}  {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  "
+                     f"p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs {p['kv'][1]:.3f}")
+    return "\n".join(lines)
 
 
 def _base(row: dict) -> str:

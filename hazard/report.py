@@ -94,4 +94,8 @@ def format_closed_loop(result: dict) -> str:
         from hazard.paired import format_paired
 
         lines += ["", format_paired(result["paired"])]
+    if result.get("coins"):
+        from hazard.paired import format_coins
+
+        lines += ["", format_coins(result["coins"])]
     return "\n".join(lines)

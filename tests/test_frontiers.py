@@ -96,6 +96,38 @@ def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path
         merge(paths, [0.25])
 
 
+def test_a_merge_pools_the_seeds_of_one_coin_from_several_files(tmp_path):
+    """Coin seeds run in different sessions (files) are pooled by the merge, and the result table prints them."""
+    import sys
+    from pathlib import Path
+
+    from hazard.report import format_closed_loop
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    from merge_frontiers import merge
+
+    def run(policy, kv, correct, knob=None):
+        acc = correct.count("1") / len(correct)
+        return {**_row(policy, kv, acc, knob=knob), "n": len(correct), "peak_kv_fraction": kv,
+                "recovered_fraction": None, "false_trigger_rate": 0.0, "rollback_tokens_per_trace": 0.0,
+                "seconds": 1.0, "outcomes": {"correct": correct, "catastrophe": "0" * len(correct)}}
+
+    full, static = run("full", 1.0, "1111111111"), run("static", 0.2, "1111000000")
+    files = [[full, static, run("answer_check", 0.23, "1111100000", {"gate": "random:0.3:0"}),
+              run("answer_check", 0.235, "1111111100", {"gate": "checkpoints/g/f0.2"})],
+             [full, static, run("answer_check", 0.231, "1111010000", {"gate": "random:0.3:1"})]]
+    paths = []
+    for i, rows in enumerate(files):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps({"model": "m", "rows": rows}))
+    res = merge(paths, [0.25])
+    (item,) = res["coins"]
+    assert (item["a"], item["b"]) == ("answer_check(gate=g/f0.2)", "answer_check(gate=random:0.3) x2 seeds")
+    assert item["correct"]["diff"] == pytest.approx(0.8 - 0.5) and item["correct"]["coins"] == 2
+    text = format_closed_loop({**res, "hardware": "cpu"})
+    assert "against pooled coins" in text and "x2 seeds" in text
+
+
 def test_variants_sweep_every_list_valued_knob():
     assert variants({"rollback": 8}) == [{}]
     assert variants({"trigger": [0.1, 0.2], "budget": [0.1, 0.2], "rollback": 8}) == [

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from hazard.errors import HazardError
-from hazard.paired import format_paired, outcome_bits, paired_comparisons, paired_difference, sign_test_p
+from hazard.paired import (
+    coin_comparisons,
+    format_coins,
+    format_paired,
+    outcome_bits,
+    paired_comparisons,
+    paired_difference,
+    pooled_difference,
+    sign_test_p,
+)
 
 
 def test_identical_runs_differ_by_nothing_with_certainty():
@@ -179,3 +188,36 @@ def test_the_headroom_script_reads_a_closed_loop_file(tmp_path, capsys):
     src.write_text(json.dumps({"rows": rows[:2]}))
     assert script.main([str(src)]) == 2
     assert "no controlled run" in capsys.readouterr().err
+
+
+def test_a_run_against_pooled_coins_is_compared_with_their_mean_outcome_per_prompt():
+    """Three seeds of one coin are pooled (their per-prompt mean); a run far from their memory, a rate with
+    one seed, and the coins themselves are not compared; a clear gain is significant, no gain is not."""
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.random(n) < 0.5
+    coins = [base ^ (rng.random(n) < 0.1) for _ in range(3)]
+    better = base | (rng.random(n) < 0.15)  # right wherever the base is, and on more prompts
+    bits = lambda a: "".join("1" if v else "0" for v in a)  # noqa: E731
+    rows = [_row("static", 0.2, bits(base)), _row("full", 1.0, "1" * n),
+            *[_row("answer_check", 0.23 + 0.001 * s, bits(c), {"gate": f"random:0.3:{s}"}) for s, c in
+              enumerate(coins)],
+            _row("answer_check", 0.23, bits(coins[0]), {"gate": "random:0.6"}),  # one seed: not pooled
+            _row("answer_check", 0.235, bits(better), {"gate": "checkpoints/g/f0.2"}),
+            _row("answer_check", 0.232, bits(base), {"gate": "checkpoints/g/f0.05"}),
+            _row("digest_recall", 0.3, bits(better), {"budget": 0.03})]  # 0.07 from the coins' memory
+    items = coin_comparisons(rows, kv_tol=0.02)
+    assert [(i["a"], i["b"]) for i in items] == [
+        ("answer_check(gate=g/f0.2)", "answer_check(gate=random:0.3) x3 seeds"),
+        ("answer_check(gate=g/f0.05)", "answer_check(gate=random:0.3) x3 seeds")]
+    gain, same = items[0]["correct"], items[1]["correct"]
+    assert gain["diff"] == pytest.approx(better.mean() - np.mean(coins, 0).mean())
+    assert gain["coins"] == 3 and gain["ci"][0] > 0 and gain["p"] < 1e-3
+    assert same["ci"][0] < same["diff"] < same["ci"][1] and same["p"] > 0.05
+    assert items[0]["kv"] == [0.235, pytest.approx(0.231)]
+    text = format_coins(items)
+    assert "x3 seeds" in text and "paired t-test" in text
+    assert coin_comparisons(rows, kv_tol=0.02, min_seeds=4) == []
+    with pytest.raises(HazardError, match="same prompts"):
+        pooled_difference("0101", ["010", "0101"])
+    assert pooled_difference("0101", ["0101", "0101"])["p"] == 1.0
