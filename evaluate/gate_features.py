@@ -7,14 +7,18 @@ the saved readings (``evaluate/answer_gate.py --data``), on this CPU, prompt-gro
 
 Feature sets: the digit gate's statistics of the reading (``hazard.control.gate.DIGITS``), and those plus the
 question's numbers (``question_numbers``): compression evicts parts of the prompt, and an answer that never uses
-some of the question's numbers has often lost them. Models: logistic regression (the shipped gate's) and
-gradient boosting. Two operating points, both as the share of broken answers (right uncompressed, wrong
-compressed) that the gate flags:
+some of the question's numbers has often lost them. Where the readings kept the compressed run's own per-token
+signals (``answer_gate.SAVED_SIGNALS``: entropy, top-1 probability, margin, chosen log-prob, 4-gram repetition,
+attention on the run's own output), also their summaries (``signal_summaries``), alone and beside the digits.
+Models: logistic regression (the shipped gate's) and gradient boosting. Operating points, each as the share of
+broken answers (right uncompressed, wrong compressed) that the gate flags:
 
 - ``found_at_5pct_right``: when 5% of the answers right under compression are flagged (the gate's own
   ``max_false``, evaluate/RESULTS.md 0e);
 - ``found_at_5pct_others``: when 5% of every answer that compression did not break is flagged, answers wrong
-  uncompressed as well included: issue 12's false triggers count those rows as healthy too.
+  uncompressed as well included: issue 12's false triggers count those rows as healthy too;
+- ``found_at_5pct_calm`` (readings that kept the flags): when 5% of the answers without a loop or non-termination
+  are flagged, broken ones included: exactly the closed loop's ``false_trigger_rate``.
 
 The readings follow the prompts of ``--config``'s tasks in order, one per (prompt, base press), as
 ``collect_gate_data`` wrote them; the prompts are rebuilt from ``--gsm8k`` (the config's path is the GPU's).
@@ -42,6 +46,7 @@ from answer_gate import load_gate_data  # noqa: E402
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 QUESTION = ("q_missing", "log_q_numbers", "a_novel", "log_a_numbers")
+SIGNAL_STATS = ("mean", "max", "min", "last32", "std")  # per saved signal, over the answer's tokens
 
 
 def numbers(text: str) -> list[str]:
@@ -57,8 +62,24 @@ def question_numbers(question: str, answer: str) -> list[float]:
             float(np.log1p(len(a)))]
 
 
-def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray) -> dict:
-    """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others flagged."""
+def signal_summaries(signals: list[np.ndarray]) -> np.ndarray:
+    """Per reading, ``SIGNAL_STATS`` of each of the compressed run's saved signals over the answer's tokens
+    (the last 32 tokens' mean for ``last32``), signal-major; an empty answer gives zeros."""
+    rows = []
+    for s in signals:
+        s = np.nan_to_num(np.asarray(s, np.float32))
+        if not len(s):
+            rows.append(np.zeros(len(SIGNAL_STATS) * s.shape[1], np.float32))
+            continue
+        stats = np.stack([s.mean(0), s.max(0), s.min(0), s[-32:].mean(0), s.std(0)], axis=1)
+        rows.append(stats.reshape(-1))
+    return np.array(rows)
+
+
+def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray,
+                     calm: np.ndarray | None = None) -> dict:
+    """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others / of the calm
+    ones (when ``calm`` is given) flagged."""
     from sklearn.metrics import roc_auc_score
 
     def found(negatives: np.ndarray) -> float:
@@ -68,10 +89,12 @@ def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray) 
     both = broken | right
     return {"auroc_broken_vs_right": float(roc_auc_score(broken[both], scores[both])),
             "auroc_broken_vs_others": float(roc_auc_score(broken, scores)),
-            "found_at_5pct_right": found(right), "found_at_5pct_others": found(~broken)}
+            "found_at_5pct_right": found(right), "found_at_5pct_others": found(~broken),
+            **({"found_at_5pct_calm": found(calm)} if calm is not None else {})}
 
 
-def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict:
+def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarray, seed: int = 0,
+          calm: np.ndarray | None = None) -> dict:
     """Out-of-fold scores of each model for two targets (the answer is wrong, as the shipped gate; compression
     broke it), each scored at ``operating_points``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -89,7 +112,7 @@ def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarr
             oof = np.zeros(len(target))
             for tr, te in GroupKFold(5).split(x, target, groups):
                 oof[te] = make().fit(x[tr], target[tr]).predict_proba(x[te])[:, 1]
-            out[f"{name}/{target_name}"] = operating_points(oof, broken, right)
+            out[f"{name}/{target_name}"] = operating_points(oof, broken, right, calm)
     return out
 
 
@@ -128,18 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     x_digits = np.array([verdict_features(v, d["max_new_tokens"], DIGITS, digits) for v in d["verdicts"]])
     x_question = np.array([question_numbers(q, a) for q, a in zip(questions, answers)])
     broken, right = d["y"].astype(bool), d["healthy"].astype(bool)
+    calm = d["calm"].astype(bool) if "calm" in d else None
     sets = {"digits": x_digits, "digits+question_numbers": np.hstack([x_digits, x_question])}
-    res = {name: study(x, broken, right, d["groups"]) for name, x in sets.items()}
-    res["question_numbers_alone"] = {f: operating_points(x_question[:, j], broken, right)
+    if d["signals"]:
+        x_signals = signal_summaries(d["signals"])
+        sets |= {"signals": x_signals, "digits+signals": np.hstack([x_digits, x_signals])}
+    res = {name: study(x, broken, right, d["groups"], calm=calm) for name, x in sets.items()}
+    res["question_numbers_alone"] = {f: operating_points(x_question[:, j], broken, right, calm)
                                      for j, f in enumerate(QUESTION)}
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
                                 "n": int(len(broken)), "broken": int(broken.sum()), "right": int(right.sum()),
+                                "calm": None if calm is None else int(calm.sum()),
+                                "signal_features": [f"{n}_{s}" for n in d.get("signal_names", ())
+                                                    for s in SIGNAL_STATS],
                                 "git_sha": _git_sha(), "hardware": "CPU", "results": res})
+    of_calm = "" if calm is None else " / of the calm ones (no loop or non-termination)"
     print(f"{len(broken)} readings ({int(broken.sum())} broken by compression, {int(right.sum())} right under it); "
-          "broken answers found when 5% of the right / of all other answers are flagged (AUROCs)")
+          f"broken answers found when 5% of the right / of all other answers{of_calm} are flagged (AUROCs)")
     for name, r in res.items():
         for key, m in r.items():
-            print(f"{name:26} {key:32} {m['found_at_5pct_right']:.3f} / {m['found_at_5pct_others']:.3f}   "
+            at_calm = f" / {m['found_at_5pct_calm']:.3f}" if "found_at_5pct_calm" in m else ""
+            print(f"{name:26} {key:32} {m['found_at_5pct_right']:.3f} / {m['found_at_5pct_others']:.3f}{at_calm}   "
                   f"({m['auroc_broken_vs_right']:.3f} / {m['auroc_broken_vs_others']:.3f})")
     return 0
 

@@ -35,9 +35,11 @@ def test_operating_points_flag_broken_answers_at_5pct_of_the_right_or_of_all_oth
     assert m["found_at_5pct_others"] == 0.0  # the wrong-either-way answers take every flag first
 
 
-def _write(tmp_path, n=60):
+def _write(tmp_path, n=60, signals=False):
     """A GSM8K folder of n problems, an evaluate config over them, and n readings: the broken answers (every
-    third) write 7 where the others write the question's 12; the reading is the same noise for both."""
+    third) write 7 where the others write the question's 12; the reading is the same noise for both. With
+    ``signals``, the compressed run's saved signals too, its entropy high on the broken answers only, and the
+    loop / non-termination flags (none)."""
     data = tmp_path / "gsm8k"
     data.mkdir()
     rows = [{"question": f"Tom has 12 apples and {i + 20} pears. How many?", "answer": f"12 + {i + 20}\n#### {i + 32}"}
@@ -58,7 +60,9 @@ def _write(tmp_path, n=60):
     save_gate_data(tmp_path / "r.npz", {
         "verdicts": vs, "y": y, "healthy": y == 0, "groups": np.arange(n), "full_correct": np.ones(n, bool),
         "vocab_ids": np.array([1, 2, 3, 4, 5]), "vocab": np.array(["12", "Ġ", "5", "x", "7"]),
-        "full_tokens": [v.tokens for v in vs], "max_new_tokens": 512, "collected": {"model": "synthetic"}})
+        "full_tokens": [v.tokens for v in vs], "max_new_tokens": 512, "collected": {"model": "synthetic"},
+        **({"calm": np.ones(n, bool), "signals": [np.c_[np.full((5, 1), 3.0 if b else 0.5) + rng.normal(0, 0.1, (5, 1)),
+                                                        rng.random((5, 5))] for b in y]} if signals else {})})
     return data, cfg
 
 
@@ -79,3 +83,35 @@ def test_the_study_finds_answers_that_lost_a_question_number(tmp_path, capsys):
     assert gf.main(["--config", str(cfg), "--data", str(tmp_path / "r.npz"), "--gsm8k", str(data),
                     "--out", str(tmp_path / "g.json")]) == 2
     assert "do not match the 60 readings" in capsys.readouterr().err and not (tmp_path / "g.json").exists()
+
+
+def test_signal_summaries_are_each_signals_statistics_over_the_answer():
+    import gate_features as gf
+
+    s = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 40.0]], np.float32)  # three tokens, two signals
+    (row,) = gf.signal_summaries([s])
+    per = dict(zip([f"{k}_{st}" for k in "ab" for st in gf.SIGNAL_STATS], row))
+    assert (per["a_mean"], per["a_max"], per["a_min"], per["a_last32"]) == (3.0, 5.0, 1.0, 3.0)
+    assert per["b_std"] == pytest.approx(np.std([10, 10, 40]))
+    assert gf.signal_summaries([np.zeros((0, 2), np.float32)]).tolist() == [[0.0] * 10]
+
+
+def test_the_study_reads_the_compressed_runs_signals_and_the_calm_operating_point(tmp_path, capsys):
+    """Readings that kept the run's signals get the signal feature sets; with the loop / non-termination flags,
+    the share of broken answers found at 5% of the calm ones, the closed loop's false-trigger rate."""
+    import gate_features as gf
+
+    data, cfg = _write(tmp_path, signals=True)
+    out = tmp_path / "f.json"
+    assert gf.main(["--config", str(cfg), "--data", str(tmp_path / "r.npz"), "--gsm8k", str(data),
+                    "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    res = saved["results"]
+    assert {"signals", "digits+signals"} <= set(res) and saved["calm"] == 60
+    assert saved["signal_features"][0] == "entropy_mean" and len(saved["signal_features"]) == 30
+    # every answer here is calm, broken ones included: 5% of 60 is 3 flags for 20 broken answers, 0.15 at best,
+    # which the entropy reaches (it ranks every broken answer first) and the reading does not
+    assert res["signals"]["logistic_regression/broken"]["found_at_5pct_calm"] == pytest.approx(0.15)
+    assert res["signals"]["logistic_regression/broken"]["found_at_5pct_right"] == 1.0
+    assert res["digits"]["logistic_regression/broken"]["found_at_5pct_calm"] < 0.15
+    assert "of the calm ones" in capsys.readouterr().out
