@@ -1,7 +1,7 @@
 """Train the answer check's learned gate (``hazard.control.gate``) on an evaluate config's tasks and base press.
 
     python evaluate/answer_gate.py --config configs/evaluate/gate_q15.yaml --out checkpoints/answer-gate-q15
-        [--max_false 0.05 0.2] [--false_over right|calm] [--features digits|reading] [--label wrong|broken]
+        [--max_false 0.05 0.2] [--false_over right|healthy|calm] [--features digits|reading] [--label wrong|broken]
         [--tau 0.2] [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
 
 For every prompt: the uncompressed run and the run under each base press (the engine, greedy), then one reading
@@ -9,9 +9,12 @@ of each compressed answer by the uncompressed model (``check_answers``). Label (
 answer is wrong (default), or compression broke it (right uncompressed, wrong compressed); the report always
 scores the broken ones. Features: ``hazard.control.gate.FEATURE_SETS[--features]`` of that reading. Prompt-
 grouped 5-fold cross-validation picks the threshold: at most ``max_false`` of the answers that are right
-compressed get repaired (``--false_over right``, the false-repair rate), or of every answer without a loop or a
-non-termination under the press (``calm``: issue 12's false-trigger rate, which also counts the answers wrong
-uncompressed); only answers with a disagreement at ``--tau`` reach the gate; the gate refit on
+compressed get repaired (``--false_over right``, the false-repair rate), or of the answers without a catastrophe
+in the trace labels: no loop, non-termination, or answer the press broke (``healthy``: issue 12's false-trigger
+rate as the closed loop counts it, answers wrong uncompressed too included), or of every answer without a loop or
+non-termination (``calm``: stricter, broken answers count as false repairs there too; the twenty-third and
+twenty-fourth sessions took it for the closed loop's rate); only answers with a disagreement at ``--tau`` reach
+the gate; the gate refit on
 everything goes to ``<out>/f<max_false>/gate.json`` with ``report.json`` (cross-validated AUROC, repair rates,
 data, model, git sha), one folder per ``max_false``. Use prompts the evaluation never sees (GSM8K train).
 
@@ -66,7 +69,7 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
                     xs.append(verdict_features(v, cfg.max_new_tokens))  # the first gate's, for a look
                     ys.append(bool(f["correct"] and not r["correct"]))
                     ok.append(bool(r["correct"]))
-                    calm.append(not (r["loop"] or r["nonterm"]))  # the rows false_trigger_rate counts
+                    calm.append(not (r["loop"] or r["nonterm"]))  # with ys: the rows false_trigger_rate counts
                     full_ok.append(bool(f["correct"]))
                     groups.append(f"{task.name}/{i}")
                 verdicts_all += verdicts
@@ -138,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max_false", type=float, nargs="+", default=[0.05])
-    ap.add_argument("--false_over", choices=["right", "calm"], default="right",
-                    help="max_false counts repairs of answers right under the press, or of every answer without a "
-                         "loop or non-termination under it (issue 12's false triggers)")
+    ap.add_argument("--false_over", choices=["right", "healthy", "calm"], default="right",
+                    help="max_false counts repairs of answers right under the press; of the answers without a loop, "
+                         "non-termination or broken answer (healthy: issue 12's false triggers, as the closed loop "
+                         "counts them); or of every answer without a loop or non-termination (calm)")
     ap.add_argument("--features", choices=sorted(FEATURE_SETS), default="digits",
                     help="the reading's statistics the gate reads (hazard.control.gate.FEATURE_SETS)")
     ap.add_argument("--label", choices=["broken", "wrong"], default="wrong",
@@ -163,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         x = np.array([verdict_features(v, data["max_new_tokens"], features, digit_ids) for v in data["verdicts"]])
         target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
         eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
-        if args.false_over == "calm" and "calm" not in data:
-            raise HazardError(f"--false_over calm: the readings in {args.data} were collected before their loop and "
-                              "non-termination flags were kept; collect them again (delete the file)")
-        spared = data["healthy"] if args.false_over == "right" else data["calm"]
+        if args.false_over != "right" and "calm" not in data:
+            raise HazardError(f"--false_over {args.false_over}: the readings in {args.data} were collected before "
+                              "their loop and non-termination flags were kept; collect them again (delete the file)")
+        # healthy: no catastrophe in the trace labels (up to a run the budget cut right after its answer, which
+        # the labels count as healthy and this as a non-termination)
+        spared = {"right": lambda: data["healthy"], "calm": lambda: data["calm"],
+                  "healthy": lambda: data["calm"] & ~data["y"].astype(bool)}[args.false_over]()
         fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible))
                 for m in args.max_false]
     except HazardError as e:
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                        "hardware": hardware(), "git_sha": _git_sha(), "collected": data["collected"],
                        "data": args.data or None})
         write_json(out / "report.json", report)
-        spared_name = "right" if args.false_over == "right" else "calm (no loop or non-termination)"
+        spared_name = {"right": "right", "calm": "calm (no loop or non-termination)",
+                       "healthy": "healthy (no loop, non-termination or broken answer)"}[args.false_over]
         print(f"answer gate: {report['n']} answers ({report['broken']} broken by compression), cross-validated "
               f"AUROC {report['cv_auroc']:.3f}; at threshold {gate.threshold:.3f} it repairs "
               f"{report['cv_broken_repaired']:.2f} of the broken and {report['cv_healthy_repaired']:.2f} of the "

@@ -17,8 +17,10 @@ broken answers (right uncompressed, wrong compressed) that the gate flags:
   ``max_false``, evaluate/RESULTS.md 0e);
 - ``found_at_5pct_others``: when 5% of every answer that compression did not break is flagged, answers wrong
   uncompressed as well included: issue 12's false triggers count those rows as healthy too;
-- ``found_at_5pct_calm`` (readings that kept the flags): when 5% of the answers without a loop or non-termination
-  are flagged, broken ones included: exactly the closed loop's ``false_trigger_rate``.
+- ``found_at_5pct_healthy`` (readings that kept the loop / non-termination flags): when 5% of the answers without
+  a loop, non-termination or broken answer are flagged: the closed loop's ``false_trigger_rate``;
+- ``found_at_5pct_calm``: when 5% of every answer without a loop or non-termination is flagged, broken ones
+  included (stricter: ``answer_gate.py --false_over calm``).
 
 The readings follow the prompts of ``--config``'s tasks in order, one per (prompt, base press), as
 ``collect_gate_data`` wrote them; the prompts are rebuilt from ``--gsm8k`` (the config's path is the GPU's).
@@ -78,8 +80,8 @@ def signal_summaries(signals: list[np.ndarray]) -> np.ndarray:
 
 def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray,
                      calm: np.ndarray | None = None) -> dict:
-    """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others / of the calm
-    ones (when ``calm`` is given) flagged."""
+    """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others / of the
+    healthy and of the calm ones (when ``calm`` is given) flagged."""
     from sklearn.metrics import roc_auc_score
 
     def found(negatives: np.ndarray) -> float:
@@ -90,7 +92,8 @@ def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray,
     return {"auroc_broken_vs_right": float(roc_auc_score(broken[both], scores[both])),
             "auroc_broken_vs_others": float(roc_auc_score(broken, scores)),
             "found_at_5pct_right": found(right), "found_at_5pct_others": found(~broken),
-            **({"found_at_5pct_calm": found(calm)} if calm is not None else {})}
+            **({"found_at_5pct_healthy": found(calm & ~broken), "found_at_5pct_calm": found(calm)}
+               if calm is not None else {})}
 
 
 def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarray, seed: int = 0,
@@ -165,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                                 "signal_features": [f"{n}_{s}" for n in d.get("signal_names", ())
                                                     for s in SIGNAL_STATS],
                                 "git_sha": _git_sha(), "hardware": "CPU", "results": res})
-    of_calm = "" if calm is None else " / of the calm ones (no loop or non-termination)"
+    of_calm = "" if calm is None else (" / of the healthy ones (no loop, non-termination or broken answer) / of the "
+                                       "calm ones (no loop or non-termination)")
     print(f"{len(broken)} readings ({int(broken.sum())} broken by compression, {int(right.sum())} right under it); "
           f"broken answers found when 5% of the right / of all other answers{of_calm} are flagged (AUROCs)")
     for name, r in res.items():
         for key, m in r.items():
-            at_calm = f" / {m['found_at_5pct_calm']:.3f}" if "found_at_5pct_calm" in m else ""
+            at_calm = (f" / {m['found_at_5pct_healthy']:.3f} / {m['found_at_5pct_calm']:.3f}"
+                       if "found_at_5pct_calm" in m else "")
             print(f"{name:26} {key:32} {m['found_at_5pct_right']:.3f} / {m['found_at_5pct_others']:.3f}{at_calm}   "
                   f"({m['auroc_broken_vs_right']:.3f} / {m['auroc_broken_vs_others']:.3f})")
     return 0

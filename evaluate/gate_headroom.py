@@ -7,10 +7,11 @@ outcomes a `closed_loop.json` keeps.
         > evaluate/results/frontier_q15_check_paired/gate_headroom.txt
 
 Issue 12 asks for the accuracy bound and false triggers ≤ 5% of healthy rows together. The closed loop counts a
-false trigger on every row without a loop or non-termination, broken answers included, so the perfect gate's own
-false-trigger rate is printed beside it, and the best gate held to `--max_false` of it (`bound_gate`). If a
-run's action behind that gate stays under the accuracy bound, no gate can meet both with that action; if it
-clears it, the gap is the gate's (`hazard.paired.gate_headroom`).
+false trigger on a row without a catastrophe in the trace labels (a loop, a non-termination, or an answer the
+uncompressed run got right and the press got wrong), so the perfect gate has none; the best gate held to
+`--max_false` of them (`bound_gate`) acts on every failing row the action fixes and on that share of the healthy
+rows, only where it fixes. If a run's action behind that gate stays under the accuracy bound, no gate can meet
+both with that action; if it clears it, the gap is the gate's (`hazard.paired.gate_headroom`).
 """
 
 from __future__ import annotations

@@ -239,15 +239,17 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
 
     A perfect gate acts only on the rows the static press failed, the catastrophes of the trace labels: a loop or
     a non-termination, or an answer the uncompressed run got right and the press got wrong. There the row takes
-    ``run``'s outcome, everywhere else the static press's: no false alarm in the labels' sense. The closed loop's
-    ``false_trigger_rate`` counts every row without a loop or non-termination ("calm"), the broken answers too,
-    so that gate still shows ``perfect_gate_false_triggers``. ``bound_gate`` is the best gate held to
-    ``max_false`` of that rate: it acts on every row where ``run`` fixes the static answer among the loops and
-    non-terminations (free) and on at most ``floor(max_false x calm rows)`` calm rows, those it fixes; its
-    accuracy is the most any gate can keep with this action at that bound. The counts say where ``run``'s
-    accuracy comes from: rows it fixed or broke among the failing ones and among the healthy ones (acting on a
-    healthy row can fix an answer that was wrong uncompressed as well). A counterfactual per row: it assumes a
-    row's outcome does not depend on the rows batched with it, which bf16 batch arithmetic makes only nearly true.
+    ``run``'s outcome, everywhere else the static press's. The closed loop's ``false_trigger_rate`` counts the
+    rows without such a catastrophe under the static press (``hazard.evaluate.summarize_policy``: ``not
+    row["catastrophe"]``), so that gate has none. ``bound_gate`` is the best gate held to ``max_false`` of that
+    rate: it acts on every failing row where ``run`` fixes the static answer (free) and on at most
+    ``floor(max_false x healthy rows)`` healthy rows, those it fixes (answers wrong uncompressed too); its
+    accuracy is the most any gate can keep with this action at that bound. (The per-prompt ``catastrophe`` bits
+    are loops and non-terminations as the rows flag them; the closed loop's labels count a run the budget cut
+    right after its answer as healthy: a row or two per 500 can fall on the other side here.) The counts say
+    where ``run``'s accuracy comes from: rows it fixed or broke among the failing ones and among the healthy
+    ones. A counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it,
+    which bf16 batch arithmetic makes only nearly true.
     """
     for row in (run, static, full):
         if "catastrophe" not in row.get("outcomes", {}):
@@ -260,17 +262,18 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
     failing = wild | (f & ~s)
     n = len(u)
     fixes = u & ~s
-    calm, fix_wild, fix_calm = int((~wild).sum()), int((fixes & wild).sum()), int((fixes & ~wild).sum())
-    budget = int(np.floor(max_false * calm))
-    bound = {"max_false": max_false, "calm_rows": calm, "budget": budget, "fixable_wild": fix_wild,
-             "fixable_calm": fix_calm, "accuracy": float((s.sum() + fix_wild + min(budget, fix_calm)) / n)}
+    healthy = int((~failing).sum())
+    fix_failing, fix_healthy = int((fixes & failing).sum()), int((fixes & ~failing).sum())
+    budget = int(np.floor(max_false * healthy))
+    bound = {"max_false": max_false, "healthy_rows": healthy, "budget": budget, "fixable_failing": fix_failing,
+             "fixable_healthy": fix_healthy,
+             "accuracy": float((s.sum() + fix_failing + min(budget, fix_healthy)) / n)}
 
     def moves(mask: np.ndarray) -> dict:
         return {"rows": int(mask.sum()), "fixed": int((mask & fixes).sum()), "broke": int((mask & s & ~u).sum())}
 
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
-            "perfect_gate_accuracy": float(np.where(failing, u, s).mean()),
-            "perfect_gate_false_triggers": float((failing & ~wild).sum() / max(calm, 1)), "bound_gate": bound,
+            "perfect_gate_accuracy": float(np.where(failing, u, s).mean()), "bound_gate": bound,
             "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing)}
 
 
@@ -312,16 +315,15 @@ def format_headroom(items: list[dict]) -> str:
         return ""
     w = max(len(it["run"]) for it in items)
     m = items[0]["headroom"]["bound_gate"]["max_false"]
-    lines = [f"{'run':{w}}  acc    perfect gate (its false triggers)  at <= {m:.0%} false triggers  "
+    lines = [f"{'run':{w}}  acc    perfect gate  at <= {m:.0%} false triggers  "
              "failing rows: fixed / broke   healthy rows: fixed / broke   "
              "acted on: failing (F) or not right under static (W) / the others"]
     for it in items:
         h = it["headroom"]
         fa, he, a = h["failing"], h["healthy"], h.get("acted")
         where = "" if a is None else f"{'F' if a['among'] == 'failing' else 'W'} {a['share']:.3f} / {a['others']:.3f}"
-        lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f} "
-                     f"({h['perfect_gate_false_triggers']:.3f})                {h['bound_gate']['accuracy']:.3f}"
-                     "                    "
+        lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f}         "
+                     f"{h['bound_gate']['accuracy']:.3f}                    "
                      f"{fa['rows']:4d}: {fa['fixed']:3d} / {fa['broke']:<3d}              "
                      f"{he['rows']:4d}: {he['fixed']:3d} / {he['broke']:<3d}              {where}")
     return "\n".join(lines)

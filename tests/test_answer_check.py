@@ -270,9 +270,10 @@ def _synthetic_readings(n: int, seed: int) -> dict:
             "collected": {"hardware": "test"}}
 
 
-def test_a_gate_held_to_the_false_trigger_rate_spares_the_calm_answers(tmp_path, capsys):
-    """--false_over calm holds the gate to issue 12's false triggers (every answer without a loop or a
-    non-termination), which also count the wrong-anyway answers a false-repair threshold may repair."""
+def test_a_gate_held_to_the_false_trigger_rate_spares_the_healthy_answers(tmp_path, capsys):
+    """--false_over healthy holds the gate to issue 12's false triggers as the closed loop counts them (answers
+    without a loop, non-termination or broken answer), which also count the wrong-anyway answers a false-repair
+    threshold may repair; --false_over calm counts the broken answers as well."""
     import sys
 
     sys.path.insert(0, "evaluate")
@@ -284,11 +285,19 @@ def test_a_gate_held_to_the_false_trigger_rate_spares_the_calm_answers(tmp_path,
             "reading", "--max_false", "0.05"]
     assert main([*args, "--out", str(tmp_path / "right")]) == 0
     assert main([*args, "--out", str(tmp_path / "calm"), "--false_over", "calm"]) == 0
-    right, calm = (json.loads((tmp_path / k / "f0.05" / "report.json").read_text()) for k in ("right", "calm"))
-    assert (right["false_over"], calm["false_over"]) == ("right", "calm")
+    assert main([*args, "--out", str(tmp_path / "healthy"), "--false_over", "healthy"]) == 0
+    right, calm, healthy = (json.loads((tmp_path / k / "f0.05" / "report.json").read_text())
+                            for k in ("right", "calm", "healthy"))
+    assert (right["false_over"], calm["false_over"], healthy["false_over"]) == ("right", "calm", "healthy")
     assert calm["cv_healthy_repaired"] <= 0.05 and right["cv_healthy_repaired"] <= 0.05
+    assert healthy["cv_healthy_repaired"] <= 0.05
+    # the healthy answers: calm and not broken
+    assert healthy["healthy"] == int((d["calm"] & ~d["y"].astype(bool)).sum()) < calm["healthy"]
     assert calm["threshold"] > right["threshold"]  # sparing the calm wrong answers takes a stricter gate
-    assert "of the calm (no loop or non-termination) answers" in capsys.readouterr().out
+    assert calm["threshold"] >= healthy["threshold"]  # and counting the broken ones among them stricter still
+    out = capsys.readouterr().out
+    assert "of the calm (no loop or non-termination) answers" in out
+    assert "of the healthy (no loop, non-termination or broken answer) answers" in out
     # readings collected before the flags were kept: one clear line
     del d["calm"]
     save_gate_data(tmp_path / "old.npz", d)

@@ -150,21 +150,22 @@ def test_a_perfect_gate_keeps_the_runs_outcome_only_on_the_rows_the_press_failed
 
 
 def test_the_bound_gate_spends_issue_12s_false_triggers_only_where_the_run_fixes():
-    """The closed loop's false triggers count every calm row (no loop or non-termination), broken answers too:
-    a perfect gate on the failing rows still shows them, and the best gate held to the bound acts free on the
-    loops and non-terminations it fixes and on at most floor(max_false x calm) calm rows."""
+    """The closed loop's false triggers count the rows without a catastrophe in the trace labels (no loop,
+    non-termination or broken answer): the best gate held to the bound acts free on every failing row it fixes
+    and on at most floor(max_false x healthy) healthy rows, only where the run fixes them."""
     from hazard.paired import gate_headroom
 
     full = _outcome_row("full", "1" * 10 + "0" * 10, "0" * 20)
     static = _outcome_row("static", "0000000111" + "0" * 10, "11" + "0" * 18)  # rows 0-1 loop; 2-6 broken
-    run = _outcome_row("answer_check", "1011111110" + "1" + "0" * 9, "0" * 20)  # fixes 0, 2-6 and 10; breaks 9
+    # fixes loop 0, broken 2-6, and healthy 10-12 (wrong uncompressed too); breaks healthy 9
+    run = _outcome_row("answer_check", "1011111110" + "111" + "0" * 7, "0" * 20)
     h = gate_headroom(run, static, full, max_false=0.2)
     assert h["perfect_gate_accuracy"] == pytest.approx(9 / 20)
-    assert h["perfect_gate_false_triggers"] == pytest.approx(5 / 18)  # the broken rows 2-6 are calm
     b = h["bound_gate"]
-    assert (b["calm_rows"], b["budget"], b["fixable_wild"], b["fixable_calm"]) == (18, 3, 1, 6)
-    assert b["accuracy"] == pytest.approx((3 + 1 + 3) / 20)  # static's 3, the loop it fixes, 3 of 6 calm fixes
-    assert gate_headroom(run, static, full, max_false=0.5)["bound_gate"]["accuracy"] == pytest.approx(10 / 20)
+    assert (b["healthy_rows"], b["budget"], b["fixable_failing"], b["fixable_healthy"]) == (13, 2, 6, 3)
+    assert b["accuracy"] == pytest.approx((3 + 6 + 2) / 20)  # static's 3, the 6 failing fixes, 2 of 3 healthy
+    assert gate_headroom(run, static, full, max_false=0.5)["bound_gate"]["accuracy"] == pytest.approx(12 / 20)
+    assert gate_headroom(run, static, full, max_false=0.0)["bound_gate"]["accuracy"] == pytest.approx(9 / 20)
 
 
 def test_the_headroom_script_reads_a_closed_loop_file(tmp_path, capsys):
