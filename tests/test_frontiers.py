@@ -191,6 +191,7 @@ def test_evaluate_sweeps_knobs_and_static_ratios_into_frontiers(tmp_path):
     assert set(vs_static) == {"digest_recall(budget=0.1)", "digest_recall(budget=0.3)", "entropy_rule(trigger=0)",
                               "entropy_rule(trigger=100)"}
     assert vs_static["entropy_rule(trigger=100)"]["correct"]["p"] == 1.0
+    assert res["coins"] == []  # no coin gate ran: nothing to pool (hazard.paired.coin_comparisons)
 
 
 def test_a_bad_knob_fails_before_the_model_loads(tmp_path, capsys):
