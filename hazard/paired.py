@@ -188,8 +188,15 @@ def format_coins(items: list[dict]) -> str:
     if not items:
         return ""
     level = items[0]["correct"]["level"]
-    lines = [f"against pooled coins, same prompts (accuracy a - the coins' mean, {level:.0%} bootstrap interval over "
-             f"prompts; p: paired t-test on per-prompt differences; catastrophes a - the coins' mean)"]
+    return _format_comparisons(items, f"against pooled coins, same prompts (accuracy a - the coins' mean, {level:.0%} "
+                                      "bootstrap interval over prompts; p: paired t-test on per-prompt differences; "
+                                      "catastrophes a - the coins' mean)", discordant=False)
+
+
+def _format_comparisons(items: list[dict], header: str, discordant: bool) -> str:
+    """``header``, then per (task, base press) a line naming it and one line per comparison: the accuracy
+    difference, its interval, the discordant prompts (``discordant``), p, the catastrophe gap and the two KVs."""
+    lines = [header]
     w, v = max(len(p["a"]) for p in items), max(len(p["b"]) for p in items)
     last = None
     for p in items:
@@ -198,8 +205,9 @@ def format_coins(items: list[dict]) -> str:
             lines.append(f"{p['task']} {p['base']}")
         c = p["correct"]
         catas = f"catas {p['catastrophe']['diff']:+.3f}" if "catastrophe" in p else "catas   n/a"
+        counts = f"{c['a_only']:3d} / {c['b_only']:<3d} " if discordant else ""
         lines.append(f"  {p['a']:{w}}  vs  {p['b']:{v}}  {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  "
-                     f"p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs {p['kv'][1]:.3f}")
+                     f"{counts}p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs {p['kv'][1]:.3f}")
     return "\n".join(lines)
 
 
@@ -218,20 +226,9 @@ def format_paired(pairs: list[dict]) -> str:
     if not pairs:
         return ""
     level = pairs[0]["correct"]["level"]
-    lines = [f"paired, same prompts (accuracy a - b, {level:.0%} bootstrap interval over prompts; prompts only a / "
-             f"only b got right; p: exact sign test; catastrophes a - b)"]
-    w, v = max(len(p["a"]) for p in pairs), max(len(p["b"]) for p in pairs)
-    last = None
-    for p in pairs:
-        if (p["task"], p["base"]) != last:
-            last = (p["task"], p["base"])
-            lines.append(f"{p['task']} {p['base']}")
-        c = p["correct"]
-        catas = f"catas {p['catastrophe']['diff']:+.3f}" if "catastrophe" in p else "catas   n/a"
-        lines.append(f"  {p['a']:{w}}  vs  {p['b']:{v}}  {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  "
-                     f"{c['a_only']:3d} / {c['b_only']:<3d} p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs "
-                     f"{p['kv'][1]:.3f}")
-    return "\n".join(lines)
+    return _format_comparisons(pairs, f"paired, same prompts (accuracy a - b, {level:.0%} bootstrap interval over "
+                                      "prompts; prompts only a / only b got right; p: exact sign test; catastrophes "
+                                      "a - b)", discordant=True)
 
 
 def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) -> dict:
