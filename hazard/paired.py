@@ -185,17 +185,22 @@ def coin_comparisons(rows: list[dict], kv_tol: float = 0.02, min_seeds: int = 2)
 
 def format_coins(items: list[dict]) -> str:
     """One line per run against pooled coins: the accuracy gain, its interval, p, the catastrophe gap."""
+    return _format_comparisons(items, pooled=True)
+
+
+def _format_comparisons(items: list[dict], pooled: bool) -> str:
+    """A header, then per (task, base press) a line naming it and one line per comparison: the accuracy
+    difference, its interval, the discordant prompts (pairs; not for pooled coins), p, the catastrophe gap and
+    the two KVs. Empty for no items."""
     if not items:
         return ""
     level = items[0]["correct"]["level"]
-    return _format_comparisons(items, f"against pooled coins, same prompts (accuracy a - the coins' mean, {level:.0%} "
-                                      "bootstrap interval over prompts; p: paired t-test on per-prompt differences; "
-                                      "catastrophes a - the coins' mean)", discordant=False)
-
-
-def _format_comparisons(items: list[dict], header: str, discordant: bool) -> str:
-    """``header``, then per (task, base press) a line naming it and one line per comparison: the accuracy
-    difference, its interval, the discordant prompts (``discordant``), p, the catastrophe gap and the two KVs."""
+    if pooled:
+        header = (f"against pooled coins, same prompts (accuracy a - the coins' mean, {level:.0%} bootstrap interval "
+                  "over prompts; p: paired t-test on per-prompt differences; catastrophes a - the coins' mean)")
+    else:
+        header = (f"paired, same prompts (accuracy a - b, {level:.0%} bootstrap interval over prompts; prompts only "
+                  "a / only b got right; p: exact sign test; catastrophes a - b)")
     lines = [header]
     w, v = max(len(p["a"]) for p in items), max(len(p["b"]) for p in items)
     last = None
@@ -205,7 +210,7 @@ def _format_comparisons(items: list[dict], header: str, discordant: bool) -> str
             lines.append(f"{p['task']} {p['base']}")
         c = p["correct"]
         catas = f"catas {p['catastrophe']['diff']:+.3f}" if "catastrophe" in p else "catas   n/a"
-        counts = f"{c['a_only']:3d} / {c['b_only']:<3d} " if discordant else ""
+        counts = "" if pooled else f"{c['a_only']:3d} / {c['b_only']:<3d} "
         lines.append(f"  {p['a']:{w}}  vs  {p['b']:{v}}  {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  "
                      f"{counts}p={c['p']:<7.2g} {catas}  KV {p['kv'][0]:.3f} vs {p['kv'][1]:.3f}")
     return "\n".join(lines)
@@ -223,12 +228,7 @@ def _label(row: dict, base: str) -> str:
 
 def format_paired(pairs: list[dict]) -> str:
     """One line per pair: the accuracy gain of the better run, its interval, the discordant prompts, p."""
-    if not pairs:
-        return ""
-    level = pairs[0]["correct"]["level"]
-    return _format_comparisons(pairs, f"paired, same prompts (accuracy a - b, {level:.0%} bootstrap interval over "
-                                      "prompts; prompts only a / only b got right; p: exact sign test; catastrophes "
-                                      "a - b)", discordant=True)
+    return _format_comparisons(pairs, pooled=False)
 
 
 def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) -> dict:
