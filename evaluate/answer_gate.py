@@ -167,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         x = np.array([verdict_features(v, data["max_new_tokens"], features, digit_ids) for v in data["verdicts"]])
         target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
         eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
-        if args.false_over != "right" and "calm" not in data:
-            raise HazardError(f"--false_over {args.false_over}: the readings in {args.data} were collected before "
-                              "their loop and non-termination flags were kept; collect them again (delete the file)")
-        # healthy: no catastrophe in the trace labels (up to a run the budget cut right after its answer, which
-        # the labels count as healthy and this as a non-termination)
-        spared = {"right": lambda: data["healthy"], "calm": lambda: data["calm"],
-                  "healthy": lambda: data["calm"] & ~data["y"].astype(bool)}[args.false_over]()
+        spared = data["healthy"]
+        if args.false_over != "right":
+            if "calm" not in data:
+                raise HazardError(f"--false_over {args.false_over}: the readings in {args.data} were collected "
+                                  "before their loop and non-termination flags were kept; collect them again "
+                                  "(delete the file)")
+            # healthy: no catastrophe in the trace labels (up to a run the budget cut right after its answer,
+            # which the labels count as healthy and this as a non-termination)
+            spared = data["calm"] if args.false_over == "calm" else data["calm"] & ~data["y"].astype(bool)
         fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible))
                 for m in args.max_false]
     except HazardError as e:

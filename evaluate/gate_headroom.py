@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("closed_loop", type=Path)
     ap.add_argument("--out", type=Path, help="JSON to write (the printed table is on stdout)")
     ap.add_argument("--max_false", type=float, default=0.05,
-                    help="the false-trigger bound of the bound gate (issue 12: 0.05 of the calm rows)")
+                    help="the false-trigger bound of the bound gate (issue 12: 0.05 of the healthy rows)")
     args = ap.parse_args(argv)
     try:
         if not args.closed_loop.is_file():
