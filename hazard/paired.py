@@ -15,7 +15,6 @@ prompt (``coin_comparisons``), so one lucky or unlucky draw does not decide it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -122,14 +121,15 @@ def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     return out
 
 
-# an answer check behind a coin (``hazard.control.gate.load_gate``): random:<rate>[:<seed>]
-COIN = re.compile(r"random:([0-9.eE+-]+)(?::\d+)?")
-
-
 def coin_rate(row: dict) -> str | None:
-    """``random:<rate>`` when ``row`` is a run behind a coin gate (any seed), else None."""
-    m = COIN.fullmatch(str(row.get("knob", {}).get("gate", "")))
-    return f"random:{m.group(1)}" if m else None
+    """``random:<rate>`` when ``row`` is a run behind a coin gate (``random:<rate>[:<seed>]``, any seed), else
+    None."""
+    spec = str(row.get("knob", {}).get("gate", ""))
+    if not spec.startswith("random:"):
+        return None
+    from hazard.control.gate import load_gate  # here: the gate module loads the engine
+
+    return f"random:{load_gate(spec).rate:g}"
 
 
 def pooled_difference(a: str | Sequence, coins: Sequence[str | Sequence], n_boot: int = 10000,
@@ -165,10 +165,12 @@ def coin_comparisons(rows: list[dict], kv_tol: float = 0.02, min_seeds: int = 2)
     out = []
     for (task, base), sub in outcome_groups(rows).items():
         coins: dict[tuple[str, str], list[dict]] = {}
+        runs = []
         for r in sub:
             if rate := coin_rate(r):
                 coins.setdefault((r["policy"], rate), []).append(r)
-        runs = [r for r in sub if r["policy"] not in ("static", "full") and not coin_rate(r)]
+            elif r["policy"] not in ("static", "full"):
+                runs.append(r)
         for (policy, rate), group in coins.items():
             if len(group) < min_seeds:
                 continue
