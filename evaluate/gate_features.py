@@ -10,7 +10,10 @@ question's numbers (``question_numbers``): compression evicts parts of the promp
 some of the question's numbers has often lost them. Where the readings kept the compressed run's own per-token
 signals (``answer_gate.SAVED_SIGNALS``: entropy, top-1 probability, margin, chosen log-prob, 4-gram repetition,
 attention on the run's own output), also their summaries (``signal_summaries``), alone and beside the digits.
-Models: logistic regression (the shipped gate's) and gradient boosting. Operating points, each as the share of
+Where the signals hold the compressed run's chosen log-prob, also ``joint`` statistics of the two models on the
+same token (``joint_features``): a token the compressed run wrote with confidence that the uncompressed model finds
+improbable is what compression changing a number should look like, where an answer wrong anyway is unsure under
+both. Models: logistic regression (the shipped gate's) and gradient boosting. Operating points, each as the share of
 broken answers (right uncompressed, wrong compressed) that the gate flags:
 
 - ``found_at_5pct_right``: when 5% of the answers right under compression are flagged (the gate's own
@@ -21,6 +24,10 @@ broken answers (right uncompressed, wrong compressed) that the gate flags:
   a loop, non-termination or broken answer are flagged: the closed loop's ``false_trigger_rate``;
 - ``found_at_5pct_calm``: when 5% of every answer without a loop or non-termination is flagged, broken ones
   included (stricter: ``answer_gate.py --false_over calm``).
+
+``flags`` (readings with the loop / non-termination flags): whom the digit gate's flags fall on at 5% of the
+healthy answers (broken; right under both; right only under compression; wrong under both; loop or
+non-termination), and its AUROC of broken answers against each of those classes.
 
 The readings follow the prompts of ``--config``'s tasks in order, one per (prompt, base press), as
 ``collect_gate_data`` wrote them; the prompts are rebuilt from ``--gsm8k`` (the config's path is the GPU's).
@@ -49,6 +56,12 @@ from answer_gate import load_gate_data  # noqa: E402
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 QUESTION = ("q_missing", "log_q_numbers", "a_novel", "log_a_numbers")
 SIGNAL_STATS = ("mean", "max", "min", "last32", "std")  # per saved signal, over the answer's tokens
+# (compressed probability at least a, uncompressed below b) pairs counted by joint_features
+JOINT_PAIRS = ((0.5, 0.2), (0.8, 0.2), (0.5, 0.05), (0.8, 0.05), (0.9, 0.01))
+JOINT = (*(f"{kind}_conf{a:g}_unlikely{b:g}" for a, b in JOINT_PAIRS for kind in ("digit", "word")),
+         "delta_max", "digit_delta_max", "digit_delta_top3", "delta_mean", "delta_pos_share", "log_delta_pos",
+         "digit_log_delta_pos", "changed_delta_max", "changed_digit_comp_max")
+FLAG_CLASSES = ("broken", "right_both", "right_compressed_only", "wrong_both", "loop_or_nonterm")
 
 
 def numbers(text: str) -> list[str]:
@@ -78,6 +91,53 @@ def signal_summaries(signals: list[np.ndarray]) -> np.ndarray:
     return np.array(rows)
 
 
+def joint_features(v, comp_logp: np.ndarray, digit_ids) -> list[float]:
+    """``JOINT`` of one reading ``v`` beside the compressed run's log-prob of the same tokens ``comp_logp``;
+    delta = compressed minus uncompressed log-prob of the chosen token (how much surer compression made it):
+    log(1 + count) of digit / other tokens at compressed probability >= a and uncompressed < b per
+    ``JOINT_PAIRS``; the largest delta, on digit tokens, the sum of the three largest there, the mean, the share
+    and log(1 + sum) of positive deltas (all, digits), the largest delta where the uncompressed model would
+    choose another token, and the compressed log-prob of the surest such digit token (-10 when none)."""
+    c = np.nan_to_num(np.asarray(comp_logp, np.float64))
+    f = v.logp.astype(np.float64)
+    delta, pos = c - f, np.clip(c - f, 0, None)
+    dig = np.isin(v.tokens, digit_ids) | np.isin(v.top, digit_ids)
+    changed = v.top != v.tokens
+    out = []
+    for a, b in JOINT_PAIRS:
+        m = (c >= np.log(a)) & (f < np.log(b))
+        out += [np.log1p((m & dig).sum()), np.log1p((m & ~dig).sum())]
+    out += [delta.max(), delta[dig].max() if dig.any() else 0.0, np.sort(delta[dig])[::-1][:3].sum(), delta.mean(),
+            (pos > 0).mean(), np.log1p(pos.sum()), np.log1p(pos[dig].sum()),
+            delta[changed].max() if changed.any() else 0.0,
+            c[changed & dig].max() if (changed & dig).any() else -10.0]
+    return [float(x) for x in out]
+
+
+def flag_classes(broken: np.ndarray, right: np.ndarray, full_right: np.ndarray, calm: np.ndarray) -> dict:
+    """``FLAG_CLASSES`` as masks: broken by compression; right under both; right under compression only;
+    wrong under both without a loop or non-termination; a loop or non-termination (not broken)."""
+    return {"broken": broken, "right_both": right & full_right, "right_compressed_only": right & ~full_right,
+            "wrong_both": ~right & ~full_right & calm, "loop_or_nonterm": ~calm & ~broken}
+
+
+def flags_by_class(scores: np.ndarray, classes: dict, healthy: np.ndarray) -> dict:
+    """At the threshold that flags 5% of the ``healthy`` answers, how many of each class are flagged, and the
+    AUROC of broken answers against each other class."""
+    from sklearn.metrics import roc_auc_score
+
+    neg = np.sort(scores[healthy])[::-1]
+    flagged = scores > neg[int(0.05 * len(neg))]
+    broken = classes["broken"]
+    out = {}
+    for name, m in classes.items():
+        both = broken | m
+        out[name] = {"n": int(m.sum()), "flagged": int((flagged & m).sum()),
+                     "auroc_broken_vs": (float(roc_auc_score(broken[both], scores[both]))
+                                         if name != "broken" and m.any() else None)}
+    return out
+
+
 def operating_points(scores: np.ndarray, broken: np.ndarray, right: np.ndarray,
                      calm: np.ndarray | None = None) -> dict:
     """AUROCs and the share of broken answers flagged at 5% of the right ones / of all the others / of the
@@ -102,7 +162,6 @@ def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarr
     broke it), each scored at ``operating_points``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -112,11 +171,18 @@ def study(x: np.ndarray, broken: np.ndarray, right: np.ndarray, groups: np.ndarr
     out = {}
     for target_name, target in (("wrong", (~right).astype(int)), ("broken", broken.astype(int))):
         for name, make in models.items():
-            oof = np.zeros(len(target))
-            for tr, te in GroupKFold(5).split(x, target, groups):
-                oof[te] = make().fit(x[tr], target[tr]).predict_proba(x[te])[:, 1]
-            out[f"{name}/{target_name}"] = operating_points(oof, broken, right, calm)
+            out[f"{name}/{target_name}"] = operating_points(out_of_fold(make, x, target, groups), broken, right, calm)
     return out
+
+
+def out_of_fold(make, x: np.ndarray, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Prompt-grouped 5-fold out-of-fold probabilities of ``make()``'s model."""
+    from sklearn.model_selection import GroupKFold
+
+    oof = np.zeros(len(target))
+    for tr, te in GroupKFold(5).split(x, target, groups):
+        oof[te] = make().fit(x[tr], target[tr]).predict_proba(x[te])[:, 1]
+    return oof
 
 
 def readings_and_prompts(config: str, data: str, gsm8k: str) -> tuple[EvaluateConfig, dict, list]:
@@ -159,7 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     if d["signals"]:
         x_signals = signal_summaries(d["signals"])
         sets |= {"signals": x_signals, "digits+signals": np.hstack([x_digits, x_signals])}
+        if "chosen_logprob" in d.get("signal_names", ()):
+            col = list(d["signal_names"]).index("chosen_logprob")
+            x_joint = np.array([joint_features(v, s[:, col], digits) for v, s in zip(d["verdicts"], d["signals"])])
+            sets |= {"joint": x_joint, "digits+joint": np.hstack([x_digits, x_joint])}
     res = {name: study(x, broken, right, d["groups"], calm=calm) for name, x in sets.items()}
+    flags = None
+    if calm is not None:  # whom the shipped kind of gate (digits, logistic regression, broken) flags
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        oof = out_of_fold(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x_digits,
+                          broken.astype(int), d["groups"])
+        flags = flags_by_class(oof, flag_classes(broken, right, d["full_correct"].astype(bool), calm),
+                               calm & ~broken)
     res["question_numbers_alone"] = {f: operating_points(x_question[:, j], broken, right, calm)
                                      for j, f in enumerate(QUESTION)}
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
@@ -167,11 +247,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "calm": None if calm is None else int(calm.sum()),
                                 "signal_features": [f"{n}_{s}" for n in d.get("signal_names", ())
                                                     for s in SIGNAL_STATS],
-                                "git_sha": _git_sha(), "hardware": "CPU", "results": res})
+                                "joint_features": list(JOINT) if "joint" in sets else [],
+                                "flags": flags, "git_sha": _git_sha(), "hardware": "CPU", "results": res})
     of_calm = "" if calm is None else (" / of the healthy ones (no loop, non-termination or broken answer) / of the "
                                        "calm ones (no loop or non-termination)")
     print(f"{len(broken)} readings ({int(broken.sum())} broken by compression, {int(right.sum())} right under it); "
           f"broken answers found when 5% of the right / of all other answers{of_calm} are flagged (AUROCs)")
+    if flags is not None:
+        print("the digit gate (logistic regression, broken) at 5% of the healthy answers flagged: " + ", ".join(
+            f"{k} {v['flagged']} of {v['n']}" for k, v in flags.items()))
+        print("  its AUROC of broken answers against: " + ", ".join(
+            f"{k} {v['auroc_broken_vs']:.3f}" for k, v in flags.items() if v["auroc_broken_vs"] is not None))
     for name, r in res.items():
         for key, m in r.items():
             at_calm = (f" / {m['found_at_5pct_healthy']:.3f} / {m['found_at_5pct_calm']:.3f}"

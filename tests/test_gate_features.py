@@ -117,3 +117,53 @@ def test_the_study_reads_the_compressed_runs_signals_and_the_false_trigger_opera
     assert sig["found_at_5pct_calm"] == pytest.approx(0.15)
     assert dig["found_at_5pct_healthy"] < 0.5 and dig["found_at_5pct_calm"] < 0.15  # the reading does not tell them
     assert "of the healthy ones" in capsys.readouterr().out
+
+
+def test_joint_features_count_tokens_compression_was_sure_of_and_the_whole_prompt_finds_improbable():
+    import gate_features as gf
+
+    # four tokens, the second a digit (id 5): compressed sure of it (0.9), uncompressed finds it improbable (0.01)
+    tokens = np.array([1, 5, 2, 3])
+    full = np.log(np.array([0.9, 0.01, 0.6, 0.9]))
+    comp = np.log(np.array([0.9, 0.9, 0.3, 0.9]))
+    v = Verdict(tokens, full.astype(np.float32), np.array([1, 6, 2, 3]), np.log(np.array([0.9, 0.95, 0.6, 0.9])))
+    f = dict(zip(gf.JOINT, gf.joint_features(v, comp, [5, 6])))
+    assert len(f) == len(gf.JOINT)
+    assert f["digit_conf0.8_unlikely0.05"] == pytest.approx(np.log(2)) and f["word_conf0.8_unlikely0.05"] == 0.0
+    assert f["delta_max"] == pytest.approx(np.log(90)) == pytest.approx(f["digit_delta_max"])
+    assert f["changed_delta_max"] == pytest.approx(np.log(90))
+    assert f["changed_digit_comp_max"] == pytest.approx(np.log(0.9))
+    assert f["delta_pos_share"] == 0.25  # the third token: compression was less sure, not more
+    # the same answer read identically by both models: no confident disagreement anywhere
+    g = dict(zip(gf.JOINT, gf.joint_features(v, v.logp, [5, 6])))
+    assert g["delta_max"] == 0.0 and g["digit_conf0.5_unlikely0.2"] == 0.0
+
+
+def test_flags_by_class_says_whom_a_gate_flags_and_how_it_ranks_broken_answers_against_each_class():
+    import gate_features as gf
+
+    broken = np.array([1] * 10 + [0] * 90, bool)
+    right = np.array([0] * 10 + [1] * 50 + [0] * 40, bool)
+    full_right = np.array([1] * 10 + [1] * 50 + [0] * 40, bool)
+    calm = np.ones(100, bool)
+    classes = gf.flag_classes(broken, right, full_right, calm)
+    assert [int(classes[k].sum()) for k in gf.FLAG_CLASSES] == [10, 50, 0, 40, 0]
+    # the answers wrong either way score above the broken ones, the right ones below
+    scores = np.r_[np.full(10, 0.8), np.zeros(50), np.linspace(0.85, 0.99, 40)]
+    f = gf.flags_by_class(scores, classes, calm & ~broken)
+    assert f["wrong_both"]["flagged"] == 4 and f["broken"]["flagged"] == 0 and f["right_both"]["flagged"] == 0
+    assert f["right_both"]["auroc_broken_vs"] == 1.0 and f["wrong_both"]["auroc_broken_vs"] == 0.0
+    assert f["right_compressed_only"]["auroc_broken_vs"] is None and f["broken"]["auroc_broken_vs"] is None
+
+
+def test_the_study_adds_the_joint_features_and_the_flags_when_the_run_kept_its_log_probs(tmp_path, capsys):
+    import gate_features as gf
+
+    data, cfg = _write(tmp_path, signals=True)
+    out = tmp_path / "f.json"
+    assert gf.main(["--config", str(cfg), "--data", str(tmp_path / "r.npz"), "--gsm8k", str(data),
+                    "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert {"joint", "digits+joint"} <= set(saved["results"]) and saved["joint_features"] == list(gf.JOINT)
+    assert saved["flags"]["broken"]["n"] == 20 and saved["flags"]["right_both"]["n"] == 40
+    assert "at 5% of the healthy answers flagged: broken" in capsys.readouterr().out
