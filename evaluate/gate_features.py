@@ -25,9 +25,14 @@ broken answers (right uncompressed, wrong compressed) that the gate flags:
 - ``found_at_5pct_calm``: when 5% of every answer without a loop or non-termination is flagged, broken ones
   included (stricter: ``answer_gate.py --false_over calm``).
 
-``flags`` (readings with the loop / non-termination flags): whom the digit gate's flags fall on at 5% of the
-healthy answers (broken; right under both; right only under compression; wrong under both; loop or
-non-termination), and its AUROC of broken answers against each of those classes.
+Where the readings kept the uncompressed model's hidden states (``Verdict.states``), also the ``probes`` set:
+out-of-fold logits of the gate's two linear probes (``hazard.control.gate.PROBES``: "the uncompressed model gets
+this problem right" from the question's last state, "this answer is right" from the state after it), alone and
+beside the digits, with each probe's AUROC for its own target (``probe_auroc``).
+
+``flags`` (readings with the loop / non-termination flags), per set (the digits; with the probes): whom a logistic
+gate's flags fall on at 5% of the healthy answers (broken; right under both; right only under compression; wrong
+under both; loop or non-termination), and its AUROC of broken answers against each of those classes.
 
 The readings follow the prompts of ``--config``'s tasks in order, one per (prompt, base press), as
 ``collect_gate_data`` wrote them; the prompts are rebuilt from ``--gsm8k`` (the config's path is the GPU's).
@@ -44,7 +49,7 @@ import numpy as np
 
 from hazard.cli import build, parse_args
 from hazard.collect import _git_sha
-from hazard.control.gate import DIGITS, digit_token_ids, verdict_features
+from hazard.control.gate import DIGITS, PROBES, digit_token_ids, probe_columns, verdict_features
 from hazard.errors import HazardError
 from hazard.evaluate import EvaluateConfig
 from hazard.tasks import build_task
@@ -229,17 +234,27 @@ def main(argv: list[str] | None = None) -> int:
             col = list(d["signal_names"]).index("chosen_logprob")
             x_joint = np.array([joint_features(v, s[:, col], digits) for v, s in zip(d["verdicts"], d["signals"])])
             sets |= {"joint": x_joint, "digits+joint": np.hstack([x_digits, x_joint])}
+    probe_auroc = {}
+    if all(v.states is not None for v in d["verdicts"]):
+        from sklearn.metrics import roc_auc_score
+
+        labels = {"full_correct": d["full_correct"].astype(bool), "correct": right}  # PROBES' targets
+        x_probes, _ = probe_columns(np.stack([v.states for v in d["verdicts"]]), labels, d["groups"])
+        probe_auroc = {f: float(roc_auc_score(labels[PROBES[f][1]], x_probes[:, j])) for j, f in enumerate(PROBES)}
+        sets |= {"probes": x_probes, "digits+probes": np.hstack([x_digits, x_probes])}
     res = {name: study(x, broken, right, d["groups"], calm=calm) for name, x in sets.items()}
-    flags = None
-    if calm is not None:  # whom the shipped kind of gate (digits, logistic regression, broken) flags
+    flags = {}
+    if calm is not None:  # whom a gate of the shipped kind (logistic regression, broken) flags
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        oof = out_of_fold(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x_digits,
-                          broken.astype(int), d["groups"])
-        flags = flags_by_class(oof, flag_classes(broken, right, d["full_correct"].astype(bool), calm),
-                               calm & ~broken)
+        classes = flag_classes(broken, right, d["full_correct"].astype(bool), calm)
+        for name in ("digits", "digits+probes"):
+            if name in sets:
+                oof = out_of_fold(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
+                                  sets[name], broken.astype(int), d["groups"])
+                flags[name] = flags_by_class(oof, classes, calm & ~broken)
     res["question_numbers_alone"] = {f: operating_points(x_question[:, j], broken, right, calm)
                                      for j, f in enumerate(QUESTION)}
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
@@ -248,16 +263,19 @@ def main(argv: list[str] | None = None) -> int:
                                 "signal_features": [f"{n}_{s}" for n in d.get("signal_names", ())
                                                     for s in SIGNAL_STATS],
                                 "joint_features": list(JOINT) if "joint" in sets else [],
-                                "flags": flags, "git_sha": _git_sha(), "hardware": "CPU", "results": res})
+                                "probe_auroc": probe_auroc, "flags": flags, "git_sha": _git_sha(), "hardware": "CPU",
+                                "results": res})
     of_calm = "" if calm is None else (" / of the healthy ones (no loop, non-termination or broken answer) / of the "
                                        "calm ones (no loop or non-termination)")
     print(f"{len(broken)} readings ({int(broken.sum())} broken by compression, {int(right.sum())} right under it); "
           f"broken answers found when 5% of the right / of all other answers{of_calm} are flagged (AUROCs)")
-    if flags is not None:
-        print("the digit gate (logistic regression, broken) at 5% of the healthy answers flagged: " + ", ".join(
-            f"{k} {v['flagged']} of {v['n']}" for k, v in flags.items()))
+    for f, a in probe_auroc.items():
+        print(f"{f} (out of fold) predicts {PROBES[f][1]} at AUROC {a:.3f}")
+    for name, fl in flags.items():
+        print(f"a {name} gate (logistic regression, broken) at 5% of the healthy answers flagged: " + ", ".join(
+            f"{k} {v['flagged']} of {v['n']}" for k, v in fl.items()))
         print("  its AUROC of broken answers against: " + ", ".join(
-            f"{k} {v['auroc_broken_vs']:.3f}" for k, v in flags.items() if v["auroc_broken_vs"] is not None))
+            f"{k} {v['auroc_broken_vs']:.3f}" for k, v in fl.items() if v["auroc_broken_vs"] is not None))
     for name, r in res.items():
         for key, m in r.items():
             at_calm = (f" / {m['found_at_5pct_healthy']:.3f} / {m['found_at_5pct_calm']:.3f}"

@@ -165,5 +165,6 @@ def test_the_study_adds_the_joint_features_and_the_flags_when_the_run_kept_its_l
                     "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert {"joint", "digits+joint"} <= set(saved["results"]) and saved["joint_features"] == list(gf.JOINT)
-    assert saved["flags"]["broken"]["n"] == 20 and saved["flags"]["right_both"]["n"] == 40
-    assert "at 5% of the healthy answers flagged: broken" in capsys.readouterr().out
+    assert saved["flags"]["digits"]["broken"]["n"] == 20 and saved["flags"]["digits"]["right_both"]["n"] == 40
+    assert "a digits gate (logistic regression, broken) at 5% of the healthy answers flagged: broken" \
+        in capsys.readouterr().out

@@ -8,6 +8,12 @@ and whether it ended), trained on GSM8K train problems to predict that compressi
 uncompressed, wrong compressed) or, simply, that the compressed answer is wrong. The policy repairs only answers
 whose probability reaches the gate's threshold, chosen on held-out prompts for a false-repair rate on healthy
 answers (``evaluate/answer_gate.py``).
+
+The reading's statistics cannot tell an answer compression broke from one the model gets wrong uncompressed too
+(evaluate/RESULTS.md 0p): both read as shaky. ``PROBES`` add what the uncompressed model's own hidden states say
+(``Verdict.states``, free with the reading): a linear probe on the state at the question's last token for "the
+uncompressed model answers this right" (how hard the problem is for it), and one on the state after the answer
+for "this answer is right". Each probe's logit is one more gate feature; probe features come last in a set.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hazard.engine.check import Verdict
+from hazard.engine.check import STATE_ROWS, Verdict
 from hazard.errors import HazardError
 
 # the first gate's statistics of the whole reading
 READING = ("log_len", "ended", "first_bad", "bad_share", "bad_share_rare", "min_logp", "mean_logp", "mean_gap")
 FEATURES = READING
+PROBE_C = 0.01  # the probes' inverse L2 strength
 TAUS = (0.5, 0.2, 0.05, 0.01)
 # the second: disagreements split by whether a digit is involved (the row's token or the uncompressed choice has
 # one). A changed digit is a changed number, a changed word mostly a rewording: on GSM8K train readings of the
@@ -31,7 +38,9 @@ TAUS = (0.5, 0.2, 0.05, 0.01)
 DIGITS = ("log_len", "ended", "bad_share", "mean_logp", "mean_gap", *(f"digit_bad@{t:g}" for t in TAUS),
           *(f"word_bad@{t:g}" for t in TAUS), "digit_min_logp", "digit_low3_logp", "digit_max_gap", "word_max_gap",
           "log_digits")
-FEATURE_SETS = {"reading": READING, "digits": DIGITS}
+# linear probes on the reading's hidden states (``StateProbe``): name -> (Verdict.states row, what it predicts)
+PROBES = {"probe_question": ("question", "full_correct"), "probe_answer": ("answer", "correct")}
+FEATURE_SETS = {"reading": READING, "digits": DIGITS, "digits+probes": (*DIGITS, *PROBES)}
 
 
 def reading_stats(v: Verdict, max_new_tokens: int, digit_ids=()) -> dict[str, float]:
@@ -63,10 +72,63 @@ def reading_stats(v: Verdict, max_new_tokens: int, digit_ids=()) -> dict[str, fl
     return out
 
 
-def verdict_features(v: Verdict, max_new_tokens: int, features=FEATURES, digit_ids=()) -> np.ndarray:
-    """The named ``features`` of one reading (``reading_stats``), in order."""
+def verdict_features(v: Verdict, max_new_tokens: int, features=FEATURES, digit_ids=(),
+                     probes: dict | None = None) -> np.ndarray:
+    """The named ``features`` of one reading (``reading_stats``; ``PROBES`` by ``probes[name].score``), in order."""
     stats = reading_stats(v, max_new_tokens, digit_ids)
+    for f in features:
+        if f in PROBES:
+            if not probes or f not in probes:
+                raise HazardError(f"answer gate feature {f}: no probe for it; fit the gate with answer_gate.py")
+            if v.states is None:
+                raise HazardError(f"answer gate feature {f}: this reading kept no hidden states (Verdict.states)")
+            stats[f] = probes[f].score(v.states)
     return np.array([stats[f] for f in features], dtype=np.float64)
+
+
+@dataclass
+class StateProbe:
+    """Logistic regression on one row (``STATE_ROWS``) of a reading's hidden states, standardised; ``score`` is
+    its logit (the gate's feature)."""
+
+    row: str
+    mean: list[float]
+    std: list[float]
+    coef: list[float]
+    intercept: float
+
+    def score(self, states: np.ndarray) -> float:
+        x = (np.asarray(states[STATE_ROWS.index(self.row)], np.float64) - self.mean) / np.asarray(self.std)
+        return float(x @ np.asarray(self.coef) + self.intercept)
+
+
+def fit_probe(states: np.ndarray, row: str, target: np.ndarray, c: float = PROBE_C, seed: int = 0) -> StateProbe:
+    """A ``StateProbe`` of ``target`` on ``states[:, row]`` (L2-regularised at inverse strength ``c``: the states
+    have as many dimensions as a few thousand readings)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(states[:, STATE_ROWS.index(row)], np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    lr = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit((x - mean) / std, target)
+    return StateProbe(row, mean.tolist(), std.tolist(), lr.coef_[0].tolist(), float(lr.intercept_[0]))
+
+
+def probe_columns(states: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, names=tuple(PROBES),
+                  folds: int = 5, seed: int = 0) -> tuple[np.ndarray, dict[str, StateProbe]]:
+    """For the probes ``names``: out-of-fold logits (prompt-grouped, so a gate fitted on them sees each probe as
+    it scores prompts it never saw: stacking) and the probes refit on everything (what a gate ships).
+    ``targets`` maps each probe's target name (``PROBES``) to its labels."""
+    from sklearn.model_selection import GroupKFold
+
+    cols, probes = np.zeros((len(states), len(names))), {}
+    for j, name in enumerate(names):
+        row, target = PROBES[name]
+        y = np.asarray(targets[target]).astype(int)
+        for tr, te in GroupKFold(folds).split(states, y, groups):
+            pr = fit_probe(states[tr], row, y[tr], seed=seed)
+            cols[te, j] = [pr.score(s) for s in states[te]]
+        probes[name] = fit_probe(states, row, y, seed=seed)
+    return cols, probes
 
 
 def digit_token_ids(ids, texts) -> list[int]:
@@ -86,6 +148,7 @@ class AnswerGate:
     features: tuple[str, ...] = FEATURES
     digit_ids: list[int] = field(default_factory=list)  # what ``digit_*`` features count as a digit token
     label: str = "broken"  # what it was fitted to predict: "broken" by compression, or "wrong" compressed
+    probes: dict[str, StateProbe] = field(default_factory=dict)  # for ``PROBES`` features
 
     def prob(self, x: np.ndarray) -> np.ndarray:
         z = (np.atleast_2d(x) - np.asarray(self.mean)) / np.asarray(self.std)
@@ -96,7 +159,7 @@ class AnswerGate:
 
     def repairs_verdict(self, v: Verdict, max_new_tokens: int) -> bool:
         """Whether to repair the answer of reading ``v`` (its features computed as this gate was fitted)."""
-        return bool(self.repairs(verdict_features(v, max_new_tokens, self.features, self.digit_ids))[0])
+        return bool(self.repairs(verdict_features(v, max_new_tokens, self.features, self.digit_ids, self.probes))[0])
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -109,16 +172,22 @@ class AnswerGate:
         if not p.is_file():
             raise HazardError(f"answer gate {path}: no gate.json there; train one with evaluate/answer_gate.py")
         d = json.loads(p.read_text())
-        known = set(READING) | set(DIGITS)
+        known = set(READING) | set(DIGITS) | set(PROBES)
         unknown = [f for f in d.get("features", ()) if f not in known]
         if unknown or not d.get("features") or len(d["features"]) != len(d.get("coef", ())):
             raise HazardError(f"answer gate {path}: features {d.get('features')} do not match its coefficients or "
                               f"are unknown ({unknown}); retrain it with evaluate/answer_gate.py")
         if any(f.startswith("digit_") for f in d["features"]) and not d.get("digit_ids"):
             raise HazardError(f"answer gate {path}: digit features but no digit_ids; retrain it")
+        probes = d.get("probes") or {}
+        if {f for f in d["features"] if f in PROBES} != set(probes) or any(
+                len(pr.get("coef", ())) != len(pr.get("mean", ())) or pr.get("row") not in STATE_ROWS
+                for pr in probes.values()):
+            raise HazardError(f"answer gate {path}: its probe features and probes do not match; retrain it")
         d["features"] = tuple(d["features"])
         return cls(**{k: d[k] for k in ("mean", "std", "coef", "intercept", "threshold", "features")},
-                   digit_ids=list(d.get("digit_ids", [])), label=d.get("label", "broken"))
+                   digit_ids=list(d.get("digit_ids", [])), label=d.get("label", "broken"),
+                   probes={k: StateProbe(**pr) for k, pr in probes.items()})
 
 
 @dataclass

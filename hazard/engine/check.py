@@ -7,6 +7,11 @@ have produced exactly the answer's tokens up to its first disagreement, so the f
 uncompressed model finds improbable is where compression changed the text: a controller rolls back there,
 puts the uncompressed model's choice in its place and goes on (``hazard.control.policies.AnswerCheckPolicy``).
 
+The same forward also gives two hidden states (the decoder's last, normed layer) that a learned gate can probe
+(``hazard.control.gate.StateProbe``): at the prompt's last token, what the uncompressed model makes of the
+question before it answers, and at the answer's last fed token, after it has read the compressed answer. They
+cost nothing more than the reading.
+
 The forward runs on the model's own modules in chunks of at most ``token_budget`` padded tokens and
 projects only the answer's positions through ``lm_head`` (a 150k vocabulary over a whole prompt would
 cost more than the forward).
@@ -22,16 +27,21 @@ import torch
 from hazard.engine.prefill import padded_chunks, right_padded
 from hazard.engine.runner import ModelRunner
 
+STATE_ROWS = ("question", "answer")  # the rows of Verdict.states
+
 
 @dataclass
 class Verdict:
     """The uncompressed model on one answer (``tokens``): per generated token t, ``logp[t]`` of the token the
-    row chose and ``top[t]`` (``top_logp[t]``), its own greedy choice there, given the prompt and tokens < t."""
+    row chose and ``top[t]`` (``top_logp[t]``), its own greedy choice there, given the prompt and tokens < t.
+    ``states`` (2, hidden), when kept: the last layer's hidden state at the prompt's last token (``STATE_ROWS``
+    "question") and at the answer's last fed token ("answer"; the same position for a one-token answer)."""
 
     tokens: np.ndarray
     logp: np.ndarray
     top: np.ndarray
     top_logp: np.ndarray
+    states: np.ndarray | None = None
 
     def first_disagreement(self, tau: float) -> int:
         """The first token the uncompressed model would not have chosen and gives probability below ``tau``
@@ -57,5 +67,6 @@ def check_answers(runner: ModelRunner, prompts: list[list[int]], answers: list[l
             lp = torch.log_softmax(runner.model.lm_head(h).float(), dim=-1)
             top_lp, top = lp.max(-1)
             chosen = lp.gather(-1, torch.as_tensor(a, device=dev)[:, None])[:, 0]
-            out[i] = Verdict(a, chosen.cpu().numpy(), top.cpu().numpy(), top_lp.cpu().numpy())
+            states = hidden[j, [p - 1, p - 2 + len(a)]].float().cpu().numpy()  # STATE_ROWS
+            out[i] = Verdict(a, chosen.cpu().numpy(), top.cpu().numpy(), top_lp.cpu().numpy(), states)
     return out
