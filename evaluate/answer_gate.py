@@ -177,17 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         probed = [f for f in features if f in PROBES]  # last in a set: out-of-fold logits, appended below
         x = np.array([verdict_features(v, data["max_new_tokens"], features[:len(features) - len(probed)], digit_ids)
                       for v in data["verdicts"]])
-        probes, probe_auroc = {}, {}
+        probes, probe_auroc = {}, {}  # out-of-fold AUROC of each probe for its own target
         if probed:
             if any(v.states is None for v in data["verdicts"]):
                 raise HazardError(f"--features {args.features}: the readings in {args.data} kept no hidden states; "
                                   "collect them again (delete the file)")
-            from sklearn.metrics import roc_auc_score
-
             labels = {"full_correct": data["full_correct"], "correct": data["healthy"]}  # PROBES' targets
-            cols, probes = probe_columns(np.stack([v.states for v in data["verdicts"]]), labels, data["groups"], probed)
+            cols, probes, probe_auroc = probe_columns(np.stack([v.states for v in data["verdicts"]]), labels,
+                                                      data["groups"], probed)
             x = np.hstack([x, cols])
-            probe_auroc = {f: float(roc_auc_score(labels[PROBES[f][1]], cols[:, j])) for j, f in enumerate(probed)}
         target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
         eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
         spared = data["healthy"]

@@ -236,11 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             sets |= {"joint": x_joint, "digits+joint": np.hstack([x_digits, x_joint])}
     probe_auroc = {}
     if all(v.states is not None for v in d["verdicts"]):
-        from sklearn.metrics import roc_auc_score
-
         labels = {"full_correct": d["full_correct"].astype(bool), "correct": right}  # PROBES' targets
-        x_probes, _ = probe_columns(np.stack([v.states for v in d["verdicts"]]), labels, d["groups"])
-        probe_auroc = {f: float(roc_auc_score(labels[PROBES[f][1]], x_probes[:, j])) for j, f in enumerate(PROBES)}
+        x_probes, _, probe_auroc = probe_columns(np.stack([v.states for v in d["verdicts"]]), labels, d["groups"])
         sets |= {"probes": x_probes, "digits+probes": np.hstack([x_digits, x_probes])}
     res = {name: study(x, broken, right, d["groups"], calm=calm) for name, x in sets.items()}
     flags = {}

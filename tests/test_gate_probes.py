@@ -51,9 +51,10 @@ def test_probes_find_what_each_state_says_out_of_fold_and_score_as_sklearn_does(
     from hazard.control.gate import PROBES, fit_probe, probe_columns
 
     s, full_ok, ok = _states(300)
-    cols, probes = probe_columns(s, {"full_correct": full_ok, "correct": ok}, np.arange(300) // 3)
+    cols, probes, auroc = probe_columns(s, {"full_correct": full_ok, "correct": ok}, np.arange(300) // 3)
     assert list(probes) == list(PROBES) == ["probe_question", "probe_answer"]
-    assert roc_auc_score(full_ok, cols[:, 0]) > 0.9 and roc_auc_score(ok, cols[:, 1]) > 0.9
+    assert roc_auc_score(full_ok, cols[:, 0]) == auroc["probe_question"] > 0.9
+    assert roc_auc_score(ok, cols[:, 1]) == auroc["probe_answer"] > 0.9
     assert abs(roc_auc_score(ok, cols[:, 0]) - 0.5) < 0.15  # the question's state says nothing of the answer
     pr = fit_probe(s, "answer", ok)
     assert pr.row == "answer" and np.argmax(np.abs(pr.coef)) == 1

@@ -114,13 +114,15 @@ def fit_probe(states: np.ndarray, row: str, target: np.ndarray, c: float = PROBE
 
 
 def probe_columns(states: np.ndarray, targets: dict[str, np.ndarray], groups: np.ndarray, names=tuple(PROBES),
-                  folds: int = 5, seed: int = 0) -> tuple[np.ndarray, dict[str, StateProbe]]:
+                  folds: int = 5, seed: int = 0) -> tuple[np.ndarray, dict[str, StateProbe], dict[str, float]]:
     """For the probes ``names``: out-of-fold logits (prompt-grouped, so a gate fitted on them sees each probe as
-    it scores prompts it never saw: stacking) and the probes refit on everything (what a gate ships).
-    ``targets`` maps each probe's target name (``PROBES``) to its labels."""
+    it scores prompts it never saw: stacking), the probes refit on everything (what a gate ships) and each
+    probe's out-of-fold AUROC for its own target. ``targets`` maps each probe's target name (``PROBES``) to its
+    labels."""
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
-    cols, probes = np.zeros((len(states), len(names))), {}
+    cols, probes, auroc = np.zeros((len(states), len(names))), {}, {}
     for j, name in enumerate(names):
         row, target = PROBES[name]
         y = np.asarray(targets[target]).astype(int)
@@ -128,7 +130,8 @@ def probe_columns(states: np.ndarray, targets: dict[str, np.ndarray], groups: np
             pr = fit_probe(states[tr], row, y[tr], seed=seed)
             cols[te, j] = [pr.score(s) for s in states[te]]
         probes[name] = fit_probe(states, row, y, seed=seed)
-    return cols, probes
+        auroc[name] = float(roc_auc_score(y, cols[:, j]))
+    return cols, probes, auroc
 
 
 def digit_token_ids(ids, texts) -> list[int]:
