@@ -1,0 +1,164 @@
+"""Does the uncompressed model's state at the end of the question tell broken answers from answers wrong anyway?
+
+Issue 12's false triggers are mostly answers the model gets wrong uncompressed too (evaluate/RESULTS.md 0p: 156 of
+168 false flags); the reading ranks broken answers above them at AUROC 0.61 only. A broken answer is one the
+uncompressed model would have got right, so what separates the two is whether the model can solve the problem,
+which its hidden state at the question's last token may encode. ``hazard.control.gate.PROBES`` reads that state
+live (``Verdict.states``); this asks the question on this CPU before a device session collects it at scale:
+sample broken answers and answers wrong under both (calm: no loop or non-termination) from the saved readings,
+compute each prompt's question state in float32 (the shared few-shot prefix once, then each question on a copy of
+its cache), and compare, out of fold, a linear probe on the state with the digit gate's reading statistics and
+with both together.
+
+    python evaluate/question_states.py --config configs/evaluate/gate_q15_ea85.yaml --data <readings.npz> \
+        --gsm8k ../shared/data/gsm8k --model-path ~/.cache/hazard-models --gguf qwen2.5-coder-1.5b-instruct.gguf \
+        --per-class 200 --out evaluate/results/question_states_q15_ea85.json
+
+The states computed so far are kept beside ``--out`` (``<out>.states.npz``, written atomically every 25
+prompts, removed once the JSON is written), so a stopped run goes on where it was. Caveat: float32 here, bf16
+on the device; the probe is refit on whatever states it is given, so the comparison holds within one precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hazard.collect import _git_sha
+from hazard.control.gate import DIGITS, digit_token_ids, probe_columns, verdict_features
+from hazard.errors import HazardError
+from hazard.traces import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gate_features import out_of_fold, readings_and_prompts  # noqa: E402
+
+
+def sample(broken: np.ndarray, wrong_both: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``per_class`` broken answers and as many answers wrong under both (fewer if short)."""
+    rng = np.random.default_rng(seed)
+    n = min(per_class, int(broken.sum()), int(wrong_both.sum()))
+    return np.sort(np.r_[rng.choice(np.flatnonzero(broken), n, replace=False),
+                         rng.choice(np.flatnonzero(wrong_both), n, replace=False)])
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares, less one: the last token of each stays to be fed."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return n
+
+
+@torch.inference_mode()
+def question_states(decoder, seqs: list[list[int]], done: dict[int, np.ndarray], save, every: int = 25) -> None:
+    """Fill ``done[i]`` with the decoder's last hidden state at the last token of ``seqs[i]``: the shared prefix
+    is run once and its cache cropped back after each sequence's own tokens. ``save(done)`` every ``every``."""
+    from transformers import DynamicCache
+
+    k = common_prefix(seqs)
+    cache = DynamicCache()
+    decoder(input_ids=torch.tensor([seqs[0][:k]]), past_key_values=cache, use_cache=True)
+    t0, fresh = time.time(), 0
+    for i, s in enumerate(seqs):
+        if i in done:
+            continue
+        out = decoder(input_ids=torch.tensor([s[k:]]), past_key_values=cache, use_cache=True)
+        done[i] = out.last_hidden_state[0, -1].float().numpy()
+        cache.crop(k)
+        fresh += 1
+        if fresh % every == 0:
+            save(done)
+            print(f"question_states: {len(done)}/{len(seqs)} prompts, {time.time() - t0:.0f} s", file=sys.stderr)
+    save(done)
+
+
+def compare(states: np.ndarray, x_digits: np.ndarray, broken: np.ndarray, groups: np.ndarray) -> dict:
+    """Out-of-fold AUROC of broken against the others (here: wrong under both) for the question-state probe,
+    the digit statistics (logistic regression) and both (the probe's out-of-fold logit beside them)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # in this sample broken = right uncompressed, wrong anyway = wrong uncompressed: the probe's own target
+    cols, _, auroc = probe_columns(states[:, None, :], {"full_correct": broken}, groups, names=("probe_question",))
+    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))  # noqa: E731
+    y = broken.astype(int)
+    return {"probe_question": auroc["probe_question"],
+            "digits": float(roc_auc_score(y, out_of_fold(lr, x_digits, y, groups))),
+            "digits+probe_question": float(roc_auc_score(y, out_of_fold(lr, np.hstack([x_digits, cols]), y, groups)))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
+    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
+    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+    ap.add_argument("--model-path", required=True, help="a folder with the GGUF file, or an HF model folder")
+    ap.add_argument("--gguf", default=None, help="the GGUF file name in --model-path")
+    ap.add_argument("--per-class", type=int, default=200, help="broken answers sampled, and as many wrong anyway")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        _, d, prompts = readings_and_prompts(args.config, args.data, args.gsm8k)
+        if "calm" not in d:
+            raise HazardError(f"--data {args.data}: the readings kept no loop / non-termination flags; collect again")
+        if not Path(args.model_path).exists():
+            raise HazardError(f"--model-path {args.model_path} does not exist")
+    except HazardError as e:
+        print(f"question_states: error: {e}", file=sys.stderr)
+        return 2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    broken, right, full = d["y"].astype(bool), d["healthy"].astype(bool), d["full_correct"].astype(bool)
+    pick = sample(broken, ~right & ~full & d["calm"].astype(bool), args.per_class, args.seed)
+    kw = {"gguf_file": args.gguf} if args.gguf else {}
+    tok = AutoTokenizer.from_pretrained(args.model_path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.float32, **kw).eval()
+    seqs = [tok(tok.apply_chat_template(prompts[i].messages, add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False)["input_ids"] for i in pick]
+    part = Path(str(args.out) + ".states.npz")
+    done: dict[int, np.ndarray] = {}
+    if part.is_file():
+        z = np.load(part)
+        if np.array_equal(z["pick"], pick):  # the same sample: go on where it stopped
+            done = {int(i): s for i, s in zip(z["done"], z["states"])}
+
+    def save(states: dict[int, np.ndarray]) -> None:
+        keys = sorted(states)
+        tmp = part.with_name(part.name + ".tmp.npz")
+        np.savez(tmp, pick=pick, done=np.array(keys, dtype=np.int64),
+                 states=np.stack([states[i] for i in keys]) if keys else np.zeros((0, 0), np.float32))
+        tmp.replace(part)
+
+    t0 = time.time()
+    question_states(model.model, seqs, done, save)
+    states = np.stack([done[i] for i in range(len(pick))])
+    digits = digit_token_ids(d["vocab_ids"], d["vocab"])
+    x_digits = np.array([verdict_features(d["verdicts"][i], d["max_new_tokens"], DIGITS, digits) for i in pick])
+    res = compare(states, x_digits, broken[pick], d["groups"][pick])
+    write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
+                                "model": args.gguf or args.model_path, "state_dtype": "float32",
+                                "n": int(len(pick)), "broken": int(broken[pick].sum()),
+                                "prefix_tokens": common_prefix(seqs), "prompt_index": pick.tolist(),
+                                "auroc_broken_vs_wrong_both": res, "seconds": round(time.time() - t0, 1),
+                                "git_sha": _git_sha(), "hardware": "CPU"})
+    part.unlink()  # the JSON holds the result; the states were only for resuming
+    print(f"{len(pick)} prompts ({int(broken[pick].sum())} broken by compression, the rest wrong under both); "
+          "out-of-fold AUROC of broken against wrong under both:")
+    for name, a in res.items():
+        print(f"  {name:24} {a:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
