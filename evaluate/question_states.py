@@ -8,7 +8,8 @@ live (``Verdict.states``); this asks the question on this CPU before a device se
 sample broken answers and answers wrong under both (calm: no loop or non-termination) from the saved readings,
 compute each prompt's question state in float32 (the shared few-shot prefix once, then each question on a copy of
 its cache), and compare, out of fold, a linear probe on the state with the digit gate's reading statistics and
-with both together.
+with both together. ``--state answer`` takes the other state the gate's probes read instead: after the compressed
+answer (prompt + the answer's tokens but its last, as the reading feeds them).
 
     python evaluate/question_states.py --config configs/evaluate/gate_q15_ea85.yaml --data <readings.npz> \
         --gsm8k ../shared/data/gsm8k --model-path ~/.cache/hazard-models --gguf qwen2.5-coder-1.5b-instruct.gguf \
@@ -29,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hazard.collect import _git_sha
-from hazard.control.gate import DIGITS, digit_token_ids, probe_columns, verdict_features
+from hazard.collect import _git_sha, encode
+from hazard.control.gate import DIGITS, PROBE_C, digit_token_ids, verdict_features
 from hazard.errors import HazardError
 from hazard.traces import write_json
 
@@ -79,20 +80,23 @@ def question_states(decoder, seqs: list[list[int]], done: dict[int, np.ndarray],
 
 
 def compare(states: np.ndarray, x_digits: np.ndarray, broken: np.ndarray, groups: np.ndarray) -> dict:
-    """Out-of-fold AUROC of broken against the others (here: wrong under both) for the question-state probe,
-    the digit statistics (logistic regression) and both (the probe's out-of-fold logit beside them)."""
+    """Out-of-fold AUROC of broken against the others (here: wrong under both) for a linear probe on the states
+    (standardised, L2 at the gate probes' ``PROBE_C``), the digit statistics (logistic regression) and both
+    (the probe's out-of-fold logit beside them). In this sample broken = right uncompressed and wrong anyway =
+    wrong uncompressed, so the probe's target is the question probe's own."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    # in this sample broken = right uncompressed, wrong anyway = wrong uncompressed: the probe's own target
-    cols, _, auroc = probe_columns(states[:, None, :], {"full_correct": broken}, groups, names=("probe_question",))
-    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))  # noqa: E731
     y = broken.astype(int)
-    return {"probe_question": auroc["probe_question"],
+    probe = out_of_fold(lambda: make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=3000)),
+                        states, y, groups)
+    logit = np.log(np.clip(probe, 1e-9, 1)) - np.log(np.clip(1 - probe, 1e-9, 1))
+    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))  # noqa: E731
+    return {"probe": float(roc_auc_score(y, probe)),
             "digits": float(roc_auc_score(y, out_of_fold(lr, x_digits, y, groups))),
-            "digits+probe_question": float(roc_auc_score(y, out_of_fold(lr, np.hstack([x_digits, cols]), y, groups)))}
+            "digits+probe": float(roc_auc_score(y, out_of_fold(lr, np.hstack([x_digits, logit[:, None]]), y, groups)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-path", required=True, help="a folder with the GGUF file, or an HF model folder")
     ap.add_argument("--gguf", default=None, help="the GGUF file name in --model-path")
     ap.add_argument("--per-class", type=int, default=200, help="broken answers sampled, and as many wrong anyway")
+    ap.add_argument("--state", choices=["question", "answer"], default="question",
+                    help="the state at the question's last token, or after the compressed answer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -124,19 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"gguf_file": args.gguf} if args.gguf else {}
     tok = AutoTokenizer.from_pretrained(args.model_path, **kw)
     model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.float32, **kw).eval()
-    seqs = [tok(tok.apply_chat_template(prompts[i].messages, add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False)["input_ids"] for i in pick]
+    # as the device encoded them; the answer state's sequence is what the reading feeds
+    seqs = [encode(tok, prompts[i]) + (d["verdicts"][i].tokens[:-1].tolist() if args.state == "answer" else [])
+            for i in pick]
     part = Path(str(args.out) + ".states.npz")
     done: dict[int, np.ndarray] = {}
     if part.is_file():
         z = np.load(part)
-        if np.array_equal(z["pick"], pick):  # the same sample: go on where it stopped
+        same = "lens" in z and np.array_equal(z["lens"], [len(q) for q in seqs]) and str(z["state"]) == args.state
+        if same and np.array_equal(z["pick"], pick):  # the same sample and sequences: go on where it stopped
             done = {int(i): s for i, s in zip(z["done"], z["states"])}
 
     def save(states: dict[int, np.ndarray]) -> None:
         keys = sorted(states)
         tmp = part.with_name(part.name + ".tmp.npz")
-        np.savez(tmp, pick=pick, done=np.array(keys, dtype=np.int64),
+        np.savez(tmp, pick=pick, lens=np.array([len(q) for q in seqs]), state=np.array(args.state),
+                 done=np.array(keys, dtype=np.int64),
                  states=np.stack([states[i] for i in keys]) if keys else np.zeros((0, 0), np.float32))
         tmp.replace(part)
 
@@ -147,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     x_digits = np.array([verdict_features(d["verdicts"][i], d["max_new_tokens"], DIGITS, digits) for i in pick])
     res = compare(states, x_digits, broken[pick], d["groups"][pick])
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
-                                "model": args.gguf or args.model_path, "state_dtype": "float32",
+                                "model": args.gguf or args.model_path, "state": args.state, "state_dtype": "float32",
                                 "n": int(len(pick)), "broken": int(broken[pick].sum()),
                                 "prefix_tokens": common_prefix(seqs), "prompt_index": pick.tolist(),
                                 "auroc_broken_vs_wrong_both": res, "seconds": round(time.time() - t0, 1),
                                 "git_sha": _git_sha(), "hardware": "CPU"})
     part.unlink()  # the JSON holds the result; the states were only for resuming
-    print(f"{len(pick)} prompts ({int(broken[pick].sum())} broken by compression, the rest wrong under both); "
-          "out-of-fold AUROC of broken against wrong under both:")
+    print(f"{len(pick)} prompts ({int(broken[pick].sum())} broken by compression, the rest wrong under both), the "
+          f"{args.state} state; out-of-fold AUROC of broken against wrong under both:")
     for name, a in res.items():
         print(f"  {name:24} {a:.3f}")
     return 0

@@ -50,5 +50,5 @@ def test_a_probe_on_the_states_beats_statistics_that_say_nothing():
     states = rng.normal(size=(200, 16))
     states[:, 3] += 2.5 * broken
     res = compare(states, rng.normal(size=(200, 4)), broken, np.arange(200))
-    assert res["probe_question"] > 0.85 and abs(res["digits"] - 0.5) < 0.15
-    assert res["digits+probe_question"] > 0.8
+    assert res["probe"] > 0.85 and abs(res["digits"] - 0.5) < 0.15
+    assert res["digits+probe"] > 0.8
