@@ -190,6 +190,13 @@ def out_of_fold(make, x: np.ndarray, target: np.ndarray, groups: np.ndarray) -> 
     return oof
 
 
+def add_readings_args(ap: argparse.ArgumentParser) -> None:
+    """``--config``, ``--data`` and ``--gsm8k``: what ``readings_and_prompts`` reads."""
+    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
+    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
+    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+
+
 def readings_and_prompts(config: str, data: str, gsm8k: str) -> tuple[EvaluateConfig, dict, list]:
     """The evaluate config, the saved readings and the config's prompts rebuilt from ``gsm8k`` (the config's
     path is the GPU's), one reading per prompt under the config's one base press; HazardError when they
@@ -208,9 +215,7 @@ def readings_and_prompts(config: str, data: str, gsm8k: str) -> tuple[EvaluateCo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
-    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
-    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+    add_readings_args(ap)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:

@@ -34,7 +34,7 @@ from hazard.signals.prefill import question_positions
 from hazard.traces import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate_features import operating_points, readings_and_prompts  # noqa: E402
+from gate_features import add_readings_args, operating_points, readings_and_prompts  # noqa: E402
 
 FEATURES = ("numbers_kept", "numbers_min_kept", "numbers_lost", "question_kept", "numbers_kept_last_layers")
 
@@ -63,9 +63,7 @@ def features(share: np.ndarray, q: list[int], digits: list[int]) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
-    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
-    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+    add_readings_args(ap)
     ap.add_argument("--model-path", required=True, help="a folder with the GGUF file, or an HF model folder")
     ap.add_argument("--gguf", default=None, help="the GGUF file name in --model-path")
     ap.add_argument("--per-class", type=int, default=60, help="broken answers sampled, and as many others")

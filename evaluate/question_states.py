@@ -33,10 +33,11 @@ import torch
 from hazard.collect import _git_sha, encode
 from hazard.control.gate import DIGITS, PROBE_C, digit_token_ids, verdict_features
 from hazard.errors import HazardError
+from hazard.models import ModelConfig, load_model
 from hazard.traces import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate_features import out_of_fold, readings_and_prompts  # noqa: E402
+from gate_features import add_readings_args, out_of_fold, readings_and_prompts  # noqa: E402
 
 
 def sample(broken: np.ndarray, wrong_both: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -101,9 +102,7 @@ def compare(states: np.ndarray, x_digits: np.ndarray, broken: np.ndarray, groups
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the evaluate config the readings were collected with")
-    ap.add_argument("--data", required=True, help="the readings (evaluate/answer_gate.py --data)")
-    ap.add_argument("--gsm8k", required=True, help="the GSM8K folder here (train.jsonl, test.jsonl)")
+    add_readings_args(ap)
     ap.add_argument("--model-path", required=True, help="a folder with the GGUF file, or an HF model folder")
     ap.add_argument("--gguf", default=None, help="the GGUF file name in --model-path")
     ap.add_argument("--per-class", type=int, default=200, help="broken answers sampled, and as many wrong anyway")
@@ -116,20 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         _, d, prompts = readings_and_prompts(args.config, args.data, args.gsm8k)
         if "calm" not in d:
             raise HazardError(f"--data {args.data}: the readings kept no loop / non-termination flags; collect again")
-        if not Path(args.model_path).exists():
-            raise HazardError(f"--model-path {args.model_path} does not exist")
+        model, tok = load_model(ModelConfig(path=args.model_path, gguf_file=args.gguf, dtype="float32", device="cpu"))
     except HazardError as e:
         print(f"question_states: error: {e}", file=sys.stderr)
         return 2
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     broken, right, full = d["y"].astype(bool), d["healthy"].astype(bool), d["full_correct"].astype(bool)
     pick = sample(broken, ~right & ~full & d["calm"].astype(bool), args.per_class, args.seed)
-    kw = {"gguf_file": args.gguf} if args.gguf else {}
-    tok = AutoTokenizer.from_pretrained(args.model_path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.float32, **kw).eval()
     # as the device encoded them; the answer state's sequence is what the reading feeds
     seqs = [encode(tok, prompts[i]) + (d["verdicts"][i].tokens[:-1].tolist() if args.state == "answer" else [])
             for i in pick]
