@@ -58,9 +58,10 @@ def common_prefix(seqs: list[list[int]]) -> int:
 
 
 @torch.inference_mode()
-def question_states(decoder, seqs: list[list[int]], done: dict[int, np.ndarray], save, every: int = 25) -> None:
+def question_states(decoder, seqs: list[list[int]], done: dict[int, np.ndarray], save, every: int = 25) -> int:
     """Fill ``done[i]`` with the decoder's last hidden state at the last token of ``seqs[i]``: the shared prefix
-    is run once and its cache cropped back after each sequence's own tokens. ``save(done)`` every ``every``."""
+    is run once and its cache cropped back after each sequence's own tokens. ``save(done)`` every ``every``.
+    Returns the shared prefix's length."""
     from transformers import DynamicCache
 
     k = common_prefix(seqs)
@@ -78,6 +79,7 @@ def question_states(decoder, seqs: list[list[int]], done: dict[int, np.ndarray],
             save(done)
             print(f"question_states: {len(done)}/{len(seqs)} prompts, {time.time() - t0:.0f} s", file=sys.stderr)
     save(done)
+    return k
 
 
 def compare(states: np.ndarray, x_digits: np.ndarray, broken: np.ndarray, groups: np.ndarray) -> dict:
@@ -124,24 +126,25 @@ def main(argv: list[str] | None = None) -> int:
     # as the device encoded them; the answer state's sequence is what the reading feeds
     seqs = [encode(tok, prompts[i]) + (d["verdicts"][i].tokens[:-1].tolist() if args.state == "answer" else [])
             for i in pick]
+    lens = np.array([len(q) for q in seqs])
     part = Path(str(args.out) + ".states.npz")
     done: dict[int, np.ndarray] = {}
     if part.is_file():
         z = np.load(part)
-        same = "lens" in z and np.array_equal(z["lens"], [len(q) for q in seqs]) and str(z["state"]) == args.state
+        same = "lens" in z and np.array_equal(z["lens"], lens) and str(z["state"]) == args.state
         if same and np.array_equal(z["pick"], pick):  # the same sample and sequences: go on where it stopped
             done = {int(i): s for i, s in zip(z["done"], z["states"])}
 
     def save(states: dict[int, np.ndarray]) -> None:
         keys = sorted(states)
         tmp = part.with_name(part.name + ".tmp.npz")
-        np.savez(tmp, pick=pick, lens=np.array([len(q) for q in seqs]), state=np.array(args.state),
+        np.savez(tmp, pick=pick, lens=lens, state=np.array(args.state),
                  done=np.array(keys, dtype=np.int64),
                  states=np.stack([states[i] for i in keys]) if keys else np.zeros((0, 0), np.float32))
         tmp.replace(part)
 
     t0 = time.time()
-    question_states(model.model, seqs, done, save)
+    prefix = question_states(model.model, seqs, done, save)
     states = np.stack([done[i] for i in range(len(pick))])
     digits = digit_token_ids(d["vocab_ids"], d["vocab"])
     x_digits = np.array([verdict_features(d["verdicts"][i], d["max_new_tokens"], DIGITS, digits) for i in pick])
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(Path(args.out), {"data": str(args.data), "config": args.config, "collected": d["collected"],
                                 "model": args.gguf or args.model_path, "state": args.state, "state_dtype": "float32",
                                 "n": int(len(pick)), "broken": int(broken[pick].sum()),
-                                "prefix_tokens": common_prefix(seqs), "prompt_index": pick.tolist(),
+                                "prefix_tokens": prefix, "prompt_index": pick.tolist(),
                                 "auroc_broken_vs_wrong_both": res, "seconds": round(time.time() - t0, 1),
                                 "git_sha": _git_sha(), "hardware": "CPU"})
     part.unlink()  # the JSON holds the result; the states were only for resuming

@@ -34,7 +34,7 @@ def test_question_states_equal_a_whole_forward_and_resume_where_they_stopped(mod
     seqs = [prefix + rng.integers(5, 200, n).tolist() for n in (3, 7, 1)]
     saved = []
     done = {1: np.full(model64.config.hidden_size, 7.0)}  # computed before a stop: left as it is
-    question_states(model64.model, seqs, done, lambda d: saved.append(sorted(d)), every=1)
+    assert question_states(model64.model, seqs, done, lambda d: saved.append(sorted(d)), every=1) == 12
     with torch.inference_mode():
         for i in (0, 2):
             whole = model64.model(input_ids=torch.tensor([seqs[i]])).last_hidden_state[0, -1].float().numpy()
