@@ -447,3 +447,49 @@ def test_a_random_gate_is_chance_at_a_set_rate(model64):
     for bad in ("random:often", "random:1.5", "random:0.3:x", "random:0.3:1:2"):
         with pytest.raises(HazardError, match="random"):
             build_policy("answer_check", gate=bad)
+
+
+def test_escalation_rolls_back_to_the_disagreement_or_before_the_cycle():
+    pol = build_policy("answer_check", tau=0.2, action="none", escalate=True, margin=2)
+    ended = [1, 2, 3, 4, 5, 256]  # ended before the budget, no cycle: not a visible failure
+    assert pol.escalation(ended, 3, 9, max_new_tokens=40) is None
+    loop = [1, 2, 3, 4, 5, 6] + [7, 8] * 12 + [256]  # a cycle from token 6, then the end token
+    n = len(loop)
+    assert n < 40
+    assert pol.escalation(loop, -1, -1, 40) == [("restore",), ("rollback", n - 4)]  # keeps 6 - 2 tokens
+    assert pol.escalation(loop, 2, 99, 40) == [("restore",), ("rollback", n - 3), ("force", 99)]
+    assert pol.escalation(loop, 10, 99, 40) == [("restore",), ("rollback", n - 4)]  # the cycle came first
+    budget = list(range(40))  # ran to the budget without a cycle: a non-termination
+    assert pol.escalation(budget, -1, -1, 40) is None  # nothing to roll back to
+    assert pol.escalation(budget, 7, 99, 40) == [("restore",), ("rollback", 32), ("force", 99)]
+    assert build_policy("answer_check", escalate=True).escalation(loop, -1, -1, 40) == [
+        ("restore",), ("rollback", n - 2)]  # margin 4 by default
+    with pytest.raises(HazardError, match="escalate"):
+        build_policy("answer_check", escalate="yes")
+    with pytest.raises(HazardError, match="margin"):
+        build_policy("answer_check", margin=-1)
+
+
+def test_escalation_restores_the_visibly_failed_answers_whatever_the_gate_says(model64):
+    """A gate that never repairs, with ``escalate``: the answers that end in a cycle or run to the budget under
+    the press (the catastrophes of the trace labels) are restored from where compression changed them and
+    become the uncompressed answer (tau 1: the first changed greedy choice); every other answer stays."""
+    from hazard.labels.detectors import detect_loop
+
+    eng = _engine(model64, max_new=40)
+    prompts = _prompts(6, seed=1)
+    press = build_press(KNORM)
+    full, static = eng.generate(prompts, None), eng.generate(prompts, press)
+    gens = eng.generate(prompts, press, controller=PolicyController(build_policy(
+        "answer_check", tau=1.0, action="none", checks=3, gate="random:0", escalate=True), max_new_tokens=40))
+    escalated = 0
+    for f, s, g in zip(full, static, gens):
+        failed = not s.finished or detect_loop(s.tokens, s.finished) is not None
+        kinds = [e[1] for e in g.control["events"]]
+        if failed and s.tokens != f.tokens:
+            escalated += 1
+            assert kinds[0] == "restore" and g.tokens == f.tokens
+            assert g.kv_tokens[-1] == f.kv_tokens[-1]  # the whole prompt held to the end
+        else:
+            assert g.tokens == s.tokens and kinds == []
+    assert escalated  # (the tiny llama also ends some answers, which stay)

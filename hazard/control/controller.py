@@ -283,6 +283,14 @@ class PolicyController(Controller):
         actions = {}
         for s, r, v in zip(slots, rows, verdicts):
             at = v.first_disagreement(p.tau)
+            if p.escalate:  # a visibly failed answer: restored whatever the gate says (at any reading)
+                acts = p.escalation(v.tokens, at, int(v.top[at]) if at >= 0 else -1, self.max_new_tokens)
+                if acts is not None:
+                    self._rows.triggers[s] += 1
+                    self._pending[s] = False  # the whole prompt is back: nothing left to recall
+                    self._hold_left[s] = 0  # and it stays to the end
+                    actions[int(r)] = acts
+                    continue
             if at < 0:
                 continue
             if p.gate_model is not None and self._checked[s] == 1:  # the gate reads the first reading only

@@ -25,6 +25,7 @@ import numpy as np
 
 from hazard.control.gate import load_gate
 from hazard.errors import HazardError
+from hazard.labels.detectors import detect_loop
 
 
 @dataclass
@@ -405,6 +406,19 @@ class AnswerCheckPolicy(_Relief):
         With ``restore`` or ``recall``: keep what a repair brought back for ``hold`` generated tokens after the
         replacement token, then recompress to the press's entries (0: to the end). The uncompressed cache
         writes the rest of the step that went wrong, and those tokens stay in the cache afterwards.
+    escalate : bool
+        Repair an answer that failed where the engine can see it, whatever the gate says, and with the whole
+        prompt restored to the end of the row: one that ends in a sustained cycle (the loop label's rule,
+        ``hazard.labels.detectors.detect_loop``) or ran to the token budget (a non-termination). It rolls
+        back to the reading's first disagreement at ``tau`` and takes the uncompressed model's token there,
+        or, when the cycle starts first, to ``margin`` tokens before the cycle (``detect_rewind``'s point);
+        a non-termination with neither stands. Why: both are catastrophes in the trace labels, so these
+        repairs are never false triggers (up to an end token that falls on the budget's last token, which
+        the labels call finished), and token-only repairs ended such loops but fixed the answer of 1 in 4
+        that the uncompressed model gets right (RESULTS.md 0p). A restored row holds the whole prompt only
+        after its rollback point, and the visibly failed rows are few.
+    margin : int
+        Tokens kept before a cycle's start are ``start - margin`` (at least 1), with ``escalate``.
     """
 
     name: str = "answer_check"
@@ -414,6 +428,8 @@ class AnswerCheckPolicy(_Relief):
     gate: str = ""
     spot: int = 0
     hold: int = 0
+    escalate: bool = False
+    margin: int = 4
 
     def __post_init__(self):
         if self.action == "none":  # repair the token only: the row stays at the press's memory
@@ -431,6 +447,10 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check hold must be a whole number of tokens >= 0, with action restore or "
                               f"recall (it ends what a repair brought back), got hold={self.hold!r}, "
                               f"action={self.action!r}")
+        if not isinstance(self.escalate, bool):
+            raise HazardError(f"answer_check escalate must be true or false, got {self.escalate!r}")
+        if not isinstance(self.margin, int) or self.margin < 0:
+            raise HazardError(f"answer_check margin must be a whole number of tokens >= 0, got {self.margin!r}")
         self.gate_model = load_gate(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
@@ -439,6 +459,21 @@ class AnswerCheckPolicy(_Relief):
         ``none`` brings nothing back)."""
         acts = [("rollback", n_tokens - 1 - at), ("force", int(token))]
         return ([("restore",)] + acts) if self.action == "restore" else acts
+
+    def escalation(self, tokens, at: int, token: int, max_new_tokens: int) -> list[tuple] | None:
+        """``escalate``'s repair of an answer (``tokens``, the reading's first disagreement ``at`` with the
+        uncompressed model's ``token`` there, -1: none), or None when it did not visibly fail or there is no
+        point to roll back to. An answer shorter than the budget ended with an end token (the label's
+        ``finished``, which the cycle rule leaves out)."""
+        n = len(tokens)
+        nonterm = n >= max_new_tokens
+        loop = detect_loop(list(tokens), finished=not nonterm)
+        if loop is None and not nonterm:
+            return None
+        keep = max(loop.onset - self.margin, 1) if loop is not None else n  # tokens kept before regenerating
+        if 0 <= at < keep:  # compression changed a token before that: take the uncompressed model's there
+            return [("restore",), ("rollback", n - 1 - at), ("force", int(token))]
+        return [("restore",), ("rollback", n - keep)] if keep < n else None
 
 
 @dataclass
