@@ -466,6 +466,8 @@ def test_escalation_rolls_back_to_the_disagreement_or_before_the_cycle():
         ("restore",), ("rollback", n - 2)]  # margin 4 by default
     with pytest.raises(HazardError, match="escalate"):
         build_policy("answer_check", escalate="yes")
+    with pytest.raises(HazardError, match="escalate_tau"):
+        build_policy("answer_check", escalate=True, escalate_tau=0.0)
     with pytest.raises(HazardError, match="margin"):
         build_policy("answer_check", margin=-1)
 
@@ -473,7 +475,8 @@ def test_escalation_rolls_back_to_the_disagreement_or_before_the_cycle():
 def test_escalation_restores_the_visibly_failed_answers_whatever_the_gate_says(model64):
     """A gate that never repairs, with ``escalate``: the answers that end in a cycle or run to the budget under
     the press (the catastrophes of the trace labels) are restored from where compression changed them and
-    become the uncompressed answer (tau 1: the first changed greedy choice); every other answer stays."""
+    become the uncompressed answer (``escalate_tau`` 1: the first changed greedy choice, whatever ``tau``);
+    every other answer stays."""
     from hazard.labels.detectors import detect_loop
 
     eng = _engine(model64, max_new=40)
@@ -481,7 +484,7 @@ def test_escalation_restores_the_visibly_failed_answers_whatever_the_gate_says(m
     press = build_press(KNORM)
     full, static = eng.generate(prompts, None), eng.generate(prompts, press)
     gens = eng.generate(prompts, press, controller=PolicyController(build_policy(
-        "answer_check", tau=1.0, action="none", checks=3, gate="random:0", escalate=True), max_new_tokens=40))
+        "answer_check", tau=1e-30, action="none", checks=3, gate="random:0", escalate=True), max_new_tokens=40))
     escalated = 0
     for f, s, g in zip(full, static, gens):
         failed = not s.finished or detect_loop(s.tokens, s.finished) is not None

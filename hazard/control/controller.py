@@ -284,7 +284,8 @@ class PolicyController(Controller):
         for s, r, v in zip(slots, rows, verdicts):
             at = v.first_disagreement(p.tau)
             if p.escalate:  # a visibly failed answer: restored whatever the gate says (at any reading)
-                acts = p.escalation(v.tokens, at, int(v.top[at]) if at >= 0 else -1, self.max_new_tokens)
+                e = v.first_disagreement(p.escalate_tau)
+                acts = p.escalation(v.tokens, e, int(v.top[e]) if e >= 0 else -1, self.max_new_tokens)
                 if acts is not None:
                     self._rows.triggers[s] += 1
                     self._pending[s] = False  # the whole prompt is back: nothing left to recall

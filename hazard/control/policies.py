@@ -410,13 +410,18 @@ class AnswerCheckPolicy(_Relief):
         Repair an answer that failed where the engine can see it, whatever the gate says, and with the whole
         prompt restored to the end of the row: one that ends in a sustained cycle (the loop label's rule,
         ``hazard.labels.detectors.detect_loop``) or ran to the token budget (a non-termination). It rolls
-        back to the reading's first disagreement at ``tau`` and takes the uncompressed model's token there,
-        or, when the cycle starts first, to ``margin`` tokens before the cycle (``detect_rewind``'s point);
-        a non-termination with neither stands. Why: both are catastrophes in the trace labels, so these
+        back to the reading's first disagreement at ``escalate_tau`` and takes the uncompressed model's token
+        there, or, when the cycle starts first, to ``margin`` tokens before the cycle (``detect_rewind``'s
+        point); a non-termination with neither stands. Why: both are catastrophes in the trace labels, so these
         repairs are never false triggers (up to an end token that falls on the budget's last token, which
         the labels call finished), and token-only repairs ended such loops but fixed the answer of 1 in 4
         that the uncompressed model gets right (RESULTS.md 0p). A restored row holds the whole prompt only
         after its rollback point, and the visibly failed rows are few.
+    escalate_tau : float
+        The disagreement an escalated repair rolls back to. 1 (default): the first changed greedy choice, so
+        the restored row writes the uncompressed model's own answer (up to bf16 near-ties); at 0.2 the
+        tokens it kept had already left that answer and 2 of the 4 restored answers the uncompressed model
+        gets right stayed wrong (RESULTS.md 0r).
     margin : int
         Tokens kept before a cycle's start are ``start - margin`` (at least 1), with ``escalate``.
     """
@@ -429,6 +434,7 @@ class AnswerCheckPolicy(_Relief):
     spot: int = 0
     hold: int = 0
     escalate: bool = False
+    escalate_tau: float = 1.0
     margin: int = 4
 
     def __post_init__(self):
@@ -449,6 +455,8 @@ class AnswerCheckPolicy(_Relief):
                               f"action={self.action!r}")
         if not isinstance(self.escalate, bool):
             raise HazardError(f"answer_check escalate must be true or false, got {self.escalate!r}")
+        if not 0 < self.escalate_tau <= 1:
+            raise HazardError(f"answer_check escalate_tau must be a probability in (0, 1], got {self.escalate_tau}")
         if not isinstance(self.margin, int) or self.margin < 0:
             raise HazardError(f"answer_check margin must be a whole number of tokens >= 0, got {self.margin!r}")
         self.gate_model = load_gate(self.gate) if self.gate else None
