@@ -8,7 +8,9 @@ the merge stops), frontiers recomputed (``hazard.frontiers``), one PNG per task 
 matched-KV table printed; rows that kept their per-prompt outcomes are also compared prompt by prompt across
 the inputs (``paired``, ``hazard.paired``), as they answered the same prompts, and each run against the
 pooled seeds of every coin at its memory (``coins``). Inputs run with different
-guards keep them apart: each learned (``hazard``) row's knob then names its guard.
+guards keep them apart: each learned (``hazard``) row's knob then names its guard. A controlled run whose knob
+is the same in two inputs (options that were not swept, e.g. ``escalate``, differ between their configs) gets
+its input's folder in the knob (``from``), so the two stay apart.
 """
 
 from __future__ import annotations
@@ -29,10 +31,19 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
         raise SystemExit(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
     rows, seen = [], {}
     guards = {res.get("guard", "") for res in results if any(r["policy"] == "hazard" for r in res["rows"])}
-    for res in results:
+
+    def run_key(r: dict) -> tuple:
+        return (task_key(r), r["policy"], r["base_press"], r["base_ratio"], json.dumps(r.get("knob", {})))
+
+    controlled = [[run_key(r) for r in res["rows"] if r["policy"] not in ("full", "static")] for res in results]
+    shared = {k for i, keys in enumerate(controlled) for k in keys
+              if any(k in other for j, other in enumerate(controlled) if j != i)}
+    for path, res in zip(paths, results):
         for r in res["rows"]:
             if r["policy"] == "hazard" and len(guards) > 1:
                 r = {**r, "knob": {"guard": Path(res["guard"]).name, **r.get("knob", {})}}
+            elif r["policy"] not in ("full", "static") and run_key(r) in shared:
+                r = {**r, "knob": {**r.get("knob", {}), "from": path.parent.name}}
             # one full row per task, one row per static setting (a static run of one file may be the base
             # press of another): the same run measured twice must agree, and is kept once
             key = (task_key(r), r["policy"]) + (() if r["policy"] == "full" else

@@ -35,8 +35,12 @@ def test_committed_answer_gates_load_and_score_a_reading(path):
     from hazard.control.gate import AnswerGate, Verdict
 
     gate = AnswerGate.load(path)
+    # a probe gate reads the reading's two hidden states (question, answer) at the model's width
+    width = {len(p.coef) for p in (gate.probes or {}).values()}
+    assert len(width) <= 1
+    states = np.random.default_rng(0).normal(size=(2, width.pop())) if width else None
     v = Verdict(np.array([1, 2, 3]), np.log(np.array([0.9, 0.05, 0.9])), np.array([1, 4, 3]),
-                np.log(np.array([0.9, 0.9, 0.9])))
+                np.log(np.array([0.9, 0.9, 0.9])), states)
     assert isinstance(gate.repairs_verdict(v, 512), bool) and 0.0 <= gate.threshold <= 1.0
 
 

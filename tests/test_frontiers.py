@@ -128,6 +128,35 @@ def test_a_merge_pools_the_seeds_of_one_coin_from_several_files(tmp_path):
     assert "against pooled coins" in text and "x2 seeds" in text
 
 
+def test_a_merge_keeps_apart_runs_with_one_knob_from_two_configs(tmp_path):
+    """The same swept knob in two inputs (an unswept option, e.g. ``escalate``, differs between the configs): both
+    runs stay, each knob naming its input's folder; a run found in one input only keeps its knob."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    from merge_frontiers import merge
+
+    def run(policy, kv, correct, knob=None):
+        return {**_row(policy, kv, correct.count("1") / 10, knob=knob), "n": 10,
+                "outcomes": {"correct": correct, "catastrophe": "0" * 10}}
+
+    full, static = run("full", 1.0, "1111111111"), run("static", 0.2, "1111000000")
+    gate = {"gate": "checkpoints/g/f0.03"}
+    files = {"plain": [full, static, run("answer_check", 0.228, "1111100000", gate)],
+             "escalate": [full, static, run("answer_check", 0.249, "1111110000", gate),
+                          run("answer_check", 0.245, "1111100000", {"gate": "random:0"})]}
+    paths = []
+    for name, rows in files.items():
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "closed_loop.json")
+        paths[-1].write_text(json.dumps({"model": "m", "rows": rows}))
+    res = merge(paths, [0.25])
+    knobs = [r["knob"] for r in res["rows"] if r["policy"] == "answer_check"]
+    assert knobs == [{**gate, "from": "plain"}, {**gate, "from": "escalate"}, {"gate": "random:0"}]
+    assert [r["mean_kv_fraction"] for r in res["rows"] if r["policy"] == "answer_check"] == [0.228, 0.249, 0.245]
+
+
 def test_variants_sweep_every_list_valued_knob():
     assert variants({"rollback": 8}) == [{}]
     assert variants({"trigger": [0.1, 0.2], "budget": [0.1, 0.2], "rollback": 8}) == [
