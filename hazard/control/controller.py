@@ -286,11 +286,8 @@ class PolicyController(Controller):
             if p.escalate:  # a visibly failed answer: restored whatever the gate says (at any reading)
                 e = v.first_disagreement(p.escalate_tau)
                 acts = p.escalation(v.tokens, e, int(v.top[e]) if e >= 0 else -1, self.max_new_tokens)
-                if acts is not None:
-                    self._rows.triggers[s] += 1
-                    self._pending[s] = False  # the whole prompt is back: nothing left to recall
-                    self._hold_left[s] = 0  # and it stays to the end
-                    actions[int(r)] = acts
+                if acts is not None:  # the whole prompt is back to the end: no recall, no hold
+                    actions[int(r)] = self._triggered(s, acts, relief=False)
                     continue
             if at < 0:
                 continue
@@ -302,10 +299,15 @@ class PolicyController(Controller):
         return actions
 
     def _repair(self, s: int, v, at: int) -> list:
+        return self._triggered(s, self.policy.repair(len(v.tokens), at, int(v.top[at])))
+
+    def _triggered(self, s: int, acts: list, relief: bool = True) -> list:
+        """Count a repair of slot ``s`` and arm what follows it: the policy's recall a step later and its
+        ``hold`` (``relief``), or nothing (an escalated repair has restored everything for good)."""
         self._rows.triggers[s] += 1
-        self._pending[s] = self.policy.action == "recall"
-        self._hold_left[s] = self.policy.hold
-        return self.policy.repair(len(v.tokens), at, int(v.top[at]))
+        self._pending[s] = relief and self.policy.action == "recall"
+        self._hold_left[s] = self.policy.hold if relief else 0
+        return acts
 
     def spot_due(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         p = self.policy
