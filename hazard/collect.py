@@ -179,6 +179,12 @@ def questions_of(tok, prompts: list[Prompt]) -> list[tuple[list[int], list[int]]
     return [question_positions(tok, prompt_text(tok, p), p.messages[-1]["content"]) for p in prompts]
 
 
+def question_starts(questions: list[tuple[list[int], list[int]]]) -> list[int]:
+    """Each prompt's first question token, from ``questions_of``: where a ``question_*`` press's kept span starts
+    (``Engine.generate(..., question_starts=)``)."""
+    return [q[0] for q, _ in questions]
+
+
 def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[dict] | None, spec: PressSpec,
                meta: dict, questions: list | None = None) -> list[dict]:
     """``build_row`` for one generate call: each row's text decoded once, onsets placed in it. ``questions``:
@@ -250,7 +256,8 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
         # Prompt-major: a prompt's settings are admitted together, so its prefill forward serves them all.
         m = len(group)
-        gens = engine.generate([q for q in ids for _ in group], presses * len(ids) if m > 1 else presses[0])
+        gens = engine.generate([q for q in ids for _ in group], presses * len(ids) if m > 1 else presses[0],
+                               question_starts=[s for s in question_starts(questions) for _ in group])
         seconds = engine.seconds - seconds0
         if budget is not None:
             budget.ran(seconds)

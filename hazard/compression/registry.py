@@ -3,7 +3,9 @@
 Prefill presses compress the prompt once; ``decode_*`` presses (kvpress CompressionRatioDecodingPress)
 also compress during generation, every ``compression_interval`` steps, to keep ``ratio`` of all tokens;
 ``critical_*`` presses (kvpress CriticalKVPress) rescale a scorer's scores by the L1 norm of the values
-through the output projection, keeping the first half of the budget by the scorer alone.
+through the output projection, keeping the first half of the budget by the scorer alone; ``question_*``
+presses keep each prompt's question whole within the plain press's budget (see tracked.py; the engine
+needs the question starts).
 Only ScorerPress subclasses whose selection is plain top-k are listed: their kept indices can be
 tracked (see tracked.py). Presses that need eager attention weights or downloaded statistics are left out.
 """
@@ -49,8 +51,9 @@ SCORERS = {
 DECODE_PREFIX = "decode_"
 CRITICAL_PREFIX = "critical_"
 CRITICAL_BASES = ("expected_attention", "snapkv", "knorm", "tova", "keydiff")
+QUESTION_PREFIX = "question_"
 PRESS_NAMES = ["none", *SCORERS, *(DECODE_PREFIX + n for n in ("knorm", "streaming_llm", "keydiff", "random")),
-               *(CRITICAL_PREFIX + n for n in CRITICAL_BASES)]
+               *(CRITICAL_PREFIX + n for n in CRITICAL_BASES), *(QUESTION_PREFIX + n for n in SCORERS)]
 
 
 @dataclass
@@ -60,8 +63,8 @@ class PressSpec:
     Parameters
     ----------
     name : str
-        A registry name: ``none``, a prefill press (``snapkv``, ``knorm``, ...), ``decode_<press>`` or
-        ``critical_<press>``.
+        A registry name: ``none``, a prefill press (``snapkv``, ``knorm``, ...), ``decode_<press>``,
+        ``critical_<press>`` or ``question_<press>`` (the question kept whole, same budget).
     ratio : float
         Fraction of KV pairs removed, in [0, 1).
     kwargs : dict
@@ -123,6 +126,10 @@ def build_press(spec: PressSpec) -> BasePress | None:
             kwargs.setdefault("use_vnorm", False)
         scorer = _CriticalKV(press=_make(SCORERS[base], base, kwargs), **critical_opts)
         return TrackedPress(press=scorer, compression_ratio=spec.ratio)
+    if spec.name.startswith(QUESTION_PREFIX):
+        base = spec.name[len(QUESTION_PREFIX):]
+        return TrackedPress(press=_make(SCORERS[base], base, kwargs), compression_ratio=spec.ratio,
+                            keep_question=True)
     return TrackedPress(press=_make(SCORERS[spec.name], spec.name, kwargs), compression_ratio=spec.ratio)
 
 

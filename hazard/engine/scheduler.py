@@ -101,6 +101,7 @@ class Engine:
         self.store: KVStore | None = None
         self.generated_tokens = 0
         self.seconds = 0.0
+        self._starts: list[int] | None = None  # the current generate call's question starts
         self.steps = 0
         self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0,
                         "check_s": 0.0}  # check_s: answer checks, a part of host_s
@@ -108,7 +109,8 @@ class Engine:
     # ---- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], press: BasePress | None | list = None,
-                 controller: Controller | None = None) -> list[Generation]:
+                 controller: Controller | None = None, question_starts: list[int] | None = None
+                 ) -> list[Generation]:
         """Generate for every prompt (token id lists) under ``press``; results in prompt order.
 
         ``press`` may also be a list, one prefill press (or None) per prompt: rows under different presses
@@ -118,6 +120,9 @@ class Engine:
 
         With a ``controller`` (prefill presses only) each prompt's whole K/V is kept off the GPU and the
         controller's restore / recall / rollback / recompress actions apply to the live rows between steps.
+
+        ``question_starts``: per prompt, the position of its question's first token
+        (``hazard.collect.question_starts``); a ``question_*`` press keeps the prompt from there on.
         """
         presses = press if isinstance(press, list) else [press] * len(prompts)
         if len(presses) != len(prompts):
@@ -135,6 +140,9 @@ class Engine:
         window = self.verify_window or getattr(controller, "verify_window", 0)
         if window and (not self.signals or self.batch_size < 2):
             raise HazardError("engine: a verify window needs signals and a batch of at least 2 (a row and its shadow)")
+        if question_starts is not None and len(question_starts) != len(prompts):
+            raise HazardError(f"engine: {len(question_starts)} question starts for {len(prompts)} prompts")
+        self._starts = question_starts
         if any(len(p) == 0 for p in prompts):
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
         t0 = time.perf_counter()
@@ -335,7 +343,8 @@ class Engine:
                 # one prefill for all of them: a prompt taken under several presses (or with its uncompressed
                 # shadow) runs through the model once
                 packets = self.prefill(st, [*slots.tolist(), *shadows.tolist()], [prompts[i] for i in take] * (
-                    2 if verify else 1), [prefill_press(i) for i in take] + [None] * len(shadows), reversible)
+                    2 if verify else 1), [prefill_press(i) for i in take] + [None] * len(shadows), reversible,
+                    None if self._starts is None else [self._starts[i] for i in take] * (2 if verify else 1))
                 if verify:
                     lens[shadows] = packets[len(take):, -1].cpu().numpy().astype(np.int64)
                     packets = packets[: len(take)]
