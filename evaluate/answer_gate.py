@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from hazard.cli import build, parse_args
-from hazard.collect import _git_sha, build_rows, encode, hardware, question_starts, questions_of
+from hazard.collect import _git_sha, build_rows, encode, hardware, kept_positions, questions_of
 from hazard.compression import PressSpec, build_press
 from hazard.control.gate import FEATURE_SETS, PROBES, digit_token_ids, fit_gate, probe_columns, verdict_features
 from hazard.engine import Engine
@@ -65,11 +65,12 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
             task = build_task(t.name, **opts)
             prompts = task.prompts()
             ids = [encode(tok, p) for p in prompts]
-            starts = question_starts(questions_of(tok, prompts))
+            questions = questions_of(tok, prompts)
             full_spec = PressSpec("none")
             full = build_rows(tok, prompts, engine.generate(ids, None), None, full_spec, {**meta, "task": task.name})
             for spec in cfg.base_presses:
-                gens = engine.generate(ids, build_press(spec), question_starts=starts)
+                press = build_press(spec)
+                gens = engine.generate(ids, press, protect=kept_positions(press, questions, ids))
                 rows = build_rows(tok, prompts, gens, full, spec, {**meta, "task": task.name})
                 verdicts = check_answers(engine.runner, ids, [g.tokens for g in gens], engine.prefill.token_budget)
                 for i, (f, r, v) in enumerate(zip(full, rows, verdicts)):

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hazard import SCHEMA_VERSION, __version__, dist
-from hazard.compression import PressSpec, build_press, is_decoding
+from hazard.compression import PressSpec, build_press, is_decoding, tracker_of
 from hazard.engine import Engine, Generation
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
@@ -179,10 +179,16 @@ def questions_of(tok, prompts: list[Prompt]) -> list[tuple[list[int], list[int]]
     return [question_positions(tok, prompt_text(tok, p), p.messages[-1]["content"]) for p in prompts]
 
 
-def question_starts(questions: list[tuple[list[int], list[int]]]) -> list[int]:
-    """Each prompt's first question token, from ``questions_of``: where a ``question_*`` press's kept span starts
-    (``Engine.generate(..., question_starts=)``)."""
-    return [q[0] for q, _ in questions]
+def kept_positions(presses, questions: list[tuple[list[int], list[int]]], ids: list[list[int]]) -> list[list[int]]:
+    """Per prompt, the positions its press keeps first (``Engine.generate(..., protect=)``): for a ``question_*``
+    press the question and the rest of the prompt after it, for a ``numbers_*`` press the question's digit tokens
+    (``questions_of``), for any other press none. ``presses``: one press for all prompts, or one per prompt."""
+    presses = presses if isinstance(presses, list) else [presses] * len(ids)
+    out = []
+    for press, (q, digits), p in zip(presses, questions, ids):
+        keep = getattr(tracker_of(press), "keep", "")
+        out.append(list(range(q[0], len(p))) if keep == "question" else list(digits) if keep == "numbers" else [])
+    return out
 
 
 def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[dict] | None, spec: PressSpec,
@@ -256,8 +262,10 @@ def run_unit(engine: Engine, tok, prompts: list[Prompt], specs: list[PressSpec],
         tokens0, seconds0 = engine.generated_tokens, engine.seconds
         # Prompt-major: a prompt's settings are admitted together, so its prefill forward serves them all.
         m = len(group)
-        gens = engine.generate([q for q in ids for _ in group], presses * len(ids) if m > 1 else presses[0],
-                               question_starts=[s for s in question_starts(questions) for _ in group])
+        rows_ids = [q for q in ids for _ in group]
+        rows_press = presses * len(ids)
+        gens = engine.generate(rows_ids, rows_press if m > 1 else presses[0], protect=kept_positions(
+            rows_press, [q for q in questions for _ in group], rows_ids))
         seconds = engine.seconds - seconds0
         if budget is not None:
             budget.ran(seconds)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hazard import SCHEMA_VERSION
-from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware, question_starts, questions_of
+from hazard.collect import TaskSpec, _git_sha, build_rows, encode, format_of, hardware, kept_positions, questions_of
 from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.control.gate import digit_token_ids
@@ -295,8 +295,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             if path.exists():
                 return json.loads(path.read_text())
             t0 = time.perf_counter()
-            gens = engine.generate(ids, build_press(spec), controller=policy,
-                                   question_starts=question_starts(questions))
+            press = build_press(spec)
+            gens = engine.generate(ids, press, controller=policy, protect=kept_positions(press, questions, ids))
             secs = time.perf_counter() - t0
             rows = build_rows(tok, prompts, gens, refs, spec, meta, questions)
             for r, g in zip(rows, gens):  # per prompt, so a trigger's choice of rows can be judged (hazard.paired)

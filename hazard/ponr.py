@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hazard.collect import build_rows, encode, question_starts, questions_of
+from hazard.collect import build_rows, encode, kept_positions, questions_of
 from hazard.compression import PressSpec, build_press
 from hazard.control import PolicyController, build_policy
 from hazard.engine import Engine
@@ -29,7 +29,8 @@ def _rows(engine: Engine, tok, prompts: list[Prompt], ids, spec: PressSpec, meta
     if at is not None:
         controller = PolicyController(build_policy("scheduled", at=at), None, spec.ratio, engine.max_new_tokens)
     questions = questions_of(tok, prompts)
-    gens = engine.generate(ids, build_press(spec), controller, question_starts(questions))
+    press = build_press(spec)
+    gens = engine.generate(ids, press, controller, kept_positions(press, questions, ids))
     return build_rows(tok, prompts, gens, refs, spec, meta, questions)
 
 

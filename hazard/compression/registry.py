@@ -3,9 +3,9 @@
 Prefill presses compress the prompt once; ``decode_*`` presses (kvpress CompressionRatioDecodingPress)
 also compress during generation, every ``compression_interval`` steps, to keep ``ratio`` of all tokens;
 ``critical_*`` presses (kvpress CriticalKVPress) rescale a scorer's scores by the L1 norm of the values
-through the output projection, keeping the first half of the budget by the scorer alone; ``question_*``
-presses keep each prompt's question whole within the plain press's budget (see tracked.py; the engine
-needs the question starts).
+through the output projection, keeping the first half of the budget by the scorer alone; ``question_*`` and
+``numbers_*`` presses keep each prompt's question, or its digit tokens, first within the plain press's budget
+(see tracked.py; the engine needs the positions).
 Only ScorerPress subclasses whose selection is plain top-k are listed: their kept indices can be
 tracked (see tracked.py). Presses that need eager attention weights or downloaded statistics are left out.
 """
@@ -33,7 +33,7 @@ from kvpress import (
 )
 
 from hazard import setting_label
-from hazard.compression.tracked import TrackedPress
+from hazard.compression.tracked import KEEPS, TrackedPress
 from hazard.errors import HazardError
 
 SCORERS = {
@@ -51,9 +51,9 @@ SCORERS = {
 DECODE_PREFIX = "decode_"
 CRITICAL_PREFIX = "critical_"
 CRITICAL_BASES = ("expected_attention", "snapkv", "knorm", "tova", "keydiff")
-QUESTION_PREFIX = "question_"
+KEEP_PREFIXES = {f"{k}_": k for k in KEEPS}  # question_<press>, numbers_<press>
 PRESS_NAMES = ["none", *SCORERS, *(DECODE_PREFIX + n for n in ("knorm", "streaming_llm", "keydiff", "random")),
-               *(CRITICAL_PREFIX + n for n in CRITICAL_BASES), *(QUESTION_PREFIX + n for n in SCORERS)]
+               *(CRITICAL_PREFIX + n for n in CRITICAL_BASES), *(p + n for p in KEEP_PREFIXES for n in SCORERS)]
 
 
 @dataclass
@@ -64,7 +64,8 @@ class PressSpec:
     ----------
     name : str
         A registry name: ``none``, a prefill press (``snapkv``, ``knorm``, ...), ``decode_<press>``,
-        ``critical_<press>`` or ``question_<press>`` (the question kept whole, same budget).
+        ``critical_<press>``, ``question_<press>`` (the question kept whole, same budget) or ``numbers_<press>``
+        (the question's digit tokens kept, same budget).
     ratio : float
         Fraction of KV pairs removed, in [0, 1).
     kwargs : dict
@@ -126,10 +127,10 @@ def build_press(spec: PressSpec) -> BasePress | None:
             kwargs.setdefault("use_vnorm", False)
         scorer = _CriticalKV(press=_make(SCORERS[base], base, kwargs), **critical_opts)
         return TrackedPress(press=scorer, compression_ratio=spec.ratio)
-    if spec.name.startswith(QUESTION_PREFIX):
-        base = spec.name[len(QUESTION_PREFIX):]
-        return TrackedPress(press=_make(SCORERS[base], base, kwargs), compression_ratio=spec.ratio,
-                            keep_question=True)
+    for prefix, keep in KEEP_PREFIXES.items():
+        if spec.name.startswith(prefix):
+            base = spec.name[len(prefix):]
+            return TrackedPress(press=_make(SCORERS[base], base, kwargs), compression_ratio=spec.ratio, keep=keep)
     return TrackedPress(press=_make(SCORERS[spec.name], spec.name, kwargs), compression_ratio=spec.ratio)
 
 

@@ -5,12 +5,14 @@ slots in position order, the attention signals ask which original position a slo
 prompt or generated), and recompress returns to the kept set. The selection below is
 ScorerPress.compress, step for step, with the indices kept.
 
-``keep_question`` makes the press keep each prompt's question whole within the same budget (``question_<press>``
-in the registry): kvpress's own pipeline compresses the context and appends the question uncompressed, while the
-engine compresses the whole templated prompt, question included (evaluate/RESULTS.md 0h: ExpectedAttention 0.875
-keeps about 40% of the question's tokens, and less of the answers it breaks). Here the n_kept count of the plain
-press is unchanged (same memory); the question's positions rank above every other entry, and the rest of the
-budget goes to the context by the press's own scores.
+``keep`` makes the press keep some of each prompt's positions first, within the same budget: ``question`` (the
+question and what follows it, ``question_<press>`` in the registry) or ``numbers`` (the question's digit tokens,
+``numbers_<press>``). kvpress's own pipeline compresses the context and appends the question uncompressed, while
+the engine compresses the whole templated prompt, question included (evaluate/RESULTS.md 0h: ExpectedAttention
+0.875 keeps about 40% of the question's tokens, and fewer of its digits in the answers it breaks). The n_kept
+count of the plain press is unchanged (same memory): the protected positions rank above every other entry, and
+the rest of the budget goes by the press's own scores. The engine hands the positions over per call
+(``Engine.generate(..., protect=)``, from ``hazard.collect.kept_positions``).
 """
 
 from __future__ import annotations
@@ -24,19 +26,19 @@ from torch import nn
 
 from hazard.errors import HazardError
 
+KEEPS = ("question", "numbers")  # what a ``keep`` press protects
 
-def keep_from(scores: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``scores`` (b, kv_heads, L) with every position in ``[start, length)`` of each row ranked above all of
-    the row's other finite scores, in their own order (a top-k keeps the protected span first, and its best
-    entries when the span is larger than k). Returned in float32; infinite scores (padding, SnapKV's window)
-    stay as they are."""
-    s = scores.float()
-    at = torch.arange(s.shape[-1], device=s.device)
-    span = (at[None, :] >= start[:, None]) & (at[None, :] < lengths[:, None])  # (b, L)
+
+def keep_first(scores: torch.Tensor, protect: torch.Tensor) -> torch.Tensor:
+    """``scores`` (b, kv_heads, L) with the positions where ``protect`` (b, L) is True ranked above all of the
+    row's other finite scores, in their own order (a top-k keeps them first, and the best of them when there are
+    more than k). Returned in at least float32 (bf16 scores plus an offset would lose their order); infinite
+    scores (padding, SnapKV's window) stay as they are."""
+    s = scores.to(torch.promote_types(scores.dtype, torch.float32))
     finite = s.isfinite()
     lo = s.masked_fill(~finite, float("inf")).amin(dim=(1, 2), keepdim=True)
     hi = s.masked_fill(~finite, float("-inf")).amax(dim=(1, 2), keepdim=True)
-    return torch.where(span[:, None, :] & finite, s + (hi - lo + 1), s)
+    return torch.where(protect[:, None, :] & finite, s + (hi - lo + 1), s)
 
 
 @dataclass
@@ -59,9 +61,9 @@ class TrackedPress(ScorerPress):
 
     press: ScorerPress | None = None
     compression_ratio: float = 0.0
-    keep_question: bool = False
+    keep: str = ""  # "" or one of KEEPS
     kept: dict = field(default_factory=dict, repr=False)
-    question_start: torch.Tensor | None = field(default=None, repr=False)  # (batch,), set by the engine per call
+    protect: torch.Tensor | None = field(default=None, repr=False)  # (batch, >= length) bool, set per call
 
     def post_init_from_model(self, model):
         self.press.post_init_from_model(model)
@@ -77,12 +79,11 @@ class TrackedPress(ScorerPress):
         if self.compression_ratio == 0:
             return keys, values
         scores = self.score(module, hidden_states, keys, values, attentions, kwargs)
-        if self.keep_question:
-            if self.question_start is None:
-                raise HazardError("a question_* press needs each prompt's question start; run it through the "
-                                  "engine (generate(..., question_starts=)), not a plain kvpress pipeline")
-            n = keys.shape[2]
-            scores = keep_from(scores, self.question_start, torch.full_like(self.question_start, n))
+        if self.keep:
+            if self.protect is None:
+                raise HazardError(f"a {self.keep}_* press needs the positions it keeps; run it through the engine "
+                                  f"(Engine.generate(..., protect=)), not a plain kvpress pipeline")
+            scores = keep_first(scores, self.protect[:, : keys.shape[2]])
         n_kept = compute_n_kept(keys.shape[2], self.compression_ratio)
         idx = scores.topk(n_kept, dim=-1).indices
         self.kept[module.layer_idx] = idx

@@ -24,7 +24,7 @@ from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
 from hazard.compression.batched import batched_scorer
-from hazard.compression.tracked import keep_from
+from hazard.compression.tracked import keep_first
 from hazard.engine.runner import ModelRunner
 from hazard.engine.store import KVStore
 from hazard.errors import HazardError
@@ -60,19 +60,22 @@ class _Group:
     keeps of it (counts, the padding of the kept-index tensor, the per-length calls of unbatched scorers)."""
 
     def __init__(self, press, rows: list[int], uniq: list[int], n_prompts: int, lengths: list[int],
-                 slots: list[int], dev, starts: list[int] | None = None):
+                 slots: list[int], dev, protect: list[list[int]] | None = None, width: int = 0):
         self.press, self.rows = press, rows
         self.idx = torch.tensor(uniq, device=dev)  # row -> unique prompt of the chunk
         self.whole = uniq == list(range(n_prompts))  # the rows are the chunk's prompts, in order: no gather
         self.slots = torch.tensor(slots, device=dev)
         self.lengths = torch.tensor(lengths, device=dev)
         self.compress = press is not None and press.compression_ratio > 0
-        self.starts = None  # where each row's question starts, for a press that keeps it (keep_question)
-        if self.compress and press.keep_question:
-            if starts is None:
-                raise HazardError("a question_* press needs each prompt's question start: pass question_starts "
-                                  "to Engine.generate (hazard.collect.question_starts)")
-            self.starts = torch.tensor(starts, device=dev)
+        self.protect = None  # (rows, width) positions a ``keep`` press keeps first
+        if self.compress and press.keep:
+            if protect is None:
+                raise HazardError(f"a {press.keep}_* press needs the positions it keeps: pass protect= to "
+                                  f"Engine.generate (hazard.collect.kept_positions)")
+            self.protect = torch.zeros(len(rows), width, dtype=torch.bool)
+            for r, pos in enumerate(protect):
+                self.protect[r, pos] = True
+            self.protect = self.protect.to(dev)
         self.scorer = batched_scorer(press) if self.compress else None
         if self.compress:
             self.n_kept = [compute_n_kept(n, press.compression_ratio) for n in lengths]
@@ -113,14 +116,14 @@ class Prefill:
 
     @torch.inference_mode()
     def __call__(self, store: KVStore, slots: list[int], prompts: list[list[int]], press, reversible: bool,
-                 starts: list[int] | None = None) -> torch.Tensor:
+                 protect: list[list[int]] | None = None) -> torch.Tensor:
         """Fill ``slots`` with ``prompts``; returns (len(slots), 1 + len(SIGNALS)) first-token packets.
 
         ``press``: one TrackedPress (or None) for every prompt, or a list with one per prompt. A prompt that
         appears several times (one prompt under several presses) runs through the model once: kvpress
         compresses a layer's cache after its attention, so every layer's input, keys and values, and the
         first token, are the same under any press; each press then keeps its own entries of them.
-        ``starts``: per prompt, the position where its question starts (needed by ``question_*`` presses).
+        ``protect``: per prompt, the positions a ``question_*`` / ``numbers_*`` press keeps first.
         """
         runner = self.runner
         presses = press if isinstance(press, list) else [press] * len(prompts)
@@ -138,11 +141,11 @@ class Prefill:
             rows = [r for r in range(len(prompts)) if which[r] in local]
             packets[rows] = self._chunk(store, [texts[u] for u in chunk], [slots[r] for r in rows],
                                         [local[which[r]] for r in rows], [presses[r] for r in rows], reversible,
-                                        None if starts is None else [starts[r] for r in rows])
+                                        None if protect is None else [protect[r] for r in rows])
         return packets
 
     def _chunk(self, store: KVStore, prompts: list, slots: list[int], uniq: list[int], presses: list,
-               reversible: bool, starts: list[int] | None = None) -> torch.Tensor:
+               reversible: bool, protect: list[list[int]] | None = None) -> torch.Tensor:
         """One forward over the distinct ``prompts``; row r (slot ``slots[r]``, press ``presses[r]``) is
         prompt ``uniq[r]``. Returns the rows' first-token packets."""
         runner, dev = self.runner, store.device
@@ -154,7 +157,7 @@ class Prefill:
         for r, p in enumerate(presses):
             by_press[id(p)].append(r)
         groups = [_Group(presses[rs[0]], rs, [uniq[r] for r in rs], b, [len(prompts[uniq[r]]) for r in rs],
-                         [slots[r] for r in rs], dev, None if starts is None else [starts[r] for r in rs])
+                         [slots[r] for r in rs], dev, None if protect is None else [protect[r] for r in rs], width)
                   for rs in by_press.values()]
         # The probe's attention over the whole prompt is the same under any press: once per prompt.
         asig = torch.zeros(b, len(runner.probe_layers), len(ATTENTION_SIGNALS), dtype=torch.float32, device=dev)
@@ -239,16 +242,16 @@ class Prefill:
         elif g.scorer is not None:
             g.press.press.compression_ratio = g.press.compression_ratio  # some scorers read it
             scores = g.scorer(g.press.press, module, g.take(hs), k, g.lengths, g.take(cos), g.take(sin))
-            if g.starts is not None:
-                scores = keep_from(scores, g.starts, g.lengths)
+            if g.protect is not None:
+                scores = keep_first(scores, g.protect)
             kept = scores.topk(g.kmax, dim=-1).indices
         else:
             kept = torch.zeros(n, heads, g.kmax, dtype=torch.long, device=dev)
             hs_g, cos_g, sin_g = g.take(hs), g.take(cos), g.take(sin)
             for (m, _), rows in g.calls.items():
                 kw = {"hidden_states": hs_g[rows, :m], "position_embeddings": (cos_g[rows, :m], sin_g[rows, :m])}
-                if g.starts is not None:
-                    g.press.question_start = g.starts[rows]
+                if g.protect is not None:
+                    g.press.protect = g.protect[rows]
                 g.press.compress(module, kw["hidden_states"], k[rows, :, :m], v[rows, :, :m], None, kw)
                 got = g.press.pop_kept()[li]
                 kept[rows, :, : got.shape[-1]] = got

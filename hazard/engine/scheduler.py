@@ -101,7 +101,7 @@ class Engine:
         self.store: KVStore | None = None
         self.generated_tokens = 0
         self.seconds = 0.0
-        self._starts: list[int] | None = None  # the current generate call's question starts
+        self._protect: list[list[int]] | None = None  # the current generate call's kept positions
         self.steps = 0
         self.timings = {"prefill_s": 0.0, "decode_s": 0.0, "host_s": 0.0, "controller_s": 0.0,
                         "check_s": 0.0}  # check_s: answer checks, a part of host_s
@@ -109,7 +109,7 @@ class Engine:
     # ---- public API ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], press: BasePress | None | list = None,
-                 controller: Controller | None = None, question_starts: list[int] | None = None
+                 controller: Controller | None = None, protect: list[list[int]] | None = None
                  ) -> list[Generation]:
         """Generate for every prompt (token id lists) under ``press``; results in prompt order.
 
@@ -121,8 +121,8 @@ class Engine:
         With a ``controller`` (prefill presses only) each prompt's whole K/V is kept off the GPU and the
         controller's restore / recall / rollback / recompress actions apply to the live rows between steps.
 
-        ``question_starts``: per prompt, the position of its question's first token
-        (``hazard.collect.question_starts``); a ``question_*`` press keeps the prompt from there on.
+        ``protect``: per prompt, the positions a ``question_*`` or ``numbers_*`` press keeps first
+        (``hazard.collect.kept_positions``).
         """
         presses = press if isinstance(press, list) else [press] * len(prompts)
         if len(presses) != len(prompts):
@@ -140,9 +140,9 @@ class Engine:
         window = self.verify_window or getattr(controller, "verify_window", 0)
         if window and (not self.signals or self.batch_size < 2):
             raise HazardError("engine: a verify window needs signals and a batch of at least 2 (a row and its shadow)")
-        if question_starts is not None and len(question_starts) != len(prompts):
-            raise HazardError(f"engine: {len(question_starts)} question starts for {len(prompts)} prompts")
-        self._starts = question_starts
+        if protect is not None and len(protect) != len(prompts):
+            raise HazardError(f"engine: kept positions for {len(protect)} prompts, {len(prompts)} prompts given")
+        self._protect = protect
         if any(len(p) == 0 for p in prompts):
             raise HazardError("engine: empty prompt; every prompt needs at least one token")
         t0 = time.perf_counter()
@@ -344,7 +344,7 @@ class Engine:
                 # shadow) runs through the model once
                 packets = self.prefill(st, [*slots.tolist(), *shadows.tolist()], [prompts[i] for i in take] * (
                     2 if verify else 1), [prefill_press(i) for i in take] + [None] * len(shadows), reversible,
-                    None if self._starts is None else [self._starts[i] for i in take] * (2 if verify else 1))
+                    None if self._protect is None else [self._protect[i] for i in take] * (2 if verify else 1))
                 if verify:
                     lens[shadows] = packets[len(take):, -1].cpu().numpy().astype(np.int64)
                     packets = packets[: len(take)]
