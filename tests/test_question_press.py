@@ -106,3 +106,33 @@ def test_evaluate_runs_a_question_press_at_the_plain_press_memory(tmp_path):
     for name in ("question_knorm", "numbers_knorm"):
         assert rows[(name, "static")]["mean_kv_fraction"] == plain["mean_kv_fraction"]
         assert rows[(name, "answer_check")]["n"] == 4
+
+
+def test_collect_keeps_the_question_or_its_digits_in_every_layer_head(tmp_path, gsm8k_dir):
+    """Through ``hazard collect`` on GSM8K-format prompts, settings mixed in one batch: the prefill signals (the
+    share of layer-heads holding the question's tokens, ``hazard.signals.prefill``) are 1 for the question-kept
+    press, its digit tokens are all held under the numbers-kept press, and the plain press keeps less; every row
+    holds the plain press's number of entries."""
+    import json
+    from pathlib import Path
+
+    from hazard.cli import main
+    from hazard.models import save_tiny
+    from hazard.traces import load_traces
+
+    model = save_tiny(tmp_path / "tiny-qwen2", "qwen2", seed=2)
+    root = Path(__file__).resolve().parents[1]
+    tasks = json.dumps([{"name": "gsm8k", "options": {"path": str(gsm8k_dir), "limit": 3, "k_shot": 2}}])
+    presses = "[{name: knorm, ratio: 0.75}, {name: question_knorm, ratio: 0.75}, {name: numbers_knorm, ratio: 0.75}]"
+    out = tmp_path / "traces"
+    assert main(["collect", "--config", str(root / "configs/collect/tiny.yaml"), "--output_dir", str(out),
+                 "--model", json.dumps({"path": str(model), "device": "cpu", "dtype": "float64", "name": "tiny"}),
+                 "--tasks", tasks, "--presses", presses, "--max_new_tokens", "4", "--mix_settings", "0"]) == 0
+    rows = {(r["press"], r["prompt_id"]): r for r in load_traces(out).to_list()}
+    ids = sorted({p for _, p in rows})
+    for p in ids:
+        plain, question, numbers = (rows[(n, p)] for n in ("knorm", "question_knorm", "numbers_knorm"))
+        assert question["question_kept"] == 1.0 and numbers["question_digits_kept"] == 1.0
+        assert question["kv_tokens_prefill"] == numbers["kv_tokens_prefill"] == plain["kv_tokens_prefill"]
+    assert min(rows[("knorm", p)]["question_kept"] for p in ids) < 1.0
+    assert min(rows[("knorm", p)]["question_digits_kept"] for p in ids) < 1.0
