@@ -71,9 +71,9 @@ def main() -> None:
         for p, g, v in zip(prompts, gens, verdicts):
             text = tok.decode(g.tokens, skip_special_tokens=True)
             x = verdict_features(v, a.max_new_tokens, gate.features, gate.digit_ids, gate.probes)
-            at = v.first_disagreement(0.2)
-            rows.append({"id": p.id, "press": spec.label, "gold": p.gold, "answer": parse_answer(text),
-                         "correct": score(parse_answer(text), p.gold), "finished": g.finished,
+            at, answer = v.first_disagreement(0.2), parse_answer(text)
+            rows.append({"id": p.id, "press": spec.label, "gold": p.gold, "answer": answer,
+                         "correct": score(answer, p.gold), "finished": g.finished,
                          "n_tokens": len(g.tokens), "first_disagreement": at,
                          "there": tok.decode(g.tokens[max(at - 8, 0): at + 4]) if at >= 0 else "",
                          "gate_prob": float(gate.prob(x)[0]), "text": text})

@@ -255,6 +255,7 @@ class Prefill:
                 g.press.compress(module, kw["hidden_states"], k[rows, :, :m], v[rows, :, :m], None, kw)
                 got = g.press.pop_kept()[li]
                 kept[rows, :, : got.shape[-1]] = got
+            g.press.protect = None  # this call's positions: none left behind on the press
         # Position order in the store; slots past a row's own count are padding (position -1).
         kept = kept.masked_fill(g.junk, width).sort(-1).values
         gi = kept.clamp(max=width - 1)[..., None].expand(-1, -1, -1, keys.shape[-1])
