@@ -10,7 +10,10 @@ the inputs (``paired``, ``hazard.paired``), as they answered the same prompts, a
 pooled seeds of every coin at its memory (``coins``). Inputs run with different
 guards keep them apart: each learned (``hazard``) row's knob then names its guard. A controlled run whose knob
 is the same in two inputs (options that were not swept, e.g. ``escalate``, differ between their configs) gets
-its input's folder in the knob (``from``), so the two stay apart.
+its input's folder in the knob (``from``), so the two stay apart. With ``--max_false`` the frontiers are also
+computed over the runs whose false-trigger rate is within that bound (``frontiers_max_false``, a PNG per task
+zoomed on the ``--kv`` range; issue 12 holds its controllers to 0.05), as the plain frontier would credit a
+policy for repairs it buys with false triggers.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from hazard.report import frontier_plot
 from hazard.traces import write_json
 
 
-def merge(paths: list[Path], matched_kv: list[float]) -> dict:
+def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = None) -> dict:
     results = [json.loads(p.read_text()) for p in paths]
     if len({r["model"] for r in results}) != 1:
         raise SystemExit(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
@@ -59,11 +62,15 @@ def merge(paths: list[Path], matched_kv: list[float]) -> dict:
     def every(key: str) -> list:
         return sorted({r.get(key, "") for r in results})
 
-    return {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
-            "hardware": every("hardware"),
-            "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
-            "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows),
-            "coins": coin_comparisons(rows)}
+    out = {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
+           "hardware": every("hardware"),
+           "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
+           "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows),
+           "coins": coin_comparisons(rows)}
+    if max_false is not None:
+        held = [r for r in rows if r.get("false_trigger_rate", 0.0) <= max_false + 1e-9]
+        out["frontiers_max_false"] = {"max_false": max_false, "tasks": frontiers(held, matched_kv)}
+    return out
 
 
 def main() -> None:
@@ -71,12 +78,22 @@ def main() -> None:
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--kv", type=float, nargs="+", default=[0.15, 0.25, 0.35])
+    ap.add_argument("--max_false", type=float, default=None,
+                    help="also the frontiers of the runs with at most this false-trigger rate (issue 12: 0.05)")
     a = ap.parse_args()
-    res = merge(a.inputs, a.kv)
+    res = merge(a.inputs, a.kv, a.max_false)
     write_json(a.out, res)
     for key, f in res["frontiers"].items():
         frontier_plot(key, f, a.out.with_name(f"{a.out.stem}_{key}.png"))
     print(format_matched(res["frontiers"]))
+    if "frontiers_max_false" in res:
+        held = res["frontiers_max_false"]
+        print(f"\nheld to false triggers <= {held['max_false']:g} of the healthy rows")
+        print(format_matched(held["tasks"]))
+        for key, f in held["tasks"].items():  # zoomed on the matched memory range, where the policies differ
+            frontier_plot(key, f, a.out.with_name(f"{a.out.stem}_{key}_max_false.png"),
+                          xlim=(max(0.0, min(a.kv) - 0.1), max(a.kv) + 0.1),
+                          note=f", false triggers <= {held['max_false']:g}")
     if res["paired"]:
         print("\n" + format_paired(res["paired"]))
     if res["coins"]:

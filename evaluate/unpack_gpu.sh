@@ -14,7 +14,10 @@ if [ -d "$hz/checkpoints/qwen2.5-coder-1.5b-gru" ]; then
 fi
 mkdir -p evaluate/results/gpu_qwen15_logs
 cp "$hz"/logs/*.log evaluate/results/gpu_qwen15_logs/ 2>/dev/null || true
-if [ -f "$hz/evaluate/results/closed_loop.json" ]; then cp "$hz"/evaluate/results/closed_loop.* evaluate/results/; fi
+# the first engine's section-3 run; evaluate/results/closed_loop.json is now issue 12's headline (evaluate/headline.sh)
+if [ -f "$hz/evaluate/results/closed_loop.json" ]; then
+  mkdir -p evaluate/results/gpu_qwen15 && cp "$hz"/evaluate/results/closed_loop.* evaluate/results/gpu_qwen15/
+fi
 if ls "$src"/traces.tar.part* >/dev/null 2>&1; then
   mkdir -p traces && cat "$src"/traces.tar.part* | tar -xf - -C traces
 fi

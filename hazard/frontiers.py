@@ -2,10 +2,13 @@
 a mean GPU KV fraction, compared at matched memory and as an area between frontiers.
 
 A family is one policy across its swept knobs and base presses (``hazard`` at every threshold), or one
-static press across its ratios (``static:snapkv``); ``static`` pools every static press. A family's frontier
-at memory x is the most accurate of its points whose mean KV fraction is at most x (a staircase: more
-memory never hurts, since one can always run the cheaper setting), so "at matched KV 0.25" reads "the best
-this family does without holding more than a quarter of the uncompressed KV on average".
+static press across its ratios (``static:snapkv``); ``static`` pools every static press. The answer check is
+three families by what chooses the answers it repairs: a learned gate (``answer_check:gate``, a checkpoint), a
+coin (``answer_check:coin``, ``random:<rate>``) or nothing learned (``answer_check``: every changed answer, or
+with ``random:0`` only the escalated ones), so a learned choice is compared with chance on the same action.
+A family's frontier at memory x is the most accurate of its points whose mean KV fraction is at most x (a
+staircase: more memory never hurts, since one can always run the cheaper setting), so "at matched KV 0.25"
+reads "the best this family does without holding more than a quarter of the uncompressed KV on average".
 
 A stricter baseline for a controller that relieves some rows and not others: the **static mix**, the upper
 concave envelope of the static points and the uncompressed run. Giving a share of the rows one static
@@ -26,7 +29,15 @@ def task_key(row: dict) -> str:
 
 
 def family(row: dict) -> str:
-    return f"static:{row['base_press']}" if row["policy"] == "static" else row["policy"]
+    if row["policy"] == "static":
+        return f"static:{row['base_press']}"
+    if row["policy"] == "answer_check":
+        gate = str(row.get("knob", {}).get("gate", ""))
+        if gate.startswith("random:"):
+            rate = float(gate.split(":")[1])
+            return "answer_check:coin" if rate > 0 else "answer_check"
+        return "answer_check:gate" if gate else "answer_check"
+    return row["policy"]
 
 
 def _point(row: dict) -> dict:
@@ -128,14 +139,15 @@ def format_matched(fr: dict) -> str:
                                     f"{unc['catastrophe_rate']:.2f})" if unc else "")
         xs = list(t["matched"])
         fams = sorted({f for m in t["matched"].values() for f in m})
-        lines += [head, f"{'family':22}" + "".join(f"{'KV<=' + x:>18}" for x in xs)]
+        w = max([22] + [len(f) + 1 for f in fams])
+        lines += [head, f"{'family':{w}}" + "".join(f"{'KV<=' + x:>21}" for x in xs)]
         for f in fams:
             cells = []
             for x in xs:
                 p = t["matched"][x].get(f)
-                cells.append(f"{'-':>18}" if p is None else f"{p['accuracy']:7.2f} / {p['catastrophe_rate']:.2f} "
-                                                             f"@{p['kv']:.2f}".rjust(18))
-            lines.append(f"{f:22}" + "".join(cells))
+                cells.append(f"{'-':>21}" if p is None else f"{p['accuracy']:.3f} / {p['catastrophe_rate']:.3f} "
+                                                             f"@{p['kv']:.3f}".rjust(21))
+            lines.append(f"{f:{w}}" + "".join(cells))
         if t["area_learned_minus_static"] is not None:
             lines.append(f"area between the hazard and the best static frontier: {t['area_learned_minus_static']:+.4f}")
         for f, a in t.get("against_static", {}).items():

@@ -30,9 +30,10 @@ def pareto_plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def frontier_plot(key: str, fr: dict, out: Path) -> None:
+def frontier_plot(key: str, fr: dict, out: Path, xlim: tuple[float, float] = (0, 1.05), note: str = "") -> None:
     """Accuracy and catastrophe rate against mean GPU KV, one staircase per family (static presses grey,
-    controllers in colour, the uncompressed run a star, the static mix dotted)."""
+    controllers in colour, the uncompressed run a star, the static mix dotted); ``xlim`` zooms on a memory
+    range (the uncompressed level stays as a line), ``note`` goes into the titles."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     greys = iter(["0.15", "0.45", "0.65", "0.8"])
     for fam, f in fr["families"].items():
@@ -55,9 +56,9 @@ def frontier_plot(key: str, fr: dict, out: Path) -> None:
         if unc:
             ax.plot([unc["kv"]], [unc[y]], marker="*", ms=14, color="gold", mec="k", ls="", label="uncompressed")
             ax.axhline(unc[y], color="gold", lw=0.8)
-        ax.set(xlabel="mean GPU KV held / uncompressed", ylabel=y.replace("_", " "), xlim=(0, 1.05))
-    axes[0].set_title(f"{key}: best accuracy at <= KV (staircase)")
-    axes[1].set_title(f"{key}: loops or non-terminations, every run")
+        ax.set(xlabel="mean GPU KV held / uncompressed", ylabel=y.replace("_", " "), xlim=xlim)
+    axes[0].set_title(f"{key}: best accuracy at <= KV (staircase){note}", fontsize=9)
+    axes[1].set_title(f"{key}: loops or non-terminations, every run{note}", fontsize=9)
     axes[0].legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=120)

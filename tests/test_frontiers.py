@@ -157,6 +157,59 @@ def test_a_merge_keeps_apart_runs_with_one_knob_from_two_configs(tmp_path):
     assert [r["mean_kv_fraction"] for r in res["rows"] if r["policy"] == "answer_check"] == [0.228, 0.249, 0.245]
 
 
+def test_the_answer_check_is_three_families_by_what_chooses_its_repairs():
+    """A learned gate, a coin and no choice (every changed answer, or only the escalated ones with random:0) are
+    separate frontiers, so the gate's points are never credited to a coin's run or the reverse."""
+    from hazard.frontiers import family
+
+    gates = {"": "answer_check", "random:0": "answer_check", "random:0.06:1": "answer_check:coin",
+             "random:0.3": "answer_check:coin", "checkpoints/answer-gate-q15-nea85/f0.03": "answer_check:gate"}
+    for gate, want in gates.items():
+        assert family(_row("answer_check", 0.23, 0.5, knob={"gate": gate})) == want
+    assert family(_row("answer_check", 0.23, 0.5)) == "answer_check"
+    assert family(_row("hazard", 0.23, 0.5, knob={"gate": "random:0.1"})) == "hazard"
+    fr = frontiers([_row("full", 1.0, 0.54), _row("static", 0.2, 0.5),
+                    _row("answer_check", 0.23, 0.52, knob={"gate": "checkpoints/g/f0.03"}),
+                    _row("answer_check", 0.23, 0.55, knob={"gate": "random:0.6:0"})], [0.25])["gsm8k"]
+    assert fr["matched"]["0.25"]["answer_check:gate"]["accuracy"] == 0.52
+    assert fr["matched"]["0.25"]["answer_check:coin"]["accuracy"] == 0.55
+
+
+def test_a_merge_held_to_a_false_trigger_bound_leaves_out_the_runs_over_it(tmp_path, capsys, monkeypatch):
+    """--max_false adds frontiers over the runs within the bound (static and full have none), beside the plain
+    ones, and prints their table; without it there is no such section."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import merge_frontiers
+
+    def run(policy, kv, acc, false, knob=None):
+        return {**_row(policy, kv, acc, knob=knob), "n": 10, "false_trigger_rate": false}
+
+    rows = [run("full", 1.0, 0.6, 0.0), run("static", 0.2, 0.4, 0.0),
+            run("answer_check", 0.24, 0.58, 0.40, {"gate": "checkpoints/g/f0.3"}),
+            run("answer_check", 0.23, 0.52, 0.036, {"gate": "checkpoints/g/f0.03"})]
+    path = tmp_path / "closed_loop.json"
+    path.write_text(json.dumps({"model": "m", "rows": rows}))
+    assert "frontiers_max_false" not in merge_frontiers.merge([path], [0.25])
+    res = merge_frontiers.merge([path], [0.25], max_false=0.05)
+    assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["answer_check:gate"]["accuracy"] == 0.58
+    held = res["frontiers_max_false"]
+    assert held["max_false"] == 0.05
+    assert held["tasks"]["gsm8k"]["matched"]["0.25"]["answer_check:gate"]["accuracy"] == 0.52
+    assert held["tasks"]["gsm8k"]["matched"]["0.25"]["static"]["accuracy"] == 0.4
+    out = tmp_path / "merged.json"
+    argv = ["merge_frontiers", str(path), "--out", str(out), "--kv", "0.25", "--max_false", "0.05"]
+    monkeypatch.setattr(sys, "argv", argv)
+    merge_frontiers.main()
+    text = capsys.readouterr().out
+    assert "held to false triggers <= 0.05" in text
+    assert text.count("0.520 / 0.000 @0.230") == 1 and text.count("0.580 / 0.000 @0.240") == 1
+    assert (tmp_path / "merged_gsm8k.png").stat().st_size > 0
+    assert (tmp_path / "merged_gsm8k_max_false.png").stat().st_size > 0
+
+
 def test_variants_sweep_every_list_valued_knob():
     assert variants({"rollback": 8}) == [{}]
     assert variants({"trigger": [0.1, 0.2], "budget": [0.1, 0.2], "rollback": 8}) == [

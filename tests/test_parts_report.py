@@ -44,7 +44,7 @@ def test_saved_runs_become_rows_with_their_knobs_and_a_frontier(tmp_path, capsys
     assert [(r["policy"], r["knob"]) for r in res["rows"]] == [
         ("full", {}), ("static", {}), ("answer_check", {"action": "restore", "gate": "ck/a/f0.3", "hold": 16})]
     assert abs(res["rows"][2]["recovered_fraction"] - 2 / 3) < 1e-9 and res["unfinished"]
-    assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["answer_check"]["accuracy"] == 0.5
+    assert res["frontiers"]["gsm8k"]["matched"]["0.25"]["answer_check:gate"]["accuracy"] == 0.5
     assert "hold=16" in capsys.readouterr().out
     vs = {(p["a"], p["b"]): p["correct"] for p in res["paired"]}
     assert vs[("answer_check(action=restore,gate=a/f0.3,hold=16)", "static")]["a_only"] == 2
