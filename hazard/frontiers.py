@@ -32,11 +32,12 @@ def family(row: dict) -> str:
     if row["policy"] == "static":
         return f"static:{row['base_press']}"
     if row["policy"] == "answer_check":
-        gate = str(row.get("knob", {}).get("gate", ""))
-        if gate.startswith("random:"):
-            rate = float(gate.split(":")[1])
-            return "answer_check:coin" if rate > 0 else "answer_check"
-        return "answer_check:gate" if gate else "answer_check"
+        from hazard.paired import coin_rate  # here: hazard.paired imports this module
+
+        coin = coin_rate(row)
+        if coin is not None:
+            return "answer_check" if coin == "random:0" else "answer_check:coin"
+        return "answer_check:gate" if row.get("knob", {}).get("gate") else "answer_check"
     return row["policy"]
 
 
