@@ -146,15 +146,22 @@ def pooled_difference(a: str | Sequence, coins: Sequence[str | Sequence], n_boot
     if not ys or any(len(y) != len(x) for y in ys) or not len(x):
         raise HazardError("paired: the run and its coins must answer the same prompts "
                           f"({len(x)} vs {[len(y) for y in ys]} outcomes)")
-    d = x - np.mean(ys, axis=0)
+    return mean_difference(x - np.mean(ys, axis=0), n_boot, level, seed) | {"coins": len(ys)}
+
+
+def mean_difference(d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> dict:
+    """The mean of per-prompt differences ``d`` (any values: a run's outcome minus its coins' mean, say), a
+    percentile-bootstrap interval over prompts and the paired t-test's two-sided p (normal approximation)."""
+    d = np.asarray(d, float)
     n = len(d)
+    if not n:
+        raise HazardError("paired: no prompts to compare")
     rng = np.random.default_rng(seed)
     boot = np.concatenate([d[rng.integers(0, n, (min(1000, n_boot - i), n))].mean(1) for i in range(0, n_boot, 1000)])
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     se = d.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
     p = 1.0 if d.mean() == 0 else 0.0 if se == 0 else math.erfc(abs(d.mean()) / se / math.sqrt(2))
-    return {"n": n, "diff": float(d.mean()), "ci": [float(lo), float(hi)], "level": level, "coins": len(ys),
-            "p": p}
+    return {"n": n, "diff": float(d.mean()), "ci": [float(lo), float(hi)], "level": level, "p": p}
 
 
 def coin_comparisons(rows: list[dict], kv_tol: float = 0.02, min_seeds: int = 2) -> list[dict]:

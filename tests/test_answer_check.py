@@ -496,3 +496,27 @@ def test_escalation_restores_the_visibly_failed_answers_whatever_the_gate_says(m
         else:
             assert g.tokens == s.tokens and kinds == []
     assert escalated  # (the tiny llama also ends some answers, which stay)
+
+
+def test_the_gate_learning_curve_refits_on_shares_of_the_prompts(tmp_path, capsys):
+    """evaluate/gate_learning_curve.py: each share refits on that many prompts (all the answers of a prompt kept
+    together), holds the gate to its false-trigger rate and finds the readings' signal; a missing file is one
+    clear line."""
+    import sys
+
+    sys.path.insert(0, "evaluate")
+    from answer_gate import save_gate_data
+    from gate_learning_curve import main
+
+    d = _synthetic_readings(400, seed=2)
+    save_gate_data(tmp_path / "d.npz", d)
+    out = tmp_path / "lc.json"
+    assert main(["--data", str(tmp_path / "d.npz"), "--shares", "0.5", "1", "--draws", "2", "--max_false", "0.05",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["prompts"], r["draws"]) for r in rows] == [(100, 2), (200, 1)]
+    assert rows[1]["broken"] == d["y"].sum()
+    assert all(r["cv_healthy_repaired"] <= 0.05 and r["cv_auroc"] > 0.6 for r in rows)
+    assert "cv AUROC" in capsys.readouterr().out
+    assert main(["--data", str(tmp_path / "none.npz")]) == 2
+    assert "none.npz not found" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""One comparison measured again on other prompts: does a run's gain over its references hold outside the prompt
+set it was chosen on?
+
+A run picked after many comparisons on one prompt set (issue 12's GSM8K test problems 1-500) is above its
+references there partly by selection. Measured again on another set (other problems, or the same problems in
+another prompt format), with nothing refit, each set gives its own paired difference; pooling the sets' prompts
+gives one difference over all of them. Each set is a merged closed-loop file with its own uncompressed run (runs of
+different prompts are never merged into one file: ``evaluate/merge_frontiers.py`` stops on two uncompressed runs).
+
+A run and a reference are named as the merged files' paired tables name them (``hazard.paired``): ``static``
+(the base press), ``full``, ``static <press>@<ratio>`` (another static setting), a controlled run's label such as
+``answer_check(gate=random:0)``, or ``coins:<policy>(gate=random:<rate>)``, every seed of that coin pooled per
+prompt (``hazard.paired.pooled_difference``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hazard.errors import HazardError
+from hazard.paired import _array, _base, _label, coin_rate, mean_difference, outcome_groups, paired_difference
+
+COINS = "coins:"
+NAMES = {"accuracy": "accuracy", "catastrophe_rate": "catastrophes", "mean_kv_fraction": "KV",
+         "false_trigger_rate": "false triggers"}  # the bounds, as the table prints them
+
+
+@dataclass
+class Bounds:
+    """Issue 12's target for one run against its set's uncompressed run: accuracy and catastrophes within
+    ``acc_tol`` / ``catas_tol`` of it, mean KV at most ``max_kv``, false triggers at most ``max_false`` of the
+    healthy rows."""
+
+    acc_tol: float = 0.02
+    catas_tol: float = 0.02
+    max_kv: float = 0.25
+    max_false: float = 0.05
+
+    def check(self, run: dict, full: dict) -> dict:
+        """Each bound's value, limit and verdict for ``run`` (a row or pooled summary) against ``full``."""
+        items = {"accuracy": (run["accuracy"], full["accuracy"] - self.acc_tol, ">="),
+                 "catastrophe_rate": (run["catastrophe_rate"], full["catastrophe_rate"] + self.catas_tol, "<="),
+                 "mean_kv_fraction": (run["mean_kv_fraction"], self.max_kv, "<="),
+                 "false_trigger_rate": (run.get("false_trigger_rate", 0.0), self.max_false, "<=")}
+        # rounded as the tables print them, so 0.518 against a bound of 0.538 - 0.02 is not lost to 1e-16
+        return {k: {"value": v, "limit": lim, "ok": bool(round(v - lim, 9) >= 0 if op == ">=" else
+                                                         round(v - lim, 9) <= 0)}
+                for k, (v, lim, op) in items.items()}
+
+
+def _group(rows: list[dict], base: str, name: str) -> list[dict]:
+    """The rows of the one task that ran ``base`` in set ``name``, with the task's static presses of other
+    settings (named ``static <press>@<ratio>``)."""
+    groups = outcome_groups(rows)
+    tasks = sorted({t for t, b in groups if b == base})
+    if len(tasks) != 1:
+        bases = sorted({b for _, b in groups})
+        raise HazardError(f"replication: set {name} has {len(tasks)} tasks with base press {base} "
+                          f"(its base presses: {bases}); give one file per task, or another --base")
+    return [r for (t, _), g in groups.items() if t == tasks[0] for r in g
+            if _base(r) == base or r["policy"] in ("static", "full")]
+
+
+def _find(rows: list[dict], base: str, label: str, name: str) -> list[dict]:
+    """The rows ``label`` names in one set's group: one row, or every seed of a coin."""
+    if label.startswith(COINS):
+        want = label[len(COINS):]
+        found = [r for r in rows if _base(r) == base and (rate := coin_rate(r))
+                 and f"{r['policy']}(gate={rate})" == want]
+    else:
+        found = [r for r in rows if _label(r, base) == label]
+        found = found[:1] if label == "full" else found  # a merge keeps one uncompressed run per task
+    if not found or (len(found) > 1 and not label.startswith(COINS)):
+        known = sorted({_label(r, base) for r in rows})
+        raise HazardError(f"replication: set {name}: {len(found)} runs named {label!r} under {base}; "
+                          f"known there: {known}")
+    return found
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Prompt-weighted means of the rows' rates (several sets pooled; one row: its own values)."""
+    n = np.array([r["n"] for r in rows], float)
+    keys = ("accuracy", "catastrophe_rate", "mean_kv_fraction", "false_trigger_rate")
+    return {"n": int(n.sum()), **{k: float(np.dot(n, [r.get(k, 0.0) for r in rows]) / n.sum()) for k in keys}}
+
+
+def _difference(run: list[dict], ref: list[dict]) -> dict:
+    """``run``'s per-prompt outcomes against ``ref``'s, one set or several concatenated (lists of per-set rows
+    in the same set order): the sign test for two runs, the paired t-test against pooled coins."""
+    a = np.concatenate([_array(r["outcomes"]["correct"]) for r in run])
+    if not isinstance(ref[0], list):
+        return paired_difference(a, np.concatenate([_array(r["outcomes"]["correct"]) for r in ref]))
+    means = np.concatenate([np.mean([_array(c["outcomes"]["correct"]) for c in seeds], 0) for seeds in ref])
+    if len(means) != len(a):
+        raise HazardError(f"replication: the run and its coins answered different prompts ({len(a)} vs "
+                          f"{len(means)})")
+    return mean_difference(a - means) | {"coins": [len(s) for s in ref]}
+
+
+def replicate(sets: dict[str, list[dict]], run: str, against: list[str], base: str,
+              pools: dict[str, list[str]] | None = None, bounds: Bounds | None = None) -> dict:
+    """``run`` against each of ``against`` in every prompt set, then over each pool of sets.
+
+    Parameters
+    ----------
+    sets
+        name -> rows of one merged closed-loop file (one prompt set, its own uncompressed run).
+    run, against
+        labels as the paired tables print them (module docstring); ``coins:...`` pools a coin's seeds.
+    base
+        the base press setting the runs ran on, ``press@ratio``.
+    pools
+        name -> set names whose prompts are concatenated; default one pool of every set.
+    bounds
+        issue 12's target (``Bounds``), checked for ``run`` per set and pooled.
+
+    Returns
+    -------
+    dict
+        ``sets``: per set, ``run``'s summary, its bounds and one difference per reference; ``pools``: the same
+        over each pool (its bounds against the pool's uncompressed runs, prompt-weighted).
+    """
+    bounds = bounds or Bounds()
+    pools = pools or {"all": list(sets)}
+    for pool, names in pools.items():
+        if missing := [n for n in names if n not in sets]:
+            raise HazardError(f"replication: pool {pool} names sets {missing} that were not given "
+                              f"(given: {list(sets)})")
+    found: dict[str, dict] = {}
+    for name, rows in sets.items():
+        group = _group(rows, base, name)
+        found[name] = {label: _find(group, base, label, name) for label in [run, "full", *against]}
+    out: dict = {"run": run, "base": base, "against": against, "bounds": bounds.__dict__, "sets": {}, "pools": {}}
+    for name, f in found.items():
+        r, full = f[run][0], f["full"][0]
+        out["sets"][name] = {"run": _summary([r]), "full": _summary([full]), "bounds": bounds.check(r, full),
+                             "against": {lab: {"summary": _summary(f[lab]), **_difference([r], _refs([f], lab))}
+                                         for lab in against}}
+    for pool, names in pools.items():
+        fs = [found[n] for n in names]
+        r, full = _summary([f[run][0] for f in fs]), _summary([f["full"][0] for f in fs])
+        out["pools"][pool] = {"sets": names, "run": r, "full": full, "bounds": bounds.check(r, full),
+                              "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]),
+                                                **_difference([f[run][0] for f in fs], _refs(fs, lab))}
+                                          for lab in against}}
+    return out
+
+
+def _refs(fs: list[dict], label: str) -> list:
+    """Per set, the reference's row (a run) or its seeds (a coin), in set order, for ``_difference``."""
+    return [f[label] for f in fs] if label.startswith(COINS) else [f[label][0] for f in fs]
+
+
+def format_replication(res: dict) -> str:
+    """Per set, then per pool: the run's accuracy, catastrophes, KV and false triggers with each bound's verdict,
+    and one line per reference: its accuracy and KV, the difference, its interval, p."""
+    lines = [f"{res['run']} on {res['base']}; bounds: accuracy >= uncompressed - {res['bounds']['acc_tol']:g}, "
+             f"catastrophes <= uncompressed + {res['bounds']['catas_tol']:g}, mean KV <= {res['bounds']['max_kv']:g}, "
+             f"false triggers <= {res['bounds']['max_false']:g}",
+             "(against a run: exact sign test, prompts only a / only b got right; against coins: paired t-test on "
+             "the per-prompt difference from the seeds' mean; 95% bootstrap intervals over prompts)"]
+    w = max(len(lab) for lab in res["against"])
+    for kind, items in (("set", res["sets"]), ("pool", res["pools"])):
+        for name, s in items.items():
+            r, full = s["run"], s["full"]
+            what = f"{kind} {name}" + (f" ({' + '.join(s['sets'])})" if kind == "pool" else "")
+            lines.append(f"\n{what}: {r['n']} prompts, uncompressed {full['accuracy']:.3f} / "
+                         f"{full['catastrophe_rate']:.3f}")
+            verdict = ", ".join(f"{NAMES[k]} {b['value']:.3f} ({'ok' if b['ok'] else 'MISSED'} vs "
+                                f"{b['limit']:.3f})" for k, b in s["bounds"].items())
+            lines.append(f"  run: {verdict}")
+            for lab, d in s["against"].items():
+                counts = f"{d['a_only']:3d} / {d['b_only']:<3d}" if "a_only" in d else "   coins "
+                lines.append(f"  vs {lab:{w}}  {d['summary']['accuracy']:.3f} @ {d['summary']['mean_kv_fraction']:.3f}"
+                             f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}")
+    return "\n".join(lines)

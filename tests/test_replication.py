@@ -1,0 +1,89 @@
+"""One run against its references on several prompt sets: per set, pooled, and issue 12's bounds."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hazard.errors import HazardError
+from hazard.replication import Bounds, format_replication, replicate
+
+GATE = "answer_check(gate=g/f0.03)"
+
+
+def _row(policy, correct, kv, knob=None, ratio=0.85, catas=0.0, false=0.0):
+    return {"task": "gsm8k", "format": "k3e0s0", "policy": policy, "base_press": "numbers", "base_ratio": ratio,
+            "knob": knob or {}, "n": len(correct), "accuracy": correct.count("1") / len(correct),
+            "catastrophe_rate": catas, "mean_kv_fraction": kv, "false_trigger_rate": false,
+            "outcomes": {"correct": correct, "catastrophe": "0" * len(correct)}}
+
+
+def _set(full, static, milder, gate, coins, false=0.03):
+    return [_row("full", full, 1.0), _row("static", static, 0.21), _row("static", milder, 0.235, ratio=0.825),
+            _row("answer_check", gate, 0.234, {"gate": "checkpoints/g/f0.03"}, false=false),
+            *[_row("answer_check", c, 0.233, {"gate": f"random:0.06:{s}"}) for s, c in enumerate(coins)]]
+
+
+# set a: the gate fixes 2 of static's 10 prompts and the milder press 1; set b: it fixes none
+A = _set("1111111100", "1111100000", "1111110000", "1111111000", ["1111100000", "1111110000"])
+B = _set("1111110000", "1110000000", "1111000000", "1110000000", ["1110000000", "1110000000"], false=0.08)
+AGAINST = ["static", "static numbers@0.825", "coins:answer_check(gate=random:0.06)", "full"]
+
+
+def test_each_set_is_compared_on_its_own_prompts_and_the_pool_on_all_of_them():
+    res = replicate({"a": A, "b": B}, GATE, AGAINST, "numbers@0.85")
+    a, b, pool = res["sets"]["a"], res["sets"]["b"], res["pools"]["all"]
+    assert (a["against"]["static"]["a_only"], a["against"]["static"]["b_only"]) == (2, 0)
+    assert (b["against"]["static"]["a_only"], b["against"]["static"]["b_only"]) == (0, 0)
+    # the pool concatenates the prompts: its discordant counts are the sets' sums, its rates prompt-weighted
+    s = pool["against"]["static"]
+    assert (s["n"], s["a_only"], s["b_only"], s["diff"]) == (20, 2, 0, pytest.approx(0.1))
+    assert pool["run"]["accuracy"] == pytest.approx(10 / 20) and pool["full"]["accuracy"] == pytest.approx(14 / 20)
+    assert pool["against"]["static numbers@0.825"]["summary"]["accuracy"] == pytest.approx(10 / 20)
+    # against the coins: the run's outcome minus the seeds' mean, per prompt
+    c = a["against"]["coins:answer_check(gate=random:0.06)"]
+    assert c["diff"] == pytest.approx(0.7 - 0.55) and c["coins"] == [2]
+    assert pool["against"]["coins:answer_check(gate=random:0.06)"]["coins"] == [2, 2]
+
+
+def test_the_bounds_are_checked_per_set_and_on_the_pool():
+    res = replicate({"a": A, "b": B}, GATE, ["static"], "numbers@0.85", bounds=Bounds(acc_tol=0.1))
+    a, b = res["sets"]["a"]["bounds"], res["sets"]["b"]["bounds"]
+    assert a["accuracy"] == {"value": 0.7, "limit": pytest.approx(0.7), "ok": True}  # at the bound: met
+    assert not b["accuracy"]["ok"] and not b["false_trigger_rate"]["ok"] and b["mean_kv_fraction"]["ok"]
+    assert res["pools"]["all"]["bounds"]["false_trigger_rate"]["value"] == pytest.approx(0.055)
+    text = format_replication(res)
+    assert "set b" in text and "MISSED" in text and "pool all (a + b)" in text
+
+
+def test_named_pools_and_unknown_names_are_one_clear_error():
+    res = replicate({"a": A, "b": B}, GATE, ["static"], "numbers@0.85", pools={"held-out": ["b"]})
+    assert list(res["pools"]) == ["held-out"] and res["pools"]["held-out"]["run"]["n"] == 10
+    with pytest.raises(HazardError, match="known there"):
+        replicate({"a": A}, "answer_check(gate=g/f0.2)", ["static"], "numbers@0.85")
+    with pytest.raises(HazardError, match="pool x names sets"):
+        replicate({"a": A}, GATE, ["static"], "numbers@0.85", pools={"x": ["a", "c"]})
+    with pytest.raises(HazardError, match="0 tasks with base press"):
+        replicate({"a": A}, GATE, ["static"], "snapkv@0.875")
+
+
+def test_the_script_writes_the_json_and_names_a_missing_file(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import replicate as script
+
+    for name, rows in (("a", A), ("b", B)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"git_sha": "abc", "hardware": "cpu", "rows": rows}))
+    out = tmp_path / "r.json"
+    args = ["--base", "numbers@0.85", "--run", GATE, "--against", "static", "full",
+            "--set", f"a={tmp_path / 'a.json'}", "--set", f"b={tmp_path / 'b.json'}", "--out", str(out)]
+    assert script.main(args) == 0
+    rec = json.loads(out.read_text())
+    assert rec["sources"]["a"]["git_sha"] == "abc" and set(rec["pools"]) == {"all"}
+    assert np.isclose(rec["sets"]["a"]["against"]["full"]["diff"], -0.1)
+    assert "pool all" in capsys.readouterr().out
+    assert script.main(args[:-4] + ["--set", f"c={tmp_path / 'none.json'}"]) == 2
+    assert "none.json not found" in capsys.readouterr().err
+    assert script.main(args + ["--pool", "nosets"]) == 2
+    assert "write NAME=SET,SET" in capsys.readouterr().err
