@@ -132,25 +132,18 @@ def replicate(sets: dict[str, list[dict]], run: str, against: list[str], base: s
     for name, rows in sets.items():
         group = _group(rows, base, name)
         found[name] = {label: _find(group, base, label, name) for label in [run, "full", *against]}
-    out: dict = {"run": run, "base": base, "against": against, "bounds": bounds.__dict__, "sets": {}, "pools": {}}
-    for name, f in found.items():
-        r, full = f[run][0], f["full"][0]
-        out["sets"][name] = {"run": _summary([r]), "full": _summary([full]), "bounds": bounds.check(r, full),
-                             "against": {lab: {"summary": _summary(f[lab]), **_difference([r], _refs([f], lab))}
-                                         for lab in against}}
-    for pool, names in pools.items():
-        fs = [found[n] for n in names]
-        r, full = _summary([f[run][0] for f in fs]), _summary([f["full"][0] for f in fs])
-        out["pools"][pool] = {"sets": names, "run": r, "full": full, "bounds": bounds.check(r, full),
-                              "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]),
-                                                **_difference([f[run][0] for f in fs], _refs(fs, lab))}
-                                          for lab in against}}
-    return out
 
+    def compare(fs: list[dict]) -> dict:  # one set, or a pool: the sets' prompts concatenated in order
+        runs = [f[run][0] for f in fs]
+        r, full = _summary(runs), _summary([f["full"][0] for f in fs])
+        refs = {lab: [f[lab] for f in fs] if lab.startswith(COINS) else [f[lab][0] for f in fs] for lab in against}
+        return {"run": r, "full": full, "bounds": bounds.check(r, full),
+                "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]), **_difference(runs, ref)}
+                            for lab, ref in refs.items()}}
 
-def _refs(fs: list[dict], label: str) -> list:
-    """Per set, the reference's row (a run) or its seeds (a coin), in set order, for ``_difference``."""
-    return [f[label] for f in fs] if label.startswith(COINS) else [f[label][0] for f in fs]
+    return {"run": run, "base": base, "against": against, "bounds": bounds.__dict__,
+            "sets": {name: compare([f]) for name, f in found.items()},
+            "pools": {pool: {"sets": names, **compare([found[n] for n in names])} for pool, names in pools.items()}}
 
 
 def format_replication(res: dict) -> str:
