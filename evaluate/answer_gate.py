@@ -148,6 +148,23 @@ def load_gate_data(path: str | Path) -> dict:
             "collected": json.loads(str(z["collected"]))}
 
 
+def fit_labels(data: dict, label: str, false_over: str, tau: float, path: str = "") -> tuple[np.ndarray, ...]:
+    """What a gate is fitted on, from the readings: its target (``label``), the answers it is asked about (a
+    disagreement at ``tau``) and the answers its threshold spares (``false_over``, as ``--false_over`` says)."""
+    target = data["y"] if label == "broken" else (~data["healthy"]).astype(np.int64)
+    eligible = np.array([v.first_disagreement(tau) >= 0 for v in data["verdicts"]])
+    spared = data["healthy"]
+    if false_over != "right":
+        if "calm" not in data:
+            raise HazardError(f"--false_over {false_over}: the readings{f' in {path}' if path else ''} were "
+                              "collected before their loop and non-termination flags were kept; collect them again "
+                              "(delete the file)")
+        # healthy: no catastrophe in the trace labels (up to a run the budget cut right after its answer,
+        # which the labels count as healthy and this as a non-termination)
+        spared = data["calm"] if false_over == "calm" else data["calm"] & ~data["y"].astype(bool)
+    return target, eligible, spared
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -188,17 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             cols, probes, probe_auroc = probe_columns(np.stack([v.states for v in data["verdicts"]]), labels,
                                                       data["groups"], probed)
             x = np.hstack([x, cols])
-        target = data["y"] if args.label == "broken" else (~data["healthy"]).astype(np.int64)
-        eligible = np.array([v.first_disagreement(args.tau) >= 0 for v in data["verdicts"]])
-        spared = data["healthy"]
-        if args.false_over != "right":
-            if "calm" not in data:
-                raise HazardError(f"--false_over {args.false_over}: the readings in {args.data} were collected "
-                                  "before their loop and non-termination flags were kept; collect them again "
-                                  "(delete the file)")
-            # healthy: no catastrophe in the trace labels (up to a run the budget cut right after its answer,
-            # which the labels count as healthy and this as a non-termination)
-            spared = data["calm"] if args.false_over == "calm" else data["calm"] & ~data["y"].astype(bool)
+        target, eligible, spared = fit_labels(data, args.label, args.false_over, args.tau, args.data)
         fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible))
                 for m in args.max_false]
     except HazardError as e:

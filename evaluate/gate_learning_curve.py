@@ -24,7 +24,7 @@ from hazard.errors import HazardError
 from hazard.traces import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from answer_gate import load_gate_data  # noqa: E402
+from answer_gate import fit_labels, load_gate_data  # noqa: E402
 
 
 def learning_curve(data: dict, shares: list[float], draws: int, max_false: float, features: str = "digits",
@@ -33,9 +33,8 @@ def learning_curve(data: dict, shares: list[float], draws: int, max_false: float
     ids = digit_token_ids(data["vocab_ids"], data["vocab"])
     x = np.array([verdict_features(v, data["max_new_tokens"], FEATURE_SETS[features], ids) for v in data["verdicts"]])
     y, groups = data["y"], data["groups"]
-    healthy = data["calm"] & ~y.astype(bool)  # issue 12's false triggers, as --false_over healthy counts them
-    target = (~data["healthy"]).astype(np.int64)
-    eligible = np.array([v.first_disagreement(tau) >= 0 for v in data["verdicts"]])
+    # issue 12's false triggers, as --false_over healthy counts them
+    target, eligible, healthy = fit_labels(data, "wrong", "healthy", tau)
     prompts, rng = np.unique(groups), np.random.default_rng(seed)
     out = []
     for share in shares:
@@ -65,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(a.data).is_file():
             raise HazardError(f"gate_learning_curve: {a.data} not found; collect it with answer_gate.py --data")
         data = load_gate_data(a.data)
-        if "calm" not in data:
-            raise HazardError(f"gate_learning_curve: {a.data} kept no loop / non-termination flags; collect it again")
         rows = learning_curve(data, a.shares, a.draws, a.max_false)
     except HazardError as e:
         print(e, file=sys.stderr)
