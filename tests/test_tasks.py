@@ -37,6 +37,14 @@ def test_gsm8k_prompts(gsm8k_dir):
     assert len(prompts[0].distractors) == 2 and len(prompts[0].exemplar_texts) == 2
 
 
+def test_gsm8k_start_past_the_split_is_one_clear_error(gsm8k_dir):
+    # before, an empty prompt list ran on and the closed loop printed nan accuracies, then a TypeError
+    n = len(build_task("gsm8k", path=str(gsm8k_dir), split="test", limit=0, k_shot=0).prompts())
+    assert len(build_task("gsm8k", path=str(gsm8k_dir), split="test", start=n - 1, limit=5, k_shot=0).prompts()) == 1
+    with pytest.raises(HazardError, match=f"start {n} is outside .*test.jsonl, which holds {n} problems"):
+        build_task("gsm8k", path=str(gsm8k_dir), split="test", start=n, limit=5, k_shot=0).prompts()
+
+
 def test_gsm8k_formats_change_the_prompt_not_the_problem(gsm8k_dir):
     from hazard.collect import TaskSpec
     from hazard.tasks.gsm8k import SYSTEMS

@@ -99,6 +99,9 @@ class GSM8KTask:
             raise HazardError(f"gsm8k k_shot {self.k_shot} must be >= 0")
         root = Path(self.path).expanduser()
         problems = read_jsonl(root / f"{self.split}.jsonl")
+        if not 0 <= self.start < len(problems):
+            raise HazardError(f"gsm8k start {self.start} is outside {root / f'{self.split}.jsonl'}, which holds "
+                              f"{len(problems)} problems; use start 0..{len(problems) - 1}")
         end = len(problems) if self.limit == 0 else min(len(problems), self.start + self.limit)
         train = read_jsonl(root / "train.jsonl") if self.k_shot else []
         rng = random.Random(self.seed)
