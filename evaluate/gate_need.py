@@ -1,0 +1,200 @@
+"""How good must the answer check's gate be? From the ungated check's per-prompt outcomes on each prompt set, the
+accuracy a gate of each AUROC would keep at issue 12's false-trigger bound, the AUROC it needs for the accuracy
+bound and to tie the static press at the same memory, and what today's fitted gates predict against what they
+kept live (``hazard.gate_need``).
+
+    python evaluate/gate_need.py --base numbers_expected_attention@0.85 \
+        --set test501-1000=evaluate/results/frontier_q15_nea85_test2_all.json \
+        --reference "static numbers_expected_attention@0.825" \
+        --gate answer-gate-q15-nea85/f0.03 --gate answer-gate-q15-nea85/f0.15 \
+        --out evaluate/results/gate_need_q15_nea85.json > evaluate/results/gate_need_q15_nea85.txt
+
+A set may be several files of the same prompts (``NAME=A,B``): their rows are pooled, the static and uncompressed
+runs kept once (they must agree prompt by prompt). Every set is also pooled into ``all``. The PNG is written
+beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hazard.errors import HazardError
+from hazard.gate_need import RowGroups
+from hazard.replication import _find, _group
+from hazard.traces import write_json
+
+AUROCS = [round(0.5 + 0.01 * i, 2) for i in range(51)]
+
+
+def _listed(x) -> list:
+    return x if isinstance(x, list) else [] if x is None else [x]
+
+
+def load_set(name: str, paths: list[Path], base: str, sources: dict) -> list[dict]:
+    """The rows of one prompt set's files under ``base``, each static or uncompressed run once; where each file
+    came from goes to ``sources``."""
+    rows: list[dict] = []
+    seen: dict[tuple, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            raise HazardError(f"gate_need: set {name}: {path} not found; give merged closed-loop files")
+        rec = json.loads(path.read_text())
+        sources.setdefault(name, []).append({"path": str(path), "model": rec.get("model"),
+                                             "git_sha": _listed(rec.get("git_sha")),
+                                             "hardware": _listed(rec.get("hardware"))})
+        for r in rec.get("rows", []):
+            if r["policy"] in ("static", "full") and r.get("outcomes"):
+                key = (r["policy"], r["base_press"], r["base_ratio"])
+                if r["policy"] == "full":
+                    key = ("full",)
+                if key in seen:
+                    if seen[key]["outcomes"].get("correct") != r["outcomes"].get("correct"):
+                        raise HazardError(f"gate_need: set {name}: two {key} runs disagree prompt by prompt; "
+                                          "these files did not answer the same prompts")
+                    continue
+                seen[key] = r
+            rows.append(r)
+    return _group(rows, base, name)
+
+
+def gate_point(gate: str, checkpoints: Path) -> dict:
+    """A fitted gate's cross-validated operating point on its train readings (``report.json``)."""
+    path = checkpoints / gate / "report.json"
+    if not path.is_file():
+        raise HazardError(f"gate_need: {path} not found; --gate names a gate under {checkpoints}")
+    rep = json.loads(path.read_text())
+    return {"tpr": rep["cv_broken_repaired"], "fpr": rep["cv_healthy_repaired"],
+            "auroc": rep.get("cv_auroc_broken_vs_healthy", rep.get("cv_auroc"))}
+
+
+def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None, args, gates: dict,
+            observed: dict) -> dict:
+    bound = full_acc - args.acc_tol
+    return {"set": name, "n": groups.n, "groups": groups.sizes,
+            "net_change": {"wild": groups.wild, "broken": groups.broken, "healthy": groups.healthy},
+            "static": groups.static_right / groups.n, "uncompressed": full_acc, "accuracy_bound": bound,
+            "reference": ref_acc, "max_false": args.max_false,
+            "curve": {str(a): groups.accuracy_at_auroc(a, args.max_false) for a in AUROCS},
+            "perfect_gate": groups.accuracy_at_auroc(1.0, args.max_false),
+            "auroc_for_bound": groups.required_auroc(bound, args.max_false),
+            "auroc_to_tie_reference": None if ref_acc is None else groups.required_auroc(ref_acc, args.max_false),
+            "auroc_to_lead_reference": None if ref_acc is None else groups.required_auroc(ref_acc + args.margin,
+                                                                                           args.max_false),
+            "margin": args.margin,
+            "gates": {g: {**p, "predicted": groups.expected_accuracy(p["tpr"], p["fpr"]),
+                          "observed": observed.get(g)} for g, p in gates.items()}}
+
+
+def _auroc(a: float | None) -> str:
+    return "no gate reaches it" if a is None else f"{a:.3f}"
+
+
+def format_items(items: list[dict], run: str, reference: str) -> str:
+    lines = [f"{run} on each set; a gate held to a share of the healthy rows (binormal ROC of the given AUROC), "
+             f"expected accuracy; reference: {reference}"]
+    for it in items:
+        ref = "-" if it["reference"] is None else f"{it['reference']:.3f}"
+        need = it["auroc_for_bound"]
+        tie, lead = it["auroc_to_tie_reference"], it["auroc_to_lead_reference"]
+        lines += [f"\nset {it['set']}: {it['n']} prompts; rows wild / broken / healthy "
+                  f"{it['groups']['wild']} / {it['groups']['broken']} / {it['groups']['healthy']}, the action's net "
+                  f"change there {it['net_change']['wild']:+d} / {it['net_change']['broken']:+d} / "
+                  f"{it['net_change']['healthy']:+d}",
+                  f"  static {it['static']:.3f}, uncompressed {it['uncompressed']:.3f} (bound "
+                  f"{it['accuracy_bound']:.3f}), reference {ref}; at {it['max_false']:.0%} false triggers a perfect "
+                  f"gate keeps {it['perfect_gate']:.3f}",
+                  "  AUROC   " + "  ".join(f"{a:>5}" for a in ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0")),
+                  "  keeps   " + "  ".join(f"{it['curve'][a]:.3f}" for a in ("0.5", "0.6", "0.7", "0.8", "0.9",
+                                                                            "1.0")),
+                  f"  AUROC needed for the accuracy bound: {_auroc(need)}; to tie the reference: "
+                  f"{'-' if it['reference'] is None else _auroc(tie)}; to lead it by {it['margin']:.3f}: "
+                  f"{'-' if it['reference'] is None else _auroc(lead)}"]
+        for g, p in it["gates"].items():
+            obs = "not run here" if p["observed"] is None else f"{p['observed']:.3f}"
+            lines.append(f"  fitted gate {g}: train CV AUROC {p['auroc']:.3f}, repairs {p['tpr']:.3f} of broken "
+                         f"at {p['fpr']:.3f} of healthy -> predicted {p['predicted']:.3f}, live {obs}")
+    return "\n".join(lines)
+
+
+def plot(items: list[dict], out: Path, gate_aurocs: list[float]) -> None:
+    from hazard.report import plt  # matplotlib, Agg
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, it in enumerate(items):
+        c = f"C{i}"
+        ax.plot([float(a) for a in it["curve"]], list(it["curve"].values()), color=c, label=f"{it['set']}")
+        ax.axhline(it["accuracy_bound"], color=c, ls="--", lw=0.8)
+        if it["reference"] is not None:
+            ax.axhline(it["reference"], color=c, ls=":", lw=0.8)
+    for a in gate_aurocs:
+        ax.axvline(a, color="grey", lw=0.8)
+    ax.set_xlabel(f"gate AUROC (broken vs healthy rows), held to {items[0]['max_false']:.0%} false triggers")
+    ax.set_ylabel("expected accuracy")
+    ax.set_title("what the ungated check's action keeps behind a gate\n(dashed: accuracy bound; dotted: static "
+                 "at equal memory; grey: fitted gates)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", action="append", required=True, metavar="NAME=PATH[,PATH]")
+    ap.add_argument("--base", required=True, help="the base press setting, press@ratio")
+    ap.add_argument("--run", default="answer_check(gate=)", help="the run that acts on every row")
+    ap.add_argument("--reference", default="", help="the static press at the run's memory, as the paired tables "
+                                                    "name it (static <press>@<ratio>)")
+    ap.add_argument("--gate", action="append", default=[], help="a fitted gate under --checkpoints (repeat)")
+    ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    ap.add_argument("--max_false", type=float, default=0.05)
+    ap.add_argument("--acc_tol", type=float, default=0.02)
+    ap.add_argument("--margin", type=float, default=0.02, help="the lead over the reference worth having")
+    ap.add_argument("--out", type=Path, required=True, help="JSON to write; the PNG goes beside it")
+    args = ap.parse_args(argv)
+    try:
+        gates = {g: gate_point(g, args.checkpoints) for g in args.gate}
+        items, pooled, sets, sources = [], [], [], {}
+        for spec in args.set:
+            name, sep, paths = spec.partition("=")
+            if not sep or not paths:
+                raise HazardError(f"gate_need: --set {spec!r} must read NAME=PATH[,PATH]")
+            rows = load_set(name, [Path(p) for p in paths.split(",")], args.base, sources)
+            run, static, full = (_find(rows, args.base, lab, name)[0] for lab in (args.run, "static", "full"))
+            ref = _find(rows, args.base, args.reference, name)[0] if args.reference else None
+            observed = {}
+            for g in gates:
+                hit = [r for r in rows if r["policy"] == run["policy"] and
+                       str(r.get("knob", {}).get("gate", "")).endswith(g)]
+                observed[g] = hit[0]["accuracy"] if hit else None
+            groups = RowGroups.from_rows(run, static, full)
+            items.append(analyse(name, groups, full["accuracy"], None if ref is None else ref["accuracy"], args,
+                                 gates, observed))
+            pooled.append(groups)
+            sets.append((full["accuracy"], None if ref is None else ref["accuracy"]))
+        if len(pooled) > 1:
+            total = RowGroups(n=sum(g.n for g in pooled), static_right=sum(g.static_right for g in pooled),
+                              wild=sum(g.wild for g in pooled), broken=sum(g.broken for g in pooled),
+                              healthy=sum(g.healthy for g in pooled),
+                              sizes={k: sum(g.sizes[k] for g in pooled) for k in pooled[0].sizes})
+            w = np.array([g.n for g in pooled], dtype=float)
+            full_acc = float(np.dot(w, [f for f, _ in sets]) / w.sum())
+            ref_acc = None if any(r is None for _, r in sets) else float(np.dot(w, [r for _, r in sets]) / w.sum())
+            items.append(analyse("all", total, full_acc, ref_acc, args, gates, {}))
+    except HazardError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(format_items(items, args.run, args.reference or "none"))
+    write_json(args.out, {"sources": sources, "base": args.base, "run": args.run, "reference": args.reference,
+                          "items": items})
+    plot(items, args.out.with_suffix(".png"), sorted({p["auroc"] for p in gates.values()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

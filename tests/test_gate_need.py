@@ -1,0 +1,102 @@
+"""How good a gate must be: the binormal ROC, the row groups of an act-on-every-row run, the AUROC a target needs,
+and evaluate/gate_need.py on two small prompt sets."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hazard.errors import HazardError
+from hazard.gate_need import RowGroups, binormal_tpr
+
+
+def _row(policy, correct, catas=None, knob=None, ratio=0.85):
+    n = len(correct)
+    return {"task": "gsm8k", "format": "k3e0s0", "policy": policy, "base_press": "numbers", "base_ratio": ratio,
+            "knob": knob or {}, "n": n, "accuracy": correct.count("1") / n, "catastrophe_rate": 0.0,
+            "mean_kv_fraction": 0.2, "outcomes": {"correct": correct, "catastrophe": catas or "0" * n}}
+
+
+# ten prompts: 0 wild (a loop; the check escalates it and fixes it), 1-3 broken (right uncompressed, wrong under
+# the press; the action fixes 1 and 2), 4-9 healthy (the action breaks 4 and fixes 9, wrong uncompressed too)
+FULL = _row("full", "1111111110")
+STATIC = _row("static", "0000111110", catas="1000000000")
+RUN = _row("answer_check", "1110011111", knob={"gate": ""})
+
+
+def test_binormal_tpr_is_the_roc_of_its_auroc():
+    assert binormal_tpr(0.5, 0.05) == pytest.approx(0.05)  # a coin
+    assert binormal_tpr(1.0, 0.0) == 1.0 and binormal_tpr(0.9, 0.0) == 0.0 and binormal_tpr(0.7, 1.0) == 1.0
+    tprs = [binormal_tpr(a, 0.05) for a in (0.55, 0.7, 0.85, 0.99)]
+    assert tprs == sorted(tprs) and tprs[0] > 0.05
+    # the area under the curve it traces is its AUROC
+    fpr = np.linspace(0, 1, 20001)
+    tpr = np.array([binormal_tpr(0.8, f) for f in fpr])
+    assert float(np.sum((tpr[1:] + tpr[:-1]) / 2 * np.diff(fpr))) == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(HazardError, match="fpr 1.5"):
+        binormal_tpr(0.7, 1.5)
+
+
+def test_row_groups_reproduce_the_static_and_the_ungated_run():
+    g = RowGroups.from_rows(RUN, STATIC, FULL)
+    assert g.sizes == {"wild": 1, "broken": 3, "healthy": 6}
+    assert (g.static_right, g.wild, g.broken, g.healthy) == (5, 1, 2, 0)
+    assert g.expected_accuracy(1.0, 1.0) == pytest.approx(RUN["accuracy"])  # acting everywhere is the run
+    assert g.expected_accuracy(0.0, 0.0) == pytest.approx(0.6)  # escalation alone: static plus the wild row
+    assert g.accuracy_at_auroc(1.0, 0.0) == pytest.approx(0.8)  # the perfect gate: every broken row, no other
+    with pytest.raises(HazardError, match="same prompts"):
+        RowGroups.from_rows(_row("answer_check", "11"), STATIC, FULL)
+    with pytest.raises(HazardError, match="per-prompt outcomes"):
+        RowGroups.from_rows({"policy": "answer_check", "outcomes": {"correct": "1"}}, STATIC, FULL)
+
+
+def test_required_auroc_is_the_least_that_keeps_the_target():
+    g = RowGroups.from_rows(RUN, STATIC, FULL)
+    assert g.required_auroc(0.55, 0.05) == 0.5  # escalation alone clears it: a coin does
+    assert g.required_auroc(0.81, 0.05) is None  # above the perfect gate
+    a = g.required_auroc(0.7, 0.05)
+    assert 0.5 < a < 1.0
+    assert g.accuracy_at_auroc(a, 0.05) >= 0.7 > g.accuracy_at_auroc(a - 0.002, 0.05)
+
+
+def _write(path, rows):
+    path.write_text(json.dumps({"rows": rows}))
+    return path
+
+
+def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import gate_need as script
+
+    gate = tmp_path / "ck" / "g" / "f0.1"
+    gate.mkdir(parents=True)
+    (gate / "report.json").write_text(json.dumps({"cv_broken_repaired": 0.5, "cv_healthy_repaired": 0.1,
+                                                  "cv_auroc_broken_vs_healthy": 0.7}))
+    milder = _row("static", "0110111110", ratio=0.825)
+    gated = _row("answer_check", "0110111110", knob={"gate": "checkpoints/g/f0.1"})
+    a = _write(tmp_path / "a.json", [FULL, STATIC, RUN, milder])
+    a2 = _write(tmp_path / "a2.json", [FULL, STATIC, gated])  # the same prompts, another file
+    b = _write(tmp_path / "b.json", [FULL, STATIC, RUN, milder])
+    out = tmp_path / "need.json"
+    args = ["--base", "numbers@0.85", "--set", f"a={a},{a2}", "--set", f"b={b}", "--reference",
+            "static numbers@0.825", "--gate", "g/f0.1", "--checkpoints", str(tmp_path / "ck"), "--out", str(out)]
+    assert script.main(args) == 0
+    res = json.loads(out.read_text())
+    first, pooled = res["items"][0], res["items"][-1]
+    assert [it["set"] for it in res["items"]] == ["a", "b", "all"]
+    assert [src["path"] for src in res["sources"]["a"]] == [str(a), str(a2)]
+    # the gate's train operating point predicts static + wild + half the broken fixes + a tenth of the healthy
+    assert first["gates"]["g/f0.1"] == {"tpr": 0.5, "fpr": 0.1, "auroc": 0.7, "predicted": pytest.approx(0.7),
+                                        "observed": pytest.approx(0.7)}
+    assert res["items"][1]["gates"]["g/f0.1"]["observed"] is None
+    assert pooled["n"] == 20 and pooled["net_change"] == {"wild": 2, "broken": 4, "healthy": 0}
+    assert pooled["reference"] == pytest.approx(0.7) and pooled["auroc_to_lead_reference"] is not None
+    assert (tmp_path / "need.png").is_file() and "set all: 20 prompts" in capsys.readouterr().out
+    # bad input: one clear line, exit 2
+    assert script.main(args[:4] + ["--set", "nopath", "--out", str(out)]) == 2
+    assert script.main(["--base", "numbers@0.85", "--set", f"c={tmp_path / 'none.json'}", "--out", str(out)]) == 2
+    disagree = _write(tmp_path / "d.json", [FULL, _row("static", "1000111110", catas="1000000000"), gated])
+    assert script.main(["--base", "numbers@0.85", "--set", f"a={a},{disagree}", "--out", str(out)]) == 2
+    assert "disagree prompt by prompt" in capsys.readouterr().err
