@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from hazard.errors import HazardError
-from hazard.gate_need import RowGroups
+from hazard.gate_need import RowGroups, binormal_tpr
 from hazard.replication import _find, _group
 from hazard.traces import write_json
 
 AUROCS = [round(0.5 + 0.01 * i, 2) for i in range(51)]
+GRID = ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0")  # the printed columns
 
 
 def _listed(x) -> list:
@@ -80,6 +81,9 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None
             "static": groups.static_right / groups.n, "uncompressed": full_acc, "accuracy_bound": bound,
             "reference": ref_acc, "max_false": args.max_false,
             "curve": {str(a): groups.accuracy_at_auroc(a, args.max_false) for a in AUROCS},
+            "kv_curve": None if groups.kv is None else
+            {str(a): groups.expected_kv(binormal_tpr(a, args.max_false), args.max_false) for a in AUROCS},
+            "read_kv": None if groups.kv is None else groups.kv["read"],
             "perfect_gate": groups.accuracy_at_auroc(1.0, args.max_false),
             "auroc_for_bound": groups.required_auroc(bound, args.max_false),
             "auroc_to_tie_reference": None if ref_acc is None else groups.required_auroc(ref_acc, args.max_false),
@@ -87,7 +91,9 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None
                                                                                            args.max_false),
             "margin": args.margin,
             "gates": {g: {**p, "predicted": groups.expected_accuracy(p["tpr"], p["fpr"]),
-                          "observed": observed.get(g)} for g, p in gates.items()}}
+                          "predicted_kv": groups.expected_kv(p["tpr"], p["fpr"]),
+                          "observed": (observed.get(g) or {}).get("accuracy"),
+                          "observed_kv": (observed.get(g) or {}).get("mean_kv_fraction")} for g, p in gates.items()}}
 
 
 def _auroc(a: float | None) -> str:
@@ -108,16 +114,20 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
                   f"  static {it['static']:.3f}, uncompressed {it['uncompressed']:.3f} (bound "
                   f"{it['accuracy_bound']:.3f}), reference {ref}; at {it['max_false']:.0%} false triggers a perfect "
                   f"gate keeps {it['perfect_gate']:.3f}",
-                  "  AUROC   " + "  ".join(f"{a:>5}" for a in ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0")),
-                  "  keeps   " + "  ".join(f"{it['curve'][a]:.3f}" for a in ("0.5", "0.6", "0.7", "0.8", "0.9",
-                                                                            "1.0")),
+                  "  AUROC   " + "  ".join(f"{a:>5}" for a in GRID),
+                  "  keeps   " + "  ".join(f"{it['curve'][a]:.3f}" for a in GRID),
+                  *(["  at KV   " + "  ".join(f"{it['kv_curve'][a]:.3f}" for a in GRID)
+                     + f"   (the reading: +{it['read_kv']:.3f} on every row)"] if it["kv_curve"] else []),
                   f"  AUROC needed for the accuracy bound: {_auroc(need)}; to tie the reference: "
                   f"{'-' if it['reference'] is None else _auroc(tie)}; to lead it by {it['margin']:.3f}: "
                   f"{'-' if it['reference'] is None else _auroc(lead)}"]
         for g, p in it["gates"].items():
             obs = "not run here" if p["observed"] is None else f"{p['observed']:.3f}"
+            if p["observed_kv"] is not None:
+                obs += f" @ {p['observed_kv']:.3f}"
+            pred = f"{p['predicted']:.3f}" + ("" if p["predicted_kv"] is None else f" @ {p['predicted_kv']:.3f}")
             lines.append(f"  fitted gate {g}: train CV AUROC {p['auroc']:.3f}, repairs {p['tpr']:.3f} of broken "
-                         f"at {p['fpr']:.3f} of healthy -> predicted {p['predicted']:.3f}, live {obs}")
+                         f"at {p['fpr']:.3f} of healthy -> predicted {pred}, live {obs}")
     return "\n".join(lines)
 
 
@@ -171,17 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             for g in gates:
                 hit = [r for r in rows if r["policy"] == run["policy"] and
                        str(r.get("knob", {}).get("gate", "")).endswith(g)]
-                observed[g] = hit[0]["accuracy"] if hit else None
+                observed[g] = hit[0] if hit else None
             groups = RowGroups.from_rows(run, static, full)
             items.append(analyse(name, groups, full["accuracy"], None if ref is None else ref["accuracy"], args,
                                  gates, observed))
             pooled.append(groups)
             sets.append((full["accuracy"], None if ref is None else ref["accuracy"]))
         if len(pooled) > 1:
-            total = RowGroups(n=sum(g.n for g in pooled), static_right=sum(g.static_right for g in pooled),
-                              wild=sum(g.wild for g in pooled), broken=sum(g.broken for g in pooled),
-                              healthy=sum(g.healthy for g in pooled),
-                              sizes={k: sum(g.sizes[k] for g in pooled) for k in pooled[0].sizes})
+            total = pooled[0]
+            for g in pooled[1:]:
+                total = total + g
             w = np.array([g.n for g in pooled], dtype=float)
             full_acc = float(np.dot(w, [f for f, _ in sets]) / w.sum())
             ref_acc = None if any(r is None for _, r in sets) else float(np.dot(w, [r for _, r in sets]) / w.sum())

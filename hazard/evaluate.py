@@ -44,8 +44,9 @@ from hazard.traces import write_json
 # What a run keeps of each row: outcomes, and what the next runs need of their twin (onset rules). Runs
 # that no other run reads (every controlled run, the static sweep) keep the outcomes only: a resumable
 # evaluation of 40 runs x 500 prompts stays a few MB that a later device session can carry.
-ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens", "acted")
-OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens", "acted")
+ROW_KEYS = ("tokens", "correct", "onset", "catastrophe", "loop", "nonterm", "text", "finished", "n_tokens", "acted",
+            "kv")
+OUTCOME_KEYS = ("correct", "onset", "catastrophe", "loop", "nonterm", "finished", "n_tokens", "acted", "kv")
 ACTS = ("restore", "reselect", "force")  # the events a trigger counts: entries brought back, a token replaced
 # The point-of-no-return oracle's grid: the probe's, plus 256, as these runs go to 512 tokens and how late
 # a restore can wait is what its memory depends on.
@@ -301,6 +302,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             rows = build_rows(tok, prompts, gens, refs, spec, meta, questions)
             for r, g in zip(rows, gens):  # per prompt, so a trigger's choice of rows can be judged (hazard.paired)
                 r["acted"] = acted(g.control)
+                r["kv"] = round(_kv_fractions(r)[0], 5)  # and what each row cost (hazard.gate_need)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
             restores = sum(sum(e[1] in ("restore", "reselect") for e in g.control.get("events", [])) for g in gens)

@@ -15,6 +15,10 @@ with ``run - static`` each row's change (+1 fixed, -1 broke). That assumes the g
 independent of whether the action fixes the row there. ``tpr`` at ``fpr`` for an AUROC comes from the
 equal-variance binormal ROC (``binormal_tpr``); a fitted gate's own operating point (its cross-validated shares of
 broken and healthy train answers repaired, ``report.json``) can stand in for it (``expected_accuracy``).
+
+Memory the same way, where the rows kept their mean KV fractions (``outcomes["kv"]``): a row the gate sends on
+costs what it cost in the ungated run, any other its static cost plus the reading every row gets (the gate reads
+it), estimated as the mean extra the ungated run paid on the rows it left alone (``expected_kv``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class RowGroups:
         The net change (fixed minus broken answers) the action makes in each group, summed over its rows.
     sizes : dict
         Rows per group.
+    kv : dict or None
+        Summed mean KV fractions: ``wild`` (the run's), ``<group>_run`` (the run's) and ``<group>_rest`` (static
+        plus the reading) for broken and healthy; None when the rows kept no per-row KV.
     """
 
     n: int
@@ -65,6 +72,7 @@ class RowGroups:
     broken: int
     healthy: int
     sizes: dict
+    kv: dict | None = None
 
     @classmethod
     def from_rows(cls, run: dict, static: dict, full: dict) -> RowGroups:
@@ -80,13 +88,41 @@ class RowGroups:
         broken = ~wild & f & ~s
         healthy = ~wild & ~broken
         change = u.astype(int) - s.astype(int)
+        kv = None
+        if "kv" in run["outcomes"] and "kv" in static["outcomes"]:
+            k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
+            left = ~_array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.zeros(len(u), bool)
+            read = float((k_run - k_static)[left].mean()) if left.any() else 0.0
+            kv = {"wild": float(k_run[wild].sum()), "read": read,
+                  **{f"{name}_{part}": float(v[mask].sum()) for name, mask in (("broken", broken), ("healthy", healthy))
+                     for part, v in (("run", k_run), ("rest", k_static + read))}}
         return cls(n=len(u), static_right=int(s.sum()), wild=int(change[wild].sum()),
                    broken=int(change[broken].sum()), healthy=int(change[healthy].sum()),
-                   sizes={"wild": int(wild.sum()), "broken": int(broken.sum()), "healthy": int(healthy.sum())})
+                   sizes={"wild": int(wild.sum()), "broken": int(broken.sum()), "healthy": int(healthy.sum())},
+                   kv=kv)
+
+    def __add__(self, other: RowGroups) -> RowGroups:
+        """Two prompt sets' groups pooled."""
+        kv = None
+        if self.kv is not None and other.kv is not None:
+            kv = {k: self.kv[k] + other.kv[k] for k in self.kv if k != "read"}
+            kv["read"] = (self.kv["read"] * self.n + other.kv["read"] * other.n) / (self.n + other.n)
+        return RowGroups(n=self.n + other.n, static_right=self.static_right + other.static_right,
+                         wild=self.wild + other.wild, broken=self.broken + other.broken,
+                         healthy=self.healthy + other.healthy,
+                         sizes={k: self.sizes[k] + other.sizes[k] for k in self.sizes}, kv=kv)
 
     def expected_accuracy(self, tpr: float, fpr: float) -> float:
         """Accuracy behind a gate that repairs ``tpr`` of the broken rows and ``fpr`` of the healthy ones."""
         return (self.static_right + self.wild + tpr * self.broken + fpr * self.healthy) / self.n
+
+    def expected_kv(self, tpr: float, fpr: float) -> float | None:
+        """Mean KV fraction behind that gate; None without per-row KV."""
+        if self.kv is None:
+            return None
+        k = self.kv
+        return (k["wild"] + tpr * k["broken_run"] + (1 - tpr) * k["broken_rest"] + fpr * k["healthy_run"]
+                + (1 - fpr) * k["healthy_rest"]) / self.n
 
     def accuracy_at_auroc(self, auroc: float, fpr: float) -> float:
         """``expected_accuracy`` for a binormal gate of that AUROC held to ``fpr`` of the healthy rows."""

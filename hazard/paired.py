@@ -27,15 +27,18 @@ from hazard.frontiers import task_key
 OUTCOMES = ("correct", "catastrophe")
 
 
-def outcome_bits(rows: Sequence[dict]) -> dict[str, str]:
+def outcome_bits(rows: Sequence[dict]) -> dict:
     """A run's per-prompt outcomes as bit strings: compact in JSON (500 prompts: 500 characters each). Rows
     saved before they kept ``loop`` and ``nonterm`` give ``correct`` only; ``acted`` (the controller acted on
-    the row) where the rows kept it."""
-    bits = {"correct": "".join("1" if r["correct"] else "0" for r in rows)}
+    the row) where the rows kept it; ``kv``, each row's mean KV fraction (a list of numbers, not bits), where
+    they kept it."""
+    bits: dict = {"correct": "".join("1" if r["correct"] else "0" for r in rows)}
     if all("loop" in r and "nonterm" in r for r in rows):
         bits["catastrophe"] = "".join("1" if r["loop"] or r["nonterm"] else "0" for r in rows)
     if rows and all("acted" in r for r in rows):
         bits["acted"] = "".join("1" if r["acted"] else "0" for r in rows)
+    if rows and all("kv" in r for r in rows):
+        bits["kv"] = [float(r["kv"]) for r in rows]
     return bits
 
 

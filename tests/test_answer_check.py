@@ -141,6 +141,13 @@ def test_evaluate_runs_answer_check_between_static_and_full(tmp_path):
     assert static["catastrophe_rate"] > full["catastrophe_rate"]  # compression hurt; checking until approved heals
     assert always["trigger_rate"] > 0 and always["catastrophe_rate"] == full["catastrophe_rate"]
     assert always["accuracy"] == full["accuracy"] and always["rollback_tokens_per_trace"] > 0
+    # each row's own mean KV fraction rides with its outcomes: they average to the run's, the uncompressed rows
+    # hold all of it, and a check that approves every answer costs each row its reading over the static press
+    for r in (static, full, never, always):
+        assert len(r["outcomes"]["kv"]) == r["n"]
+        assert sum(r["outcomes"]["kv"]) / r["n"] == pytest.approx(r["mean_kv_fraction"], abs=1e-5)
+    assert full["outcomes"]["kv"] == [1.0] * full["n"]
+    assert all(a > b for a, b in zip(never["outcomes"]["kv"], static["outcomes"]["kv"]))
 
 
 def test_a_token_only_repair_keeps_the_press_memory(model64):

@@ -52,6 +52,27 @@ def test_row_groups_reproduce_the_static_and_the_ungated_run():
         RowGroups.from_rows({"policy": "answer_check", "outcomes": {"correct": "1"}}, STATIC, FULL)
 
 
+def _with_kv(row, kv, acted=None):
+    return {**row, "mean_kv_fraction": float(np.mean(kv)),
+            "outcomes": {**row["outcomes"], "kv": kv, **({"acted": acted} if acted else {})}}
+
+
+def test_expected_kv_charges_the_run_where_the_gate_acts_and_static_plus_the_reading_elsewhere():
+    static = _with_kv(STATIC, [0.2] * 10)
+    # the ungated run acted on rows 0-4 and 9 (they cost 0.6), left rows 5-8 alone (static + a 0.05 reading)
+    run = _with_kv(RUN, [0.6] * 5 + [0.25] * 4 + [0.6], acted="1111100001")
+    g = RowGroups.from_rows(run, static, FULL)
+    assert g.kv["read"] == pytest.approx(0.05)
+    assert g.expected_kv(1.0, 1.0) == pytest.approx(run["mean_kv_fraction"])  # acting everywhere is the run
+    # escalation alone: the wild row at the run's cost, every other static plus the reading
+    assert g.expected_kv(0.0, 0.0) == pytest.approx((0.6 + 9 * 0.25) / 10)
+    assert g.expected_kv(0.0, 0.0) < g.expected_kv(1.0, 0.05) < g.expected_kv(1.0, 1.0)
+    pooled = g + g
+    assert pooled.n == 20 and pooled.expected_kv(0.5, 0.1) == pytest.approx(g.expected_kv(0.5, 0.1))
+    assert pooled.expected_accuracy(0.5, 0.1) == pytest.approx(g.expected_accuracy(0.5, 0.1))
+    assert (g + RowGroups.from_rows(RUN, STATIC, FULL)).kv is None  # one set without per-row KV: none pooled
+
+
 def test_required_auroc_is_the_least_that_keeps_the_target():
     g = RowGroups.from_rows(RUN, STATIC, FULL)
     assert g.required_auroc(0.55, 0.05) == 0.5  # escalation alone clears it: a coin does
@@ -78,7 +99,8 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     gated = _row("answer_check", "0110111110", knob={"gate": "checkpoints/g/f0.1"})
     a = _write(tmp_path / "a.json", [FULL, STATIC, RUN, milder])
     a2 = _write(tmp_path / "a2.json", [FULL, STATIC, gated])  # the same prompts, another file
-    b = _write(tmp_path / "b.json", [FULL, STATIC, RUN, milder])
+    b = _write(tmp_path / "b.json", [_with_kv(FULL, [1.0] * 10), _with_kv(STATIC, [0.2] * 10),
+                                      _with_kv(RUN, [0.3] * 10, acted="1" * 10), milder])
     out = tmp_path / "need.json"
     args = ["--base", "numbers@0.85", "--set", f"a={a},{a2}", "--set", f"b={b}", "--reference",
             "static numbers@0.825", "--gate", "g/f0.1", "--checkpoints", str(tmp_path / "ck"), "--out", str(out)]
@@ -89,7 +111,11 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     assert [src["path"] for src in res["sources"]["a"]] == [str(a), str(a2)]
     # the gate's train operating point predicts static + wild + half the broken fixes + a tenth of the healthy
     assert first["gates"]["g/f0.1"] == {"tpr": 0.5, "fpr": 0.1, "auroc": 0.7, "predicted": pytest.approx(0.7),
-                                        "observed": pytest.approx(0.7)}
+                                        "predicted_kv": None, "observed": pytest.approx(0.7), "observed_kv": 0.2}
+    assert first["kv_curve"] is None and pooled["kv_curve"] is None  # set a's rows kept no per-row KV
+    # a perfect gate at 5%: the wild and the 3 broken rows at the run's 0.3, 5% of the 6 healthy ones too, the
+    # rest at static (the run left no row alone, so no reading cost is seen)
+    assert res["items"][1]["kv_curve"]["1.0"] == pytest.approx((4 * 0.3 + 6 * (0.05 * 0.3 + 0.95 * 0.2)) / 10)
     assert res["items"][1]["gates"]["g/f0.1"]["observed"] is None
     assert pooled["n"] == 20 and pooled["net_change"] == {"wild": 2, "broken": 4, "healthy": 0}
     assert pooled["reference"] == pytest.approx(0.7) and pooled["auroc_to_lead_reference"] is not None

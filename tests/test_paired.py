@@ -112,6 +112,8 @@ def test_outcome_bits_are_the_rows_in_order_and_catastrophes_are_loops_or_non_te
     old = [{"correct": r["correct"], "catastrophe": r["catastrophe"]} for r in rows]
     assert outcome_bits(old) == {"correct": "100"}
     assert outcome_bits([{**r, "acted": i == 1} for i, r in enumerate(rows)])["acted"] == "010"
+    assert outcome_bits([{**r, "kv": 0.2 + i / 10} for i, r in enumerate(rows)])["kv"] == pytest.approx([0.2, 0.3, 0.4])
+    assert "kv" not in outcome_bits(rows)  # rows saved before they kept it
     pair = paired_comparisons([_row("static", 0.2, "100"), {**_row("answer_check", 0.3, "110"),
                                                            "outcomes": outcome_bits(old)}])
     assert "catastrophe" not in pair[0] and "catas   n/a" in format_paired(pair)
