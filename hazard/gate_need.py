@@ -29,7 +29,7 @@ from statistics import NormalDist
 import numpy as np
 
 from hazard.errors import HazardError
-from hazard.paired import _array
+from hazard.paired import _array, run_static_full
 
 _N = NormalDist()
 
@@ -77,14 +77,7 @@ class RowGroups:
     @classmethod
     def from_rows(cls, run: dict, static: dict, full: dict) -> RowGroups:
         """The groups of ``run``'s prompts, from the three rows' per-prompt outcomes."""
-        for row in (run, static, full):
-            if "catastrophe" not in row.get("outcomes", {}):
-                raise HazardError(f"gate_need: a {row.get('policy')} row kept no per-prompt outcomes with "
-                                  "catastrophes; re-run it with this version of hazard evaluate")
-        u, s, f = (_array(r["outcomes"]["correct"]) for r in (run, static, full))
-        if not len(u) == len(s) == len(f):
-            raise HazardError(f"gate_need: the runs must answer the same prompts ({len(u)}, {len(s)}, {len(f)})")
-        wild = _array(static["outcomes"]["catastrophe"])
+        u, s, f, wild = run_static_full(run, static, full, "gate_need")
         broken = ~wild & f & ~s
         healthy = ~wild & ~broken
         change = u.astype(int) - s.astype(int)

@@ -243,6 +243,19 @@ def format_paired(pairs: list[dict]) -> str:
     return _format_comparisons(pairs, pooled=False)
 
 
+def run_static_full(run: dict, static: dict, full: dict, who: str) -> tuple[np.ndarray, ...]:
+    """The three rows' per-prompt ``correct`` bits and the static press's loops and non-terminations (``wild``),
+    checked to answer the same prompts; ``who`` names the caller in the error."""
+    for row in (run, static, full):
+        if "catastrophe" not in row.get("outcomes", {}):
+            raise HazardError(f"{who}: {run_label(row)} kept no per-prompt outcomes with catastrophes; "
+                              "re-run it with this version of hazard evaluate")
+    u, s, f = (_array(r["outcomes"]["correct"]) for r in (run, static, full))
+    if not len(u) == len(s) == len(f):
+        raise HazardError(f"{who}: the runs must answer the same prompts ({len(u)}, {len(s)}, {len(f)})")
+    return u, s, f, _array(static["outcomes"]["catastrophe"])
+
+
 def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) -> dict:
     """What ``run``'s action would reach behind a perfect gate, from the three rows' per-prompt outcomes.
 
@@ -260,14 +273,7 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
     ones. A counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it,
     which bf16 batch arithmetic makes only nearly true.
     """
-    for row in (run, static, full):
-        if "catastrophe" not in row.get("outcomes", {}):
-            raise HazardError(f"gate_headroom: {run_label(row)} kept no per-prompt outcomes with catastrophes; "
-                              "re-run it with this version of hazard evaluate")
-    u, s, f = (_array(r["outcomes"]["correct"]) for r in (run, static, full))
-    if not len(u) == len(s) == len(f):
-        raise HazardError(f"gate_headroom: the runs must answer the same prompts ({len(u)}, {len(s)}, {len(f)})")
-    wild = _array(static["outcomes"]["catastrophe"])  # loops and non-terminations under the press
+    u, s, f, wild = run_static_full(run, static, full, "gate_headroom")
     failing = wild | (f & ~s)
     n = len(u)
     fixes = u & ~s
