@@ -32,10 +32,6 @@ AUROCS = [round(0.5 + 0.01 * i, 2) for i in range(51)]
 GRID = ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0")  # the printed columns
 
 
-def _listed(x) -> list:
-    return x if isinstance(x, list) else [] if x is None else [x]
-
-
 def load_set(name: str, paths: list[Path], base: str, sources: dict) -> list[dict]:
     """The rows of one prompt set's files under ``base``, each static or uncompressed run once; where each file
     came from goes to ``sources``."""
@@ -46,8 +42,7 @@ def load_set(name: str, paths: list[Path], base: str, sources: dict) -> list[dic
             raise HazardError(f"gate_need: set {name}: {path} not found; give merged closed-loop files")
         rec = json.loads(path.read_text())
         sources.setdefault(name, []).append({"path": str(path), "model": rec.get("model"),
-                                             "git_sha": _listed(rec.get("git_sha")),
-                                             "hardware": _listed(rec.get("hardware"))})
+                                             "git_sha": rec.get("git_sha"), "hardware": rec.get("hardware")})
         for r in rec.get("rows", []):
             if r["policy"] in ("static", "full") and r.get("outcomes"):
                 key = (r["policy"], r["base_press"], r["base_ratio"])
