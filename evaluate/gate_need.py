@@ -126,7 +126,7 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
     return "\n".join(lines)
 
 
-def plot(items: list[dict], out: Path, gate_aurocs: list[float]) -> None:
+def plot(items: list[dict], out: Path, gate_aurocs: list[float], run: str) -> None:
     from hazard.report import plt  # matplotlib, Agg
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -140,7 +140,7 @@ def plot(items: list[dict], out: Path, gate_aurocs: list[float]) -> None:
         ax.axvline(a, color="grey", lw=0.8)
     ax.set_xlabel(f"gate AUROC (broken vs healthy rows), held to {items[0]['max_false']:.0%} false triggers")
     ax.set_ylabel("expected accuracy")
-    ax.set_title("what the ungated check's action keeps behind a gate\n(dashed: accuracy bound; dotted: static "
+    ax.set_title(f"what {run}'s action keeps behind a gate\n(dashed: accuracy bound; dotted: static "
                  "at equal memory; grey: fitted gates)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PATH[,PATH]")
     ap.add_argument("--base", required=True, help="the base press setting, press@ratio")
-    ap.add_argument("--run", default="answer_check(gate=)", help="the run that acts on every row")
+    ap.add_argument("--run", default="answer_check(gate=)",
+                    help="the run that acts on every row (full: the ideal repair, the uncompressed answer)")
     ap.add_argument("--reference", default="", help="the static press at the run's memory, as the paired tables "
                                                     "name it (static <press>@<ratio>)")
     ap.add_argument("--gate", action="append", default=[], help="a fitted gate under --checkpoints (repeat)")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_items(items, args.run, args.reference or "none"))
     write_json(args.out, {"sources": sources, "base": args.base, "run": args.run, "reference": args.reference,
                           "items": items})
-    plot(items, args.out.with_suffix(".png"), sorted({p["auroc"] for p in gates.values()}))
+    plot(items, args.out.with_suffix(".png"), sorted({p["auroc"] for p in gates.values()}), args.run)
     return 0
 
 
