@@ -9,9 +9,9 @@ kept live (``hazard.gate_need``).
         --gate answer-gate-q15-nea85/f0.03 --gate answer-gate-q15-nea85/f0.15 \
         --out evaluate/results/gate_need_q15_nea85.json > evaluate/results/gate_need_q15_nea85.txt
 
-A set may be several files of the same prompts (``NAME=A,B``): their rows are pooled, the static and uncompressed
-runs kept once (they must agree prompt by prompt). Every set is also pooled into ``all``. The PNG is written
-beside ``--out``.
+A set may be several files of the same prompts (``NAME=A,B``): their rows are pooled as ``merge_frontiers.py``
+pools them, the static and uncompressed runs kept once (they must agree prompt by prompt). Every set is also
+pooled into ``all``. The PNG is written beside ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from merge_frontiers import merge_rows
 
 from hazard.errors import HazardError
 from hazard.gate_need import RowGroups, binormal_tpr
@@ -33,29 +34,15 @@ GRID = ("0.5", "0.6", "0.7", "0.8", "0.9", "1.0")  # the printed columns
 
 
 def load_set(name: str, paths: list[Path], base: str, sources: dict) -> list[dict]:
-    """The rows of one prompt set's files under ``base``, each static or uncompressed run once; where each file
-    came from goes to ``sources``."""
-    rows: list[dict] = []
-    seen: dict[tuple, dict] = {}
+    """The rows of one prompt set's files under ``base``, each static or uncompressed run once
+    (``merge_frontiers.merge_rows``); where each file came from goes to ``sources``."""
     for path in paths:
         if not path.is_file():
             raise HazardError(f"gate_need: set {name}: {path} not found; give merged closed-loop files")
-        rec = json.loads(path.read_text())
-        sources.setdefault(name, []).append({"path": str(path), "model": rec.get("model"),
-                                             "git_sha": rec.get("git_sha"), "hardware": rec.get("hardware")})
-        for r in rec.get("rows", []):
-            if r["policy"] in ("static", "full") and r.get("outcomes"):
-                key = (r["policy"], r["base_press"], r["base_ratio"])
-                if r["policy"] == "full":
-                    key = ("full",)
-                if key in seen:
-                    if seen[key]["outcomes"].get("correct") != r["outcomes"].get("correct"):
-                        raise HazardError(f"gate_need: set {name}: two {key} runs disagree prompt by prompt; "
-                                          "these files did not answer the same prompts")
-                    continue
-                seen[key] = r
-            rows.append(r)
-    return _group(rows, base, name)
+    results = [json.loads(path.read_text()) for path in paths]
+    sources[name] = [{"path": str(path), "model": rec.get("model"), "git_sha": rec.get("git_sha"),
+                      "hardware": rec.get("hardware")} for path, rec in zip(paths, results)]
+    return _group(merge_rows(paths, results)[0], base, name)
 
 
 def gate_point(gate: str, checkpoints: Path) -> dict:

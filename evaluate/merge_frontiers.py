@@ -22,16 +22,19 @@ import argparse
 import json
 from pathlib import Path
 
+from hazard.errors import HazardError
 from hazard.frontiers import format_matched, frontiers, task_key
 from hazard.paired import coin_comparisons, format_coins, format_paired, paired_comparisons
 from hazard.report import frontier_plot
 from hazard.traces import write_json
 
 
-def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = None) -> dict:
-    results = [json.loads(p.read_text()) for p in paths]
+def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]:
+    """The rows of closed-loop files of one model, each uncompressed and static run once (measured twice, they
+    must agree), a controlled run found in two files tagged with its file's folder, a learned row with its guard
+    when the files ran several; and the guards."""
     if len({r["model"] for r in results}) != 1:
-        raise SystemExit(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
+        raise HazardError(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
     rows, seen = [], {}
     guards = {res.get("guard", "") for res in results if any(r["policy"] == "hazard" for r in res["rows"])}
 
@@ -55,10 +58,20 @@ def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = 
                 a, b = seen[key].get("outcomes"), r.get("outcomes")  # prompt by prompt, where both kept it
                 same_prompts = not (a and b) or a["correct"] == b["correct"]
                 if (seen[key]["accuracy"], seen[key]["n"]) != (r["accuracy"], r["n"]) or not same_prompts:
-                    raise SystemExit(f"merge_frontiers: {key}: the inputs measured this run differently")
+                    raise HazardError(f"merge_frontiers: {key}: the inputs measured this run differently")
                 continue
             seen[key] = r
             rows.append(r)
+    return rows, guards
+
+
+def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = None) -> dict:
+    results = [json.loads(p.read_text()) for p in paths]
+    try:
+        rows, guards = merge_rows(paths, results)
+    except HazardError as e:
+        raise SystemExit(str(e)) from None
+
     def every(key: str) -> list:
         return sorted({r.get(key, "") for r in results})
 

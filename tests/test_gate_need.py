@@ -83,7 +83,7 @@ def test_required_auroc_is_the_least_that_keeps_the_target():
 
 
 def _write(path, rows):
-    path.write_text(json.dumps({"rows": rows}))
+    path.write_text(json.dumps({"model": "tiny", "rows": rows}))
     return path
 
 
@@ -125,4 +125,4 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     assert script.main(["--base", "numbers@0.85", "--set", f"c={tmp_path / 'none.json'}", "--out", str(out)]) == 2
     disagree = _write(tmp_path / "d.json", [FULL, _row("static", "1000111110", catas="1000000000"), gated])
     assert script.main(["--base", "numbers@0.85", "--set", f"a={a},{disagree}", "--out", str(out)]) == 2
-    assert "disagree prompt by prompt" in capsys.readouterr().err
+    assert "measured this run differently" in capsys.readouterr().err
