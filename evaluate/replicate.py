@@ -1,4 +1,5 @@
-"""One run against its references on several prompt sets, each and pooled, with issue 12's bounds per set.
+"""One run against its references on several prompt sets, each and pooled, with issue 12's bounds per set;
+several runs (e.g. one gate fitted for each false-trigger rate) as a trade-off curve.
 
     python evaluate/replicate.py --base numbers_expected_attention@0.85 \
         --set test1-500=evaluate/results/frontier_q15_nea85_all.json \
@@ -8,7 +9,9 @@
         --pool all=test1-500,test501-1000 --out evaluate/results/replication.json
 
 Each ``--set`` is a merged closed-loop file of one prompt set (its own uncompressed run); labels are those of the
-files' paired tables (``hazard.replication``). The table goes to stdout, the JSON to ``--out``.
+files' paired tables (``hazard.replication``). The table goes to stdout, the JSON to ``--out``. Given several
+``--run`` labels, each is replicated and stdout shows the trade-off instead: per set and pool, each run's false
+triggers against its lead over every reference (``hazard.replication.tradeoff``); ``--plot`` draws it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 from pathlib import Path
 
 from hazard.errors import HazardError
-from hazard.replication import Bounds, format_replication, replicate
+from hazard.replication import Bounds, format_replication, format_tradeoff, replicate, tradeoff
 from hazard.traces import write_json
 
 
@@ -34,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PATH",
                     help="a merged closed-loop file of one prompt set (repeat per set)")
-    ap.add_argument("--run", required=True, help="the run to replicate, as the paired tables name it")
+    ap.add_argument("--run", nargs="+", required=True,
+                    help="the run to replicate, as the paired tables name it (several: a trade-off curve)")
     ap.add_argument("--against", nargs="+", required=True, help="its references (coins:<label> pools a coin's seeds)")
     ap.add_argument("--base", required=True, help="the base press setting, press@ratio")
     ap.add_argument("--pool", action="append", default=[], metavar="NAME=SET,SET",
                     help="sets whose prompts are pooled (repeat; default: one pool of every set)")
     ap.add_argument("--out", type=Path, help="JSON to write (the table is on stdout)")
+    ap.add_argument("--plot", type=Path, help="PNG of each run's lead against its false triggers, per pool")
     b = Bounds()
     ap.add_argument("--acc_tol", type=float, default=b.acc_tol)
     ap.add_argument("--catas_tol", type=float, default=b.catas_tol)
@@ -56,14 +61,24 @@ def main(argv: list[str] | None = None) -> int:
             sets[name], sources[name] = rec.get("rows", []), {"path": path, "git_sha": rec.get("git_sha"),
                                                              "hardware": rec.get("hardware")}
         pools = dict((n, v.split(",")) for n, v in (_pair(t, "pool") for t in a.pool)) or None
-        res = replicate(sets, a.run, a.against, a.base, pools,
-                        Bounds(a.acc_tol, a.catas_tol, a.max_kv, a.max_false))
+        bounds = Bounds(a.acc_tol, a.catas_tol, a.max_kv, a.max_false)
+        results = [replicate(sets, run, a.against, a.base, pools, bounds) for run in a.run]
     except HazardError as e:
         print(e, file=sys.stderr)
         return 2
-    print(format_replication(res))
+    curves = {scope: tradeoff(results, scope) for scope in ("sets", "pools")}
+    if len(results) == 1:
+        print(format_replication(results[0]))
+        rec = {"sources": sources, **results[0]}
+    else:
+        print(format_tradeoff(curves["sets"], "set") + "\n" + format_tradeoff(curves["pools"], "pool"))
+        rec = {"sources": sources, "runs": results, "tradeoff": curves}
     if a.out:
-        write_json(a.out, {"sources": sources, **res})
+        write_json(a.out, rec)
+    if a.plot:
+        from hazard.report import tradeoff_plot  # here: hazard.report loads matplotlib
+
+        tradeoff_plot(curves["pools"], a.plot, a.max_false)
     return 0
 
 

@@ -169,3 +169,47 @@ def format_replication(res: dict) -> str:
                 lines.append(f"  vs {lab:{w}}  {d['summary']['accuracy']:.3f} @ {d['summary']['mean_kv_fraction']:.3f}"
                              f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}")
     return "\n".join(lines)
+
+
+def tradeoff(results: list[dict], scope: str = "pools") -> dict[str, list[dict]]:
+    """Several runs' replications (``replicate`` once per run, the same sets, pools and references) as one curve
+    per set or pool (``scope``: ``sets`` or ``pools``): what each run's false triggers buy over each reference.
+
+    Why: a gate held to fewer false triggers repairs fewer broken answers. Issue 12 bounds false triggers at 5%;
+    this shows how much of a run's lead over static compression at equal memory survives as the gate narrows.
+
+    Returns
+    -------
+    dict
+        name -> one point per run, sorted by false triggers: ``run``, ``false_trigger_rate``, ``accuracy``,
+        ``mean_kv_fraction``, ``bounds_ok`` (every bound held) and, per reference, ``diff``, ``ci`` and ``p``.
+    """
+    if not results:
+        raise HazardError("replication: no runs to draw a trade-off from")
+    curves: dict[str, list[dict]] = {}
+    for name in results[0][scope]:
+        points = []
+        for res in results:
+            s = res[scope][name]
+            points.append({"run": res["run"], **{k: s["run"][k] for k in NAMES},
+                           "bounds_ok": all(b["ok"] for b in s["bounds"].values()),
+                           "against": {lab: {"diff": d["diff"], "ci": d["ci"], "p": d["p"]}
+                                       for lab, d in s["against"].items()}})
+        curves[name] = sorted(points, key=lambda p: p["false_trigger_rate"])
+    return curves
+
+
+def format_tradeoff(curves: dict[str, list[dict]], kind: str = "pool") -> str:
+    """One table per set or pool: each run's false triggers, accuracy and KV, then its lead over each reference."""
+    lines = []
+    for name, points in curves.items():
+        refs = list(points[0]["against"])
+        w = max(len(p["run"]) for p in points)
+        lines.append(f"\n{kind} {name}: false triggers, accuracy @ KV, bounds, then the difference from each of "
+                     f"{', '.join(refs)} [95% interval] p")
+        for p in points:
+            diffs = "  ".join(f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p']:.2g}"
+                              for d in p["against"].values())
+            lines.append(f"  {p['run']:{w}}  {p['false_trigger_rate']:6.1%}  {p['accuracy']:.3f} @ "
+                         f"{p['mean_kv_fraction']:.3f}  {'met   ' if p['bounds_ok'] else 'missed'}  {diffs}")
+    return "\n".join(lines)

@@ -100,3 +100,23 @@ def format_closed_loop(result: dict) -> str:
 
         lines += ["", format_coins(result["coins"])]
     return "\n".join(lines)
+
+
+def tradeoff_plot(curves: dict[str, list[dict]], out: Path, max_false: float | None = None) -> None:
+    """A run's lead over each reference (95% interval) against its false-trigger rate, one panel per pool or set
+    (``hazard.replication.tradeoff``); the false-trigger bound dashed."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for ax, (name, points) in zip(axes[0], curves.items()):
+        x = np.array([p["false_trigger_rate"] for p in points])
+        for i, ref in enumerate(points[0]["against"]):
+            d = np.array([p["against"][ref]["diff"] for p in points])
+            ci = np.array([p["against"][ref]["ci"] for p in points])
+            ax.errorbar(x + 0.003 * i, d, yerr=[d - ci[:, 0], ci[:, 1] - d], marker="o", capsize=3, label=f"vs {ref}")
+        ax.axhline(0, color="k", lw=0.8)
+        if max_false is not None:
+            ax.axvline(max_false, color="r", ls="--", lw=0.8, label=f"false-trigger bound {max_false:g}")
+        ax.set(xlabel="false triggers (share of healthy rows acted on)", ylabel="accuracy difference", title=name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hazard.errors import HazardError
-from hazard.replication import Bounds, format_replication, replicate
+from hazard.replication import Bounds, format_replication, format_tradeoff, replicate, tradeoff
 
 GATE = "answer_check(gate=g/f0.03)"
 
@@ -87,3 +87,38 @@ def test_the_script_writes_the_json_and_names_a_missing_file(tmp_path, capsys):
     assert "none.json not found" in capsys.readouterr().err
     assert script.main(args + ["--pool", "nosets"]) == 2
     assert "write NAME=SET,SET" in capsys.readouterr().err
+
+
+def _wide(false):
+    """Set a with a second, wider gate that fixes one more prompt at more false triggers."""
+    return A + [_row("answer_check", "1111111100", 0.236, {"gate": "checkpoints/g/f0.3"}, false=false)]
+
+
+def test_several_runs_make_one_tradeoff_curve_per_pool_sorted_by_false_triggers():
+    wide = "answer_check(gate=g/f0.3)"
+    sets = {"a": _wide(0.3)}
+    results = [replicate(sets, run, ["static", "static numbers@0.825"], "numbers@0.85", bounds=Bounds(acc_tol=0.1))
+               for run in (wide, GATE)]
+    curve = tradeoff(results)["all"]
+    assert [p["run"] for p in curve] == [GATE, wide]  # sorted by false triggers, 0.03 then 0.3
+    assert [p["against"]["static"]["diff"] for p in curve] == [pytest.approx(0.2), pytest.approx(0.3)]
+    assert curve[0]["bounds_ok"] and not curve[1]["bounds_ok"]  # the wide gate misses the 5% bound
+    assert tradeoff(results, "sets")["a"] == curve  # one set: its curve is the pool's
+    text = format_tradeoff({"all": curve})
+    assert "pool all" in text and "+0.300" in text and "missed" in text
+    with pytest.raises(HazardError, match="no runs"):
+        tradeoff([])
+
+
+def test_the_script_with_several_runs_writes_the_tradeoff_and_its_plot(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import replicate as script
+
+    (tmp_path / "a.json").write_text(json.dumps({"git_sha": "abc", "hardware": "cpu", "rows": _wide(0.3)}))
+    out, png = tmp_path / "t.json", tmp_path / "t.png"
+    args = ["--base", "numbers@0.85", "--run", GATE, "answer_check(gate=g/f0.3)", "--against", "static",
+            "--set", f"a={tmp_path / 'a.json'}", "--out", str(out), "--plot", str(png)]
+    assert script.main(args) == 0
+    rec = json.loads(out.read_text())
+    assert len(rec["runs"]) == 2 and [p["run"] for p in rec["tradeoff"]["pools"]["all"]][1].endswith("f0.3)")
+    assert png.stat().st_size > 0 and "pool all" in capsys.readouterr().out
