@@ -55,12 +55,15 @@ def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]
             key = (task_key(r), r["policy"]) + (() if r["policy"] == "full" else
                                                 (r["base_press"], r["base_ratio"], json.dumps(r.get("knob", {}))))
             if r["policy"] in ("full", "static") and key in seen:
-                a, b = seen[key].get("outcomes"), r.get("outcomes")  # prompt by prompt, where both kept it
+                kept = rows[seen[key]]
+                a, b = kept.get("outcomes"), r.get("outcomes")  # prompt by prompt, where both kept it
                 same_prompts = not (a and b) or a["correct"] == b["correct"]
-                if (seen[key]["accuracy"], seen[key]["n"]) != (r["accuracy"], r["n"]) or not same_prompts:
+                if (kept["accuracy"], kept["n"]) != (r["accuracy"], r["n"]) or not same_prompts:
                     raise HazardError(f"merge_frontiers: {key}: the inputs measured this run differently")
+                if set(b or {}) > set(a or {}):  # a later copy kept more per prompt (each row's KV): keep that one
+                    rows[seen[key]] = r
                 continue
-            seen[key] = r
+            seen[key] = len(rows)
             rows.append(r)
     return rows, guards
 

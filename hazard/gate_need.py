@@ -18,7 +18,8 @@ broken and healthy train answers repaired, ``report.json``) can stand in for it 
 
 Memory the same way, where the rows kept their mean KV fractions (``outcomes["kv"]``): a row the gate sends on
 costs what it cost in the ungated run, any other its static cost plus the reading every row gets (the gate reads
-it), estimated as the mean extra the ungated run paid on the rows it left alone (``expected_kv``).
+it), estimated as the mean extra the ungated run paid on the rows it left alone (``expected_kv``). With the
+uncompressed run as the action (the ideal repair) a sent row costs the whole cache and there is no reading.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class RowGroups:
         kv = None
         if "kv" in run["outcomes"] and "kv" in static["outcomes"]:
             k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
-            left = ~_array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.zeros(len(u), bool)
+            acted = _array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.zeros(len(u), bool)
+            # a run that acted nowhere (``--run full``: the ideal repair) reads nothing: no reading cost to take
+            left = ~acted if acted.any() else np.zeros(len(u), bool)
             read = float((k_run - k_static)[left].mean()) if left.any() else 0.0
             kv = {"wild": float(k_run[wild].sum()), "read": read,
                   **{f"{name}_{part}": float(v[mask].sum()) for name, mask in (("broken", broken), ("healthy", healthy))

@@ -94,6 +94,12 @@ def test_merging_runs_of_two_guards_names_the_guard_of_each_learned_row(tmp_path
     paths[1].write_text(json.dumps(result("checkpoints/b", 0.5, {"correct": "0111111000", "catastrophe": "0" * 10})))
     with pytest.raises(SystemExit, match="measured this run differently"):
         merge(paths, [0.25])
+    # the same static run, measured again with each row's KV kept: the merge keeps the copy with more per prompt
+    later = result("checkpoints/b", 0.5)
+    later["rows"][1]["outcomes"] = {**bits(0.4), "kv": [0.2] * 10}
+    paths[1].write_text(json.dumps(later))
+    static = [r for r in merge(paths, [0.25])["rows"] if r["policy"] == "static"]
+    assert len(static) == 1 and static[0]["outcomes"]["kv"] == [0.2] * 10
 
 
 def test_a_merge_pools_the_seeds_of_one_coin_from_several_files(tmp_path):

@@ -71,6 +71,10 @@ def test_expected_kv_charges_the_run_where_the_gate_acts_and_static_plus_the_rea
     assert pooled.n == 20 and pooled.expected_kv(0.5, 0.1) == pytest.approx(g.expected_kv(0.5, 0.1))
     assert pooled.expected_accuracy(0.5, 0.1) == pytest.approx(g.expected_accuracy(0.5, 0.1))
     assert (g + RowGroups.from_rows(RUN, STATIC, FULL)).kv is None  # one set without per-row KV: none pooled
+    # the ideal repair (the uncompressed run, which acts nowhere): a sent row costs the whole cache, no reading
+    ideal = RowGroups.from_rows(_with_kv(FULL, [1.0] * 10, acted="0" * 10), static, FULL)
+    assert ideal.kv["read"] == 0.0 and ideal.expected_kv(0.0, 0.0) == pytest.approx(ideal.kv["wild"] / 10 + 0.2 * 0.9)
+    assert ideal.expected_kv(1.0, 1.0) == pytest.approx(1.0)
 
 
 def test_required_auroc_is_the_least_that_keeps_the_target():
