@@ -17,7 +17,8 @@ res=evaluate/results
 gsm8k="static_fill check_paired check_ea85 check_ea85_coin campaign_fixed campaign_coin campaign_coin6 live32 live32q
   ponr_fixed scale_fixed sched_gsm8k number_gsm8k number_gsm8k_snapkv ea85_baselines check_gate_ea85
   check_ea85_coin_low check_gate_ea85_low check_escalate_ea85 check_escalate_ea85_coin check_escalate_qea85
-  numbers_ea85 check_escalate_nea85 check_escalate_nea85_coin nea85_baselines nea875_digest nea_low check_nea85_wide"
+  numbers_ea85 check_escalate_nea85 check_escalate_nea85_coin nea85_baselines nea875_digest nea_low check_nea85_wide
+  check_nea85_mid"
 kv="kv_fixed kv_paired number_kv7"
 inputs=()
 for name in $gsm8k $kv; do
