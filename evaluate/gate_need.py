@@ -25,7 +25,7 @@ import numpy as np
 from merge_frontiers import merge_rows
 
 from hazard.errors import HazardError
-from hazard.gate_need import RowGroups, binormal_tpr
+from hazard.gate_need import RowGroups, binormal_tpr, sent_row_cost
 from hazard.replication import _find, _group
 from hazard.traces import write_json
 
@@ -56,7 +56,7 @@ def gate_point(gate: str, checkpoints: Path) -> dict:
 
 
 def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None, args, gates: dict,
-            observed: dict) -> dict:
+            observed: dict, run: dict | None = None) -> dict:
     bound = full_acc - args.acc_tol
     return {"set": name, "n": groups.n, "groups": groups.sizes,
             "net_change": {"wild": groups.wild, "broken": groups.broken, "healthy": groups.healthy},
@@ -75,7 +75,9 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None
             "gates": {g: {**p, "predicted": groups.expected_accuracy(p["tpr"], p["fpr"]),
                           "predicted_kv": groups.expected_kv(p["tpr"], p["fpr"]),
                           "observed": (observed.get(g) or {}).get("accuracy"),
-                          "observed_kv": (observed.get(g) or {}).get("mean_kv_fraction")} for g, p in gates.items()}}
+                          "observed_kv": (observed.get(g) or {}).get("mean_kv_fraction"),
+                          "sent_rows": None if observed.get(g) is None or run is None else
+                          sent_row_cost(observed[g], run)} for g, p in gates.items()}}
 
 
 def _auroc(a: float | None) -> str:
@@ -110,6 +112,9 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
             pred = f"{p['predicted']:.3f}" + ("" if p["predicted_kv"] is None else f" @ {p['predicted_kv']:.3f}")
             lines.append(f"  fitted gate {g}: train CV AUROC {p['auroc']:.3f}, repairs {p['tpr']:.3f} of broken "
                          f"at {p['fpr']:.3f} of healthy -> predicted {pred}, live {obs}")
+            if c := p.get("sent_rows"):
+                lines.append(f"    the {c['rows']} rows it acted on: KV {c['live']:.3f} there, {c['ungated_same']:.3f} "
+                             f"in the ungated run; that run's rows acted on average {c['ungated_acted']:.3f}")
     return "\n".join(lines)
 
 
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 observed[g] = hit[0] if hit else None
             groups = RowGroups.from_rows(run, static, full)
             items.append(analyse(name, groups, full["accuracy"], None if ref is None else ref["accuracy"], args,
-                                 gates, observed))
+                                 gates, observed, run))
             pooled.append(groups)
             sets.append((full["accuracy"], None if ref is None else ref["accuracy"]))
         if len(pooled) > 1:

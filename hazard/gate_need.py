@@ -136,3 +136,24 @@ class RowGroups:
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if self.accuracy_at_auroc(mid, fpr) >= target else (mid, hi)
         return hi
+
+
+def sent_row_cost(live: dict, run: dict) -> dict | None:
+    """What the rows a live gated run acted on cost: their mean KV fraction there (``live``), in the ungated run on
+    the same rows (``ungated_same``), and the ungated run's mean over every row it acted on (``ungated_acted``), the
+    cost ``expected_kv`` charges a sent row on average. None when either run kept no per-row KV or acting.
+
+    Why: the model assumes the gate's picks within a group are typical of it. Where ``ungated_same`` is above
+    ``ungated_acted`` the gate picks costlier rows than that, and the model under-predicts its memory."""
+    if not all("kv" in r["outcomes"] and "acted" in r["outcomes"] for r in (live, run)):
+        return None
+    k_live, k_run = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (live, run))
+    a_live, a_run = (_array(r["outcomes"]["acted"]) for r in (live, run))
+    if len(k_live) != len(k_run):
+        raise HazardError(f"gate_need: the gated and ungated runs answered different prompts ({len(k_live)} vs "
+                          f"{len(k_run)})")
+    if not (a_live.any() and a_run.any()):
+        return None
+    return {"live": float(k_live[a_live].mean()), "ungated_same": float(k_run[a_live].mean()),
+            "ungated_acted": float(k_run[a_run].mean()), "rows": int(a_live.sum())}
+

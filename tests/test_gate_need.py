@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hazard.errors import HazardError
-from hazard.gate_need import RowGroups, binormal_tpr
+from hazard.gate_need import RowGroups, binormal_tpr, sent_row_cost
 
 
 def _row(policy, correct, catas=None, knob=None, ratio=0.85):
@@ -115,7 +115,8 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     assert [src["path"] for src in res["sources"]["a"]] == [str(a), str(a2)]
     # the gate's train operating point predicts static + wild + half the broken fixes + a tenth of the healthy
     assert first["gates"]["g/f0.1"] == {"tpr": 0.5, "fpr": 0.1, "auroc": 0.7, "predicted": pytest.approx(0.7),
-                                        "predicted_kv": None, "observed": pytest.approx(0.7), "observed_kv": 0.2}
+                                        "predicted_kv": None, "observed": pytest.approx(0.7), "observed_kv": 0.2,
+                                        "sent_rows": None}
     assert first["kv_curve"] is None and pooled["kv_curve"] is None  # set a's rows kept no per-row KV
     # a perfect gate at 5%: the wild and the 3 broken rows at the run's 0.3, 5% of the 6 healthy ones too, the
     # rest at static (the run left no row alone, so no reading cost is seen)
@@ -130,3 +131,15 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     disagree = _write(tmp_path / "d.json", [FULL, _row("static", "1000111110", catas="1000000000"), gated])
     assert script.main(["--base", "numbers@0.85", "--set", f"a={a},{disagree}", "--out", str(out)]) == 2
     assert "measured this run differently" in capsys.readouterr().err
+
+
+def test_sent_row_cost_compares_the_gated_picks_with_the_ungated_runs_average_repair():
+    ungated = _with_kv(RUN, [0.6] * 2 + [0.3] * 3 + [0.25] * 5, acted="1111100000")
+    gated = _with_kv(RUN, [0.6] * 2 + [0.2] * 8, acted="1100000000")  # it acted on the two costly rows only
+    c = sent_row_cost(gated, ungated)
+    assert c == {"live": pytest.approx(0.6), "ungated_same": pytest.approx(0.6),
+                 "ungated_acted": pytest.approx((2 * 0.6 + 3 * 0.3) / 5), "rows": 2}
+    assert sent_row_cost(RUN, ungated) is None  # no per-row KV kept
+    with pytest.raises(HazardError, match="different prompts"):
+        sent_row_cost(gated, _with_kv(RUN, [0.3] * 9 + [0.2], acted="1" * 9 + "0") | {"outcomes": {
+            "kv": [0.3] * 9, "acted": "1" * 9, "correct": "1" * 9}})
