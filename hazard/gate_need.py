@@ -156,4 +156,3 @@ def sent_row_cost(live: dict, run: dict) -> dict | None:
         return None
     return {"live": float(k_live[a_live].mean()), "ungated_same": float(k_run[a_live].mean()),
             "ungated_acted": float(k_run[a_run].mean()), "rows": int(a_live.sum())}
-

@@ -141,5 +141,4 @@ def test_sent_row_cost_compares_the_gated_picks_with_the_ungated_runs_average_re
                  "ungated_acted": pytest.approx((2 * 0.6 + 3 * 0.3) / 5), "rows": 2}
     assert sent_row_cost(RUN, ungated) is None  # no per-row KV kept
     with pytest.raises(HazardError, match="different prompts"):
-        sent_row_cost(gated, _with_kv(RUN, [0.3] * 9 + [0.2], acted="1" * 9 + "0") | {"outcomes": {
-            "kv": [0.3] * 9, "acted": "1" * 9, "correct": "1" * 9}})
+        sent_row_cost(gated, {**RUN, "outcomes": {"kv": [0.3] * 9, "acted": "1" * 9}})  # nine prompts, not ten
