@@ -8,7 +8,7 @@
 # (another uncompressed run: 0.544 against 0.538; their `hazard` rows missed each row's first token), the
 # held-out format k8e3s1 (frontier_q15_format_all, H100, the same bug), kv_retrieval's seed-8 prompts
 # (frontier_q15_kv_heldout, number_kv8), GSM8K test 501-1000 (frontier_q15_nea85_test2_all) and the digits-kept
-# press in k8e3s1 (frontier_q15_nea85_format_all): one merge pools only runs of the same prompts
+# press in k8e3s1 (frontier_q15_nea85_format_all) and in k5e2s1 (frontier_q15_nea85_format2_all): one merge pools only runs of the same prompts
 # (evaluate/replicate.py compares across them: frontier_q15_nea85_replication, RESULTS.md 0u). A run listed here
 # but not yet measured is named and skipped.
 # (The first engine's section-3 run that this path held before is in evaluate/results/gpu_qwen15/.)
@@ -18,7 +18,7 @@ gsm8k="static_fill check_paired check_ea85 check_ea85_coin campaign_fixed campai
   ponr_fixed scale_fixed sched_gsm8k number_gsm8k number_gsm8k_snapkv ea85_baselines check_gate_ea85
   check_ea85_coin_low check_gate_ea85_low check_escalate_ea85 check_escalate_ea85_coin check_escalate_qea85
   numbers_ea85 check_escalate_nea85 check_escalate_nea85_coin nea85_baselines nea875_digest nea_low check_nea85_wide
-  check_nea85_mid"
+  check_nea85_mid check_nea85_coin15"
 kv="kv_fixed kv_paired number_kv7"
 inputs=()
 for name in $gsm8k $kv; do
