@@ -8,9 +8,9 @@
 # (another uncompressed run: 0.544 against 0.538; their `hazard` rows missed each row's first token), the
 # held-out format k8e3s1 (frontier_q15_format_all, H100, the same bug), kv_retrieval's seed-8 prompts
 # (frontier_q15_kv_heldout, number_kv8), GSM8K test 501-1000 (frontier_q15_nea85_test2_all) and the digits-kept
-# press in k8e3s1 (frontier_q15_nea85_format_all) and in k5e2s1 (frontier_q15_nea85_format2_all): one merge pools only runs of the same prompts
-# (evaluate/replicate.py compares across them: frontier_q15_nea85_replication, RESULTS.md 0u). A run listed here
-# but not yet measured is named and skipped.
+# press in k8e3s1 (frontier_q15_nea85_format_all) and in k5e2s1 (frontier_q15_nea85_format2_all): one merge pools
+# only runs of the same prompts (evaluate/replicate.py compares across them: frontier_q15_nea85_replication,
+# RESULTS.md 0u). A run listed here but not yet measured is named and skipped.
 # (The first engine's section-3 run that this path held before is in evaluate/results/gpu_qwen15/.)
 set -euo pipefail
 res=evaluate/results
