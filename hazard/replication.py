@@ -10,7 +10,9 @@ different prompts are never merged into one file: ``evaluate/merge_frontiers.py`
 A run and a reference are named as the merged files' paired tables name them (``hazard.paired``): ``static``
 (the base press), ``full``, ``static <press>@<ratio>`` (another static setting), a controlled run's label such as
 ``answer_check(gate=random:0)``, or ``coins:<policy>(gate=random:<rate>)``, every seed of that coin pooled per
-prompt (``hazard.paired.pooled_difference``).
+prompt (``hazard.paired.pooled_difference``). ``coins:<policy>(gate=random:matched)`` takes, in each set, the
+coin whose seeds trigger on the share of rows nearest the run's own: a gate's trigger rate moves with the prompt
+format, so the coin that acts on as many rows has a different rate in each set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hazard.errors import HazardError
 from hazard.paired import _array, _base, _label, coin_rate, mean_difference, outcome_groups, paired_difference
 
 COINS = "coins:"
+MATCHED = "random:matched"  # in a coins label: the rate nearest the run's trigger rate, chosen per set
 NAMES = {"accuracy": "accuracy", "catastrophe_rate": "catastrophes", "mean_kv_fraction": "KV",
          "false_trigger_rate": "false triggers"}  # the bounds, as the table prints them
 
@@ -63,10 +66,26 @@ def _group(rows: list[dict], base: str, name: str) -> list[dict]:
             if _base(r) == base or r["policy"] in ("static", "full")]
 
 
-def _find(rows: list[dict], base: str, label: str, name: str) -> list[dict]:
-    """The rows ``label`` names in one set's group: one row, or every seed of a coin."""
+def _matched_coin(rows: list[dict], base: str, policy: str, run: dict) -> str:
+    """The coin rate (``random:<rate>``) of ``policy`` whose seeds' mean trigger rate is nearest ``run``'s; a coin
+    at rate 0 never acts (the policy without its repairs, a reference of its own) and is not a candidate."""
+    seeds: dict[str, list[float]] = {}
+    for r in rows:
+        if _base(r) == base and r["policy"] == policy and (rate := coin_rate(r)) and rate != "random:0":
+            seeds.setdefault(rate, []).append(r.get("trigger_rate", 0.0))
+    if not seeds:
+        return ""
+    return min(seeds, key=lambda k: (abs(float(np.mean(seeds[k])) - run.get("trigger_rate", 0.0)), k))
+
+
+def _find(rows: list[dict], base: str, label: str, name: str, run: dict | None = None) -> list[dict]:
+    """The rows ``label`` names in one set's group: one row, or every seed of a coin (with ``random:matched``,
+    of the coin nearest ``run``'s trigger rate)."""
     if label.startswith(COINS):
         want = label[len(COINS):]
+        if want.endswith(f"(gate={MATCHED})"):
+            policy = want[: -len(f"(gate={MATCHED})")]
+            want = f"{policy}(gate={_matched_coin(rows, base, policy, run or {})})"
         found = [r for r in rows if _base(r) == base and (rate := coin_rate(r))
                  and f"{r['policy']}(gate={rate})" == want]
     else:
@@ -131,14 +150,16 @@ def replicate(sets: dict[str, list[dict]], run: str, against: list[str], base: s
     found: dict[str, dict] = {}
     for name, rows in sets.items():
         group = _group(rows, base, name)
-        found[name] = {label: _find(group, base, label, name) for label in [run, "full", *against]}
+        found[name] = {run: _find(group, base, run, name)}
+        found[name] |= {label: _find(group, base, label, name, found[name][run][0]) for label in ["full", *against]}
 
     def compare(fs: list[dict]) -> dict:  # one set, or a pool: the sets' prompts concatenated in order
         runs = [f[run][0] for f in fs]
         r, full = _summary(runs), _summary([f["full"][0] for f in fs])
         refs = {lab: [f[lab] for f in fs] if lab.startswith(COINS) else [f[lab][0] for f in fs] for lab in against}
         return {"run": r, "full": full, "bounds": bounds.check(r, full),
-                "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]), **_difference(runs, ref)}
+                "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]), **_difference(runs, ref),
+                                  **({"rates": [coin_rate(f[lab][0]) for f in fs]} if lab.startswith(COINS) else {})}
                             for lab, ref in refs.items()}}
 
     return {"run": run, "base": base, "against": against, "bounds": bounds.__dict__,
@@ -166,8 +187,9 @@ def format_replication(res: dict) -> str:
             lines.append(f"  run: {verdict}")
             for lab, d in s["against"].items():
                 counts = f"{d['a_only']:3d} / {d['b_only']:<3d}" if "a_only" in d else "   coins "
+                rates = f"  ({', '.join(d['rates'])})" if MATCHED in lab else ""
                 lines.append(f"  vs {lab:{w}}  {d['summary']['accuracy']:.3f} @ {d['summary']['mean_kv_fraction']:.3f}"
-                             f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}")
+                             f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}{rates}")
     return "\n".join(lines)
 
 
@@ -193,14 +215,15 @@ def tradeoff(results: list[dict], scope: str = "pools") -> dict[str, list[dict]]
             s = res[scope][name]
             points.append({"run": res["run"], **{k: s["run"][k] for k in NAMES},
                            "bounds_ok": all(b["ok"] for b in s["bounds"].values()),
-                           "against": {lab: {"diff": d["diff"], "ci": d["ci"], "p": d["p"]}
+                           "against": {lab: {k: d[k] for k in ("diff", "ci", "p", "rates") if k in d}
                                        for lab, d in s["against"].items()}})
         curves[name] = sorted(points, key=lambda p: p["false_trigger_rate"])
     return curves
 
 
 def format_tradeoff(curves: dict[str, list[dict]], kind: str = "pool") -> str:
-    """One table per set or pool: each run's false triggers, accuracy and KV, then its lead over each reference."""
+    """One table per set or pool: each run's false triggers, accuracy and KV, then its lead over each reference
+    (over matched coins, with the coin rate each set's comparison used)."""
     lines = []
     for name, points in curves.items():
         refs = list(points[0]["against"])
@@ -209,7 +232,9 @@ def format_tradeoff(curves: dict[str, list[dict]], kind: str = "pool") -> str:
                      f"{', '.join(refs)} [95% interval] p")
         for p in points:
             diffs = "  ".join(f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p']:.2g}"
-                              for d in p["against"].values())
+                              + (f" (coins {'/'.join(r.removeprefix('random:') for r in d['rates'])})"
+                                 if MATCHED in lab else "")
+                              for lab, d in p["against"].items())
             lines.append(f"  {p['run']:{w}}  {p['false_trigger_rate']:6.1%}  {p['accuracy']:.3f} @ "
                          f"{p['mean_kv_fraction']:.3f}  {'met   ' if p['bounds_ok'] else 'missed'}  {diffs}")
     return "\n".join(lines)

@@ -48,6 +48,30 @@ def test_each_set_is_compared_on_its_own_prompts_and_the_pool_on_all_of_them():
     assert pool["against"]["coins:answer_check(gate=random:0.06)"]["coins"] == [2, 2]
 
 
+def test_matched_coins_are_the_rate_nearest_the_runs_trigger_rate_in_each_set():
+    def with_coins(rows, trig, coins):  # coins: rate -> (trigger rate, outcomes of each seed)
+        rows = [r | {"trigger_rate": trig} if r["policy"] == "answer_check" else r for r in rows[:4]]
+        return rows + [_row("answer_check", c, 0.233, {"gate": f"random:{rate}:{s}"}) | {"trigger_rate": t}
+                       for rate, (t, cs) in coins.items() for s, c in enumerate(cs)]
+
+    # the run triggers on 20% of a's rows and 30% of b's; each set holds coins at two rates
+    a = with_coins(A, 0.2, {"0.06": (0.05, ["1111100000"] * 2), "0.27": (0.21, ["1111110000"] * 2),
+                            "0": (0.2, ["0000000000"])})  # rate 0 never acts: never the match, whatever it reads
+    b = with_coins(B, 0.3, {"0.27": (0.18, ["1110000000"] * 2), "0.41": (0.29, ["1111000000", "1110000000"])})
+    label = "coins:answer_check(gate=random:matched)"
+    res = replicate({"a": a, "b": b}, GATE, [label], "numbers@0.85")
+    assert res["sets"]["a"]["against"][label]["rates"] == ["random:0.27"]
+    assert res["sets"]["b"]["against"][label]["rates"] == ["random:0.41"]
+    pool = res["pools"]["all"]["against"][label]
+    assert pool["rates"] == ["random:0.27", "random:0.41"] and pool["coins"] == [2, 2]
+    # a: 0.7 against the 0.27 coins' 0.6; b: 0.3 against the 0.41 coins' mean 0.35
+    assert pool["diff"] == pytest.approx((0.7 - 0.6 + 0.3 - 0.35) / 2)
+    assert "(random:0.27, random:0.41)" in format_replication(res)
+    assert "(coins 0.27/0.41)" in format_tradeoff(tradeoff([res]))
+    with pytest.raises(HazardError, match="0 runs named"):
+        replicate({"a": A[:4]}, GATE, [label], "numbers@0.85")
+
+
 def test_the_bounds_are_checked_per_set_and_on_the_pool():
     res = replicate({"a": A, "b": B}, GATE, ["static"], "numbers@0.85", bounds=Bounds(acc_tol=0.1))
     a, b = res["sets"]["a"]["bounds"], res["sets"]["b"]["bounds"]
