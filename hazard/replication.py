@@ -189,7 +189,8 @@ def format_replication(res: dict) -> str:
                 counts = f"{d['a_only']:3d} / {d['b_only']:<3d}" if "a_only" in d else "   coins "
                 rates = f"  ({', '.join(d['rates'])})" if MATCHED in lab else ""
                 lines.append(f"  vs {lab:{w}}  {d['summary']['accuracy']:.3f} @ {d['summary']['mean_kv_fraction']:.3f}"
-                             f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}{rates}")
+                             f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}"
+                             + rates)
     return "\n".join(lines)
 
 
