@@ -35,6 +35,13 @@ def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]
     when the files ran several; and the guards."""
     if len({r["model"] for r in results}) != 1:
         raise HazardError(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
+    # an answer check's reading counted as every layer's K/V or as one layer's (hazard.engine.Engine): runs of
+    # the two counts are not on one memory axis (a run from before the count was recorded used every layer's)
+    counts = {r.get("reading_kv", "all_layers") for res in results for r in res["rows"]
+              if r["policy"] == "answer_check"}
+    if len(counts) > 1:
+        raise HazardError(f"merge_frontiers: the inputs count answer readings differently ({', '.join(sorted(counts))}"
+                          f" reading_kv); merge runs of one count")
     rows, seen = [], {}
     guards = {res.get("guard", "") for res in results if any(r["policy"] == "hazard" for r in res["rows"])}
 

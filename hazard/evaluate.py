@@ -29,6 +29,7 @@ from hazard.compression import PressSpec, build_press, is_decoding
 from hazard.control import POLICY_NAMES, PolicyController, build_policy
 from hazard.control.gate import digit_token_ids
 from hazard.engine import Engine
+from hazard.engine.check import READING_KV
 from hazard.errors import HazardError
 from hazard.frontiers import frontiers
 from hazard.guard import HazardGuard
@@ -79,6 +80,9 @@ class EvaluateConfig:
     batch_size: int = 8
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
     seed: int = 0
+    # how an answer check's reading counts in memory (``hazard.engine.Engine``): every layer's K/V of prompt +
+    # answer on the row's last token (an upper bound, every run before the thirty-third session) or one layer's
+    reading_kv: str = "all_layers"
 
 
 def _kv_fractions(row: dict) -> tuple[float, float]:
@@ -227,6 +231,8 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise HazardError(f"unknown policy {sorted(unknown)[0]!r}; known: {', '.join(POLICY_NAMES)}")
     if cfg.paired_kv_tol < 0:
         raise HazardError(f"evaluate: paired_kv_tol must be >= 0 (a mean-KV gap), got {cfg.paired_kv_tol}")
+    if cfg.reading_kv not in READING_KV:
+        raise HazardError(f"evaluate: reading_kv must be one of {', '.join(READING_KV)}, got {cfg.reading_kv!r}")
     if not cfg.tasks or not cfg.base_presses:
         raise HazardError("evaluate: configure at least one task and one base press")
     for spec in [*cfg.base_presses, *cfg.static_sweep]:
@@ -265,7 +271,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         if missing:
             raise HazardError(f"guard {cfg.guard}: features {missing} are not produced by this engine "
                               f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)} and {list(CONFIG_FEATURES)})")
-    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
+                    reading_kv=cfg.reading_kv)
     label = cfg.model.label()
     out = Path(cfg.output)
     # Each (task, base press, policy) run is saved when it finishes, so a killed evaluation resumes at
@@ -305,6 +312,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 r["kv"] = round(_kv_fractions(r)[0], 5)  # and what each row cost (hazard.gate_need)
             steps = sum(len(g.tokens) + g.control.get("rollback_tokens", 0) for g in gens)
             res = summarize_policy(rows, gens, refs or rows, static, secs, steps)
+            if any(g.control.get("check_tokens") for g in gens):  # its KV holds answer readings: counted how
+                res["reading_kv"] = cfg.reading_kv
             restores = sum(sum(e[1] in ("restore", "reselect") for e in g.control.get("events", [])) for g in gens)
             rec = {"summary": res, "restore_rate": restores / max(steps, 1),
                    "ms_per_token": 1000 * secs / max(sum(len(g.tokens) for g in gens), 1),

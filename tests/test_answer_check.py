@@ -77,6 +77,28 @@ def test_an_approving_check_keeps_the_compressed_answer_and_pays_one_forward(mod
         assert (extra[:-1] == 0).all() and extra[-1] == g.control["check_tokens"] * g.bytes_per_token
 
 
+def test_a_reading_counts_every_layers_kv_or_the_one_layer_its_forward_holds(model64):
+    """``reading_kv``: the same run, the same tokens; only the reading's charge on the last token differs, by the
+    layer count (the forward keeps no cache, so it holds one layer's K/V of prompt + answer at a time)."""
+    prompts = _prompts(3, seed=4)
+    press = build_press(KNORM)
+    runs = {}
+    for count in ("all_layers", "one_layer"):
+        eng = Engine(model64, [256], max_new_tokens=16, batch_size=3, probe_layers=(0, -1), reading_kv=count)
+        static = eng.generate(prompts, press)
+        runs[count] = eng.generate(prompts, press, controller=PolicyController(build_policy("answer_check",
+                                                                                            tau=1e-30)))
+    layers = model64.config.num_hidden_layers
+    assert layers > 1
+    for s, a, o in zip(static, runs["all_layers"], runs["one_layer"]):
+        assert a.tokens == o.tokens == s.tokens and a.control["check_tokens"] == o.control["check_tokens"] > 0
+        assert (a.kv_bytes[:-1] == o.kv_bytes[:-1]).all() and (o.kv_bytes[:-1] == s.kv_bytes[:-1]).all()
+        assert o.kv_bytes[-1] - s.kv_bytes[-1] == o.control["check_tokens"] * o.bytes_per_token // layers
+        assert a.kv_bytes[-1] - s.kv_bytes[-1] == layers * (o.kv_bytes[-1] - s.kv_bytes[-1])
+    with pytest.raises(HazardError, match="reading_kv must be one of all_layers, one_layer"):
+        Engine(model64, [256], reading_kv="none")
+
+
 def test_a_recalling_repair_stays_within_its_cap_and_ranks_with_the_new_token(model64):
     eng = _engine(model64, max_new=20)
     prompts = _prompts(3, seed=1)
@@ -148,6 +170,15 @@ def test_evaluate_runs_answer_check_between_static_and_full(tmp_path):
         assert sum(r["outcomes"]["kv"]) / r["n"] == pytest.approx(r["mean_kv_fraction"], abs=1e-5)
     assert full["outcomes"]["kv"] == [1.0] * full["n"]
     assert all(a > b for a, b in zip(never["outcomes"]["kv"], static["outcomes"]["kv"]))
+    # the rows that read answers say how the readings were counted (here the default, every layer's K/V)
+    assert never["reading_kv"] == always["reading_kv"] == "all_layers" and "reading_kv" not in static
+    # counted as the one layer a reading holds at a time: the same answers at less memory, still above static
+    out1 = tmp_path / "cl1.json"
+    assert main([*args, "--output", str(out1), "--reading_kv", "one_layer"]) == 0
+    one = {(r["policy"], r["knob"].get("tau")): r for r in json.loads(out1.read_text())["rows"]}[("answer_check",
+                                                                                                 1e-30)]
+    assert one["reading_kv"] == "one_layer" and one["outcomes"]["correct"] == never["outcomes"]["correct"]
+    assert static["mean_kv_fraction"] < one["mean_kv_fraction"] < never["mean_kv_fraction"]
 
 
 def test_a_token_only_repair_keeps_the_press_memory(model64):

@@ -163,6 +163,31 @@ def test_a_merge_keeps_apart_runs_with_one_knob_from_two_configs(tmp_path):
     assert [r["mean_kv_fraction"] for r in res["rows"] if r["policy"] == "answer_check"] == [0.228, 0.249, 0.245]
 
 
+def test_a_merge_refuses_answer_checks_whose_readings_count_differently(tmp_path):
+    """A run whose readings count as one layer's K/V is not on the memory axis of one that counts every layer's
+    (a file from before the count was recorded counts every layer's); static and uncompressed rows read nothing."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    from merge_frontiers import merge
+
+    def run(policy, kv, knob=None, **extra):
+        return {**_row(policy, kv, 0.5, knob=knob), "n": 10, **extra,
+                "outcomes": {"correct": "1111100000", "catastrophe": "0" * 10}}
+
+    full, static = run("full", 1.0), run("static", 0.2)
+    old = [full, static, run("answer_check", 0.234, {"gate": "random:0"})]
+    new = [full, static, run("answer_check", 0.222, {"gate": "g/f0.03"}, reading_kv="one_layer")]
+    paths = []
+    for name, rows in (("old", old), ("new", new), ("new2", new)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"model": "m", "rows": rows}))
+    with pytest.raises(SystemExit, match="count answer readings differently"):
+        merge(paths[:2], [0.25])
+    assert len(merge(paths[1:], [0.25])["rows"]) == 4  # one count: merged (the same run in two files kept apart)
+
+
 def test_the_answer_check_is_three_families_by_what_chooses_its_repairs():
     """A learned gate, a coin and no choice (every changed answer, or only the escalated ones with random:0) are
     separate frontiers, so the gate's points are never credited to a coin's run or the reverse."""

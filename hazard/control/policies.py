@@ -378,8 +378,9 @@ class AnswerCheckPolicy(_Relief):
     queries of that replacement token: the row feeds it once under its compressed cache, recalls, and feeds it
     again (one extra decode step). Rows the check approves finish as they are, at the press's memory.
 
-    The check's forward holds the row's whole prompt and answer for one step: the engine counts those K/V
-    bytes once, on the row's last token (as a prefill of that length).
+    The check's forward reads the row's whole prompt and answer in one step and keeps no cache: the engine
+    counts those K/V bytes once, on the row's last token, for every layer (an upper bound) or, with
+    ``Engine(reading_kv="one_layer")``, for the one layer the forward holds at a time.
 
     Parameters
     ----------

@@ -12,6 +12,10 @@ The same forward also gives two hidden states (the decoder's last, normed layer)
 question before it answers, and at the answer's last fed token, after it has read the compressed answer. They
 cost nothing more than the reading.
 
+Memory: the forward keeps no cache, so it holds one layer's keys and values of prompt + answer at a time. The
+engine counts each reading once, on the row's last token, as every layer's K/V (``reading_kv="all_layers"``, an
+upper bound, the count until the thirty-third session) or as that one layer's (``"one_layer"``).
+
 The forward runs on the model's own modules in chunks of at most ``token_budget`` padded tokens and
 projects only the answer's positions through ``lm_head`` (a 150k vocabulary over a whole prompt would
 cost more than the forward).
@@ -28,6 +32,9 @@ from hazard.engine.prefill import padded_chunks, right_padded
 from hazard.engine.runner import ModelRunner
 
 STATE_ROWS = ("question", "answer")  # the rows of Verdict.states
+# how a reading's K/V counts in a row's memory (``Engine(reading_kv=)``): every layer's, an upper bound, or the
+# one layer's that the forward holds at a time (it keeps no cache)
+READING_KV = ("all_layers", "one_layer")
 
 
 @dataclass

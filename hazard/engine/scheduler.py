@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hazard.compression import is_decoding, tracker_of
-from hazard.engine.check import check_answers
+from hazard.engine.check import READING_KV, check_answers
 from hazard.engine.prefill import Prefill
 from hazard.engine.runner import ModelRunner, row_bucket, width_bucket
 from hazard.engine.store import KVStore
@@ -77,12 +77,18 @@ class Engine:
         the window (``verify_window`` > 0 on it, e.g. the ``verify`` policy) gets one of its own, and its
         shadows' K/V count in the rows' ``kv_bytes``. A decode-time press runs without shadows (its rows
         keep 0 / 1).
+    reading_kv : {"all_layers", "one_layer"}
+        How an answer check's reading (``hazard.engine.check``) counts in a row's ``kv_bytes``: once, on the
+        row's last token, either as every layer's K/V of prompt + answer (``all_layers``, the default and
+        the count of every run before the thirty-third session: an upper bound), or as one layer's
+        (``one_layer``): the reading is a forward that keeps no cache, so at any moment it holds the keys and
+        values of the layer it is in, as a prefill does before its press (a prefill is counted at nothing).
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
                  prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False,
-                 attention: str = "auto", verify_window: int = 0):
+                 attention: str = "auto", verify_window: int = 0, reading_kv: str = "all_layers"):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -95,6 +101,9 @@ class Engine:
         if verify_window and (not signals or batch_size < 2):
             raise HazardError("engine: verify_window needs signals and a batch of at least 2 (a row and its shadow)")
         self.verify_window = verify_window
+        if reading_kv not in READING_KV:
+            raise HazardError(f"engine: reading_kv must be one of {', '.join(READING_KV)}, got {reading_kv!r}")
+        self.reading_kv = reading_kv
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention)
         self.prefill = Prefill(self.runner, prefill_tokens)
@@ -276,8 +285,9 @@ class Engine:
                     control = {**info.pop(r), "controller_s": float(ctl_s[s]), "relaxed_steps": int(relaxed[s]),
                                "offload_bytes": int(plen[s]) * st.bytes_per_token}
                 kv_bytes = kv * st.bytes_per_token + st.digest_bytes(int(plen[s]))
-                if control.get("check_tokens"):  # an answer check held prompt + answer once (one forward)
-                    kv_bytes[-1] += control["check_tokens"] * st.bytes_per_token
+                if control.get("check_tokens"):  # an answer check read prompt + answer (one forward per reading)
+                    per_token = st.bytes_per_token // (st.layers if self.reading_kv == "one_layer" else 1)
+                    kv_bytes[-1] += control["check_tokens"] * per_token
                 if verify and reversible:  # a controller's verify window: its shadow's K/V is GPU memory it pays
                     t = np.arange(len(kv))
                     kv_bytes = kv_bytes + np.where(t <= window, (plen[s] + t) * st.bytes_per_token, 0)
