@@ -13,6 +13,12 @@ A run and a reference are named as the merged files' paired tables name them (``
 prompt (``hazard.paired.pooled_difference``). ``coins:<policy>(gate=random:matched)`` takes, in each set, the
 coin whose seeds trigger on the share of rows nearest the run's own: a gate's trigger rate moves with the prompt
 format, so the coin that acts on as many rows has a different rate in each set.
+
+``mix:static`` is static compression at the run's own memory: in each set, the per-row mix of the set's static
+settings (any press and ratio, the uncompressed run as ratio 0) whose mean KV equals the run's and whose accuracy
+is highest (the upper concave envelope of ``hazard.frontiers.mix_level``), each prompt counted at its expected
+correctness under the mix. A run that spends less memory than one static setting and more than another is
+compared with neither but with what static compression reaches at exactly its KV.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from hazard.paired import _array, _base, _label, coin_rate, mean_difference, out
 
 COINS = "coins:"
 MATCHED = "random:matched"  # in a coins label: the rate nearest the run's trigger rate, chosen per set
+MIX = "mix:static"  # static compression at the run's mean KV: a per-row mix of two static settings, per set
 NAMES = {"accuracy": "accuracy", "catastrophe_rate": "catastrophes", "mean_kv_fraction": "KV",
          "false_trigger_rate": "false triggers"}  # the bounds, as the table prints them
 
@@ -98,6 +105,41 @@ def _find(rows: list[dict], base: str, label: str, name: str, run: dict | None =
     return found
 
 
+def _static_mix(rows: list[dict], run: dict, name: str) -> dict:
+    """The per-row mix of two static settings in ``rows`` (or one alone, at or under the run's KV) with mean KV
+    equal to ``run``'s and the highest accuracy: a ``row``-like summary, each prompt's expected correctness
+    (``correct``) and the mix in words (``mix``)."""
+    statics = [r for r in rows if r["policy"] in ("static", "full")]  # full: static at ratio 0
+    x = run["mean_kv_fraction"]
+    best = None
+    for a in statics:
+        for b in statics:
+            ka, kb = a["mean_kv_fraction"], b["mean_kv_fraction"]
+            if a is b and ka <= x + 1e-9:
+                w = 0.0
+            elif ka <= x < kb:
+                w = (x - ka) / (kb - ka)
+            else:
+                continue
+            acc = (1 - w) * a["accuracy"] + w * b["accuracy"]
+            if best is None or acc > best[0] + 1e-12:
+                best = (acc, a, b, w)
+    if best is None:
+        cheapest = min((r["mean_kv_fraction"] for r in statics), default=None)
+        raise HazardError(f"replication: set {name}: no static setting reaches the run's mean KV {x:.3f} "
+                          + (f"(the cheapest holds {cheapest:.3f}); add a stronger static press to the set"
+                             if cheapest is not None else "(the set has no static run)"))
+    acc, a, b, w = best
+    correct = (1 - w) * _array(a["outcomes"]["correct"]) + w * _array(b["outcomes"]["correct"])
+    row = {"n": a["n"], "accuracy": float(correct.mean()), "mean_kv_fraction": x, "false_trigger_rate": 0.0,
+           "catastrophe_rate": (1 - w) * a["catastrophe_rate"] + w * b["catastrophe_rate"]}
+    def name_of(r: dict) -> str:
+        return "full" if r["policy"] == "full" else _base(r)
+
+    mix = name_of(a) if w == 0 else f"{1 - w:.2f} {name_of(a)} + {w:.2f} {name_of(b)}"
+    return {"row": row, "correct": correct, "mix": mix}
+
+
 def _summary(rows: list[dict]) -> dict:
     """Prompt-weighted means of the rows' rates (several sets pooled; one row: its own values)."""
     n = np.array([r["n"] for r in rows], float)
@@ -151,16 +193,25 @@ def replicate(sets: dict[str, list[dict]], run: str, against: list[str], base: s
     for name, rows in sets.items():
         group = _group(rows, base, name)
         found[name] = {run: _find(group, base, run, name)}
-        found[name] |= {label: _find(group, base, label, name, found[name][run][0]) for label in ["full", *against]}
+        found[name] |= {label: [_static_mix(group, found[name][run][0], name)] if label == MIX else
+                        _find(group, base, label, name, found[name][run][0]) for label in ["full", *against]}
 
     def compare(fs: list[dict]) -> dict:  # one set, or a pool: the sets' prompts concatenated in order
         runs = [f[run][0] for f in fs]
         r, full = _summary(runs), _summary([f["full"][0] for f in fs])
         refs = {lab: [f[lab] for f in fs] if lab.startswith(COINS) else [f[lab][0] for f in fs] for lab in against}
+
+        def against_one(lab: str, ref: list) -> dict:
+            if lab == MIX:  # expected correctness per prompt: the difference of means, as against coins
+                a = np.concatenate([_array(x["outcomes"]["correct"]) for x in runs])
+                return {"summary": _summary([m["row"] for m in ref]),
+                        **mean_difference(a - np.concatenate([m["correct"] for m in ref])),
+                        "mixes": [m["mix"] for m in ref]}
+            return {"summary": _summary([x for f in fs for x in f[lab]]), **_difference(runs, ref),
+                    **({"rates": [coin_rate(f[lab][0]) for f in fs]} if lab.startswith(COINS) else {})}
+
         return {"run": r, "full": full, "bounds": bounds.check(r, full),
-                "against": {lab: {"summary": _summary([x for f in fs for x in f[lab]]), **_difference(runs, ref),
-                                  **({"rates": [coin_rate(f[lab][0]) for f in fs]} if lab.startswith(COINS) else {})}
-                            for lab, ref in refs.items()}}
+                "against": {lab: against_one(lab, ref) for lab, ref in refs.items()}}
 
     return {"run": run, "base": base, "against": against, "bounds": bounds.__dict__,
             "sets": {name: compare([f]) for name, f in found.items()},
@@ -174,7 +225,8 @@ def format_replication(res: dict) -> str:
              f"catastrophes <= uncompressed + {res['bounds']['catas_tol']:g}, mean KV <= {res['bounds']['max_kv']:g}, "
              f"false triggers <= {res['bounds']['max_false']:g}",
              "(against a run: exact sign test, prompts only a / only b got right; against coins: paired t-test on "
-             "the per-prompt difference from the seeds' mean; 95% bootstrap intervals over prompts)"]
+             "the per-prompt difference from the seeds' mean; against mix:static, from each prompt's expected "
+             "correctness under the mix; 95% bootstrap intervals over prompts)"]
     w = max(len(lab) for lab in res["against"])
     for kind, items in (("set", res["sets"]), ("pool", res["pools"])):
         for name, s in items.items():
@@ -186,8 +238,10 @@ def format_replication(res: dict) -> str:
                                 f"{b['limit']:.3f})" for k, b in s["bounds"].items())
             lines.append(f"  run: {verdict}")
             for lab, d in s["against"].items():
-                counts = f"{d['a_only']:3d} / {d['b_only']:<3d}" if "a_only" in d else "   coins "
-                rates = f"  ({', '.join(d['rates'])})" if MATCHED in lab else ""
+                counts = (f"{d['a_only']:3d} / {d['b_only']:<3d}" if "a_only" in d else
+                          "   mix   " if lab == MIX else "   coins ")
+                rates = (f"  ({', '.join(d['rates'])})" if MATCHED in lab else
+                         f"  ({'; '.join(d['mixes'])})" if lab == MIX else "")
                 lines.append(f"  vs {lab:{w}}  {d['summary']['accuracy']:.3f} @ {d['summary']['mean_kv_fraction']:.3f}"
                              f"  {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  {counts}  p={d['p']:.2g}"
                              + rates)
@@ -216,7 +270,7 @@ def tradeoff(results: list[dict], scope: str = "pools") -> dict[str, list[dict]]
             s = res[scope][name]
             points.append({"run": res["run"], **{k: s["run"][k] for k in NAMES},
                            "bounds_ok": all(b["ok"] for b in s["bounds"].values()),
-                           "against": {lab: {k: d[k] for k in ("diff", "ci", "p", "rates") if k in d}
+                           "against": {lab: {k: d[k] for k in ("diff", "ci", "p", "rates", "mixes") if k in d}
                                        for lab, d in s["against"].items()}})
         curves[name] = sorted(points, key=lambda p: p["false_trigger_rate"])
     return curves

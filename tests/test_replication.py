@@ -72,6 +72,28 @@ def test_matched_coins_are_the_rate_nearest_the_runs_trigger_rate_in_each_set():
         replicate({"a": A[:4]}, GATE, [label], "numbers@0.85")
 
 
+def test_mix_static_is_static_compression_at_the_runs_own_kv_in_each_set():
+    # a: the gate (0.7 @ 0.234) sits between static 0.85 (0.5 @ 0.21) and 0.825 (0.6 @ 0.235): the mix is 0.04 of
+    # the one and 0.96 of the other, 0.596; per prompt the gate gains prompt 6 whole and 0.04 of prompt 5
+    worse = _row("static", "1100000000", 0.22) | {"base_press": "knorm"}  # a dominated setting: not in the mix
+    res = replicate({"a": A + [worse], "b": B}, GATE, ["mix:static"], "numbers@0.85")
+    a, b = res["sets"]["a"]["against"]["mix:static"], res["sets"]["b"]["against"]["mix:static"]
+    assert a["summary"]["accuracy"] == pytest.approx(0.596) and a["summary"]["mean_kv_fraction"] == pytest.approx(0.234)
+    assert a["diff"] == pytest.approx(0.104) and a["mixes"] == ["0.04 numbers@0.85 + 0.96 numbers@0.825"]
+    assert b["diff"] == pytest.approx(0.3 - 0.396)  # b: the gate fixes nothing, the mix gains 0.96 of a prompt
+    pool = res["pools"]["all"]["against"]["mix:static"]
+    assert pool["diff"] == pytest.approx((0.104 - 0.096) / 2) and len(pool["mixes"]) == 2
+    assert "(0.04 numbers@0.85 + 0.96 numbers@0.825)" in format_replication(res)
+    # above every press, the uncompressed run (ratio 0) is a setting too; below all of them is an error
+    above = [r | {"mean_kv_fraction": 0.3} if r["policy"] == "answer_check" else r for r in A]
+    res = replicate({"a": above}, GATE, ["mix:static"], "numbers@0.85")
+    assert res["sets"]["a"]["against"]["mix:static"]["mixes"] == ["0.92 numbers@0.825 + 0.08 full"]
+    assert res["sets"]["a"]["against"]["mix:static"]["summary"]["accuracy"] == pytest.approx(0.6 + 0.2 * 0.065 / 0.765)
+    below = [r | {"mean_kv_fraction": 0.2} if r["policy"] == "answer_check" else r for r in A]
+    with pytest.raises(HazardError, match="no static setting reaches the run's mean KV 0.200"):
+        replicate({"a": below}, GATE, ["mix:static"], "numbers@0.85")
+
+
 def test_the_bounds_are_checked_per_set_and_on_the_pool():
     res = replicate({"a": A, "b": B}, GATE, ["static"], "numbers@0.85", bounds=Bounds(acc_tol=0.1))
     a, b = res["sets"]["a"]["bounds"], res["sets"]["b"]["bounds"]
