@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a merged closed-loop file of one prompt set (repeat per set)")
     ap.add_argument("--run", nargs="+", required=True,
                     help="the run to replicate, as the paired tables name it (several: a trade-off curve)")
-    ap.add_argument("--against", nargs="+", required=True, help="its references (coins:<label> pools a coin's seeds; mix:static is static at the run's KV)")
+    ap.add_argument("--against", nargs="+", required=True,
+                    help="its references (coins:<label> pools a coin's seeds; mix:static is static at the run's KV)")
     ap.add_argument("--base", required=True, help="the base press setting, press@ratio")
     ap.add_argument("--pool", action="append", default=[], metavar="NAME=SET,SET",
                     help="sets whose prompts are pooled (repeat; default: one pool of every set)")

@@ -61,18 +61,30 @@ def best_at(points: list[dict], x: float) -> dict | None:
     return max(ok, key=lambda p: (p["accuracy"], -p["kv"])) if ok else None
 
 
-def mix_level(points: list[dict], x: float) -> float | None:
-    """Accuracy of the best per-row mix of two of ``points`` with mean KV ``x`` (their upper concave envelope
-    at ``x``; the staircase below the cheapest point's KV is undefined: None)."""
+def best_mix(points: list[dict], x: float) -> tuple[dict, dict, float] | None:
+    """The most accurate per-row mix of two of ``points`` with mean KV ``x``: ``(a, b, w)``, a share ``w`` of rows
+    at ``b`` and the rest at ``a`` (``b`` is ``a`` and ``w`` 0 where one point at or under ``x`` does best). None
+    below the cheapest point's KV, where no mix reaches ``x``."""
     if not points or x < min(p["kv"] for p in points) - 1e-9:
         return None
-    best = best_at(points, x)["accuracy"]
+    one = best_at(points, x)
+    best, level = (one, one, 0.0), one["accuracy"]
     for a in points:
         for b in points:
             if a["kv"] <= x < b["kv"]:
                 w = (x - a["kv"]) / (b["kv"] - a["kv"])
-                best = max(best, (1 - w) * a["accuracy"] + w * b["accuracy"])
-    return float(best)
+                if (acc := (1 - w) * a["accuracy"] + w * b["accuracy"]) > level:
+                    best, level = (a, b, w), acc
+    return best
+
+
+def mix_level(points: list[dict], x: float) -> float | None:
+    """Accuracy of the best per-row mix of two of ``points`` with mean KV ``x`` (their upper concave envelope
+    at ``x``; the staircase below the cheapest point's KV is undefined: None)."""
+    if (mix := best_mix(points, x)) is None:
+        return None
+    a, b, w = mix
+    return float((1 - w) * a["accuracy"] + w * b["accuracy"])
 
 
 def area_between(a: list[dict], b: list[dict], grid: int = 2001) -> float | None:

@@ -16,7 +16,7 @@ format, so the coin that acts on as many rows has a different rate in each set.
 
 ``mix:static`` is static compression at the run's own memory: in each set, the per-row mix of the set's static
 settings (any press and ratio, the uncompressed run as ratio 0) whose mean KV equals the run's and whose accuracy
-is highest (the upper concave envelope of ``hazard.frontiers.mix_level``), each prompt counted at its expected
+is highest (the upper concave envelope of ``hazard.frontiers.best_mix``), each prompt counted at its expected
 correctness under the mix. A run that spends less memory than one static setting and more than another is
 compared with neither but with what static compression reaches at exactly its KV.
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hazard.errors import HazardError
+from hazard.frontiers import best_mix
 from hazard.paired import _array, _base, _label, coin_rate, mean_difference, outcome_groups, paired_difference
 
 COINS = "coins:"
@@ -106,37 +107,22 @@ def _find(rows: list[dict], base: str, label: str, name: str, run: dict | None =
 
 
 def _static_mix(rows: list[dict], run: dict, name: str) -> dict:
-    """The per-row mix of two static settings in ``rows`` (or one alone, at or under the run's KV) with mean KV
-    equal to ``run``'s and the highest accuracy: a ``row``-like summary, each prompt's expected correctness
-    (``correct``) and the mix in words (``mix``)."""
-    statics = [r for r in rows if r["policy"] in ("static", "full")]  # full: static at ratio 0
+    """The per-row mix of the static settings in ``rows`` with mean KV equal to ``run``'s and the highest accuracy
+    (``hazard.frontiers.best_mix``): a ``row``-like summary, each prompt's expected correctness (``correct``) and
+    the mix in words (``mix``)."""
+    points = [{"kv": r["mean_kv_fraction"], "accuracy": r["accuracy"], "row": r,
+               "name": "full" if r["policy"] == "full" else _base(r)}  # full: static at ratio 0
+              for r in rows if r["policy"] in ("static", "full")]
     x = run["mean_kv_fraction"]
-    best = None
-    for a in statics:
-        for b in statics:
-            ka, kb = a["mean_kv_fraction"], b["mean_kv_fraction"]
-            if a is b and ka <= x + 1e-9:
-                w = 0.0
-            elif ka <= x < kb:
-                w = (x - ka) / (kb - ka)
-            else:
-                continue
-            acc = (1 - w) * a["accuracy"] + w * b["accuracy"]
-            if best is None or acc > best[0] + 1e-12:
-                best = (acc, a, b, w)
-    if best is None:
-        cheapest = min((r["mean_kv_fraction"] for r in statics), default=None)
+    if (found := best_mix(points, x)) is None:
         raise HazardError(f"replication: set {name}: no static setting reaches the run's mean KV {x:.3f} "
-                          + (f"(the cheapest holds {cheapest:.3f}); add a stronger static press to the set"
-                             if cheapest is not None else "(the set has no static run)"))
-    acc, a, b, w = best
-    correct = (1 - w) * _array(a["outcomes"]["correct"]) + w * _array(b["outcomes"]["correct"])
-    row = {"n": a["n"], "accuracy": float(correct.mean()), "mean_kv_fraction": x, "false_trigger_rate": 0.0,
-           "catastrophe_rate": (1 - w) * a["catastrophe_rate"] + w * b["catastrophe_rate"]}
-    def name_of(r: dict) -> str:
-        return "full" if r["policy"] == "full" else _base(r)
-
-    mix = name_of(a) if w == 0 else f"{1 - w:.2f} {name_of(a)} + {w:.2f} {name_of(b)}"
+                          + (f"(the cheapest holds {min(p['kv'] for p in points):.3f}); add a stronger static "
+                             "press to the set" if points else "(the set has no static run)"))
+    a, b, w = found
+    correct = (1 - w) * _array(a["row"]["outcomes"]["correct"]) + w * _array(b["row"]["outcomes"]["correct"])
+    row = {"n": a["row"]["n"], "accuracy": float(correct.mean()), "mean_kv_fraction": x, "false_trigger_rate": 0.0,
+           "catastrophe_rate": (1 - w) * a["row"]["catastrophe_rate"] + w * b["row"]["catastrophe_rate"]}
+    mix = a["name"] if w == 0 else f"{1 - w:.2f} {a['name']} + {w:.2f} {b['name']}"
     return {"row": row, "correct": correct, "mix": mix}
 
 
