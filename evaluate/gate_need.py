@@ -5,13 +5,17 @@ kept live (``hazard.gate_need``).
 
     python evaluate/gate_need.py --base numbers_expected_attention@0.85 \
         --set test501-1000=evaluate/results/frontier_q15_nea85_test2_all.json \
-        --reference "static numbers_expected_attention@0.825" \
+        --reference mix:static \
         --gate answer-gate-q15-nea85/f0.03 --gate answer-gate-q15-nea85/f0.15 \
         --out evaluate/results/gate_need_q15_nea85.json > evaluate/results/gate_need_q15_nea85.txt
 
 A set may be several files of the same prompts (``NAME=A,B``): their rows are pooled as ``merge_frontiers.py``
 pools them, the static and uncompressed runs kept once (they must agree prompt by prompt). Every set is also
 pooled into ``all``. The PNG is written beside ``--out``.
+
+``--reference`` is one static run (``static <press>@<ratio>``, a fixed accuracy) or ``mix:static``: static
+compression at the memory the gate of each AUROC would hold, the set's static settings mixed per row to it
+(``RowGroups.static_at_kv``; pooled, the sets' own mixes weighted by prompts), as ``replicate.py`` compares runs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ from merge_frontiers import merge_rows
 
 from hazard.errors import HazardError
 from hazard.gate_need import RowGroups, binormal_tpr, sent_row_cost
-from hazard.replication import _find, _group
+from hazard.replication import MIX, _find, _group, static_points
 from hazard.traces import write_json
 
 AUROCS = [round(0.5 + 0.01 * i, 2) for i in range(51)]
@@ -55,22 +60,26 @@ def gate_point(gate: str, checkpoints: Path) -> dict:
             "auroc": rep.get("cv_auroc_broken_vs_healthy", rep.get("cv_auroc"))}
 
 
-def analyse(name: str, groups: RowGroups, full_acc: float, ref_acc: float | None, args, gates: dict,
-            observed: dict, run: dict | None = None) -> dict:
+def analyse(name: str, groups: RowGroups, full_acc: float, ref: float | Callable[[float], float] | None, args,
+            gates: dict, observed: dict, run: dict | None = None) -> dict:
+    """One set's (or the pool's) figures; ``ref``: the reference's accuracy, or a function of the gate's AUROC
+    (static at the gate's memory, ``RowGroups.static_at_kv``)."""
     bound = full_acc - args.acc_tol
+    ref_curve = None if ref is None else {str(a): ref(a) if callable(ref) else ref for a in AUROCS}
     return {"set": name, "n": groups.n, "groups": groups.sizes,
             "net_change": {"wild": groups.wild, "broken": groups.broken, "healthy": groups.healthy},
             "static": groups.static_right / groups.n, "uncompressed": full_acc, "accuracy_bound": bound,
-            "reference": ref_acc, "max_false": args.max_false,
+            "reference": ref if ref is None or not callable(ref) else None, "reference_curve": ref_curve,
+            "max_false": args.max_false,
             "curve": {str(a): groups.accuracy_at_auroc(a, args.max_false) for a in AUROCS},
             "kv_curve": None if groups.kv is None else
             {str(a): groups.expected_kv(binormal_tpr(a, args.max_false), args.max_false) for a in AUROCS},
             "read_kv": None if groups.kv is None else groups.kv["read"],
             "perfect_gate": groups.accuracy_at_auroc(1.0, args.max_false),
             "auroc_for_bound": groups.required_auroc(bound, args.max_false),
-            "auroc_to_tie_reference": None if ref_acc is None else groups.required_auroc(ref_acc, args.max_false),
-            "auroc_to_lead_reference": None if ref_acc is None else groups.required_auroc(ref_acc + args.margin,
-                                                                                           args.max_false),
+            "auroc_to_tie_reference": None if ref is None else groups.required_auroc(ref, args.max_false),
+            "auroc_to_lead_reference": None if ref is None else groups.required_auroc(
+                (lambda a: ref(a) + args.margin) if callable(ref) else ref + args.margin, args.max_false),
             "margin": args.margin,
             "gates": {g: {**p, "predicted": groups.expected_accuracy(p["tpr"], p["fpr"]),
                           "predicted_kv": groups.expected_kv(p["tpr"], p["fpr"]),
@@ -88,7 +97,9 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
     lines = [f"{run} on each set; a gate held to a share of the healthy rows (binormal ROC of the given AUROC), "
              f"expected accuracy; reference: {reference}"]
     for it in items:
-        ref = "-" if it["reference"] is None else f"{it['reference']:.3f}"
+        curve = it["reference_curve"]
+        ref = ("-" if curve is None else f"{curve['0.5']:.3f}-{curve['1.0']:.3f} (at the gate's KV)"
+               if it["reference"] is None else f"{it['reference']:.3f}")
         need = it["auroc_for_bound"]
         tie, lead = it["auroc_to_tie_reference"], it["auroc_to_lead_reference"]
         lines += [f"\nset {it['set']}: {it['n']} prompts; rows wild / broken / healthy "
@@ -100,11 +111,13 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
                   f"gate keeps {it['perfect_gate']:.3f}",
                   "  AUROC   " + "  ".join(f"{a:>5}" for a in GRID),
                   "  keeps   " + "  ".join(f"{it['curve'][a]:.3f}" for a in GRID),
+                  *(["  static  " + "  ".join(f"{curve[a]:.3f}" for a in GRID) + "   (at equal memory)"]
+                    if curve is not None and it["reference"] is None else []),
                   *(["  at KV   " + "  ".join(f"{it['kv_curve'][a]:.3f}" for a in GRID)
                      + f"   (the reading: +{it['read_kv']:.3f} on every row)"] if it["kv_curve"] else []),
                   f"  AUROC needed for the accuracy bound: {_auroc(need)}; to tie the reference: "
-                  f"{'-' if it['reference'] is None else _auroc(tie)}; to lead it by {it['margin']:.3f}: "
-                  f"{'-' if it['reference'] is None else _auroc(lead)}"]
+                  f"{'-' if curve is None else _auroc(tie)}; to lead it by {it['margin']:.3f}: "
+                  f"{'-' if curve is None else _auroc(lead)}"]
         for g, p in it["gates"].items():
             obs = "not run here" if p["observed"] is None else f"{p['observed']:.3f}"
             if p["observed_kv"] is not None:
@@ -126,8 +139,9 @@ def plot(items: list[dict], out: Path, gate_aurocs: list[float], run: str) -> No
         c = f"C{i}"
         ax.plot([float(a) for a in it["curve"]], list(it["curve"].values()), color=c, label=f"{it['set']}")
         ax.axhline(it["accuracy_bound"], color=c, ls="--", lw=0.8)
-        if it["reference"] is not None:
-            ax.axhline(it["reference"], color=c, ls=":", lw=0.8)
+        if it["reference_curve"] is not None:
+            ax.plot([float(a) for a in it["reference_curve"]], list(it["reference_curve"].values()), color=c,
+                    ls=":", lw=0.8)
     for a in gate_aurocs:
         ax.axvline(a, color="grey", lw=0.8)
     ax.set_xlabel(f"gate AUROC (broken vs healthy rows), held to {items[0]['max_false']:.0%} false triggers")
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", default="answer_check(gate=)",
                     help="the run that acts on every row (full: the ideal repair, the uncompressed answer)")
     ap.add_argument("--reference", default="", help="the static press at the run's memory, as the paired tables "
-                                                    "name it (static <press>@<ratio>)")
+                                                    f"name it (static <press>@<ratio>), or {MIX}: static mixed "
+                                                    "per row to each gate's memory")
     ap.add_argument("--gate", action="append", default=[], help="a fitted gate under --checkpoints (repeat)")
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     ap.add_argument("--max_false", type=float, default=0.05)
@@ -164,25 +179,30 @@ def main(argv: list[str] | None = None) -> int:
                 raise HazardError(f"gate_need: --set {spec!r} must read NAME=PATH[,PATH]")
             rows = load_set(name, [Path(p) for p in paths.split(",")], args.base, sources)
             run, static, full = (_find(rows, args.base, lab, name)[0] for lab in (args.run, "static", "full"))
-            ref = _find(rows, args.base, args.reference, name)[0] if args.reference else None
+            groups = RowGroups.from_rows(run, static, full)
+            if args.reference == MIX:
+                ref = groups.static_at_kv(static_points(rows), args.max_false)
+            else:
+                ref = _find(rows, args.base, args.reference, name)[0]["accuracy"] if args.reference else None
             observed = {}
             for g in gates:
                 hit = [r for r in rows if r["policy"] == run["policy"] and
                        str(r.get("knob", {}).get("gate", "")).endswith(g)]
                 observed[g] = hit[0] if hit else None
-            groups = RowGroups.from_rows(run, static, full)
-            items.append(analyse(name, groups, full["accuracy"], None if ref is None else ref["accuracy"], args,
-                                 gates, observed, run))
+            items.append(analyse(name, groups, full["accuracy"], ref, args, gates, observed, run))
             pooled.append(groups)
-            sets.append((full["accuracy"], None if ref is None else ref["accuracy"]))
+            sets.append((full["accuracy"], ref))
         if len(pooled) > 1:
             total = pooled[0]
             for g in pooled[1:]:
                 total = total + g
             w = np.array([g.n for g in pooled], dtype=float)
             full_acc = float(np.dot(w, [f for f, _ in sets]) / w.sum())
-            ref_acc = None if any(r is None for _, r in sets) else float(np.dot(w, [r for _, r in sets]) / w.sum())
-            items.append(analyse("all", total, full_acc, ref_acc, args, gates, {}))
+            refs = [r for _, r in sets]
+            ref_all = (None if any(r is None for r in refs) else
+                       (lambda a: float(np.dot(w, [r(a) for r in refs]) / w.sum())) if args.reference == MIX else
+                       float(np.dot(w, refs) / w.sum()))
+            items.append(analyse("all", total, full_acc, ref_all, args, gates, {}))
     except HazardError as e:
         print(e, file=sys.stderr)
         return 2

@@ -80,9 +80,10 @@ class EvaluateConfig:
     batch_size: int = 8
     probe_layers: list[int] = field(default_factory=lambda: [0, -1])
     seed: int = 0
-    # how an answer check's reading counts in memory (``hazard.engine.Engine``): every layer's K/V of prompt +
-    # answer on the row's last token (an upper bound, every run before the thirty-third session) or one layer's
-    reading_kv: str = "all_layers"
+    # how an answer check's reading counts in memory (``hazard.engine.Engine``): one layer's K/V of prompt + answer
+    # on the row's last token (what its no-cache forward holds; the default since the thirty-fifth session) or every
+    # layer's (the upper bound every run before the thirty-third session used; merge_frontiers.py keeps them apart)
+    reading_kv: str = "one_layer"
 
 
 def _kv_fractions(row: dict) -> tuple[float, float]:

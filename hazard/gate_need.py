@@ -20,16 +20,22 @@ Memory the same way, where the rows kept their mean KV fractions (``outcomes["kv
 costs what it cost in the ungated run, any other its static cost plus the reading every row gets (the gate reads
 it), estimated as the mean extra the ungated run paid on the rows it left alone (``expected_kv``). With the
 uncompressed run as the action (the ideal repair) a sent row costs the whole cache and there is no reading.
+
+Static compression at equal memory (``static_at_kv``) is the set's static settings mixed per row to the gate's
+expected mean KV (``hazard.frontiers.mix_level``, the uncompressed run counted as ratio 0): a gate of higher AUROC
+sends more rows on and so holds more memory, and the static press it must beat holds as much.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
 from hazard.errors import HazardError
+from hazard.frontiers import mix_level
 from hazard.paired import _array, run_static_full
 
 _N = NormalDist()
@@ -124,18 +130,40 @@ class RowGroups:
         """``expected_accuracy`` for a binormal gate of that AUROC held to ``fpr`` of the healthy rows."""
         return self.expected_accuracy(binormal_tpr(auroc, fpr), fpr)
 
-    def required_auroc(self, target: float, fpr: float, tol: float = 1e-4) -> float | None:
+    def required_auroc(self, target: float | Callable[[float], float], fpr: float, tol: float = 1e-4
+                       ) -> float | None:
         """The least AUROC whose gate at ``fpr`` keeps ``target`` in expectation; 0.5 when a coin does, None
-        when no gate does (accuracy grows with AUROC when the action fixes more broken rows than it breaks)."""
-        if self.accuracy_at_auroc(0.5, fpr) >= target:
+        when no gate does (accuracy grows with AUROC when the action fixes more broken rows than it breaks).
+        ``target`` may depend on the AUROC (``target(auroc)``: static at the gate's own memory, which grows with
+        it); the search then assumes the gate's lead over it grows with AUROC too (bisection)."""
+        def short(a: float) -> float:  # how far under the target the gate of AUROC a keeps
+            return (target(a) if callable(target) else target) - self.accuracy_at_auroc(a, fpr)
+
+        if short(0.5) <= 0:
             return 0.5
-        if self.accuracy_at_auroc(1.0, fpr) < target:
+        if short(1.0) > 0:
             return None
         lo, hi = 0.5, 1.0
         while hi - lo > tol:
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self.accuracy_at_auroc(mid, fpr) >= target else (mid, hi)
+            lo, hi = (lo, mid) if short(mid) <= 0 else (mid, hi)
         return hi
+
+    def static_at_kv(self, points: list[dict], fpr: float) -> Callable[[float], float]:
+        """Static compression at the memory of the gate of each AUROC held to ``fpr``: ``points`` are the set's
+        static settings (``{"kv", "accuracy"}``, the uncompressed run among them), mixed per row
+        (``hazard.frontiers.mix_level``). Needs per-row KV; a gate cheaper than every point is an error."""
+        if self.kv is None:
+            raise HazardError("gate_need: static at equal memory needs the rows' per-row KV (outcomes['kv']); "
+                              "these runs kept none")
+
+        def level(auroc: float) -> float:
+            kv = self.expected_kv(binormal_tpr(auroc, fpr), fpr)
+            if (acc := mix_level(points, kv)) is None:
+                raise HazardError(f"gate_need: no static setting holds as little as the gate's {kv:.3f} mean KV "
+                                  f"(the cheapest: {min(p['kv'] for p in points):.3f}); add a stronger static press")
+            return acc
+        return level
 
 
 def sent_row_cost(live: dict, run: dict) -> dict | None:

@@ -106,13 +106,19 @@ def _find(rows: list[dict], base: str, label: str, name: str, run: dict | None =
     return found
 
 
+def static_points(rows: list[dict]) -> list[dict]:
+    """The static settings among one set's rows as ``hazard.frontiers`` points (``kv``, ``accuracy``, the ``row``
+    and its ``name``), the uncompressed run among them as static at ratio 0."""
+    return [{"kv": r["mean_kv_fraction"], "accuracy": r["accuracy"], "row": r,
+             "name": "full" if r["policy"] == "full" else _base(r)}
+            for r in rows if r["policy"] in ("static", "full")]
+
+
 def _static_mix(rows: list[dict], run: dict, name: str) -> dict:
     """The per-row mix of the static settings in ``rows`` with mean KV equal to ``run``'s and the highest accuracy
     (``hazard.frontiers.best_mix``): a ``row``-like summary, each prompt's expected correctness (``correct``) and
     the mix in words (``mix``)."""
-    points = [{"kv": r["mean_kv_fraction"], "accuracy": r["accuracy"], "row": r,
-               "name": "full" if r["policy"] == "full" else _base(r)}  # full: static at ratio 0
-              for r in rows if r["policy"] in ("static", "full")]
+    points = static_points(rows)
     x = run["mean_kv_fraction"]
     if (found := best_mix(points, x)) is None:
         raise HazardError(f"replication: set {name}: no static setting reaches the run's mean KV {x:.3f} "

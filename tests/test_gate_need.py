@@ -142,3 +142,54 @@ def test_sent_row_cost_compares_the_gated_picks_with_the_ungated_runs_average_re
     assert sent_row_cost(RUN, ungated) is None  # no per-row KV kept
     with pytest.raises(HazardError, match="different prompts"):
         sent_row_cost(gated, {**RUN, "outcomes": {"kv": [0.3] * 9, "acted": "1" * 9}})  # nine prompts, not ten
+
+
+def test_static_at_equal_memory_grows_with_the_gates_memory_and_sets_a_higher_bar():
+    static = _with_kv(STATIC, [0.2] * 10)
+    run = _with_kv(RUN, [0.6] * 5 + [0.25] * 4 + [0.6], acted="1111100001")
+    g = RowGroups.from_rows(run, static, FULL)
+    points = [{"kv": 0.2, "accuracy": 0.5}, {"kv": 0.4, "accuracy": 0.75}]  # the press and a milder one
+    level = g.static_at_kv(points, 0.05)
+    for a in (0.5, 0.8, 1.0):  # the per-row mix of the two at the gate's expected memory
+        kv = g.expected_kv(binormal_tpr(a, 0.05), 0.05)
+        assert level(a) == pytest.approx(0.5 + (kv - 0.2) / 0.2 * 0.25)
+    assert level(0.5) < level(1.0)  # a better gate sends more rows on, so static gets more memory too
+    # a target that depends on the AUROC: the least AUROC whose gate keeps it there
+    a = g.required_auroc(level, 0.05)
+    assert 0.5 < a < 1.0 and g.accuracy_at_auroc(a, 0.05) >= level(a)
+    assert g.accuracy_at_auroc(a - 0.002, 0.05) < level(a - 0.002)
+    assert g.required_auroc(lambda _: 0.7, 0.05) == g.required_auroc(0.7, 0.05)  # a constant as before
+    assert a > g.required_auroc(level(0.5), 0.05)  # the bar moves up with the gate's memory
+    with pytest.raises(HazardError, match="per-row KV"):
+        RowGroups.from_rows(RUN, STATIC, FULL).static_at_kv(points, 0.05)
+    with pytest.raises(HazardError, match="stronger static press"):
+        g.static_at_kv([{"kv": 0.5, "accuracy": 0.6}, {"kv": 1.0, "accuracy": 0.9}], 0.05)(0.5)
+
+
+def test_the_script_takes_static_at_the_gates_memory_as_its_reference(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+    import gate_need as script
+
+    milder = _with_kv(_row("static", "0111111100", ratio=0.825), [0.21] * 10)
+    rows = [_with_kv(FULL, [1.0] * 10), _with_kv(STATIC, [0.2] * 10), _with_kv(RUN, [0.3] * 10, acted="1" * 10),
+            milder]
+    a = _write(tmp_path / "a.json", rows)
+    b = _write(tmp_path / "b.json", rows)
+    out = tmp_path / "need.json"
+    assert script.main(["--base", "numbers@0.85", "--set", f"a={a}", "--set", f"b={b}", "--reference",
+                        "mix:static", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    one, pooled = res["items"][0], res["items"][-1]
+    assert one["reference"] is None and pooled["reference_curve"] == pytest.approx(one["reference_curve"])
+    kv = one["kv_curve"]["0.7"]  # the milder press mixed with the uncompressed run to the gate's memory
+    assert one["reference_curve"]["0.7"] == pytest.approx(0.7 + (kv - 0.21) / 0.79 * (0.9 - 0.7))
+    tie = one["auroc_to_tie_reference"]  # a coin does not tie it, a perfect gate does
+    assert 0.5 < tie < 1.0 and tie == pytest.approx(pooled["auroc_to_tie_reference"])
+    above = [a for a in one["curve"] if one["curve"][a] >= one["reference_curve"][a]]
+    assert float(above[0]) == pytest.approx(tie, abs=0.01)
+    assert "(at equal memory)" in capsys.readouterr().out
+    # rows without per-row KV cannot say what static holds at the gate's memory: one clear line
+    c = _write(tmp_path / "c.json", [FULL, STATIC, RUN])
+    assert script.main(["--base", "numbers@0.85", "--set", f"c={c}", "--reference", "mix:static",
+                        "--out", str(out)]) == 2
+    assert "per-row KV" in capsys.readouterr().err

@@ -379,8 +379,8 @@ class AnswerCheckPolicy(_Relief):
     again (one extra decode step). Rows the check approves finish as they are, at the press's memory.
 
     The check's forward reads the row's whole prompt and answer in one step and keeps no cache: the engine
-    counts those K/V bytes once, on the row's last token, for every layer (an upper bound) or, with
-    ``Engine(reading_kv="one_layer")``, for the one layer the forward holds at a time.
+    counts those K/V bytes once, on the row's last token, for the one layer the forward holds at a time or,
+    with ``Engine(reading_kv="all_layers")``, for every layer (an upper bound).
 
     Parameters
     ----------

@@ -13,8 +13,8 @@ question before it answers, and at the answer's last fed token, after it has rea
 cost nothing more than the reading.
 
 Memory: the forward keeps no cache, so it holds one layer's keys and values of prompt + answer at a time. The
-engine counts each reading once, on the row's last token, as every layer's K/V (``reading_kv="all_layers"``, an
-upper bound, the count until the thirty-third session) or as that one layer's (``"one_layer"``).
+engine counts each reading once, on the row's last token, as that one layer's K/V (``reading_kv="one_layer"``, the
+default) or as every layer's (``"all_layers"``: an upper bound, the count until the thirty-third session).
 
 The forward runs on the model's own modules in chunks of at most ``token_budget`` padded tokens and
 projects only the answer's positions through ``lm_head`` (a 150k vocabulary over a whole prompt would
