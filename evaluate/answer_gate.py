@@ -2,8 +2,8 @@
 
     python evaluate/answer_gate.py --config configs/evaluate/gate_q15.yaml --out checkpoints/answer-gate-q15
         [--max_false 0.05 0.2] [--false_over right|healthy|calm] [--features digits|reading|digits+probes]
-        [--label wrong|broken]
-        [--tau 0.2] [--data /tmp/hz/gate_data.npz] [--any.evaluate.key value ...]
+        [--label wrong|broken|helps]
+        [--tau 0.2] [--data /tmp/hz/gate_data.npz] [--effect] [--any.evaluate.key value ...]
 
 For every prompt: the uncompressed run and the run under each base press (the engine, greedy), then one reading
 of each compressed answer by the uncompressed model (``check_answers``). Label (``--label``): the compressed
@@ -22,6 +22,15 @@ data, model, git sha), one folder per ``max_false``. Use prompts the evaluation 
 ``--features digits+probes`` adds two linear probes on the reading's hidden states (``hazard.control.gate.PROBES``):
 their out-of-fold logits are the gate's last two features in cross-validation, and the probes refit on every
 reading ship in gate.json (``report.json``: their cross-validated AUROC).
+
+``--effect``: also run the ungated answer check (``policy_options.answer_check`` of the config, its gate left
+out) on the same prompts and keep, per answer, whether the repaired answer is right (saved with the readings; a
+second call with the same ``--data`` runs only what the file lacks). Then ``--label helps`` fits the gate to what the
+action does rather than to what compression did: the repair turns a wrong answer right (the uncompressed model's
+answer may be wrong too: RESULTS.md 0aa found a sixth of the ungated check's fixes among those). Every report then
+also gives the cross-validated net change the gate's repairs make (``cv_net_gain``: answers fixed minus answers
+broken, per answer). Where the check escalates (``escalate: true``) the answers that visibly failed (a loop or
+non-termination) are repaired whatever a gate says, so the gate is fitted and scored on the others.
 
 ``--data PATH``: the readings themselves (every answer's tokens, the uncompressed model's log-probs and choices,
 its two hidden states, the uncompressed answer, the labels, the token strings) are saved there after collection
@@ -42,11 +51,13 @@ import numpy as np
 from hazard.cli import build, parse_args
 from hazard.collect import _git_sha, build_rows, encode, hardware, kept_positions, questions_of
 from hazard.compression import PressSpec, build_press
+from hazard.control.controller import PolicyController
 from hazard.control.gate import FEATURE_SETS, PROBES, digit_token_ids, fit_gate, probe_columns, verdict_features
+from hazard.control.policies import build_policy
 from hazard.engine import Engine
 from hazard.engine.check import Verdict, check_answers
 from hazard.errors import HazardError
-from hazard.evaluate import EvaluateConfig
+from hazard.evaluate import EvaluateConfig, acted
 from hazard.models import end_token_ids, load_model
 from hazard.signals import SIGNALS
 from hazard.tasks import build_task
@@ -94,6 +105,36 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
             "collected": {"hardware": hardware(), "git_sha": _git_sha(), "model": cfg.model.label()}}
 
 
+def collect_effects(cfg: EvaluateConfig) -> dict:
+    """For every (prompt, base press) of ``cfg``, in ``collect_gate_data``'s order: the answer after the ungated
+    answer check (``cfg.policy_options["answer_check"]`` without its gate) repaired it, right or not, and whether
+    the check acted (``repaired_correct``, ``repaired_acted``)."""
+    options = {k: v for k, v in cfg.policy_options.get("answer_check", {}).items() if k != "gate"}
+    if not options or any(isinstance(v, list) for v in options.values()):
+        raise HazardError("--effect: the config needs policy_options.answer_check, one value per knob (the check "
+                          "whose repairs label the answers)")
+    model, tok = load_model(cfg.model)
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
+                    reading_kv=cfg.reading_kv)
+    meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
+    correct, acted_ = [], []
+    for t in cfg.tasks:
+        for opts in t.expand():
+            task = build_task(t.name, **opts)
+            prompts = task.prompts()
+            ids = [encode(tok, p) for p in prompts]
+            questions = questions_of(tok, prompts)
+            for spec in cfg.base_presses:
+                press = build_press(spec)
+                ctl = PolicyController(build_policy("answer_check", **options), None, spec.ratio,
+                                       cfg.max_new_tokens, {}, questions=questions)
+                gens = engine.generate(ids, press, controller=ctl, protect=kept_positions(press, questions, ids))
+                rows = build_rows(tok, prompts, gens, None, spec, {**meta, "task": task.name}, questions)
+                correct += [bool(r["correct"]) for r in rows]
+                acted_ += [acted(g.control) for g in gens]
+    return {"repaired_correct": np.array(correct), "repaired_acted": np.array(acted_)}
+
+
 # the compressed run's own per-token signals kept beside each reading (float16), for studying gate features
 SAVED_SIGNALS = ("entropy", "top1_prob", "margin", "chosen_logprob", "repeat4", "attn_generated_mass")
 
@@ -104,10 +145,13 @@ def _ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
     return flat, np.concatenate([[0], np.cumsum(lens)])
 
 
+EFFECTS = ("repaired_correct", "repaired_acted")  # collect_effects', kept beside the readings
+
+
 def save_gate_data(path: str | Path, d: dict) -> None:
     """``collect_gate_data``'s readings as one .npz, written atomically (a killed call leaves no file)."""
     vs = d["verdicts"]
-    arrays = {k: d[k] for k in ("y", "healthy", "calm", "groups", "full_correct", "vocab_ids") if k in d}
+    arrays = {k: d[k] for k in ("y", "healthy", "calm", "groups", "full_correct", "vocab_ids", *EFFECTS) if k in d}
     for name in ("tokens", "logp", "top", "top_logp"):
         arrays[name], arrays["offsets"] = _ragged([getattr(v, name) for v in vs])
     arrays["full_tokens"], arrays["full_offsets"] = _ragged(d["full_tokens"])
@@ -139,7 +183,8 @@ def load_gate_data(path: str | Path) -> dict:
                   states=None if states is None else states[i]) for i in range(len(o) - 1)]
     m = int(z["max_new_tokens"])
     return {"x": np.array([verdict_features(v, m) for v in vs]), "y": z["y"], "healthy": z["healthy"],
-            **({"calm": z["calm"]} if "calm" in z else {}), "groups": z["groups"],
+            **({"calm": z["calm"]} if "calm" in z else {}), **{k: z[k] for k in EFFECTS if k in z},
+            "groups": z["groups"],
             "full_correct": z["full_correct"], "verdicts": vs,
             "full_tokens": [z["full_tokens"][fo[i]:fo[i + 1]] for i in range(len(fo) - 1)],
             "vocab_ids": z["vocab_ids"], "vocab": z["vocab"], "max_new_tokens": m,
@@ -148,11 +193,35 @@ def load_gate_data(path: str | Path) -> dict:
             "collected": json.loads(str(z["collected"]))}
 
 
-def fit_labels(data: dict, label: str, false_over: str, tau: float, path: str = "") -> tuple[np.ndarray, ...]:
+def decided(data: dict, escalate: bool) -> np.ndarray:
+    """The answers a gate decides on: with ``escalate`` the visibly failed ones (a loop or non-termination) are
+    repaired whatever it says, so only the calm ones; otherwise all."""
+    return data["calm"] if escalate else np.ones(len(data["y"]), bool)
+
+
+def repair_gain(data: dict, escalate: bool) -> np.ndarray | None:
+    """What the ungated check's repair did to each answer a gate decides on (+1 fixed, -1 broke, 0 neither or not
+    the gate's to decide); None without ``--effect``'s repairs."""
+    if "repaired_correct" not in data:
+        return None
+    gain = data["repaired_correct"].astype(int) - data["healthy"].astype(int)
+    return np.where(decided(data, escalate), gain, 0)
+
+
+def fit_labels(data: dict, label: str, false_over: str, tau: float, path: str = "",
+               escalate: bool = False) -> tuple[np.ndarray, ...]:
     """What a gate is fitted on, from the readings: its target (``label``), the answers it is asked about (a
-    disagreement at ``tau``) and the answers its threshold spares (``false_over``, as ``--false_over`` says)."""
-    target = data["y"] if label == "broken" else (~data["healthy"]).astype(np.int64)
+    disagreement at ``tau``; with ``escalate``, for ``helps``, only the calm ones) and the answers its threshold
+    spares (``false_over``, as ``--false_over`` says)."""
     eligible = np.array([v.first_disagreement(tau) >= 0 for v in data["verdicts"]])
+    if label == "helps":
+        if "repaired_correct" not in data or "calm" not in data:
+            raise HazardError(f"--label helps: the readings{f' in {path}' if path else ''} hold no repaired answers; "
+                              "run again with --effect (the same --data: only the repairs are collected)")
+        target = (repair_gain(data, escalate) > 0).astype(np.int64)  # a wrong answer the repair turns right
+        eligible &= decided(data, escalate)
+    else:
+        target = data["y"] if label == "broken" else (~data["healthy"]).astype(np.int64)
     spared = data["healthy"]
     if false_over != "right":
         if "calm" not in data:
@@ -176,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
                          "counts them); or of every answer without a loop or non-termination (calm)")
     ap.add_argument("--features", choices=sorted(FEATURE_SETS), default="digits",
                     help="the reading's statistics the gate reads (hazard.control.gate.FEATURE_SETS)")
-    ap.add_argument("--label", choices=["broken", "wrong"], default="wrong",
-                    help="fit to predict that compression broke the answer, or that the compressed answer is wrong")
+    ap.add_argument("--label", choices=["broken", "wrong", "helps"], default="wrong",
+                    help="fit to predict that compression broke the answer, that the compressed answer is wrong, or "
+                         "that the ungated check's repair turns it right (needs --effect's repairs)")
+    ap.add_argument("--effect", action="store_true",
+                    help="also collect each answer as the ungated answer check repairs it (policy_options."
+                         "answer_check of the config), saved with the readings")
     ap.add_argument("--tau", type=float, default=0.2,
                     help="the answer check's tau: only answers with a disagreement there reach the gate")
     ap.add_argument("--data", default="", help="save the readings here, or fit from them when the file exists")
@@ -189,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"answer gate: {len(data['y'])} readings from {args.data}")
         else:
             data = collect_gate_data(cfg)
+            if args.data:
+                save_gate_data(args.data, data)
+        if args.effect and "repaired_correct" not in data:
+            data.update(collect_effects(cfg))
+            if len(data["repaired_correct"]) != len(data["y"]):
+                raise HazardError(f"--effect: {len(data['repaired_correct'])} repaired answers for {len(data['y'])} "
+                                  f"readings; the config is not the one the readings came from")
             if args.data:
                 save_gate_data(args.data, data)
         features = FEATURE_SETS[args.features]
@@ -205,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             cols, probes, probe_auroc = probe_columns(np.stack([v.states for v in data["verdicts"]]), labels,
                                                       data["groups"], probed)
             x = np.hstack([x, cols])
-        target, eligible, spared = fit_labels(data, args.label, args.false_over, args.tau, args.data)
-        fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible))
+        escalate = bool(cfg.policy_options.get("answer_check", {}).get("escalate", False))
+        target, eligible, spared = fit_labels(data, args.label, args.false_over, args.tau, args.data, escalate)
+        gain = repair_gain(data, escalate)
+        fits = [(m, *fit_gate(x, data["y"], data["groups"], spared, m, target=target, eligible=eligible, gain=gain))
                 for m in args.max_false]
     except HazardError as e:
         print(f"answer_gate: error: {e}", file=sys.stderr)
@@ -227,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "report.json", report)
         spared_name = {"right": "right", "calm": "calm (no loop or non-termination)",
                        "healthy": "healthy (no loop, non-termination or broken answer)"}[args.false_over]
+        gained = "" if report.get("cv_net_gain") is None else (
+            f"; its repairs fix {report['cv_fixed']} and break {report['cv_broke']} answers (net "
+            f"{report['cv_net_gain']:+.4f} per answer)")
         print(f"answer gate: {report['n']} answers ({report['broken']} broken by compression), cross-validated "
               f"AUROC {report['cv_auroc']:.3f}; at threshold {gate.threshold:.3f} it repairs "
               f"{report['cv_broken_repaired']:.2f} of the broken and {report['cv_healthy_repaired']:.2f} of the "
-              f"{spared_name} answers -> {out}/gate.json")
+              f"{spared_name} answers{gained} -> {out}/gate.json")
     return 0
 
 

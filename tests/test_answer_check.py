@@ -287,6 +287,82 @@ def test_gate_data_come_from_the_engine_and_the_check(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_the_effect_labels_are_the_closed_loops_ungated_check_prompt_by_prompt(tmp_path):
+    """``collect_effects`` runs the ungated answer check as ``hazard evaluate`` does: the same answers."""
+    import sys
+
+    sys.path.insert(0, "evaluate")
+    from answer_gate import collect_effects
+
+    from hazard.cli import build, main, parse_args
+    from hazard.evaluate import EvaluateConfig
+
+    args = ["--output", str(tmp_path / "cl.json"), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "10", "--batch_size", "4",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 4, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]",
+            "--policy_options", "{answer_check: {tau: 1.0, checks: 2, action: none, gate: some/gate}}"]
+    eff = collect_effects(build(EvaluateConfig, parse_args(args)))
+    assert eff["repaired_correct"].dtype == bool and len(eff["repaired_correct"]) == 4
+    # the closed loop's ungated check on the same prompts (the gate left out, as collect_effects does)
+    loop = [*args[:-1], "{answer_check: {tau: 1.0, checks: 2, action: none}}", "--policies",
+            "[static, full, answer_check]"]
+    assert main(["evaluate", *loop]) == 0
+    row = [r for r in json.loads((tmp_path / "cl.json").read_text())["rows"] if r["policy"] == "answer_check"][0]
+    assert "".join("1" if c else "0" for c in eff["repaired_correct"]) == row["outcomes"]["correct"]
+    assert "".join("1" if a else "0" for a in eff["repaired_acted"]) == row["outcomes"]["acted"]
+    assert eff["repaired_acted"].any()  # tau 1: every changed greedy choice is repaired
+    with pytest.raises(HazardError, match="policy_options.answer_check"):
+        collect_effects(build(EvaluateConfig, parse_args(args[:-2])))
+    # answer_gate.py --effect on readings saved without repairs collects the repairs only, and saves them with them
+    from answer_gate import collect_gate_data, load_gate_data, save_gate_data
+    from answer_gate import main as gate_main
+
+    save_gate_data(tmp_path / "d.npz", collect_gate_data(build(EvaluateConfig, parse_args(args))))
+    gate_main(["--config", "configs/evaluate/gate_q15_4k.yaml", *args[2:], "--data", str(tmp_path / "d.npz"),
+               "--effect", "--out", str(tmp_path / "g")])  # four answers may be too few to fit: not asked here
+    back = load_gate_data(tmp_path / "d.npz")
+    assert np.array_equal(back["repaired_correct"], eff["repaired_correct"]) and len(back["y"]) == 4
+
+
+def test_a_gate_fitted_to_what_the_repair_does_gains_more_than_one_fitted_to_broken_answers(tmp_path, capsys):
+    """--label helps: when the repair fixes the answers whose disagreement is most confident, wrong anyway or
+    not, a gate fitted to that makes more net fixes at the same false-trigger budget than a gate fitted to the
+    answers compression broke (here a coin among the wrong ones)."""
+    import sys
+
+    sys.path.insert(0, "evaluate")
+    from answer_gate import load_gate_data, main, save_gate_data
+
+    d = _synthetic_readings(600, seed=3)
+    low = np.array([v.logp.min() for v in d["verdicts"]])
+    # the repair turns wrong answers with a confident disagreement right, and breaks a few right ones
+    rng = np.random.default_rng(0)
+    d["repaired_correct"] = np.where(d["healthy"], rng.random(600) > 0.05, low < -4.0)
+    d["repaired_acted"] = np.ones(600, bool)
+    save_gate_data(tmp_path / "d.npz", d)
+    back = load_gate_data(tmp_path / "d.npz")
+    assert np.array_equal(back["repaired_correct"], d["repaired_correct"])
+    args = ["--config", "configs/evaluate/gate_q15_4k.yaml", "--data", str(tmp_path / "d.npz"), "--features",
+            "reading", "--max_false", "0.1", "--false_over", "healthy",
+            "--policy_options", "{answer_check: {tau: 0.2, escalate: true}}"]  # loops: repaired whatever the gate
+    # --effect with the repairs already in the file collects nothing (no model is there to load)
+    assert main([*args, "--effect", "--out", str(tmp_path / "helps"), "--label", "helps"]) == 0
+    assert main([*args, "--out", str(tmp_path / "broken"), "--label", "broken"]) == 0
+    helps, broken = (json.loads((tmp_path / k / "f0.1" / "report.json").read_text()) for k in ("helps", "broken"))
+    assert helps["label"] == "helps" and helps["cv_healthy_repaired"] <= 0.1
+    gain = np.where(d["calm"], d["repaired_correct"].astype(int) - d["healthy"].astype(int), 0)  # escalated: 0
+    assert helps["cv_net_gain"] > broken["cv_net_gain"] and helps["cv_fixed"] > broken["cv_fixed"]
+    assert helps["cv_net_gain"] <= (gain > 0).sum() / 600 and helps["cv_target_auroc"] > 0.8
+    assert "net" in capsys.readouterr().out
+    # readings without the repairs: one clear line naming --effect
+    del d["repaired_correct"], d["repaired_acted"]
+    save_gate_data(tmp_path / "plain.npz", d)
+    assert main([*args[:2], "--data", str(tmp_path / "plain.npz"), "--out", str(tmp_path / "x"), "--label",
+                 "helps", *args[-2:]]) == 2
+    assert "--effect" in capsys.readouterr().err
+
+
 def _synthetic_readings(n: int, seed: int) -> dict:
     """Readings where wrong answers carry a confident disagreement and half the right ones a mild one; some wrong
     answers are calm (no loop or non-termination), as answers wrong uncompressed too are."""

@@ -227,13 +227,15 @@ def load_gate(spec: str) -> AnswerGate | RandomGate:
 
 def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarray, max_false: float = 0.05,
              folds: int = 5, seed: int = 0, target: np.ndarray | None = None,
-             eligible: np.ndarray | None = None) -> tuple[AnswerGate, dict]:
+             eligible: np.ndarray | None = None, gain: np.ndarray | None = None) -> tuple[AnswerGate, dict]:
     """Logistic regression of ``target`` (default ``y``: compression broke the answer; or, e.g., the compressed
     answer is wrong) on ``x``. The threshold is the lowest at which at most ``max_false`` of the ``healthy``
     answers get repaired in prompt-grouped cross-validation (out-of-fold probabilities); an answer is repaired
     when it is ``eligible`` (the check found a disagreement: the gate is only asked then; default all) and its
     probability reaches the threshold. Then the model is refit on everything. Returns the gate and its
-    cross-validated report (AUROC and repair rates of the ``y`` answers)."""
+    cross-validated report (AUROC and repair rates of the ``y`` answers; with ``gain``, what a repair does to each
+    answer, +1 fixed, -1 broken, 0 neither: the answers the cross-validated gate's repairs fix and break, and their
+    net change per answer, ``cv_net_gain``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -264,4 +266,11 @@ def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarr
               "cv_auroc_broken_vs_healthy": float(roc_auc_score(y[both], oof[both])), "threshold": threshold,
               "cv_healthy_repaired": float(rep[healthy].mean()) if healthy.any() else None,
               "cv_broken_repaired": float(rep[broken].mean()), "max_false": max_false, "folds": folds}
+    if target is not y:
+        report["cv_target_auroc"] = float(roc_auc_score(target[eligible], oof[eligible])) if len(
+            set(target[eligible].tolist())) == 2 else None
+    if gain is not None:
+        g = np.asarray(gain)[rep]
+        report.update({"cv_fixed": int((g > 0).sum()), "cv_broke": int((g < 0).sum()),
+                       "cv_net_gain": float(g.sum() / len(y))})
     return gate, report
