@@ -270,7 +270,9 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
     are loops and non-terminations as the rows flag them; the closed loop's labels count a run the budget cut
     right after its answer as healthy: a row or two per 500 can fall on the other side here.) The counts say
     where ``run``'s accuracy comes from: rows it fixed or broke among the failing ones and among the healthy
-    ones. A counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it,
+    ones, and, with the run's per-prompt ``acted`` bits, among the healthy rows it acted on (``healthy_acted``:
+    what its false triggers did; a row it left alone can still move with the rows batched beside it). A
+    counterfactual per row: it assumes a row's outcome does not depend on the rows batched with it,
     which bf16 batch arithmetic makes only nearly true.
     """
     u, s, f, wild = run_static_full(run, static, full, "gate_headroom")
@@ -287,9 +289,11 @@ def gate_headroom(run: dict, static: dict, full: dict, max_false: float = 0.05) 
     def moves(mask: np.ndarray) -> dict:
         return {"rows": int(mask.sum()), "fixed": int((mask & fixes).sum()), "broke": int((mask & s & ~u).sum())}
 
+    bits = run["outcomes"].get("acted")
     return {"n": n, "accuracy": float(u.mean()), "static_accuracy": float(s.mean()), "full_accuracy": float(f.mean()),
             "perfect_gate_accuracy": float(np.where(failing, u, s).mean()), "bound_gate": bound,
-            "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing)}
+            "failing": moves(failing), "healthy": moves(~failing), "acted": acted_shares(run, static, failing),
+            "healthy_acted": None if bits is None else moves(~failing & _array(bits))}
 
 
 def acted_shares(run: dict, static: dict, failing: np.ndarray) -> dict | None:
@@ -332,11 +336,13 @@ def format_headroom(items: list[dict]) -> str:
     m = items[0]["headroom"]["bound_gate"]["max_false"]
     lines = [f"{'run':{w}}  acc    perfect gate  at <= {m:.0%} false triggers  "
              "failing rows: fixed / broke   healthy rows: fixed / broke   "
-             "acted on: failing (F) or not right under static (W) / the others"]
+             "acted on: failing (F) or not right under static (W) / the others   healthy rows acted on: fixed / broke"]
     for it in items:
         h = it["headroom"]
         fa, he, a = h["failing"], h["healthy"], h.get("acted")
         where = "" if a is None else f"{'F' if a['among'] == 'failing' else 'W'} {a['share']:.3f} / {a['others']:.3f}"
+        if (ha := h.get("healthy_acted")) is not None:
+            where += f"                                   {ha['rows']:4d}: {ha['fixed']:3d} / {ha['broke']:<3d}"
         lines.append(f"{it['run']:{w}}  {h['accuracy']:.3f}  {h['perfect_gate_accuracy']:.3f}         "
                      f"{h['bound_gate']['accuracy']:.3f}                    "
                      f"{fa['rows']:4d}: {fa['fixed']:3d} / {fa['broke']:<3d}              "

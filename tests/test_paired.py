@@ -142,6 +142,9 @@ def test_a_perfect_gate_keeps_the_runs_outcome_only_on_the_rows_the_press_failed
     # where it acted: its bits split by the failing rows (1, 2) and the others (0, 3, 4, 5)
     bits = {**run, "outcomes": {**run["outcomes"], "acted": "011100"}}
     assert gate_headroom(bits, static, full)["acted"] == {"among": "failing", "share": 1.0, "others": 0.25}
+    # of the healthy rows it acted on (3 of 0, 3, 4, 5) it broke that one; the fix of row 4 came without acting
+    assert gate_headroom(bits, static, full)["healthy_acted"] == {"rows": 1, "fixed": 0, "broke": 1}
+    assert h["healthy_acted"] is None
     # without bits, from the summary: acted on 3 of 6 rows, on 1 of the 2 the press left right (0, 3)
     rates = {**run, "trigger_rate": 0.5, "false_repair_rate": 0.5}
     assert gate_headroom(rates, static, full)["acted"] == {"among": "static_not_right", "share": 0.5, "others": 0.5}
