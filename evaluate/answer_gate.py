@@ -27,7 +27,7 @@ reading ship in gate.json (``report.json``: their cross-validated AUROC).
 out) on the same prompts and keep, per answer, whether the repaired answer is right (saved with the readings; a
 second call with the same ``--data`` runs only what the file lacks). Then ``--label helps`` fits the gate to what the
 action does rather than to what compression did: the repair turns a wrong answer right (the uncompressed model's
-answer may be wrong too: RESULTS.md 0aa found a sixth of the ungated check's fixes among those). Every report then
+answer may be wrong too: 56 of the ungated check's 128 fixes on the four test sets, RESULTS.md 0aa). Every report then
 also gives the cross-validated net change the gate's repairs make (``cv_net_gain``: answers fixed minus answers
 broken, per answer). Where the check escalates (``escalate: true``) the answers that visibly failed (a loop or
 non-termination) are repaired whatever a gate says, so the gate is fitted and scored on the others.
@@ -64,6 +64,16 @@ from hazard.tasks import build_task
 from hazard.traces import write_json
 
 
+def _prompt_sets(cfg: EvaluateConfig, tok):
+    """Each task of ``cfg`` (every option set it expands to), in order: the task, its prompts, their token ids
+    and their questions' positions (the order every answer of the readings, and of their repairs, follows)."""
+    for t in cfg.tasks:
+        for opts in t.expand():
+            task = build_task(t.name, **opts)
+            prompts = task.prompts()
+            yield task, prompts, [encode(tok, p) for p in prompts], questions_of(tok, prompts)
+
+
 def collect_gate_data(cfg: EvaluateConfig) -> dict:
     """Readings, features, labels and prompt groups for every (prompt, base press) of ``cfg``."""
     model, tok = load_model(cfg.model)
@@ -71,29 +81,24 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
     xs, ys, ok, calm, groups, verdicts_all, full_all, full_ok, signals = [], [], [], [], [], [], [], [], []
     cols = [SIGNALS.index(s) for s in SAVED_SIGNALS]
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
-    for t in cfg.tasks:
-        for opts in t.expand():
-            task = build_task(t.name, **opts)
-            prompts = task.prompts()
-            ids = [encode(tok, p) for p in prompts]
-            questions = questions_of(tok, prompts)
-            full_spec = PressSpec("none")
-            full = build_rows(tok, prompts, engine.generate(ids, None), None, full_spec, {**meta, "task": task.name})
-            for spec in cfg.base_presses:
-                press = build_press(spec)
-                gens = engine.generate(ids, press, protect=kept_positions(press, questions, ids))
-                rows = build_rows(tok, prompts, gens, full, spec, {**meta, "task": task.name})
-                verdicts = check_answers(engine.runner, ids, [g.tokens for g in gens], engine.prefill.token_budget)
-                for i, (f, r, v) in enumerate(zip(full, rows, verdicts)):
-                    xs.append(verdict_features(v, cfg.max_new_tokens))  # the first gate's, for a look
-                    ys.append(bool(f["correct"] and not r["correct"]))
-                    ok.append(bool(r["correct"]))
-                    calm.append(not (r["loop"] or r["nonterm"]))  # with ys: the rows false_trigger_rate counts
-                    full_ok.append(bool(f["correct"]))
-                    groups.append(f"{task.name}/{i}")
-                verdicts_all += verdicts
-                signals += [g.signals[:, cols] for g in gens]
-                full_all += [f["tokens"] for f in full]
+    for task, prompts, ids, questions in _prompt_sets(cfg, tok):
+        full_spec = PressSpec("none")
+        full = build_rows(tok, prompts, engine.generate(ids, None), None, full_spec, {**meta, "task": task.name})
+        for spec in cfg.base_presses:
+            press = build_press(spec)
+            gens = engine.generate(ids, press, protect=kept_positions(press, questions, ids))
+            rows = build_rows(tok, prompts, gens, full, spec, {**meta, "task": task.name})
+            verdicts = check_answers(engine.runner, ids, [g.tokens for g in gens], engine.prefill.token_budget)
+            for i, (f, r, v) in enumerate(zip(full, rows, verdicts)):
+                xs.append(verdict_features(v, cfg.max_new_tokens))  # the first gate's, for a look
+                ys.append(bool(f["correct"] and not r["correct"]))
+                ok.append(bool(r["correct"]))
+                calm.append(not (r["loop"] or r["nonterm"]))  # with ys: the rows false_trigger_rate counts
+                full_ok.append(bool(f["correct"]))
+                groups.append(f"{task.name}/{i}")
+            verdicts_all += verdicts
+            signals += [g.signals[:, cols] for g in gens]
+            full_all += [f["tokens"] for f in full]
     _, groups = np.unique(np.array(groups), return_inverse=True)
     seen = np.unique(np.concatenate([v.tokens for v in verdicts_all] + [v.top for v in verdicts_all]))
     return {"x": np.array(xs), "y": np.array(ys, dtype=np.int64), "healthy": np.array(ok), "calm": np.array(calm),
@@ -118,20 +123,15 @@ def collect_effects(cfg: EvaluateConfig) -> dict:
                     reading_kv=cfg.reading_kv)
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
     correct, acted_ = [], []
-    for t in cfg.tasks:
-        for opts in t.expand():
-            task = build_task(t.name, **opts)
-            prompts = task.prompts()
-            ids = [encode(tok, p) for p in prompts]
-            questions = questions_of(tok, prompts)
-            for spec in cfg.base_presses:
-                press = build_press(spec)
-                ctl = PolicyController(build_policy("answer_check", **options), None, spec.ratio,
-                                       cfg.max_new_tokens, {}, questions=questions)
-                gens = engine.generate(ids, press, controller=ctl, protect=kept_positions(press, questions, ids))
-                rows = build_rows(tok, prompts, gens, None, spec, {**meta, "task": task.name}, questions)
-                correct += [bool(r["correct"]) for r in rows]
-                acted_ += [acted(g.control) for g in gens]
+    for task, prompts, ids, questions in _prompt_sets(cfg, tok):
+        for spec in cfg.base_presses:
+            press = build_press(spec)
+            ctl = PolicyController(build_policy("answer_check", **options), None, spec.ratio,
+                                   cfg.max_new_tokens, {}, questions=questions)
+            gens = engine.generate(ids, press, controller=ctl, protect=kept_positions(press, questions, ids))
+            rows = build_rows(tok, prompts, gens, None, spec, {**meta, "task": task.name}, questions)
+            correct += [bool(r["correct"]) for r in rows]
+            acted_ += [acted(g.control) for g in gens]
     return {"repaired_correct": np.array(correct), "repaired_acted": np.array(acted_)}
 
 
