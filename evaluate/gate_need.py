@@ -13,6 +13,10 @@ A set may be several files of the same prompts (``NAME=A,B``): their rows are po
 pools them, the static and uncompressed runs kept once (they must agree prompt by prompt). Every set is also
 pooled into ``all``. The PNG is written beside ``--out``.
 
+Each set also gets the same figures for a gate that ranks the rows the action *fixes* first (``FixGroups``: broken
+answers, and answers wrong uncompressed too that the repair turns right; ``answer_gate.py --label helps`` fits
+one), whose false triggers include the healthy rows it fixes.
+
 ``--reference`` is one static run (``static <press>@<ratio>``, a fixed accuracy) or ``mix:static``: static
 compression at the memory the gate of each AUROC would hold, the set's static settings mixed per row to it
 (``RowGroups.static_at_kv``; pooled, the sets' own mixes weighted by prompts), as ``replicate.py`` compares runs.
@@ -30,7 +34,7 @@ import numpy as np
 from merge_frontiers import merge_rows
 
 from hazard.errors import HazardError
-from hazard.gate_need import RowGroups, binormal_tpr, sent_row_cost
+from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, sent_row_cost
 from hazard.replication import MIX, _find, _group, static_points
 from hazard.traces import write_json
 
@@ -89,6 +93,22 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref: float | Callable
                           sent_row_cost(observed[g], run)} for g, p in gates.items()}}
 
 
+def analyse_fixes(fixes: FixGroups, bound: float, ref: float | Callable[[float], float] | None, args) -> dict:
+    """The same figures for a gate that ranks the rows the action fixes first (``FixGroups``)."""
+    def at(a: float) -> float:
+        return ref(a) if callable(ref) else ref
+
+    return {"fixed": {"failing": fixes.fixed_failing, "healthy": fixes.fixed_healthy}, "broke": fixes.broke,
+            "curve": {str(a): fixes.accuracy_at_auroc(a, args.max_false) for a in AUROCS},
+            "kv_curve": None if fixes.kv is None else {str(a): fixes.kv_at_auroc(a, args.max_false) for a in AUROCS},
+            "reference_curve": None if ref is None else {str(a): at(a) for a in AUROCS},
+            "false_triggers_perfect": fixes.fixed_healthy / max(fixes.fixed_healthy + fixes.negatives_healthy, 1),
+            "auroc_for_bound": fixes.required_auroc(bound, args.max_false),
+            "auroc_to_tie_reference": None if ref is None else fixes.required_auroc(at, args.max_false),
+            "auroc_to_lead_reference": None if ref is None else fixes.required_auroc(lambda a: at(a) + args.margin,
+                                                                                     args.max_false)}
+
+
 def _auroc(a: float | None) -> str:
     return "no gate reaches it" if a is None else f"{a:.3f}"
 
@@ -128,6 +148,18 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
             if c := p.get("sent_rows"):
                 lines.append(f"    the {c['rows']} rows it acted on: KV {c['live']:.3f} there, {c['ungated_same']:.3f} "
                              f"in the ungated run; that run's rows acted on average {c['ungated_acted']:.3f}")
+        if h := it.get("fixes"):
+            lines += [f"  a gate that ranks the rows the action fixes first ({h['fixed']['failing']} broken and "
+                      f"{h['fixed']['healthy']} healthy ones; it breaks {h['broke']} others), at most "
+                      f"{it['max_false']:.0%} false triggers (perfect: {h['false_triggers_perfect']:.1%}):",
+                      "  keeps   " + "  ".join(f"{h['curve'][a]:.3f}" for a in GRID),
+                      *(["  at KV   " + "  ".join(f"{h['kv_curve'][a]:.3f}" for a in GRID)] if h["kv_curve"] else []),
+                      *(["  static  " + "  ".join(f"{h['reference_curve'][a]:.3f}" for a in GRID)]
+                        if h["reference_curve"] is not None else []),
+                      f"  AUROC needed for the accuracy bound: {_auroc(h['auroc_for_bound'])}; to tie the reference: "
+                      f"{'-' if h['reference_curve'] is None else _auroc(h['auroc_to_tie_reference'])}; to lead it "
+                      f"by {it['margin']:.3f}: "
+                      f"{'-' if h['reference_curve'] is None else _auroc(h['auroc_to_lead_reference'])}"]
     return "\n".join(lines)
 
 
@@ -154,6 +186,15 @@ def plot(items: list[dict], out: Path, gate_aurocs: list[float], run: str) -> No
     plt.close(fig)
 
 
+def _pooled_reference(refs: list, w: np.ndarray) -> float | Callable[[float], float] | None:
+    """The sets' references weighted by their prompts: accuracies, or functions of the AUROC (``mix:static``)."""
+    if any(r is None for r in refs):
+        return None
+    if callable(refs[0]):
+        return lambda a: float(np.dot(w, [r(a) for r in refs]) / w.sum())
+    return float(np.dot(w, refs) / w.sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", action="append", required=True, metavar="NAME=PATH[,PATH]")
@@ -172,37 +213,40 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         gates = {g: gate_point(g, args.checkpoints) for g in args.gate}
-        items, pooled, sets, sources = [], [], [], {}
+        items, pooled, pooled_fixes, sets, fix_refs, sources = [], [], [], [], [], {}
         for spec in args.set:
             name, sep, paths = spec.partition("=")
             if not sep or not paths:
                 raise HazardError(f"gate_need: --set {spec!r} must read NAME=PATH[,PATH]")
             rows = load_set(name, [Path(p) for p in paths.split(",")], args.base, sources)
             run, static, full = (_find(rows, args.base, lab, name)[0] for lab in (args.run, "static", "full"))
-            groups = RowGroups.from_rows(run, static, full)
+            groups, fixes = RowGroups.from_rows(run, static, full), FixGroups.from_rows(run, static, full)
             if args.reference == MIX:
                 ref = groups.static_at_kv(static_points(rows), args.max_false)
+                ref_fix = fixes.static_at_kv(static_points(rows), args.max_false)
             else:
                 ref = _find(rows, args.base, args.reference, name)[0]["accuracy"] if args.reference else None
+                ref_fix = ref
             observed = {}
             for g in gates:
                 hit = [r for r in rows if r["policy"] == run["policy"] and
                        str(r.get("knob", {}).get("gate", "")).endswith(g)]
                 observed[g] = hit[0] if hit else None
             items.append(analyse(name, groups, full["accuracy"], ref, args, gates, observed, run))
+            items[-1]["fixes"] = analyse_fixes(fixes, full["accuracy"] - args.acc_tol, ref_fix, args)
             pooled.append(groups)
+            pooled_fixes.append(fixes)
             sets.append((full["accuracy"], ref))
+            fix_refs.append(ref_fix)
         if len(pooled) > 1:
             total = pooled[0]
             for g in pooled[1:]:
                 total = total + g
             w = np.array([g.n for g in pooled], dtype=float)
             full_acc = float(np.dot(w, [f for f, _ in sets]) / w.sum())
-            refs = [r for _, r in sets]
-            ref_all = (None if any(r is None for r in refs) else
-                       (lambda a: float(np.dot(w, [r(a) for r in refs]) / w.sum())) if args.reference == MIX else
-                       float(np.dot(w, refs) / w.sum()))
-            items.append(analyse("all", total, full_acc, ref_all, args, gates, {}))
+            items.append(analyse("all", total, full_acc, _pooled_reference([r for _, r in sets], w), args, gates, {}))
+            items[-1]["fixes"] = analyse_fixes(sum(pooled_fixes[1:], pooled_fixes[0]), full_acc - args.acc_tol,
+                                               _pooled_reference(fix_refs, w), args)
     except HazardError as e:
         print(e, file=sys.stderr)
         return 2

@@ -54,6 +54,28 @@ def binormal_tpr(auroc: float, fpr: float) -> float:
     return float(_N.cdf(d + _N.inv_cdf(fpr)))
 
 
+def least_auroc(short: Callable[[float], float], tol: float = 1e-4) -> float | None:
+    """The least AUROC at which ``short(auroc)`` (how far under its target a gate of that AUROC keeps) is <= 0:
+    0.5 when a coin does, None when no gate does; bisection, so ``short`` should fall as the AUROC grows."""
+    if short(0.5) <= 0:
+        return 0.5
+    if short(1.0) > 0:
+        return None
+    lo, hi = 0.5, 1.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if short(mid) <= 0 else (mid, hi)
+    return hi
+
+
+def static_level(points: list[dict], kv: float) -> float:
+    """Static compression at mean KV ``kv``: the per-row mix of ``points`` (``hazard.frontiers.mix_level``)."""
+    if (acc := mix_level(points, kv)) is None:
+        raise HazardError(f"gate_need: no static setting holds as little as the gate's {kv:.3f} mean KV "
+                          f"(the cheapest: {min(p['kv'] for p in points):.3f}); add a stronger static press")
+    return acc
+
+
 @dataclass
 class RowGroups:
     """Per-row changes of an act-on-every-row run against the static press, by group.
@@ -136,18 +158,8 @@ class RowGroups:
         when no gate does (accuracy grows with AUROC when the action fixes more broken rows than it breaks).
         ``target`` may depend on the AUROC (``target(auroc)``: static at the gate's own memory, which grows with
         it); the search then assumes the gate's lead over it grows with AUROC too (bisection)."""
-        def short(a: float) -> float:  # how far under the target the gate of AUROC a keeps
-            return (target(a) if callable(target) else target) - self.accuracy_at_auroc(a, fpr)
-
-        if short(0.5) <= 0:
-            return 0.5
-        if short(1.0) > 0:
-            return None
-        lo, hi = 0.5, 1.0
-        while hi - lo > tol:
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if short(mid) <= 0 else (mid, hi)
-        return hi
+        return least_auroc(lambda a: (target(a) if callable(target) else target) - self.accuracy_at_auroc(a, fpr),
+                           tol)
 
     def static_at_kv(self, points: list[dict], fpr: float) -> Callable[[float], float]:
         """Static compression at the memory of the gate of each AUROC held to ``fpr``: ``points`` are the set's
@@ -157,13 +169,7 @@ class RowGroups:
             raise HazardError("gate_need: static at equal memory needs the rows' per-row KV (outcomes['kv']); "
                               "these runs kept none")
 
-        def level(auroc: float) -> float:
-            kv = self.expected_kv(binormal_tpr(auroc, fpr), fpr)
-            if (acc := mix_level(points, kv)) is None:
-                raise HazardError(f"gate_need: no static setting holds as little as the gate's {kv:.3f} mean KV "
-                                  f"(the cheapest: {min(p['kv'] for p in points):.3f}); add a stronger static press")
-            return acc
-        return level
+        return lambda auroc: static_level(points, self.expected_kv(binormal_tpr(auroc, fpr), fpr))
 
 
 def sent_row_cost(live: dict, run: dict) -> dict | None:
@@ -184,3 +190,106 @@ def sent_row_cost(live: dict, run: dict) -> dict | None:
         return None
     return {"live": float(k_live[a_live].mean()), "ungated_same": float(k_run[a_live].mean()),
             "ungated_acted": float(k_run[a_run].mean()), "rows": int(a_live.sum())}
+
+
+@dataclass
+class FixGroups:
+    """The rows of an act-on-every-row run split by what its action does there, for a gate that ranks the rows the
+    action *fixes* first (``answer_gate.py --label helps``) rather than the rows compression broke.
+
+    Wild rows are repaired whatever the gate says, as in ``RowGroups``. Among the others the positives are the rows
+    the action turns right: broken ones, and healthy ones the uncompressed model gets wrong too (a repair is a second
+    attempt). A binormal gate of a given AUROC between positives and the rest flags ``tpr`` of the positives and
+    ``fpr`` of the rest. Its false triggers are the healthy rows it flags, positives among them, so the largest
+    ``fpr`` that keeps them within ``max_false`` is taken; a flagged negative the action breaks (a right answer it
+    turns wrong) costs one, the others nothing. Memory as in ``RowGroups.expected_kv``: a flagged row costs what it
+    cost in the run, any other its static cost plus the reading.
+
+    Parameters
+    ----------
+    n, base : int
+        Rows; the rows right behind a gate that flags nothing (static right, plus the wild rows' net change).
+    fixed_failing, fixed_healthy, negatives_healthy, negatives, broke : int
+        Positives among the broken rows and among the healthy ones; the healthy rows and all rows (wild left out)
+        that are not positives; the negatives the action breaks.
+    kv : dict or None
+        Summed mean KV fractions: ``wild``, then ``run`` and ``rest`` (static plus the reading) of the positives
+        (``pos_*``) and of the negatives (``neg_*``); None without per-row KV.
+    """
+
+    n: int
+    base: int
+    fixed_failing: int
+    fixed_healthy: int
+    negatives_healthy: int
+    negatives: int
+    broke: int
+    kv: dict | None = None
+
+    @classmethod
+    def from_rows(cls, run: dict, static: dict, full: dict) -> FixGroups:
+        u, s, f, wild = run_static_full(run, static, full, "gate_need")
+        broken = ~wild & f & ~s
+        healthy = ~wild & ~broken
+        pos = ~wild & u & ~s
+        neg = ~wild & ~pos
+        kv = None
+        groups = RowGroups.from_rows(run, static, full)
+        if groups.kv is not None:
+            k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
+            rest = k_static + groups.kv["read"]
+            kv = {"wild": groups.kv["wild"], **{f"{name}_{part}": float(v[mask].sum()) for name, mask in
+                                                (("pos", pos), ("neg", neg)) for part, v in (("run", k_run),
+                                                                                              ("rest", rest))}}
+        return cls(n=len(u), base=int(s.sum() + (u.astype(int) - s.astype(int))[wild].sum()),
+                   fixed_failing=int((pos & broken).sum()), fixed_healthy=int((pos & healthy).sum()),
+                   negatives_healthy=int((neg & healthy).sum()), negatives=int(neg.sum()),
+                   broke=int((neg & s & ~u).sum()), kv=kv)
+
+    def operating_point(self, auroc: float, max_false: float) -> tuple[float, float]:
+        """``(tpr, fpr)`` of the binormal gate of ``auroc`` at the lowest threshold whose false triggers stay within
+        ``max_false``. The threshold, not ``fpr``, is searched: positives among the healthy rows count as false
+        triggers, so even a perfect gate (``fpr`` 0) may have to leave some positives out."""
+        healthy = max(self.fixed_healthy + self.negatives_healthy, 1)
+        d = np.sqrt(2.0) * _N.inv_cdf(min(max(auroc, 1e-9), 1 - 1e-12))  # scores: N(d, 1) against N(0, 1)
+
+        def rates(c: float) -> tuple[float, float]:
+            return 1 - _N.cdf(c - d), 1 - _N.cdf(c)
+
+        lo, hi = -12.0, d + 12.0  # flags every row at lo, none at hi
+        for _ in range(80):  # false triggers fall as the threshold rises
+            mid = (lo + hi) / 2
+            tpr, fpr = rates(mid)
+            lo, hi = (lo, mid) if (tpr * self.fixed_healthy + fpr * self.negatives_healthy) / healthy <= max_false \
+                else (mid, hi)
+        return rates(hi)
+
+    def accuracy_at_auroc(self, auroc: float, max_false: float) -> float:
+        tpr, fpr = self.operating_point(auroc, max_false)
+        return (self.base + tpr * (self.fixed_failing + self.fixed_healthy) - fpr * self.broke) / self.n
+
+    def kv_at_auroc(self, auroc: float, max_false: float) -> float | None:
+        if self.kv is None:
+            return None
+        tpr, fpr = self.operating_point(auroc, max_false)
+        k = self.kv
+        return (k["wild"] + tpr * k["pos_run"] + (1 - tpr) * k["pos_rest"] + fpr * k["neg_run"]
+                + (1 - fpr) * k["neg_rest"]) / self.n
+
+    def required_auroc(self, target: float | Callable[[float], float], max_false: float) -> float | None:
+        """As ``RowGroups.required_auroc``, for this gate."""
+        return least_auroc(lambda a: (target(a) if callable(target) else target)
+                           - self.accuracy_at_auroc(a, max_false))
+
+    def static_at_kv(self, points: list[dict], max_false: float) -> Callable[[float], float]:
+        """As ``RowGroups.static_at_kv``, at this gate's memory."""
+        if self.kv is None:
+            raise HazardError("gate_need: static at equal memory needs the rows' per-row KV (outcomes['kv']); "
+                              "these runs kept none")
+        return lambda auroc: static_level(points, self.kv_at_auroc(auroc, max_false))
+
+    def __add__(self, other: FixGroups) -> FixGroups:
+        kv = None if self.kv is None or other.kv is None else {k: self.kv[k] + other.kv[k] for k in self.kv}
+        return FixGroups(**{f: getattr(self, f) + getattr(other, f) for f in
+                            ("n", "base", "fixed_failing", "fixed_healthy", "negatives_healthy", "negatives",
+                             "broke")}, kv=kv)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hazard.errors import HazardError
-from hazard.gate_need import RowGroups, binormal_tpr, sent_row_cost
+from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, sent_row_cost
 
 
 def _row(policy, correct, catas=None, knob=None, ratio=0.85):
@@ -187,9 +187,47 @@ def test_the_script_takes_static_at_the_gates_memory_as_its_reference(tmp_path, 
     assert 0.5 < tie < 1.0 and tie == pytest.approx(pooled["auroc_to_tie_reference"])
     above = [a for a in one["curve"] if one["curve"][a] >= one["reference_curve"][a]]
     assert float(above[0]) == pytest.approx(tie, abs=0.01)
-    assert "(at equal memory)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(at equal memory)" in out and "ranks the rows the action fixes first" in out
+    fixes = one["fixes"]  # the second gate: fitted to the rows the action fixes
+    assert fixes["fixed"] == {"failing": 2, "healthy": 1} and fixes["reference_curve"] is not None
+    # its one healthy fix is 1 of 6 healthy rows, over the 5% bound: even a perfect gate sends only 30% of the fixes
+    # (it cannot tell the healthy one from the broken ones), where the perfect broken-answer gate sends both
+    assert fixes["curve"]["1.0"] == pytest.approx((6 + 0.3 * 3) / 10) and fixes["curve"]["1.0"] < one["curve"]["1.0"]
+    assert pooled["fixes"]["curve"]["0.8"] == pytest.approx(fixes["curve"]["0.8"])
     # rows without per-row KV cannot say what static holds at the gate's memory: one clear line
     c = _write(tmp_path / "c.json", [FULL, STATIC, RUN])
     assert script.main(["--base", "numbers@0.85", "--set", f"c={c}", "--reference", "mix:static",
                         "--out", str(out)]) == 2
     assert "per-row KV" in capsys.readouterr().err
+
+
+def test_a_gate_that_ranks_the_rows_the_action_fixes_spends_its_false_triggers_on_fixes():
+    """FixGroups: the positives are the rows the action turns right, broken or wrong uncompressed too; its false
+    triggers are the healthy rows it flags, positives among them."""
+    g = FixGroups.from_rows(RUN, STATIC, FULL)
+    # rows 1 and 2 broken and fixed, 9 healthy (wrong uncompressed too) and fixed; 3-8 not fixed, 4 broken by it
+    assert (g.fixed_failing, g.fixed_healthy, g.negatives_healthy, g.negatives, g.broke) == (2, 1, 5, 6, 1)
+    assert g.base == 6  # static's 5 and the wild row the check escalates and fixes
+    # a perfect gate held to 20% false triggers, its threshold as low as that allows (as a fitted gate's): the three
+    # fixes (1 of the 6 healthy rows) and 4% of the rest, where the one row the action breaks costs 0.04
+    tpr, fpr = g.operating_point(1.0, 0.2)
+    assert tpr == pytest.approx(1.0) and fpr == pytest.approx(0.04, abs=1e-6)
+    assert g.accuracy_at_auroc(1.0, 0.2) == pytest.approx((6 + 3 - 0.04) / 10)
+    # at 5% even the perfect gate must leave the healthy fix out, and the threshold finds the share that fits
+    tpr, fpr = g.operating_point(1.0, 0.05)
+    assert (tpr * 1 + fpr * 5) / 6 == pytest.approx(0.05, abs=1e-6) and fpr == pytest.approx(0.0, abs=1e-6)
+    # a coin flags fixes and the rest alike; a better gate keeps more
+    assert g.accuracy_at_auroc(0.5, 0.2) < g.accuracy_at_auroc(0.8, 0.2) < g.accuracy_at_auroc(1.0, 0.2)
+    assert g.required_auroc(0.85, 0.2) is not None and g.required_auroc(0.95, 0.2) is None
+    pooled = g + g
+    assert pooled.accuracy_at_auroc(0.7, 0.1) == pytest.approx(g.accuracy_at_auroc(0.7, 0.1))
+    # memory: flagged rows cost what they cost in the run, the others static plus the reading
+    static = _with_kv(STATIC, [0.2] * 10)
+    run = _with_kv(RUN, [0.6] * 5 + [0.25] * 4 + [0.6], acted="1111100001")
+    k = FixGroups.from_rows(run, static, FULL)
+    assert k.kv_at_auroc(1.0, 1.0) == pytest.approx(run["mean_kv_fraction"])  # flags every row: the run
+    level = k.static_at_kv([{"kv": 0.2, "accuracy": 0.5}, {"kv": 0.4, "accuracy": 0.75}], 0.2)
+    assert level(0.9) == pytest.approx(0.5 + (k.kv_at_auroc(0.9, 0.2) - 0.2) / 0.2 * 0.25)
+    with pytest.raises(HazardError, match="per-row KV"):
+        g.static_at_kv([{"kv": 0.2, "accuracy": 0.5}], 0.2)
