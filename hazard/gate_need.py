@@ -168,7 +168,6 @@ class RowGroups:
         if self.kv is None:
             raise HazardError("gate_need: static at equal memory needs the rows' per-row KV (outcomes['kv']); "
                               "these runs kept none")
-
         return lambda auroc: static_level(points, self.expected_kv(binormal_tpr(auroc, fpr), fpr))
 
 
@@ -200,18 +199,18 @@ class FixGroups:
     Wild rows are repaired whatever the gate says, as in ``RowGroups``. Among the others the positives are the rows
     the action turns right: broken ones, and healthy ones the uncompressed model gets wrong too (a repair is a second
     attempt). A binormal gate of a given AUROC between positives and the rest flags ``tpr`` of the positives and
-    ``fpr`` of the rest. Its false triggers are the healthy rows it flags, positives among them, so the largest
-    ``fpr`` that keeps them within ``max_false`` is taken; a flagged negative the action breaks (a right answer it
-    turns wrong) costs one, the others nothing. Memory as in ``RowGroups.expected_kv``: a flagged row costs what it
-    cost in the run, any other its static cost plus the reading.
+    ``fpr`` of the rest. Its false triggers are the healthy rows it flags, positives among them, and its threshold
+    is the lowest that keeps them within ``max_false`` (as a fitted gate's); a flagged negative the action breaks
+    (a right answer it turns wrong) costs one, the others nothing. Memory as in ``RowGroups.expected_kv``: a
+    flagged row costs what it cost in the run, any other its static cost plus the reading.
 
     Parameters
     ----------
     n, base : int
         Rows; the rows right behind a gate that flags nothing (static right, plus the wild rows' net change).
-    fixed_failing, fixed_healthy, negatives_healthy, negatives, broke : int
-        Positives among the broken rows and among the healthy ones; the healthy rows and all rows (wild left out)
-        that are not positives; the negatives the action breaks.
+    fixed_failing, fixed_healthy, negatives_healthy, broke : int
+        Positives among the broken rows and among the healthy ones; the healthy rows that are not positives; the
+        rows (wild left out) the action breaks, all of them negatives.
     kv : dict or None
         Summed mean KV fractions: ``wild``, then ``run`` and ``rest`` (static plus the reading) of the positives
         (``pos_*``) and of the negatives (``neg_*``); None without per-row KV.
@@ -222,7 +221,6 @@ class FixGroups:
     fixed_failing: int
     fixed_healthy: int
     negatives_healthy: int
-    negatives: int
     broke: int
     kv: dict | None = None
 
@@ -243,8 +241,7 @@ class FixGroups:
                                                                                               ("rest", rest))}}
         return cls(n=len(u), base=int(s.sum() + (u.astype(int) - s.astype(int))[wild].sum()),
                    fixed_failing=int((pos & broken).sum()), fixed_healthy=int((pos & healthy).sum()),
-                   negatives_healthy=int((neg & healthy).sum()), negatives=int(neg.sum()),
-                   broke=int((neg & s & ~u).sum()), kv=kv)
+                   negatives_healthy=int((neg & healthy).sum()), broke=int((neg & s & ~u).sum()), kv=kv)
 
     def operating_point(self, auroc: float, max_false: float) -> tuple[float, float]:
         """``(tpr, fpr)`` of the binormal gate of ``auroc`` at the lowest threshold whose false triggers stay within
@@ -291,5 +288,4 @@ class FixGroups:
     def __add__(self, other: FixGroups) -> FixGroups:
         kv = None if self.kv is None or other.kv is None else {k: self.kv[k] + other.kv[k] for k in self.kv}
         return FixGroups(**{f: getattr(self, f) + getattr(other, f) for f in
-                            ("n", "base", "fixed_failing", "fixed_healthy", "negatives_healthy", "negatives",
-                             "broke")}, kv=kv)
+                            ("n", "base", "fixed_failing", "fixed_healthy", "negatives_healthy", "broke")}, kv=kv)
