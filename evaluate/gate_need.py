@@ -64,12 +64,20 @@ def gate_point(gate: str, checkpoints: Path) -> dict:
             "auroc": rep.get("cv_auroc_broken_vs_healthy", rep.get("cv_auroc"))}
 
 
+def _as_function(ref: float | Callable[[float], float] | None) -> Callable[[float], float] | None:
+    """A reference as a function of the gate's AUROC (a fixed accuracy is the same at every AUROC)."""
+    if ref is None or callable(ref):
+        return ref
+    return lambda _: ref
+
+
 def analyse(name: str, groups: RowGroups, full_acc: float, ref: float | Callable[[float], float] | None, args,
             gates: dict, observed: dict, run: dict | None = None) -> dict:
     """One set's (or the pool's) figures; ``ref``: the reference's accuracy, or a function of the gate's AUROC
     (static at the gate's memory, ``RowGroups.static_at_kv``)."""
     bound = full_acc - args.acc_tol
-    ref_curve = None if ref is None else {str(a): ref(a) if callable(ref) else ref for a in AUROCS}
+    at = _as_function(ref)
+    ref_curve = None if at is None else {str(a): at(a) for a in AUROCS}
     return {"set": name, "n": groups.n, "groups": groups.sizes,
             "net_change": {"wild": groups.wild, "broken": groups.broken, "healthy": groups.healthy},
             "static": groups.static_right / groups.n, "uncompressed": full_acc, "accuracy_bound": bound,
@@ -81,9 +89,9 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref: float | Callable
             "read_kv": None if groups.kv is None else groups.kv["read"],
             "perfect_gate": groups.accuracy_at_auroc(1.0, args.max_false),
             "auroc_for_bound": groups.required_auroc(bound, args.max_false),
-            "auroc_to_tie_reference": None if ref is None else groups.required_auroc(ref, args.max_false),
-            "auroc_to_lead_reference": None if ref is None else groups.required_auroc(
-                (lambda a: ref(a) + args.margin) if callable(ref) else ref + args.margin, args.max_false),
+            "auroc_to_tie_reference": None if at is None else groups.required_auroc(at, args.max_false),
+            "auroc_to_lead_reference": None if at is None else groups.required_auroc(lambda a: at(a) + args.margin,
+                                                                                      args.max_false),
             "margin": args.margin,
             "gates": {g: {**p, "predicted": groups.expected_accuracy(p["tpr"], p["fpr"]),
                           "predicted_kv": groups.expected_kv(p["tpr"], p["fpr"]),
@@ -95,18 +103,16 @@ def analyse(name: str, groups: RowGroups, full_acc: float, ref: float | Callable
 
 def analyse_fixes(fixes: FixGroups, bound: float, ref: float | Callable[[float], float] | None, args) -> dict:
     """The same figures for a gate that ranks the rows the action fixes first (``FixGroups``)."""
-    def at(a: float) -> float:
-        return ref(a) if callable(ref) else ref
-
+    at = _as_function(ref)
     return {"fixed": {"failing": fixes.fixed_failing, "healthy": fixes.fixed_healthy}, "broke": fixes.broke,
             "curve": {str(a): fixes.accuracy_at_auroc(a, args.max_false) for a in AUROCS},
             "kv_curve": None if fixes.kv is None else {str(a): fixes.kv_at_auroc(a, args.max_false) for a in AUROCS},
-            "reference_curve": None if ref is None else {str(a): at(a) for a in AUROCS},
+            "reference_curve": None if at is None else {str(a): at(a) for a in AUROCS},
             "false_triggers_perfect": fixes.fixed_healthy / max(fixes.fixed_healthy + fixes.negatives_healthy, 1),
             "auroc_for_bound": fixes.required_auroc(bound, args.max_false),
-            "auroc_to_tie_reference": None if ref is None else fixes.required_auroc(at, args.max_false),
-            "auroc_to_lead_reference": None if ref is None else fixes.required_auroc(lambda a: at(a) + args.margin,
-                                                                                     args.max_false)}
+            "auroc_to_tie_reference": None if at is None else fixes.required_auroc(at, args.max_false),
+            "auroc_to_lead_reference": None if at is None else fixes.required_auroc(lambda a: at(a) + args.margin,
+                                                                                    args.max_false)}
 
 
 def _auroc(a: float | None) -> str:
