@@ -74,10 +74,17 @@ def _prompt_sets(cfg: EvaluateConfig, tok):
             yield task, prompts, [encode(tok, p) for p in prompts], questions_of(tok, prompts)
 
 
-def collect_gate_data(cfg: EvaluateConfig) -> dict:
-    """Readings, features, labels and prompt groups for every (prompt, base press) of ``cfg``."""
+def load_engine(cfg: EvaluateConfig) -> tuple[Engine, object]:
+    """``cfg``'s model in an engine, and its tokenizer (one load serves the readings and the repairs)."""
     model, tok = load_model(cfg.model)
-    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    return Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
+                  reading_kv=cfg.reading_kv), tok
+
+
+def collect_gate_data(cfg: EvaluateConfig, loaded: tuple | None = None) -> dict:
+    """Readings, features, labels and prompt groups for every (prompt, base press) of ``cfg`` (``loaded``:
+    ``load_engine(cfg)``'s, or loaded here)."""
+    engine, tok = loaded or load_engine(cfg)
     xs, ys, ok, calm, groups, verdicts_all, full_all, full_ok, signals = [], [], [], [], [], [], [], [], []
     cols = [SIGNALS.index(s) for s in SAVED_SIGNALS]
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
@@ -110,17 +117,15 @@ def collect_gate_data(cfg: EvaluateConfig) -> dict:
             "collected": {"hardware": hardware(), "git_sha": _git_sha(), "model": cfg.model.label()}}
 
 
-def collect_effects(cfg: EvaluateConfig) -> dict:
+def collect_effects(cfg: EvaluateConfig, loaded: tuple | None = None) -> dict:
     """For every (prompt, base press) of ``cfg``, in ``collect_gate_data``'s order: the answer after the ungated
     answer check (``cfg.policy_options["answer_check"]`` without its gate) repaired it, right or not, and whether
-    the check acted (``repaired_correct``, ``repaired_acted``)."""
+    the check acted (``repaired_correct``, ``repaired_acted``). ``loaded`` as ``collect_gate_data``'s."""
     options = {k: v for k, v in cfg.policy_options.get("answer_check", {}).items() if k != "gate"}
     if not options or any(isinstance(v, list) for v in options.values()):
         raise HazardError("--effect: the config needs policy_options.answer_check, one value per knob (the check "
                           "whose repairs label the answers)")
-    model, tok = load_model(cfg.model)
-    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
-                    reading_kv=cfg.reading_kv)
+    engine, tok = loaded or load_engine(cfg)
     meta = {"model": cfg.model.label(), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
     correct, acted_ = [], []
     for task, prompts, ids, questions in _prompt_sets(cfg, tok):
@@ -257,15 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = ap.parse_known_args(argv)
     try:
         cfg = build(EvaluateConfig, parse_args(["--config", args.config, *rest]))
+        loaded = None  # the model, loaded once for what the --data file lacks
         if args.data and Path(args.data).is_file():
             data = load_gate_data(args.data)
             print(f"answer gate: {len(data['y'])} readings from {args.data}")
         else:
-            data = collect_gate_data(cfg)
+            loaded = load_engine(cfg)
+            data = collect_gate_data(cfg, loaded)
             if args.data:
                 save_gate_data(args.data, data)
         if args.effect and "repaired_correct" not in data:
-            data.update(collect_effects(cfg))
+            data.update(collect_effects(cfg, loaded))
             if len(data["repaired_correct"]) != len(data["y"]):
                 raise HazardError(f"--effect: {len(data['repaired_correct'])} repaired answers for {len(data['y'])} "
                                   f"readings; the config is not the one the readings came from")
