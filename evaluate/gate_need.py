@@ -34,7 +34,7 @@ import numpy as np
 from merge_frontiers import merge_rows
 
 from hazard.errors import HazardError
-from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, sent_row_cost
+from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, live_flags, ranking_auroc, sent_row_cost
 from hazard.replication import MIX, _find, _group, static_points
 from hazard.traces import write_json
 
@@ -154,6 +154,14 @@ def format_items(items: list[dict], run: str, reference: str) -> str:
             if c := p.get("sent_rows"):
                 lines.append(f"    the {c['rows']} rows it acted on: KV {c['live']:.3f} there, {c['ungated_same']:.3f} "
                              f"in the ungated run; that run's rows acted on average {c['ungated_acted']:.3f}")
+        if (lr := it.get("live_ranking")) is not None:
+            def num(x: float | None) -> str:
+                return "-" if x is None else f"{x:.3f}"
+            lines.append(f"  live, the {lr['gates']} fitted gates' nested flags (a score: how many act on a row) rank "
+                         f"the broken rows at AUROC {num(lr['broken_auroc'])} and the rows the action fixes at "
+                         f"{num(lr['fixes_auroc'])}, each against the rest of the {lr['rows']} rows that are not wild; "
+                         f"among the {lr['acted_rows']} the ungated check acted on, {num(lr['broken_auroc_acted'])} "
+                         f"and {num(lr['fixes_auroc_acted'])}")
         if h := it.get("fixes"):
             lines += [f"  a gate that ranks the rows the action fixes first ({h['fixed']['failing']} broken and "
                       f"{h['fixed']['healthy']} healthy ones; it breaks {h['broke']} others), at most "
@@ -192,6 +200,15 @@ def plot(items: list[dict], out: Path, gate_aurocs: list[float], run: str) -> No
     plt.close(fig)
 
 
+def _ranking(flags: dict, gates: int) -> dict:
+    """``live_flags``' AUROCs: broken rows, and rows the action fixes, each against the other (calm) rows."""
+    sc, a = flags["score"], flags["acted"]
+    return {"gates": gates, "rows": int(len(sc)), "acted_rows": int(a.sum()),
+            "broken_auroc": ranking_auroc(sc, flags["broken"]), "fixes_auroc": ranking_auroc(sc, flags["fixes"]),
+            "broken_auroc_acted": ranking_auroc(sc[a], flags["broken"][a]),
+            "fixes_auroc_acted": ranking_auroc(sc[a], flags["fixes"][a])}
+
+
 def _pooled_reference(refs: list, w: np.ndarray) -> float | Callable[[float], float] | None:
     """The sets' references weighted by their prompts: accuracies, or functions of the AUROC (``mix:static``)."""
     if any(r is None for r in refs):
@@ -219,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         gates = {g: gate_point(g, args.checkpoints) for g in args.gate}
-        items, pooled, pooled_fixes, sets, fix_refs, sources = [], [], [], [], [], {}
+        items, pooled, pooled_fixes, sets, fix_refs, flagged, sources = [], [], [], [], [], [], {}
         for spec in args.set:
             name, sep, paths = spec.partition("=")
             if not sep or not paths:
@@ -240,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                 observed[g] = hit[0] if hit else None
             items.append(analyse(name, groups, full["accuracy"], ref, args, gates, observed, run))
             items[-1]["fixes"] = analyse_fixes(fixes, full["accuracy"] - args.acc_tol, ref_fix, args)
+            gated = [r for r in observed.values() if r is not None]
+            if gated and (flags := live_flags(gated, run, static, full)) is not None:
+                flagged.append(flags)
+                items[-1]["live_ranking"] = _ranking(flags, len(gated))
             pooled.append(groups)
             pooled_fixes.append(fixes)
             sets.append((full["accuracy"], ref))
@@ -253,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             items.append(analyse("all", total, full_acc, _pooled_reference([r for _, r in sets], w), args, gates, {}))
             items[-1]["fixes"] = analyse_fixes(sum(pooled_fixes[1:], pooled_fixes[0]), full_acc - args.acc_tol,
                                                _pooled_reference(fix_refs, w), args)
+            if len(flagged) == len(pooled):  # every set ran the same gates: their scores pool
+                items[-1]["live_ranking"] = _ranking({k: np.concatenate([f[k] for f in flagged]) for k in flagged[0]},
+                                                     len(gates))
     except HazardError as e:
         print(e, file=sys.stderr)
         return 2

@@ -289,3 +289,28 @@ class FixGroups:
         kv = None if self.kv is None or other.kv is None else {k: self.kv[k] + other.kv[k] for k in self.kv}
         return FixGroups(**{f: getattr(self, f) + getattr(other, f) for f in
                             ("n", "base", "fixed_failing", "fixed_healthy", "negatives_healthy", "broke")}, kv=kv)
+
+
+def live_flags(gated: list[dict], run: dict, static: dict, full: dict) -> dict[str, np.ndarray] | None:
+    """How fitted gates ranked a set's rows live: each row's score is how many of the ``gated`` runs (the same
+    check behind gates of several thresholds, so their flags nest) acted on it. Wild rows are left out (the check
+    escalates them whatever a gate says). Returns the scores with the rows compression broke (``broken``), the
+    rows the ungated ``run``'s action fixes (``fixes``) and the rows it acted on (``acted``: a gate is only asked
+    where the check found a disagreement, and every fix is among them), for ``ranking_auroc``. None when a run
+    kept no per-prompt ``acted`` bits (runs before they were kept)."""
+    u, s, f, wild = run_static_full(run, static, full, "gate_need")
+    if any(len(r["outcomes"].get("acted", "")) != len(u) for r in gated):
+        return None
+    score = np.sum([_array(r["outcomes"]["acted"]) for r in gated], axis=0, dtype=float)
+    keep = ~wild
+    acted = _array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.ones(len(u), bool)
+    return {"score": score[keep], "broken": (f & ~s)[keep], "fixes": (u & ~s)[keep], "acted": acted[keep]}
+
+
+def ranking_auroc(score: np.ndarray, positives: np.ndarray) -> float | None:
+    """AUROC of ``score`` for ``positives`` against the other rows (ties count half); None without both."""
+    pos, neg = score[positives], score[~positives]
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))

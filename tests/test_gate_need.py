@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hazard.errors import HazardError
-from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, sent_row_cost
+from hazard.gate_need import FixGroups, RowGroups, binormal_tpr, live_flags, ranking_auroc, sent_row_cost
 
 
 def _row(policy, correct, catas=None, knob=None, ratio=0.85):
@@ -122,6 +122,7 @@ def test_the_script_writes_each_set_the_pool_and_a_fitted_gates_prediction(tmp_p
     # rest at static (the run left no row alone, so no reading cost is seen)
     assert res["items"][1]["kv_curve"]["1.0"] == pytest.approx((4 * 0.3 + 6 * (0.05 * 0.3 + 0.95 * 0.2)) / 10)
     assert res["items"][1]["gates"]["g/f0.1"]["observed"] is None
+    assert "live_ranking" not in first  # the gated run kept no per-prompt acted bits: nothing to rank
     assert pooled["n"] == 20 and pooled["net_change"] == {"wild": 2, "broken": 4, "healthy": 0}
     assert pooled["reference"] == pytest.approx(0.7) and pooled["auroc_to_lead_reference"] is not None
     assert (tmp_path / "need.png").is_file() and "set all: 20 prompts" in capsys.readouterr().out
@@ -231,3 +232,19 @@ def test_a_gate_that_ranks_the_rows_the_action_fixes_spends_its_false_triggers_o
     assert level(0.9) == pytest.approx(0.5 + (k.kv_at_auroc(0.9, 0.2) - 0.2) / 0.2 * 0.25)
     with pytest.raises(HazardError, match="per-row KV"):
         g.static_at_kv([{"kv": 0.2, "accuracy": 0.5}], 0.2)
+
+
+def test_the_live_flags_of_nested_gates_rank_the_rows():
+    assert ranking_auroc(np.array([2, 1, 0, 0]), np.array([True, False, True, False])) == pytest.approx(2.5 / 4)
+    assert ranking_auroc(np.array([1, 0]), np.array([True, True])) is None
+    ungated = {**RUN, "outcomes": {**RUN["outcomes"], "acted": "1111100001"}}
+    wide = {**RUN, "outcomes": {**RUN["outcomes"], "acted": "1110100001"}}  # a gate flags 1, 2 (and wild 0), 4, 9
+    narrow = {**RUN, "outcomes": {**RUN["outcomes"], "acted": "1100000001"}}  # a stricter one: 1 and 9
+    f = live_flags([wide, narrow], ungated, STATIC, FULL)
+    assert f["score"].tolist() == [2, 1, 0, 1, 0, 0, 0, 0, 2]  # rows 1-9: the wild row 0 is left out
+    assert f["broken"].tolist() == [True, True, True] + [False] * 6
+    assert f["fixes"].tolist() == [True, True, False, False, False, False, False, False, True]
+    assert f["acted"].tolist() == [True, True, True, True, False, False, False, False, True]
+    # the fixes (1, 2, 9) hold scores 2, 1, 2; the other rows 0, 1, 0, 0, 0, 0
+    assert ranking_auroc(f["score"], f["fixes"]) == pytest.approx((6 + 5 + 0.5 + 6) / 18)
+    assert live_flags([RUN], ungated, STATIC, FULL) is None  # no acted bits kept
