@@ -296,7 +296,8 @@ def live_flags(gated: list[dict], run: dict, static: dict, full: dict) -> dict[s
     check behind gates of several thresholds, so their flags nest) acted on it. Wild rows are left out (the check
     escalates them whatever a gate says). Returns the scores with the rows compression broke (``broken``), the
     rows the ungated ``run``'s action fixes (``fixes``) and the rows it acted on (``acted``: a gate is only asked
-    where the check found a disagreement, and every fix is among them), for ``ranking_auroc``. None when a run
+    where the check found a disagreement, and a fix takes an action, up to bf16 batch noise), for
+    ``ranking_auroc``. None when a run
     kept no per-prompt ``acted`` bits (runs before they were kept)."""
     u, s, f, wild = run_static_full(run, static, full, "gate_need")
     if any(len(r["outcomes"].get("acted", "")) != len(u) for r in gated):
