@@ -76,6 +76,14 @@ def static_level(points: list[dict], kv: float) -> float:
     return acc
 
 
+def _split(run: dict, static: dict, full: dict) -> tuple[np.ndarray, ...]:
+    """The run's and the static press's per-prompt correctness, and the rows that are wild (a loop or
+    non-termination under the press), broken (right uncompressed, wrong under the press) or healthy (neither)."""
+    u, s, f, wild = run_static_full(run, static, full, "gate_need")
+    broken = ~wild & f & ~s
+    return u, s, wild, broken, ~wild & ~broken
+
+
 @dataclass
 class RowGroups:
     """Per-row changes of an act-on-every-row run against the static press, by group.
@@ -106,9 +114,7 @@ class RowGroups:
     @classmethod
     def from_rows(cls, run: dict, static: dict, full: dict) -> RowGroups:
         """The groups of ``run``'s prompts, from the three rows' per-prompt outcomes."""
-        u, s, f, wild = run_static_full(run, static, full, "gate_need")
-        broken = ~wild & f & ~s
-        healthy = ~wild & ~broken
+        u, s, wild, broken, healthy = _split(run, static, full)
         change = u.astype(int) - s.astype(int)
         kv = None
         if "kv" in run["outcomes"] and "kv" in static["outcomes"]:
@@ -226,9 +232,7 @@ class FixGroups:
 
     @classmethod
     def from_rows(cls, run: dict, static: dict, full: dict) -> FixGroups:
-        u, s, f, wild = run_static_full(run, static, full, "gate_need")
-        broken = ~wild & f & ~s
-        healthy = ~wild & ~broken
+        u, s, wild, broken, healthy = _split(run, static, full)
         pos = ~wild & u & ~s
         neg = ~wild & ~pos
         kv = None
@@ -299,13 +303,13 @@ def live_flags(gated: list[dict], run: dict, static: dict, full: dict) -> dict[s
     where the check found a disagreement, and a fix takes an action, up to bf16 batch noise), for
     ``ranking_auroc``. None when a run
     kept no per-prompt ``acted`` bits (runs before they were kept)."""
-    u, s, f, wild = run_static_full(run, static, full, "gate_need")
+    u, s, wild, broken, _ = _split(run, static, full)
     if any(len(r["outcomes"].get("acted", "")) != len(u) for r in gated):
         return None
     score = np.sum([_array(r["outcomes"]["acted"]) for r in gated], axis=0, dtype=float)
     keep = ~wild
     acted = _array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.ones(len(u), bool)
-    return {"score": score[keep], "broken": (f & ~s)[keep], "fixes": (u & ~s)[keep], "acted": acted[keep]}
+    return {"score": score[keep], "broken": broken[keep], "fixes": (u & ~s)[keep], "acted": acted[keep]}
 
 
 def ranking_auroc(score: np.ndarray, positives: np.ndarray) -> float | None:
