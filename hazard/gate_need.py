@@ -84,6 +84,31 @@ def _split(run: dict, static: dict, full: dict) -> tuple[np.ndarray, ...]:
     return u, s, wild, broken, ~wild & ~broken
 
 
+def _kv_sums(run: dict, static: dict, wild: np.ndarray, parts: dict[str, np.ndarray]
+             ) -> tuple[float, dict] | None:
+    """The reading's cost per row and the summed mean KV fractions behind a gate: ``wild`` (the run's, on the rows
+    it escalates) and, for each of the two ``parts`` (name -> rows), ``<name>_run`` (the run's, where the gate sends
+    a row on) and ``<name>_rest`` (static plus the reading, where it does not). The reading is estimated as the mean
+    extra the run paid on the rows it left alone. None without per-row KV."""
+    if "kv" not in run["outcomes"] or "kv" not in static["outcomes"]:
+        return None
+    k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
+    acted = _array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.zeros(len(k_run), bool)
+    # a run that acted nowhere (``--run full``: the ideal repair) reads nothing: no reading cost to take
+    left = ~acted if acted.any() else np.zeros(len(k_run), bool)
+    read = float((k_run - k_static)[left].mean()) if left.any() else 0.0
+    return read, {"wild": float(k_run[wild].sum()),
+                  **{f"{name}_{part}": float(v[mask].sum()) for name, mask in parts.items()
+                     for part, v in (("run", k_run), ("rest", k_static + read))}}
+
+
+def _kv_behind(kv: dict, n: int, first: str, second: str, tpr: float, fpr: float) -> float:
+    """Mean KV fraction behind a gate that sends on ``tpr`` of the ``first`` part's rows and ``fpr`` of the
+    ``second``'s (``_kv_sums``' parts)."""
+    return (kv["wild"] + tpr * kv[f"{first}_run"] + (1 - tpr) * kv[f"{first}_rest"] + fpr * kv[f"{second}_run"]
+            + (1 - fpr) * kv[f"{second}_rest"]) / n
+
+
 @dataclass
 class RowGroups:
     """Per-row changes of an act-on-every-row run against the static press, by group.
@@ -116,20 +141,11 @@ class RowGroups:
         """The groups of ``run``'s prompts, from the three rows' per-prompt outcomes."""
         u, s, wild, broken, healthy = _split(run, static, full)
         change = u.astype(int) - s.astype(int)
-        kv = None
-        if "kv" in run["outcomes"] and "kv" in static["outcomes"]:
-            k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
-            acted = _array(run["outcomes"]["acted"]) if "acted" in run["outcomes"] else np.zeros(len(u), bool)
-            # a run that acted nowhere (``--run full``: the ideal repair) reads nothing: no reading cost to take
-            left = ~acted if acted.any() else np.zeros(len(u), bool)
-            read = float((k_run - k_static)[left].mean()) if left.any() else 0.0
-            kv = {"wild": float(k_run[wild].sum()), "read": read,
-                  **{f"{name}_{part}": float(v[mask].sum()) for name, mask in (("broken", broken), ("healthy", healthy))
-                     for part, v in (("run", k_run), ("rest", k_static + read))}}
+        sums = _kv_sums(run, static, wild, {"broken": broken, "healthy": healthy})
         return cls(n=len(u), static_right=int(s.sum()), wild=int(change[wild].sum()),
                    broken=int(change[broken].sum()), healthy=int(change[healthy].sum()),
                    sizes={"wild": int(wild.sum()), "broken": int(broken.sum()), "healthy": int(healthy.sum())},
-                   kv=kv)
+                   kv=None if sums is None else {"read": sums[0], **sums[1]})
 
     def __add__(self, other: RowGroups) -> RowGroups:
         """Two prompt sets' groups pooled."""
@@ -148,11 +164,7 @@ class RowGroups:
 
     def expected_kv(self, tpr: float, fpr: float) -> float | None:
         """Mean KV fraction behind that gate; None without per-row KV."""
-        if self.kv is None:
-            return None
-        k = self.kv
-        return (k["wild"] + tpr * k["broken_run"] + (1 - tpr) * k["broken_rest"] + fpr * k["healthy_run"]
-                + (1 - fpr) * k["healthy_rest"]) / self.n
+        return None if self.kv is None else _kv_behind(self.kv, self.n, "broken", "healthy", tpr, fpr)
 
     def accuracy_at_auroc(self, auroc: float, fpr: float) -> float:
         """``expected_accuracy`` for a binormal gate of that AUROC held to ``fpr`` of the healthy rows."""
@@ -235,17 +247,11 @@ class FixGroups:
         u, s, wild, broken, healthy = _split(run, static, full)
         pos = ~wild & u & ~s
         neg = ~wild & ~pos
-        kv = None
-        groups = RowGroups.from_rows(run, static, full)
-        if groups.kv is not None:
-            k_run, k_static = (np.asarray(r["outcomes"]["kv"], np.float64) for r in (run, static))
-            rest = k_static + groups.kv["read"]
-            kv = {"wild": groups.kv["wild"], **{f"{name}_{part}": float(v[mask].sum()) for name, mask in
-                                                (("pos", pos), ("neg", neg)) for part, v in (("run", k_run),
-                                                                                              ("rest", rest))}}
+        sums = _kv_sums(run, static, wild, {"pos": pos, "neg": neg})
         return cls(n=len(u), base=int(s.sum() + (u.astype(int) - s.astype(int))[wild].sum()),
                    fixed_failing=int((pos & broken).sum()), fixed_healthy=int((pos & healthy).sum()),
-                   negatives_healthy=int((neg & healthy).sum()), broke=int((neg & s & ~u).sum()), kv=kv)
+                   negatives_healthy=int((neg & healthy).sum()), broke=int((neg & s & ~u).sum()),
+                   kv=None if sums is None else sums[1])
 
     def operating_point(self, auroc: float, max_false: float) -> tuple[float, float]:
         """``(tpr, fpr)`` of the binormal gate of ``auroc`` at the lowest threshold whose false triggers stay within
@@ -272,10 +278,7 @@ class FixGroups:
     def kv_at_auroc(self, auroc: float, max_false: float) -> float | None:
         if self.kv is None:
             return None
-        tpr, fpr = self.operating_point(auroc, max_false)
-        k = self.kv
-        return (k["wild"] + tpr * k["pos_run"] + (1 - tpr) * k["pos_rest"] + fpr * k["neg_run"]
-                + (1 - fpr) * k["neg_rest"]) / self.n
+        return _kv_behind(self.kv, self.n, "pos", "neg", *self.operating_point(auroc, max_false))
 
     def required_auroc(self, target: float | Callable[[float], float], max_false: float) -> float | None:
         """As ``RowGroups.required_auroc``, for this gate."""
