@@ -354,6 +354,9 @@ def test_a_gate_fitted_to_what_the_repair_does_gains_more_than_one_fitted_to_bro
     gain = np.where(d["calm"], d["repaired_correct"].astype(int) - d["healthy"].astype(int), 0)  # escalated: 0
     assert helps["cv_net_gain"] > broken["cv_net_gain"] and helps["cv_fixed"] > broken["cv_fixed"]
     assert helps["cv_net_gain"] <= (gain > 0).sum() / 600 and helps["cv_target_auroc"] > 0.8
+    # both rank the answers the repair fixes on the same scale: the helps gate's is its own target's AUROC
+    assert helps["cv_fix_auroc"] == pytest.approx(helps["cv_target_auroc"])
+    assert 0.5 < broken["cv_fix_auroc"] < helps["cv_fix_auroc"]
     assert "net" in capsys.readouterr().out
     # readings without the repairs: one clear line naming --effect
     del d["repaired_correct"], d["repaired_acted"]

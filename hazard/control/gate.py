@@ -234,8 +234,9 @@ def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarr
     when it is ``eligible`` (the check found a disagreement: the gate is only asked then; default all) and its
     probability reaches the threshold. Then the model is refit on everything. Returns the gate and its
     cross-validated report (AUROC and repair rates of the ``y`` answers; with ``gain``, what a repair does to each
-    answer, +1 fixed, -1 broken, 0 neither: the answers the cross-validated gate's repairs fix and break, and their
-    net change per answer, ``cv_net_gain``)."""
+    answer, +1 fixed, -1 broken, 0 neither: the answers the cross-validated gate's repairs fix and break, their
+    net change per answer, ``cv_net_gain``, and how its scores rank the eligible answers a repair fixes,
+    ``cv_fix_auroc``, whatever ``target`` is)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -271,6 +272,9 @@ def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarr
             set(target[eligible].tolist())) == 2 else None
     if gain is not None:
         g = np.asarray(gain)[rep]
+        fixes = np.asarray(gain)[eligible] > 0  # whatever the label: how well it ranks what its repair fixes
         report.update({"cv_fixed": int((g > 0).sum()), "cv_broke": int((g < 0).sum()),
-                       "cv_net_gain": float(g.sum() / len(y))})
+                       "cv_net_gain": float(g.sum() / len(y)),
+                       "cv_fix_auroc": float(roc_auc_score(fixes, oof[eligible])) if 0 < fixes.sum() < len(fixes)
+                       else None})
     return gate, report
