@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                        "healthy": "healthy (no loop, non-termination or broken answer)"}[args.false_over]
         gained = "" if report.get("cv_net_gain") is None else (
             f"; its repairs fix {report['cv_fixed']} and break {report['cv_broke']} answers (net "
-            f"{report['cv_net_gain']:+.4f} per answer; they rank at AUROC {report['cv_fix_auroc']:.3f})")
+            f"{report['cv_net_gain']:+.4f} per answer"
+            + ("" if report["cv_fix_auroc"] is None else f"; they rank at AUROC {report['cv_fix_auroc']:.3f}") + ")")
         print(f"answer gate: {report['n']} answers ({report['broken']} broken by compression), cross-validated "
               f"AUROC {report['cv_auroc']:.3f}; at threshold {gate.threshold:.3f} it repairs "
               f"{report['cv_broken_repaired']:.2f} of the broken and {report['cv_healthy_repaired']:.2f} of the "

@@ -271,8 +271,9 @@ def fit_gate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, healthy: np.ndarr
         report["cv_target_auroc"] = float(roc_auc_score(target[eligible], oof[eligible])) if len(
             set(target[eligible].tolist())) == 2 else None
     if gain is not None:
-        g = np.asarray(gain)[rep]
-        fixes = np.asarray(gain)[eligible] > 0  # whatever the label: how well it ranks what its repair fixes
+        gain = np.asarray(gain)
+        g = gain[rep]
+        fixes = gain[eligible] > 0  # whatever the label: how well it ranks what its repair fixes
         report.update({"cv_fixed": int((g > 0).sum()), "cv_broke": int((g < 0).sum()),
                        "cv_net_gain": float(g.sum() / len(y)),
                        "cv_fix_auroc": float(roc_auc_score(fixes, oof[eligible])) if 0 < fixes.sum() < len(fixes)
