@@ -617,6 +617,42 @@ def test_escalation_restores_the_visibly_failed_answers_whatever_the_gate_says(m
     assert escalated  # (the tiny llama also ends some answers, which stay)
 
 
+def test_a_held_escalation_recompresses_after_its_tokens_and_costs_less_memory(model64):
+    """``escalate_hold``: an escalated repair restores the whole prompt as before, then goes back to the press's
+    entries after that many generated tokens; the rows it never escalates are untouched."""
+    eng = _engine(model64, max_new=40)
+    prompts = _prompts(6, seed=1)
+    press = build_press(KNORM)
+
+    def run(**kw):
+        return eng.generate(prompts, press, controller=PolicyController(build_policy(
+            "answer_check", tau=1e-30, action="none", checks=1, gate="random:0", escalate=True, **kw),
+            max_new_tokens=40))
+
+    to_end, held = run(), run(escalate_hold=2)
+    continued = False
+    for a, b in zip(to_end, held):
+        ea, eb = a.control["events"], b.control["events"]
+        assert "recompress" not in [k for _, k in ea]
+        if not ea:  # not escalated: the same answer either way
+            assert b.tokens == a.tokens and not eb
+            continue
+        assert eb[0][1] == "restore" and eb[0][0] == ea[0][0]  # the same escalation, at the same reading
+        rec = [t for t, k in eb if k == "recompress"]
+        forced = [t for t, k in eb if k == "force"]
+        if rec and forced:
+            assert rec[0] - forced[0] == 2  # two tokens under the restored prompt, then back to the press
+        if rec and len(b.tokens) > rec[0]:  # the row went on past its hold: compressed again from there
+            assert b.kv_tokens[rec[0]] < b.prompt_len <= b.kv_tokens[rec[0] - 1]
+            assert b.kv_bytes.sum() < a.kv_bytes.sum()
+            continued = True
+    assert continued
+    with pytest.raises(HazardError, match="escalate_hold"):
+        build_policy("answer_check", escalate_hold=4)  # without escalate
+    with pytest.raises(HazardError, match="escalate_hold"):
+        build_policy("answer_check", escalate=True, escalate_hold=-1)
+
+
 def test_the_gate_learning_curve_refits_on_shares_of_the_prompts(tmp_path, capsys):
     """evaluate/gate_learning_curve.py: each share refits on that many prompts (all the answers of a prompt kept
     together), holds the gate to its false-trigger rate and finds the readings' signal; a missing file is one

@@ -286,8 +286,9 @@ class PolicyController(Controller):
             if p.escalate:  # a visibly failed answer: restored whatever the gate says (at any reading)
                 e = v.first_disagreement(p.escalate_tau)
                 acts = p.escalation(v.tokens, e, int(v.top[e]) if e >= 0 else -1, self.max_new_tokens)
-                if acts is not None:  # the whole prompt is back to the end: no recall, no hold
+                if acts is not None:  # the whole prompt is back, to the end or for escalate_hold tokens
                     actions[int(r)] = self._triggered(s, acts, relief=False)
+                    self._hold_left[s] = p.escalate_hold
                     continue
             if at < 0:
                 continue
@@ -303,7 +304,8 @@ class PolicyController(Controller):
 
     def _triggered(self, s: int, acts: list, relief: bool = True) -> list:
         """Count a repair of slot ``s`` and arm what follows it: the policy's recall a step later and its
-        ``hold`` (``relief``), or nothing (an escalated repair has restored everything for good)."""
+        ``hold`` (``relief``), or nothing (an escalated repair restores everything; ``reviewed`` arms its own
+        hold)."""
         self._rows.triggers[s] += 1
         self._pending[s] = relief and self.policy.action == "recall"
         self._hold_left[s] = self.policy.hold if relief else 0

@@ -426,6 +426,13 @@ class AnswerCheckPolicy(_Relief):
         the restored cache is not the uncompressed run's, and a near-tie later sends the answer elsewhere).
     margin : int
         Tokens kept before a cycle's start are ``start - margin`` (at least 1), with ``escalate``.
+    escalate_hold : int
+        With ``escalate``: keep the restored prompt for this many generated tokens after an escalated repair,
+        then recompress to the press's entries (0: to the end of the row). Why: a restored row holds the whole
+        prompt for the rest of its answer, and on a press that breaks more answers that is most of what
+        escalation costs (at 0.9375 escalation alone held 0.111 more mean KV than static, readings counted at
+        every layer, RESULTS.md 0v). Where the step that went wrong comes soon after the rollback, a short
+        hold may keep most of the fix for a fraction of the memory.
     """
 
     name: str = "answer_check"
@@ -438,6 +445,7 @@ class AnswerCheckPolicy(_Relief):
     escalate: bool = False
     escalate_tau: float = 1.0
     margin: int = 4
+    escalate_hold: int = 0
 
     def __post_init__(self):
         if self.action == "none":  # repair the token only: the row stays at the press's memory
@@ -461,6 +469,11 @@ class AnswerCheckPolicy(_Relief):
             raise HazardError(f"answer_check escalate_tau must be a probability in (0, 1], got {self.escalate_tau}")
         if not isinstance(self.margin, int) or self.margin < 0:
             raise HazardError(f"answer_check margin must be a whole number of tokens >= 0, got {self.margin!r}")
+        if not isinstance(self.escalate_hold, int) or self.escalate_hold < 0 or (self.escalate_hold
+                                                                                and not self.escalate):
+            raise HazardError(f"answer_check escalate_hold must be a whole number of tokens >= 0, with escalate "
+                              f"true (it ends what an escalated repair restored), got escalate_hold="
+                              f"{self.escalate_hold!r}, escalate={self.escalate!r}")
         self.gate_model = load_gate(self.gate) if self.gate else None
 
     def repair(self, n_tokens: int, at: int, token: int) -> list[tuple]:
