@@ -288,7 +288,6 @@ class PolicyController(Controller):
                 acts = p.escalation(v.tokens, e, int(v.top[e]) if e >= 0 else -1, self.max_new_tokens)
                 if acts is not None:  # the whole prompt is back, to the end or for escalate_hold tokens
                     actions[int(r)] = self._triggered(s, acts, relief=False)
-                    self._hold_left[s] = p.escalate_hold
                     continue
             if at < 0:
                 continue
@@ -304,11 +303,10 @@ class PolicyController(Controller):
 
     def _triggered(self, s: int, acts: list, relief: bool = True) -> list:
         """Count a repair of slot ``s`` and arm what follows it: the policy's recall a step later and its
-        ``hold`` (``relief``), or nothing (an escalated repair restores everything; ``reviewed`` arms its own
-        hold)."""
+        ``hold`` (``relief``), or, for an escalated repair (it restores everything), its ``escalate_hold``."""
         self._rows.triggers[s] += 1
         self._pending[s] = relief and self.policy.action == "recall"
-        self._hold_left[s] = self.policy.hold if relief else 0
+        self._hold_left[s] = self.policy.hold if relief else self.policy.escalate_hold
         return acts
 
     def spot_due(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
