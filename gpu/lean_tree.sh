@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The working tree travels with every device call, 64 MiB at most with what the call carries (gpu/README.md),
+# and the committed evaluation results alone are ~35 MB of it. No device job reads them: the jobs write under
+# /tmp/hz and send results back through $OUT. So leave them out of the working tree while device calls run:
+#   bash gpu/lean_tree.sh on     before the first device call: evaluate/results/ leaves the working tree
+#   bash gpu/lean_tree.sh off    after the last one, before unpacking: it comes back, unchanged
+# (a sparse checkout: the files stay committed and in the index; only the working tree goes without them).
+set -euo pipefail
+case ${1:-} in
+  on) git sparse-checkout set --no-cone '/*' '!/evaluate/results/' ;;
+  off) git sparse-checkout disable ;;
+  *) echo "usage: bash gpu/lean_tree.sh on|off"; exit 2 ;;
+esac
+# what travels: the tracked files left in the working tree ('S' marks those the sparse checkout left out)
+bytes=$(git ls-files -t -z | tr '\0' '\n' | grep -v '^S ' | cut -c3- | tr '\n' '\0' | xargs -0 du -cb | tail -1 | cut -f1)
+echo "gpu/lean_tree.sh $1: tracked files in the working tree: $((bytes / 1048576)) MiB of the 64 MiB a call carries"
