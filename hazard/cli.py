@@ -17,11 +17,11 @@ import dataclasses
 import sys
 import types
 import typing
-from pathlib import Path
 
 import yaml
 
 from hazard.errors import HazardError
+from hazard.yaml_config import load_config
 
 VERBS = ("collect", "train", "export", "evaluate", "relabel")
 
@@ -66,16 +66,7 @@ def parse_args(argv: list[str]) -> dict:
     cfg: dict = {}
     for key, value in pairs:
         if key == "config":
-            path = Path(value)
-            if not path.is_file():
-                raise HazardError(f"--config: {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise HazardError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(loaded, dict):
-                raise HazardError(f"--config: {path} must hold a mapping at the top level")
-            cfg.update(loaded)
+            cfg.update(load_config(value))
     for key, value in pairs:
         if key != "config":
             _set(cfg, key.replace("-", "_"), yaml.safe_load(value))

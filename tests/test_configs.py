@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hazard.cli import build
 from hazard.collect import CollectConfig, validate
@@ -11,24 +10,25 @@ from hazard.evaluate import EvaluateConfig, check_config
 from hazard.predictor.features import FEATURE_SETS
 from hazard.predictor.nets import NETS
 from hazard.predictor.train import REPORT_KEYS
+from hazard.yaml_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/collect").glob("*.yaml")), ids=lambda p: p.stem)
 def test_collect_configs_build(path):
-    tasks, specs = validate(build(CollectConfig, yaml.safe_load(path.read_text())))
+    tasks, specs = validate(build(CollectConfig, load_config(path)))
     assert tasks and specs[0].name == "none"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/evaluate").glob("*.yaml")), ids=lambda p: p.stem)
 def test_evaluate_configs_build(path):
-    check_config(build(EvaluateConfig, yaml.safe_load(path.read_text())))  # policies, knobs and presses
+    check_config(build(EvaluateConfig, load_config(path)))  # policies, knobs and presses
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)
 def test_train_configs_name_known_things(path):
-    cfg = yaml.safe_load(path.read_text())
+    cfg = load_config(path)
     assert set(cfg) <= {"data", "model", "trainer", "report", "seed_everything"}
     assert cfg["data"]["feature_set"] in FEATURE_SETS and cfg["model"].get("net", "gru") in NETS
     rep = cfg.get("report", {})
@@ -81,6 +81,6 @@ def test_ponr_probe_configs_name_known_presses(path):
     sys.path.insert(0, str(ROOT / "collect"))
     import ponr as script
 
-    cfg = build(script.PonrConfig, yaml.safe_load(path.read_text()))
+    cfg = build(script.PonrConfig, load_config(path))
     assert all(build_press(PressSpec(name, ratio)) is not None for name, ratio in cfg.presses)
     assert cfg.grid == sorted(cfg.grid) and cfg.traces_dir

@@ -24,6 +24,18 @@ def test_missing_config_file(capsys, tmp_path):
     assert "does not exist" in _err(capsys, ["collect", "--config", str(tmp_path / "nope.yaml")])
 
 
+def test_config_with_a_key_given_twice(capsys, tmp_path):
+    # PyYAML would keep the second silently; a pasted line above the real one must not change a run unseen
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text("policies: [static]\npolicy_options:\nmax_new_tokens: 8\npolicy_options: {}\n")
+    err = _err(capsys, ["evaluate", "--config", str(cfg)])
+    assert "'policy_options' appears twice" in err and "line 4" in err
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("policy_options:\n  answer_check: {tau: 0.2, tau: 0.3}\n")
+    assert "'tau' appears twice" in _err(capsys, ["evaluate", "--config", str(nested)])
+    assert "appears twice" in _err(capsys, ["train", "report", "--config", str(cfg)])
+
+
 def test_unknown_task(capsys, tmp_path):
     err = _err(capsys, ["collect", "--output_dir", str(tmp_path), "--tasks", "[{name: mmlu}]", *BASE])
     assert "unknown task 'mmlu'" in err and "gsm8k" in err

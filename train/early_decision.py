@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from hazard.guard import HazardGuard
 from hazard.predictor.data import HazardDataModule
+from hazard.yaml_config import load_config
 
 KS = (1, 2, 4, 8, 16, 32)
 
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--traces", nargs="*", help="local copies of the config's trace folders")
     args = ap.parse_args()
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = load_config(args.config)
     data = {**cfg["data"], **({"traces": args.traces} if args.traces else {})}
     dm = HazardDataModule(**data)
     guard = HazardGuard.from_pretrained(args.guard)

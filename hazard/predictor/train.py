@@ -33,6 +33,7 @@ from hazard.predictor.metrics import choose_threshold, choose_thresholds, evalua
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
 from hazard.traces import write_json
+from hazard.yaml_config import load_config
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,7 @@ def cli_main(args: list[str]) -> None:
     """LightningCLI over the same YAML as the report (its ``report:`` section is the report's alone)."""
     if "--config" in args:
         i = args.index("--config") + 1
-        path = Path(args[i])
-        if not path.is_file():
-            raise HazardError(f"--config: {path} does not exist")
-        cfg = yaml.safe_load(path.read_text())
+        cfg = load_config(args[i])
         rep = cfg.pop("report", {}) or {}
         args = [*args[:i], yaml.safe_dump(cfg), *args[i + 1:]]  # jsonargparse takes a YAML string too
     else:
@@ -167,9 +165,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     """The whole train-stage study described in the module docstring; ``cfg``: the config as loaded with
     command-line overrides applied (default: the file as it is)."""
     path = Path(config_path)
-    if not path.is_file():
-        raise HazardError(f"--config: {path} does not exist")
-    cfg = yaml.safe_load(path.read_text()) if cfg is None else cfg
+    cfg = load_config(path) if cfg is None else cfg
     rep = cfg.get("report", {})
     unknown = set(cfg) - {"data", "model", "trainer", "report", "seed_everything"}
     if unknown:
