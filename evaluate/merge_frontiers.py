@@ -10,23 +10,44 @@ the inputs (``paired``, ``hazard.paired``), as they answered the same prompts, a
 pooled seeds of every coin at its memory (``coins``). Inputs run with different
 guards keep them apart: each learned (``hazard``) row's knob then names its guard. A controlled run whose knob
 is the same in two inputs (options that were not swept, e.g. ``escalate``, differ between their configs) gets
-its input's folder in the knob (``from``), so the two stay apart. With ``--max_false`` the frontiers are also
-computed over the runs whose false-trigger rate is within that bound (``frontiers_max_false``, a PNG per task
-zoomed on the ``--kv`` range; issue 12 holds its controllers to 0.05), as the plain frontier would credit a
-policy for repairs it buys with false triggers.
+its input's folder in the knob (``from``), so the two stay apart. Inputs whose answer checks count their readings
+differently (``reading_kv``) are refused, as they are not on one memory axis, unless ``--reading_kv`` names the
+count to keep: the answer-check rows of the other count are then left out (named on stderr) and every other row
+kept, so one headline can pool a file's static and non-learned runs with answer checks of one count. With
+``--max_false`` the frontiers are also computed over the runs whose false-trigger rate is within that bound
+(``frontiers_max_false``, a PNG per task zoomed on the ``--kv`` range; issue 12 holds its controllers to 0.05), as
+the plain frontier would credit a policy for repairs it buys with false triggers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from hazard.errors import HazardError
 from hazard.frontiers import format_matched, frontiers, task_key
-from hazard.paired import coin_comparisons, format_coins, format_paired, paired_comparisons
+from hazard.paired import coin_comparisons, format_coins, format_paired, paired_comparisons, run_label
 from hazard.report import frontier_plot
 from hazard.traces import write_json
+
+
+def keep_reading_count(paths: list[Path], results: list[dict], count: str) -> list[dict]:
+    """``results`` with the answer-check rows that count their readings other than ``count`` left out (each named
+    on stderr): a file from before the count was recorded counts every layer's (``all_layers``)."""
+    kept = []
+    for path, res in zip(paths, results):
+        rows = []
+        for r in res["rows"]:
+            if r["policy"] == "answer_check" and r.get("reading_kv", "all_layers") != count:
+                where = f"{path.parent.name}: {run_label(r)} on {r['base_press']}@{r['base_ratio']:g}"
+                print(f"merge_frontiers: {where} left out (its readings count {r.get('reading_kv', 'all_layers')})",
+                      file=sys.stderr)
+            else:
+                rows.append(r)
+        kept.append({**res, "rows": rows})
+    return kept
 
 
 def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]:
@@ -41,7 +62,7 @@ def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]
               if r["policy"] == "answer_check"}
     if len(counts) > 1:
         raise HazardError(f"merge_frontiers: the inputs count answer readings differently ({', '.join(sorted(counts))}"
-                          f" reading_kv); merge runs of one count")
+                          f" reading_kv); merge runs of one count, or keep one with --reading_kv")
     rows, seen = [], {}
     guards = {res.get("guard", "") for res in results if any(r["policy"] == "hazard" for r in res["rows"])}
 
@@ -75,8 +96,11 @@ def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]
     return rows, guards
 
 
-def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = None) -> dict:
+def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = None,
+          reading_kv: str | None = None) -> dict:
     results = [json.loads(p.read_text()) for p in paths]
+    if reading_kv is not None:
+        results = keep_reading_count(paths, results, reading_kv)
     try:
         rows, guards = merge_rows(paths, results)
     except HazardError as e:
@@ -86,6 +110,7 @@ def merge(paths: list[Path], matched_kv: list[float], max_false: float | None = 
         return sorted({r.get(key, "") for r in results})
 
     out = {"model": results[0]["model"], "sources": [str(p) for p in paths], "guards": sorted(guards),
+           **({"reading_kv": reading_kv} if reading_kv is not None else {}),
            "hardware": every("hardware"),
            "git_sha": every("git_sha"), "max_new_tokens": every("max_new_tokens"), "seed": every("seed"),
            "rows": rows, "frontiers": frontiers(rows, matched_kv), "paired": paired_comparisons(rows),
@@ -103,8 +128,10 @@ def main() -> None:
     ap.add_argument("--kv", type=float, nargs="+", default=[0.15, 0.25, 0.35])
     ap.add_argument("--max_false", type=float, default=None,
                     help="also the frontiers of the runs with at most this false-trigger rate (issue 12: 0.05)")
+    ap.add_argument("--reading_kv", choices=["one_layer", "all_layers"], default=None,
+                    help="keep only the answer checks whose readings count this way (default: refuse a mix)")
     a = ap.parse_args()
-    res = merge(a.inputs, a.kv, a.max_false)
+    res = merge(a.inputs, a.kv, a.max_false, a.reading_kv)
     write_json(a.out, res)
     for key, f in res["frontiers"].items():
         frontier_plot(key, f, a.out.with_name(f"{a.out.stem}_{key}.png"))

@@ -186,6 +186,13 @@ def test_a_merge_refuses_answer_checks_whose_readings_count_differently(tmp_path
     with pytest.raises(SystemExit, match="count answer readings differently"):
         merge(paths[:2], [0.25])
     assert len(merge(paths[1:], [0.25])["rows"]) == 4  # one count: merged (the same run in two files kept apart)
+    # told which count to keep, the other count's answer checks are left out and every other row kept
+    kept = merge(paths[:2], [0.25], reading_kv="one_layer")
+    assert [(r["policy"], r.get("reading_kv")) for r in kept["rows"]] == [
+        ("full", None), ("static", None), ("answer_check", "one_layer")]
+    assert kept["reading_kv"] == "one_layer"
+    old_only = merge(paths[:2], [0.25], reading_kv="all_layers")["rows"]
+    assert [r["mean_kv_fraction"] for r in old_only if r["policy"] == "answer_check"] == [0.234]
 
 
 def test_the_answer_check_is_three_families_by_what_chooses_its_repairs():
