@@ -33,17 +33,22 @@ from hazard.report import frontier_plot
 from hazard.traces import write_json
 
 
+def reading_count(row: dict) -> str:
+    """How an answer-check row counted its readings' K/V; a file from before the count was recorded counted every
+    layer's."""
+    return row.get("reading_kv", "all_layers")
+
+
 def keep_reading_count(paths: list[Path], results: list[dict], count: str) -> list[dict]:
     """``results`` with the answer-check rows that count their readings other than ``count`` left out (each named
-    on stderr): a file from before the count was recorded counts every layer's (``all_layers``)."""
+    on stderr)."""
     kept = []
     for path, res in zip(paths, results):
         rows = []
         for r in res["rows"]:
-            if r["policy"] == "answer_check" and r.get("reading_kv", "all_layers") != count:
+            if r["policy"] == "answer_check" and reading_count(r) != count:
                 where = f"{path.parent.name}: {run_label(r)} on {r['base_press']}@{r['base_ratio']:g}"
-                print(f"merge_frontiers: {where} left out (its readings count {r.get('reading_kv', 'all_layers')})",
-                      file=sys.stderr)
+                print(f"merge_frontiers: {where} left out (its readings count {reading_count(r)})", file=sys.stderr)
             else:
                 rows.append(r)
         kept.append({**res, "rows": rows})
@@ -57,9 +62,8 @@ def merge_rows(paths: list[Path], results: list[dict]) -> tuple[list[dict], set]
     if len({r["model"] for r in results}) != 1:
         raise HazardError(f"merge_frontiers: different models {sorted({r['model'] for r in results})}")
     # an answer check's reading counted as every layer's K/V or as one layer's (hazard.engine.Engine): runs of
-    # the two counts are not on one memory axis (a run from before the count was recorded used every layer's)
-    counts = {r.get("reading_kv", "all_layers") for res in results for r in res["rows"]
-              if r["policy"] == "answer_check"}
+    # the two counts are not on one memory axis
+    counts = {reading_count(r) for res in results for r in res["rows"] if r["policy"] == "answer_check"}
     if len(counts) > 1:
         raise HazardError(f"merge_frontiers: the inputs count answer readings differently ({', '.join(sorted(counts))}"
                           f" reading_kv); merge runs of one count, or keep one with --reading_kv")

@@ -6,6 +6,7 @@ repeated further down, changes a run without a word. Every config reader goes th
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,8 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own construct_mapping names an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
