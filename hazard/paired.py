@@ -317,10 +317,16 @@ def acted_shares(run: dict, static: dict, failing: np.ndarray) -> dict | None:
 
 def gate_headrooms(rows: list[dict], max_false: float = 0.05) -> list[dict]:
     """``gate_headroom`` of each controlled row with outcomes, against the static and uncompressed rows of its
-    task and base press (groups without both are left out)."""
+    task and base press. The uncompressed run is the same under any base press: a group without its own (a merge
+    keeps one per task, under the first file's base) takes the task's; a group without its static row is left
+    out."""
     items = []
-    for (task, base), sub in outcome_groups(rows).items():
+    groups = outcome_groups(rows)
+    full_of = {task: r for (task, _), sub in groups.items() for r in sub if r["policy"] == "full"}
+    for (task, base), sub in groups.items():
         refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
+        if "full" not in refs and task in full_of:
+            refs["full"] = full_of[task]
         if len(refs) == 2:
             items += [{"task": task, "base": base, "run": run_label(r),
                        "headroom": gate_headroom(r, refs["static"], refs["full"], max_false)}

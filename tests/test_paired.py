@@ -227,3 +227,20 @@ def test_a_run_against_pooled_coins_is_compared_with_their_mean_outcome_per_prom
     with pytest.raises(HazardError, match="same prompts"):
         pooled_difference("0101", ["010", "0101"])
     assert pooled_difference("0101", ["0101", "0101"])["p"] == 1.0
+
+
+def test_every_base_press_of_a_merge_gets_its_headroom_against_the_tasks_one_uncompressed_run():
+    """A merge keeps one uncompressed row per task, under the first file's base press; the runs of another base
+    press (a second file's) are measured against that same uncompressed run, not left out."""
+    from hazard.paired import gate_headrooms
+
+    full = _outcome_row("full", "1111", "0000")
+    on_a = [_outcome_row("static", "1000", "0100"), _outcome_row("answer_check", "1100", "0000")]
+    on_b = [_outcome_row(p, c, k, base_ratio=0.825) for p, c, k in
+            (("static", "1100", "0010"), ("answer_check", "1110", "0000"))]
+    items = gate_headrooms([full, *on_a, *on_b])
+    assert [(it["base"], it["headroom"]["accuracy"]) for it in items] == [
+        ("snapkv@0.875", pytest.approx(0.5)), ("snapkv@0.825", pytest.approx(0.75))]
+    assert items[1]["headroom"]["failing"] == {"rows": 2, "fixed": 1, "broke": 0}  # rows 2 (looped), 3 (broken)
+    # a base press without its static row has nothing to measure against
+    assert [it["base"] for it in gate_headrooms([full, *on_a, on_b[1]])] == ["snapkv@0.875"]
