@@ -94,6 +94,17 @@ def outcome_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
+def task_full_rows(groups: dict[tuple[str, str], list[dict]]) -> dict[str, dict]:
+    """The uncompressed row of each task in ``outcome_groups``: the same run under any base press, so a group
+    without its own (a merge keeps one per task, under the first file's base) takes its task's."""
+    full: dict[str, dict] = {}
+    for (task, _), sub in groups.items():
+        for r in sub:
+            if r["policy"] == "full":
+                full.setdefault(task, r)
+    return full
+
+
 def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     """Per task and base press, each controlled run against the static press, the uncompressed run, and every
     other static press of the task within ``kv_tol`` of its mean KV (issue 12's bar is the best static press at
@@ -103,12 +114,13 @@ def paired_comparisons(rows: list[dict], kv_tol: float = 0.02) -> list[dict]:
     existed) are left out."""
     out = []
     groups = outcome_groups(rows)
+    full_of = task_full_rows(groups)
     for (task, base), sub in groups.items():
         others = [r for (t, b), g in groups.items() if t == task and b != base for r in g]
         runs = [r for r in sub if r["policy"] not in ("static", "full")]
         refs = [r for r in sub if r["policy"] in ("static", "full")]
-        if not any(r["policy"] == "full" for r in refs):
-            refs += [r for r in others if r["policy"] == "full"][:1]
+        if not any(r["policy"] == "full" for r in refs) and task in full_of:
+            refs.append(full_of[task])
         pairs = [(r, ref) for r in runs for ref in refs]
         pairs += [(r, s) for r in runs for s in others if s["policy"] == "static"
                   and abs(r["mean_kv_fraction"] - s["mean_kv_fraction"]) <= kv_tol]
@@ -317,12 +329,11 @@ def acted_shares(run: dict, static: dict, failing: np.ndarray) -> dict | None:
 
 def gate_headrooms(rows: list[dict], max_false: float = 0.05) -> list[dict]:
     """``gate_headroom`` of each controlled row with outcomes, against the static and uncompressed rows of its
-    task and base press. The uncompressed run is the same under any base press: a group without its own (a merge
-    keeps one per task, under the first file's base) takes the task's; a group without its static row is left
-    out."""
+    task and base press (the task's uncompressed row where the group has none, ``task_full_rows``); a group
+    without its static row is left out."""
     items = []
     groups = outcome_groups(rows)
-    full_of = {task: r for (task, _), sub in groups.items() for r in sub if r["policy"] == "full"}
+    full_of = task_full_rows(groups)
     for (task, base), sub in groups.items():
         refs = {r["policy"]: r for r in sub if r["policy"] in ("static", "full")}
         if "full" not in refs and task in full_of:
