@@ -17,6 +17,7 @@
 #   STEPS=send PART=k bash collect/gpu_campaign.sh   (again until it says "0 of N left")
 # returns it to this machine in 15 MiB pieces (gpu/traces.sh gather, then carry them up to a later hold
 # with gpu/traces.sh receive); the train configs read every /tmp/traces/campaign_<m>* folder.
+# STEPS=probe runs train/state_probe.py on the collection (traces collected with state_layer, schema 9).
 # STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
 # /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
@@ -48,6 +49,11 @@ if want ponr; then  # issue 11's point-of-no-return head: the probe's runs as a 
   timeout $((BUDGET - (SECONDS - start) - 30)) python3 collect/ponr.py --config "configs/ponr/${PONR:-ponr_q15}.yaml" \
     2>&1 | grep -v -i warn | tee -a "/tmp/hz/${PONR:-ponr_q15}.log" | tail -20
   cp "/tmp/hz/${PONR:-ponr_q15}.json" "/tmp/hz/${PONR:-ponr_q15}.log" "$OUT/" 2>/dev/null
+fi
+if want probe; then  # does the model's own state tell a catastrophe within a setting (train/state_probe.py)
+  timeout $((BUDGET - (SECONDS - start) - 20)) python3 train/state_probe.py --traces "/tmp/traces/$C" \
+    --out "/tmp/hz/${C}_state_probe.json" --models logreg gbm 2>&1 | grep -v -i warn | tail -40
+  cp "/tmp/hz/${C}_state_probe.json" "$OUT/" 2>/dev/null
 fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"

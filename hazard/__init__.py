@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 #     ("overrun"): the final off-task stretch places it, or nothing does (labels only; guards still load).
 # v8: ``question_kept``, ``question_digits_kept``, ``question_digits_lost`` columns (what the prefill press kept
 #     of the question, hazard.signals.prefill; per trace, new signals: guards still load).
-SCHEMA_VERSION = 8
+# v9: a ``state`` column: per token the projected residual stream (hazard.signals.state; empty unless the
+#     collection set ``state_layer``; a new signal: guards still load).
+SCHEMA_VERSION = 9
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

@@ -95,6 +95,7 @@ class CollectConfig:
     # run the same command again to go on
     mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
     verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
+    state_layer: int | None = None  # record the projected residual stream after this layer (the state column)
 
 
 def prompt_text(tok, prompt: Prompt) -> str:
@@ -171,6 +172,7 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
     }
     for i, name in enumerate(SIGNALS):
         row[name] = gen.signals[:, i]
+    row["state"] = gen.state if gen.state is not None else []
     return row
 
 
@@ -380,7 +382,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         cfg.model.device = f"cuda:{local}"
     model, tok = load_model(cfg.model)
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
-                    verify_window=cfg.verify_window)
+                    verify_window=cfg.verify_window, state_layer=cfg.state_layer)
     units = []
     for name, group in tasks:
         prompts = grid_prompts(group)

@@ -118,6 +118,7 @@ def relabel(cfg: RelabelConfig) -> dict:
                           partial(decode_prefix, tok, list(r["tokens"])))
             row = {k: v for k, v in r.items() if k in FEATURES}
             row.update(new, schema_version=SCHEMA_VERSION)
+            row.setdefault("state", [])  # collected before the state signal (schema < 9): none recorded
             missing = set(FEATURES) - set(row)  # what only the collection writes (the signals, the run)
             if missing:
                 raise HazardError(f"{f}: lacks {sorted(missing)[:4]}: its signals are not today's; re-collect it")

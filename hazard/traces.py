@@ -66,6 +66,7 @@ FEATURES = datasets.Features({
     "onset": datasets.Value("int32"),
     "onset_source": datasets.Value("string"),
     **{name: _seq(datasets.Value("float32")) for name in SIGNALS},
+    "state": _seq(_seq(datasets.Value("float16"))),  # (n_tokens, STATE_DIM), or empty: hazard.signals.state
     "kv_tokens": _seq(datasets.Value("int32")),
     "kv_bytes": _seq(datasets.Value("int64")),
     **{f"label_h{k}": _seq(datasets.Value("int8")) for k in HORIZONS},

@@ -262,6 +262,22 @@ def test_a_verify_window_fills_the_verify_columns(tmp_path, tiny_dir):
     assert all(r["verify_kl"][0] == 0 and r["verify_top1"][0] == 1 for r in rows)  # the prefill's token
 
 
+def test_a_state_layer_fills_the_state_column_and_leaves_the_rest_as_it_was(tmp_path, tiny_dir):
+    """``state_layer``: every trace holds (n_tokens, STATE_DIM) float16 states; tokens and the other signals
+    are those of a collection without it, whose state column is empty."""
+    from hazard.signals.state import STATE_DIM
+
+    plain, with_state = tmp_path / "plain", tmp_path / "state"
+    assert main(_args(plain, tiny_dir)) == 0
+    assert main(_args(with_state, tiny_dir, "--state_layer", "-1")) == 0
+    a, b = _rows(load_traces(plain)), _rows(load_traces(with_state))
+    for x, y in zip(a, b):
+        assert x["state"] == [] and x["tokens"] == y["tokens"]
+        assert np.allclose(x["entropy"], y["entropy"], atol=1e-6)
+        st = np.asarray(y["state"], dtype=np.float32)
+        assert st.shape == (y["n_tokens"], STATE_DIM) and np.isfinite(st).all() and st.std() > 0
+
+
 def test_the_time_budget_starts_no_group_the_longest_one_says_would_overrun():
     from hazard.collect import TimeBudget
 

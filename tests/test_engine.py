@@ -441,3 +441,44 @@ def test_prompt_kept_is_what_the_prefill_press_kept_of_each_prompt(model64):
     assert all(np.all(g.prompt_kept == 1.0) for g in _run(model64, prompts, PressSpec("none"), batch_size=2, max_new=4))
     eng = Engine(model64, [256], max_new_tokens=4, batch_size=2, signals=False)
     assert all(g.prompt_kept is None for g in eng.generate(prompts[:2], None))
+
+
+@pytest.mark.parametrize("layer", [1, -1])
+def test_state_signal_is_the_projected_residual_stream(model64, layer):
+    """``Generation.state`` at token t is the fixed projection of the residual stream after ``state_layer``,
+    normed as the next reader sees it, in the forward that chose token t: the same numbers as a plain HF
+    forward over prompt + answer, through continuous batching (5 prompts, 2 slots) and at the first token
+    (the prefill's)."""
+    from hazard.signals.state import STATE_DIM, project_state, state_projection, state_reader
+
+    prompts = _prompts(5)
+    eng = Engine(model64, [256], max_new_tokens=12, batch_size=2, probe_layers=(0, -1), state_layer=layer)
+    gens = eng.generate(prompts, None)
+    decoder = model64.model
+    idx = layer % len(decoder.layers)
+    norm, proj = state_reader(decoder, idx), state_projection(model64.config.hidden_size, dtype=torch.float64)
+    for p, g in zip(prompts, gens):
+        seen: list[torch.Tensor] = []
+        h = decoder.layers[idx].register_forward_hook(
+            lambda m, a, out, seen=seen: seen.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            with torch.no_grad():
+                model64(torch.tensor([p + g.tokens[:-1]]))
+        finally:
+            h.remove()
+        with torch.no_grad():
+            want = project_state(norm, proj, seen[0][0, len(p) - 1:]).numpy()
+        assert g.state.shape == (len(g.tokens), STATE_DIM) and g.state.dtype == np.float16
+        np.testing.assert_allclose(g.state.astype(np.float64), want, rtol=2e-3, atol=2e-3)
+
+
+def test_state_signal_is_the_same_in_any_batch_under_a_press(model64):
+    """Under a press, one prompt at a time and continuous batching record the same states; the first token's
+    state comes from the prefill forward, which the press does not change."""
+    prompts, spec = _prompts(4), PressSpec("snapkv", 0.5, {"window_size": 8})
+    runs = [Engine(model64, [256], max_new_tokens=12, batch_size=bs, state_layer=1).generate(prompts, build_press(s))
+            for bs, s in ((1, spec), (3, spec), (3, PressSpec("none")))]
+    for a, b, full in zip(*runs):
+        np.testing.assert_allclose(a.state.astype(np.float64), b.state.astype(np.float64), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(a.state[0], full.state[0], rtol=1e-3, atol=1e-3)
+    assert Engine(model64, [256], max_new_tokens=4, batch_size=2).generate(prompts[:1], None)[0].state is None

@@ -58,6 +58,9 @@ def test_live_controller_refuses_a_guard_with_history_features():
 
     with pytest.raises(HazardError, match="history"):
         PolicyController(build_policy("hazard"), Guard()).begin(4)
+    Guard.feature_names = ["entropy", "state0", "state1"]
+    with pytest.raises(HazardError, match="projected state"):
+        PolicyController(build_policy("hazard"), Guard()).begin(4)
 
 
 def test_signal_report_finds_the_informative_feature_within_a_setting():
@@ -81,3 +84,20 @@ def test_signal_report_finds_the_informative_feature_within_a_setting():
     assert rep["rise"]["trace_auroc"] > 0.95 and rep["rise"]["pre_onset_auroc"] > 0.9 and rep["rise"]["settings"] == 1
     assert 0.2 < rep["noise"]["trace_auroc"] < 0.8
     assert signal_report(traces[:4], ["rise"], 0)["rise"]["settings"] == 0  # too few traces per class
+
+
+def test_state_features_are_the_state_columns_and_need_a_state():
+    from hazard.errors import HazardError
+    from hazard.signals.state import STATE_DIM
+
+    row = _row(n=12)
+    row["state"] = np.arange(12 * STATE_DIM, dtype=np.float16).reshape(12, STATE_DIM).tolist()
+    names = FEATURE_SETS["live_state"]
+    assert "state" in base_columns(names) and "entropy" in base_columns(names)
+    x = trace_features(row, names)
+    col = {n: i for i, n in enumerate(names)}
+    assert np.array_equal(x[:, col["state3"]], np.asarray(row["state"], dtype=np.float32)[:, 3])
+    assert np.array_equal(x[:, col["entropy"]], row["entropy"])
+    row["state"] = []  # a collection without state_layer
+    with pytest.raises(HazardError, match="state_layer"):
+        trace_features(row, names)

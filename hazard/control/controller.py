@@ -35,6 +35,7 @@ from hazard.control.policies import (
 from hazard.engine import Controller
 from hazard.errors import HazardError
 from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, prefill_signals
+from hazard.signals.state import STATE_FEATURES
 
 log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
@@ -77,6 +78,11 @@ def check_live(names, prefill: bool = False) -> None:
         raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
                           "controller each prompt's question positions (PolicyController(questions=...), "
                           "hazard.collect.questions_of) or export a guard trained on a set without them (e.g. live)")
+    state = [n for n in names if n in STATE_FEATURES]
+    if state:
+        raise HazardError(f"guard features {state[:2]}... read the model's projected state (hazard.signals.state), "
+                          "which the live controller does not receive: export a guard trained on a set without "
+                          "them (e.g. live)")
     missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS)]
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "

@@ -30,6 +30,7 @@ from hazard.engine.store import KVStore
 from hazard.errors import HazardError
 from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
 from hazard.signals.attention import last_queries
+from hazard.signals.state import project_state
 
 
 def right_padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,6 +196,13 @@ class Prefill:
             return output
 
         handles = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in runner.layers]
+        state = []  # the last prompt token's residual stream after the state layer, the same under any press
+        if runner.state_layer is not None:
+            def grab(module, args, output):
+                hs = output[0] if isinstance(output, tuple) else output
+                state.append(hs[torch.arange(b, device=dev), lengths - 1])
+
+            handles.append(runner.layers[runner.state_layer].register_forward_hook(grab))
         cache = DynamicCache()
         try:
             out = runner.decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), past_key_values=cache,
@@ -227,6 +235,9 @@ class Prefill:
             packet[:, -1] = held.float()
         tokens = tokens[idx]
         packet[:, 0] = tokens.float()
+        if state:
+            runner.state_out[torch.tensor(slots, device=dev)] = project_state(runner.state_norm, runner.state_proj,
+                                                                              state[0])[idx]
         store.start_rows(torch.tensor(slots, device=dev), tokens, lengths[idx], held)
         return packet
 

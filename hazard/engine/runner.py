@@ -21,6 +21,7 @@ from hazard.engine import attention as decode_attn
 from hazard.engine.store import KVStore, page_bound
 from hazard.signals import ATTENTION_SIGNALS, attention_probs, logit_signals, stats_from_probs
 from hazard.signals.attention import rope
+from hazard.signals.state import STATE_DIM, project_state, state_projection, state_reader
 
 log = logging.getLogger(__name__)
 WIDTH_STEP = 128  # attention width buckets: a graph per multiple of this
@@ -55,10 +56,13 @@ class ModelRunner:
     attention : {"auto", "triton", "sdpa"}
         Decode attention: the Triton kernel (each row reads its own length; the probed layers' signals in
         the same pass) or SDPA over the common width with a mask. "auto": Triton on CUDA where installed.
+    state_layer : int or None
+        Also write each row's projected residual stream after this layer (``hazard.signals.state``) to
+        ``state_out`` every step (negative counts from the end; None: off).
     """
 
     def __init__(self, model: PreTrainedModel, probe_layers, signals: bool = True, cuda_graphs: bool = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", state_layer: int | None = None):
         decoder = decoder_of(model)
         self.model, self.decoder = model, decoder
         self.layers = list(decoder.layers)
@@ -80,6 +84,11 @@ class ModelRunner:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._graph_failed = False
+        self.state_layer = None if state_layer is None or not signals else state_layer % n
+        self.state_out: torch.Tensor | None = None  # (rows, STATE_DIM), rewritten by every step
+        if self.state_layer is not None:
+            self.state_norm = state_reader(decoder, self.state_layer)
+            self.state_proj = state_projection(cfg.hidden_size, device)
 
     def bind(self, store: KVStore) -> None:
         """Run on ``store`` from now on (graphs captured on another store are dropped)."""
@@ -87,6 +96,8 @@ class ModelRunner:
             self.graphs.clear()
             self._pool = None
             self.store = store
+            if self.state_layer is not None and store is not None:  # a static buffer: graphs write into it
+                self.state_out = torch.zeros(store.rows, STATE_DIM, dtype=torch.float32, device=store.device)
 
     # ---- the step -----------------------------------------------------------------------------------
     def _step(self, n: int, width: int) -> None:
@@ -132,6 +143,8 @@ class ModelRunner:
                             if st.sketch_active else lse.new_zeros(n))
             x = x + attn.o_proj(o.reshape(n, 1, hq * d))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if li == self.state_layer:
+                self.state_out[:n] = project_state(self.state_norm, self.state_proj, x[:, 0])
         logits = self.model.lm_head(self.decoder.norm(x)[:, 0])  # signals read it in its own dtype
         held = (write + 1).float()[:, None]
         if self.signals:

@@ -35,6 +35,7 @@ from hazard.engine.store import KVStore
 from hazard.engine.types import Controller, Generation
 from hazard.errors import HazardError
 from hazard.signals import SIGNALS
+from hazard.signals.state import STATE_DIM
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,16 @@ class Engine:
         and values of the layer it is in, as a prefill does before its press (a prefill is counted at nothing);
         or as every layer's (``all_layers``: an upper bound, the count of every run before the thirty-third
         session; the same answers at 0.010-0.026 more mean KV per reading row on the 1.5B, RESULTS.md 0z-0aa).
+    state_layer : int, optional
+        Also record each token's projected residual stream after this layer (``hazard.signals.state``,
+        ``Generation.state``; negative counts from the end; None: off). Needs signals.
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
                  prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False,
-                 attention: str = "auto", verify_window: int = 0, reading_kv: str = "one_layer"):
+                 attention: str = "auto", verify_window: int = 0, reading_kv: str = "one_layer",
+                 state_layer: int | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -106,7 +111,9 @@ class Engine:
             raise HazardError(f"engine: reading_kv must be one of {', '.join(READING_KV)}, got {reading_kv!r}")
         self.reading_kv = reading_kv
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention)
+        if state_layer is not None and not signals:
+            raise HazardError("engine: state_layer needs signals")
+        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention, state_layer)
         self.prefill = Prefill(self.runner, prefill_tokens)
         self.store: KVStore | None = None
         self.generated_tokens = 0
@@ -254,6 +261,9 @@ class Engine:
         kept_n = np.zeros(b, dtype=np.int64)  # prompt entries the press keeps
         since_compress = np.zeros(b, dtype=np.int64)
         rec = np.zeros((b, max_new, 1 + len(SIGNALS)), dtype=np.float32)
+        states = self.runner.state_out is not None  # the projected residual stream, per token
+        rec_state = np.zeros((b, max_new, STATE_DIM) if states else (b, 0, 0), dtype=np.float16)
+        host_state = torch.zeros(b, STATE_DIM, dtype=torch.float32, pin_memory=cuda) if states else None
         info: dict[int, dict] = {}  # controller bookkeeping per row: events, rolled-back tokens
         prompt_kept: dict[int, np.ndarray] = {}  # row -> share of layer-heads holding each prompt position
         ctl_s = np.zeros(b)  # per slot: controller seconds, steps with more prompt entries than the press keeps
@@ -298,7 +308,7 @@ class Engine:
                     kv_tokens=kv, kv_bytes=kv_bytes,
                     prompt_len=int(plen[s]),
                     kv_tokens_prefill=int(kv[0]), bytes_per_token=st.bytes_per_token, control=control,
-                    prompt_kept=prompt_kept.pop(r, None))
+                    prompt_kept=prompt_kept.pop(r, None), state=rec_state[s, : ntok[s]].copy() if states else None)
             self._bar.update(len(slots))
             ended = shadow_of[slots]
             if (ended >= 0).any():  # a row that ends inside its verify window frees its shadow
@@ -382,6 +392,9 @@ class Engine:
                 plen[slots] = [len(prompts[i]) for i in take]
                 lens[slots] = kept_n[slots] = prompt_held[slots] = pk[:, -1].astype(np.int64)
                 rec[slots, 0] = pk
+                if states:
+                    at = torch.as_tensor(slots, device=self.device)
+                    rec_state[slots, 0] = self.runner.state_out[at].cpu().numpy()
                 if controller is not None:
                     for i in take:
                         info[i] = {"events": [], "rollback_tokens": 0, "check_tokens": 0}
@@ -399,13 +412,16 @@ class Engine:
                 break
             in_window = (row == -2).any()
             if not queue and controller is None and not in_window and live.max() + 1 > row_bucket(len(live), b):
-                live = self._compact(live, row, [ntok, nsteps, lens, plen, prompt_held, kept_n, since_compress], rec)
+                live = self._compact(live, row, [ntok, nsteps, lens, plen, prompt_held, kept_n, since_compress,
+                                                 rec_state], rec)
             active = np.flatnonzero(row != -1) if in_window else live  # rows and their shadows
             n = row_bucket(int(active.max()) + 1, b)
             width = width_bucket(int(lens[active].max()) + 1, st.capacity)
             t0 = time.perf_counter()
             self.runner.step(n, width)
             host[:n].copy_(st.packet[:n], non_blocking=True)
+            if states:
+                host_state[:n].copy_(self.runner.state_out[:n], non_blocking=True)
             extra = None
             if controller is not None:  # e.g. the guard, on the device, before the step's one sync
                 tc = time.perf_counter()
@@ -425,6 +441,8 @@ class Engine:
             self.steps += 1
             pk = host[:n].numpy()[live]
             rec[live, ntok[live]] = pk
+            if states:
+                rec_state[live, ntok[live]] = host_state[:n].numpy()[live]
             ntok[live] += 1
             nsteps[live] += 1
             lens[live] += 1

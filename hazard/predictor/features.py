@@ -26,6 +26,7 @@ from hazard.signals import (
     REPETITION_SIGNALS,
     VERIFY_SIGNALS,
 )
+from hazard.signals.state import STATE_FEATURES
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
@@ -52,6 +53,10 @@ FEATURE_SETS = {
     # what a live guard can compute once the controller knows the question's positions: live + the prefill keeps
     "live_question": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *PREFILL_SIGNALS,
                       *CONFIG_FEATURES),
+    # + the projected residual stream (schema >= 9, collected with ``state_layer``): the model's own state
+    "live_state": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
+                   *STATE_FEATURES),
+    "state_config": (*CONFIG_FEATURES, *STATE_FEATURES),  # the state alone (with where the run is)
     "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
                               *CONFIG_FEATURES, *DYNAMICS),
 }
@@ -65,6 +70,8 @@ def base_columns(names) -> set[str]:
             cols |= {"ratio", "kv_tokens", "prompt_len", "max_new_tokens", "n_tokens"}
         elif name.startswith("novel"):
             cols.add("tokens")
+        elif name in STATE_FEATURES:
+            cols.add("state")
         else:
             cols.add(name.split(":")[-1])
     return cols
@@ -113,6 +120,7 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
     """(n_tokens, len(names)) float32 features of one trace row (a dict from the trace dataset)."""
     n = row["n_tokens"]
     cols = []
+    state = None
     for name in names:
         if name == "ratio":
             col = np.full(n, row["ratio"], dtype=np.float32)
@@ -122,6 +130,13 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
             col = np.arange(n, dtype=np.float32) / row["max_new_tokens"]
         elif name in PREFILL_SIGNALS:  # one value per trace, known before the first token
             col = np.full(n, row[name], dtype=np.float32)
+        elif name in STATE_FEATURES:
+            if state is None:
+                state = np.asarray(row["state"], dtype=np.float32)
+                if state.shape != (n, len(STATE_FEATURES)):
+                    raise HazardError(f"trace {row['trace_id']}: no state signal (shape {state.shape}); collect "
+                                      "with state_layer set or pick a feature set without state*")
+            col = state[:, int(name[len("state"):])]
         elif ":" in name or name.startswith("novel"):
             col = _derived(row, name, n).astype(np.float32)
         else:

@@ -1,0 +1,44 @@
+"""train/compare_reports.py: the main fit against its ablations, per split seed and on average."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
+
+from compare_reports import main  # noqa: E402
+
+
+def _entry(pre, w16, knorm):
+    per = {"pre_onset_auroc": pre, "false_alarm_rate": 0.05, "detect_rate_lead8": 0.1, "detect_rate_within4": 0.2,
+           "detect_rate_within16": w16, "detect_rate_within32": w16 + 0.1,
+           "by_type": {"loop": {"detect_rate_within16": w16}}}
+    return {"test": {"pre_onset_auroc": pre, "n_catastrophes": 40,
+                     "by_press": {"knorm@0.875": {"pre_onset_auroc": knorm}}}, "test_per_setting": per}
+
+
+def _write(tmp_path, seed, model, live):
+    p = tmp_path / f"s{seed}.json"
+    p.write_text(json.dumps({"config": {"data": {"seed": seed}}, "model": model, "ablation": {"live": live}}))
+    return p
+
+
+def test_means_and_the_main_fits_lead_over_each_ablation(tmp_path, capsys):
+    paths = [_write(tmp_path, 0, _entry(0.8, 0.4, 0.7), _entry(0.8, 0.2, 0.6)),
+             _write(tmp_path, 1, _entry(0.9, 0.2, 0.8), _entry(0.7, 0.3, 0.6))]
+    out = tmp_path / "cmp.json"
+    assert main([*map(str, paths), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert abs(res["mean"]["model"]["detect_rate_within16"] - 0.3) < 1e-9
+    assert abs(res["model_minus"]["ablation:live"]["detect_rate_within16"] - 0.05) < 1e-9
+    assert abs(res["model_minus"]["ablation:live"]["pre_onset_auroc:knorm@0.875"] - 0.15) < 1e-9
+    assert "model - ablation:live" in capsys.readouterr().out
+
+
+def test_a_report_without_per_setting_figures_is_one_clear_line(tmp_path, capsys):
+    old = _entry(0.8, 0.4, 0.7)
+    del old["test_per_setting"]
+    p = _write(tmp_path, 0, old, old)
+    assert main([str(p), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test_per_setting" in err[0] and not (tmp_path / "x.json").exists()

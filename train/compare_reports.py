@@ -1,0 +1,108 @@
+"""The main fit against its feature-set ablations over several reports (one per split seed).
+
+One small test set moves a detection rate by several points, so a feature set that looks better on one
+split is read over a few: each ``hazard train report`` run on a different ``data.seed`` (the same config
+otherwise) gives one ``metrics.json``; this prints, per predictor (the main model's ``model`` entry and each
+``ablation.<set>``), the test figures with one threshold per press setting (``test_per_setting``: each setting
+held to the target on validation) per split, their mean, and the main fit's mean lead over each ablation.
+
+    python train/compare_reports.py train/results/cpu_state_q05*/metrics.json \
+        --out train/results/cpu_state_q05_seeds.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hazard.errors import HazardError
+from hazard.traces import write_json
+
+KEYS = ("pre_onset_auroc", "false_alarm_rate", "detect_rate_lead8", "detect_rate_within4", "detect_rate_within16",
+        "detect_rate_within32")
+
+
+def figures(entry: dict) -> dict:
+    """A predictor's test figures, detection with one threshold per setting, and its pre-onset AUROC within
+    each setting."""
+    if "test_per_setting" not in entry:
+        raise HazardError("a metrics entry without test_per_setting: rerun the report with today's hazard")
+    per = entry["test_per_setting"]
+    out = {k: per.get(k) for k in KEYS}
+    out["pre_onset_auroc"] = entry["test"]["pre_onset_auroc"]
+    for name, sub in entry["test"].get("by_press", {}).items():
+        out[f"pre_onset_auroc:{name}"] = sub["pre_onset_auroc"]
+    for kind, sub in per.get("by_type", {}).items():
+        out[f"{kind}:detect_rate_within16"] = sub.get("detect_rate_within16")
+    return out
+
+
+def compare(paths: list[Path]) -> dict:
+    runs = {}
+    for p in paths:
+        m = json.loads(p.read_text())
+        runs[str(p)] = {"seed": m["config"]["data"]["seed"], "n_catastrophes": m["model"]["test"]["n_catastrophes"],
+                        "model": figures(m["model"]),
+                        **{f"ablation:{k}": figures(v) for k, v in m.get("ablation", {}).items()}}
+    names = [k for k in next(iter(runs.values())) if k == "model" or k.startswith("ablation:")]
+    mean = {}
+    for name in names:
+        keys = runs[next(iter(runs))][name]
+        mean[name] = {k: _mean([r[name].get(k) for r in runs.values()]) for k in keys}
+    lead = {n: {k: _mean([_sub(r["model"].get(k), r[n].get(k)) for r in runs.values()]) for k in mean["model"]}
+            for n in names if n != "model"}
+    return {"runs": runs, "mean": mean, "model_minus": lead}
+
+
+def _sub(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def table(res: dict) -> str:
+    def f(v) -> str:
+        return "  n/a" if v is None else f"{v:6.3f}"
+
+    cols = ["pre_onset_auroc", "false_alarm_rate", "detect_rate_lead8", "detect_rate_within4", "detect_rate_within16",
+            "detect_rate_within32", "loop:detect_rate_within16", "nonterm:detect_rate_within16"]
+    first = next(iter(res["runs"].values()))["model"]
+    cols += sorted(k for k in first if k.startswith("pre_onset_auroc:"))  # within each press setting
+    heads = [c.replace("detect_rate_", "").replace("pre_onset_auroc", "pre") for c in cols]
+    lines = ["| split seed | predictor | catastrophes | " + " | ".join(heads) + " |",
+             "|---" * (len(cols) + 3) + "|"]
+    for r in res["runs"].values():
+        for name in [k for k in r if k == "model" or k.startswith("ablation:")]:
+            lines.append(f"| {r['seed']} | {name} | {r['n_catastrophes']} | "
+                         + " | ".join(f(r[name].get(c)) for c in cols) + " |")
+    for name, m in res["mean"].items():
+        lines.append(f"| mean | {name} | | " + " | ".join(f(m.get(c)) for c in cols) + " |")
+    for name, m in res["model_minus"].items():
+        lines.append(f"| mean | model - {name} | | " + " | ".join(f(m.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("metrics", nargs="+", type=Path, help="metrics.json of reports that differ in data.seed")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        res = compare(args.metrics)
+    except (HazardError, KeyError) as e:
+        print(f"compare_reports: {e}", file=sys.stderr)
+        return 2
+    write_json(args.out, res)
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
