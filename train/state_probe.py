@@ -30,7 +30,7 @@ import numpy as np
 from hazard.predictor.baselines import WindowClassifier
 from hazard.predictor.data import Normalizer, Trace, load_trace_arrays
 from hazard.predictor.features import CONFIG_FEATURES, FEATURE_SETS
-from hazard.predictor.metrics import _auc, choose_threshold, setting
+from hazard.predictor.metrics import _auc, _grouped, choose_threshold, detection, setting
 from hazard.signals.state import STATE_FEATURES
 from hazard.traces import read_manifest, write_json
 
@@ -40,7 +40,6 @@ GROUPS = {
     "state": [*CONFIG_FEATURES, *STATE_FEATURES],
     "live_state": list(FEATURE_SETS[FEATURE_SET]),
 }
-DELAYS = (4, 16, 32)
 
 
 def folds_by_prompt(traces: list[Trace], k: int, seed: int = 0) -> np.ndarray:
@@ -89,19 +88,9 @@ def figures(traces: list[Trace], scores: list[np.ndarray], alarms: list, horizon
     out = {"n_traces": len(traces), "n_catastrophes": int(sum(t.catastrophe for t in traces)),
            "pre_onset_auroc": _auc(y, s)[0] if len(y) else None,
            "false_alarm_rate": float(np.mean(healthy)) if healthy else None}
-
-    def rates(sel: list[tuple[Trace, int | None]]) -> dict:
-        r = {"n": len(sel)}
-        if not sel:
-            return r
-        r["detect_rate_lead8"] = float(np.mean([a is not None and a <= t.onset - 8 for t, a in sel]))
-        for d in DELAYS:
-            r[f"detect_rate_within{d}"] = float(np.mean([a is not None and a <= t.onset + d for t, a in sel]))
-        return r
-
-    failing = [(t, a) for t, a in zip(traces, alarms) if t.catastrophe and t.onset >= 0]
-    out.update(rates(failing))
-    out["by_type"] = {k: rates([(t, a) for t, a in failing if t.kind == k]) for k in ("loop", "nonterm", "wrong")}
+    failing = [(t.onset, a, t.kind, t.source) for t, a in zip(traces, alarms) if t.catastrophe and t.onset >= 0]
+    out.update({"n": len(failing), **detection(failing)})
+    out["by_type"] = {**{k: {"n": 0} for k in ("loop", "nonterm", "wrong")}, **_grouped(failing, lambda f: f[2])}
     return out
 
 
