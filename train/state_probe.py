@@ -30,7 +30,7 @@ import numpy as np
 from hazard.predictor.baselines import WindowClassifier
 from hazard.predictor.data import Normalizer, Trace, load_trace_arrays
 from hazard.predictor.features import CONFIG_FEATURES, FEATURE_SETS
-from hazard.predictor.metrics import _auc, _grouped, choose_threshold, detection, setting
+from hazard.predictor.metrics import _auc, _grouped, choose_thresholds, detection, setting
 from hazard.signals.state import STATE_FEATURES
 from hazard.traces import read_manifest, write_json
 
@@ -70,12 +70,11 @@ def first_alarms(traces: list[Trace], scores: list[np.ndarray], fold: np.ndarray
     """Each trace's first alarm, its threshold chosen per setting on the other folds' traces."""
     thr = {}
     for f in np.unique(fold):
-        for name in {setting(t) for t in traces}:
-            sel = [i for i, t in enumerate(traces) if fold[i] != f and setting(t) == name]
-            thr[f, name] = choose_threshold([traces[i] for i in sel], [scores[i] for i in sel], far)
+        others = np.flatnonzero(fold != f)
+        thr[f] = choose_thresholds([traces[i] for i in others], [scores[i] for i in others], far)
     out = []
     for t, s, f in zip(traces, scores, fold):
-        th = thr[f, setting(t)]
+        th = thr[f][setting(t)]
         hit = np.flatnonzero((s >= th) & t.valid) if not t.catastrophe else np.flatnonzero(s >= th)
         out.append(int(hit[0]) if len(hit) else None)
     return out
