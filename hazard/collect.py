@@ -96,6 +96,7 @@ class CollectConfig:
     mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
     verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
     state_layer: int | None = None  # record the projected residual stream after this layer (the state column)
+    state_dim: int = 64  # its width per token (hazard.signals.state; the hidden size: a full-rank projection)
 
 
 def prompt_text(tok, prompt: Prompt) -> str:
@@ -334,6 +335,8 @@ def validate(cfg: CollectConfig) -> tuple[list[tuple[str, list]], list[PressSpec
         raise HazardError("collect: no tasks configured; add at least one under `tasks:`")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.shard_size < 1:
         raise HazardError("collect: max_new_tokens, batch_size and shard_size must be >= 1")
+    if cfg.state_dim < 1:
+        raise HazardError(f"collect: state_dim must be a positive width, got {cfg.state_dim}")
     names = [t.name for t in cfg.tasks]
     if len(set(names)) != len(names):
         raise HazardError(f"collect: task listed twice in {names}; shards are named by task, list each once "
@@ -368,7 +371,10 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         if old.get("schema_version") != SCHEMA_VERSION:
             raise HazardError(f"{out}: holds trace schema version {old.get('schema_version')}, this hazard writes "
                               f"{SCHEMA_VERSION}; use a new output_dir")
-        if old.get("config") != json.loads(json.dumps(content)):
+        # A key the old manifest lacks was added since, with a default that keeps the old behaviour.
+        defaults = json.loads(json.dumps(_content(CollectConfig())))
+        old_cfg = {**{k: v for k, v in defaults.items() if k not in old.get("config", {})}, **old.get("config", {})}
+        if old_cfg != json.loads(json.dumps(content)):
             raise HazardError(f"{out}: holds a collection with a different config; use a new output_dir "
                               "or delete the old one to resume")
     dist.barrier()
@@ -382,7 +388,7 @@ def run_collect(cfg: CollectConfig) -> dict | None:
         cfg.model.device = f"cuda:{local}"
     model, tok = load_model(cfg.model)
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
-                    verify_window=cfg.verify_window, state_layer=cfg.state_layer)
+                    verify_window=cfg.verify_window, state_layer=cfg.state_layer, state_dim=cfg.state_dim)
     units = []
     for name, group in tasks:
         prompts = grid_prompts(group)

@@ -123,6 +123,21 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_dir, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_resume_reads_a_key_added_since_as_its_default(tmp_path, tiny_dir, capsys):
+    """A manifest written before a config key existed (here ``state_dim``) resumes when the key keeps its
+    default, and is refused when it does not."""
+    out = tmp_path / "t"
+    assert main(_args(out, tiny_dir)) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    del man["config"]["state_dim"]
+    (out / "manifest.json").write_text(json.dumps(man))
+    capsys.readouterr()
+    assert main(_args(out, tiny_dir)) == 0 and "no new shards" in capsys.readouterr().out
+    (out / "manifest.json").write_text(json.dumps(man))
+    assert main(_args(out, tiny_dir, "--state_dim", "32")) == 2
+    assert "different config" in capsys.readouterr().err
+
+
 def test_torchrun_two_processes_match_one(tmp_path, tiny_dir):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_args(one, tiny_dir)) == 0
@@ -276,6 +291,10 @@ def test_a_state_layer_fills_the_state_column_and_leaves_the_rest_as_it_was(tmp_
         assert np.allclose(x["entropy"], y["entropy"], atol=1e-6)
         st = np.asarray(y["state"], dtype=np.float32)
         assert st.shape == (y["n_tokens"], STATE_DIM) and np.isfinite(st).all() and st.std() > 0
+    wide = tmp_path / "wide"  # state_dim: the recorded width
+    assert main(_args(wide, tiny_dir, "--state_layer", "-1", "--state_dim", "80")) == 0
+    assert all(np.asarray(r["state"]).shape == (r["n_tokens"], 80) for r in _rows(load_traces(wide)))
+    assert main(_args(tmp_path / "bad", tiny_dir, "--state_layer", "-1", "--state_dim", "0")) == 2
 
 
 def test_the_time_budget_starts_no_group_the_longest_one_says_would_overrun():

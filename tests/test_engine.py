@@ -443,20 +443,22 @@ def test_prompt_kept_is_what_the_prefill_press_kept_of_each_prompt(model64):
     assert all(g.prompt_kept is None for g in eng.generate(prompts[:2], None))
 
 
-@pytest.mark.parametrize("layer", [1, -1])
-def test_state_signal_is_the_projected_residual_stream(model64, layer):
+@pytest.mark.parametrize("layer,dim", [(1, 64), (-1, 64), (1, 96)])
+def test_state_signal_is_the_projected_residual_stream(model64, layer, dim):
     """``Generation.state`` at token t is the fixed projection of the residual stream after ``state_layer``,
     normed as the next reader sees it, in the forward that chose token t: the same numbers as a plain HF
     forward over prompt + answer, through continuous batching (5 prompts, 2 slots) and at the first token
-    (the prefill's)."""
-    from hazard.signals.state import STATE_DIM, project_state, state_projection, state_reader
+    (the prefill's); at any ``state_dim`` (96: wider than this model's 64-wide state)."""
+    from hazard.signals.state import project_state, state_projection, state_reader
 
     prompts = _prompts(5)
-    eng = Engine(model64, [256], max_new_tokens=12, batch_size=2, probe_layers=(0, -1), state_layer=layer)
+    eng = Engine(model64, [256], max_new_tokens=12, batch_size=2, probe_layers=(0, -1), state_layer=layer,
+                 state_dim=dim)
     gens = eng.generate(prompts, None)
     decoder = model64.model
     idx = layer % len(decoder.layers)
-    norm, proj = state_reader(decoder, idx), state_projection(model64.config.hidden_size, dtype=torch.float64)
+    norm = state_reader(decoder, idx)
+    proj = state_projection(model64.config.hidden_size, dtype=torch.float64, dim=dim)
     for p, g in zip(prompts, gens):
         seen: list[torch.Tensor] = []
         h = decoder.layers[idx].register_forward_hook(
@@ -468,7 +470,7 @@ def test_state_signal_is_the_projected_residual_stream(model64, layer):
             h.remove()
         with torch.no_grad():
             want = project_state(norm, proj, seen[0][0, len(p) - 1:]).numpy()
-        assert g.state.shape == (len(g.tokens), STATE_DIM) and g.state.dtype == np.float16
+        assert g.state.shape == (len(g.tokens), dim) and g.state.dtype == np.float16
         np.testing.assert_allclose(g.state.astype(np.float64), want, rtol=2e-3, atol=2e-3)
 
 

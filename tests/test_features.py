@@ -101,3 +101,23 @@ def test_state_features_are_the_state_columns_and_need_a_state():
     row["state"] = []  # a collection without state_layer
     with pytest.raises(HazardError, match="state_layer"):
         trace_features(row, names)
+
+
+def test_a_wider_state_is_read_as_set_at_width_and_a_wrong_width_says_so():
+    """``state_dim: W`` collections: ``live_state@W`` reads every column; the 64-wide set refuses them with the
+    name to use, and ``@W`` on a set without the state is refused."""
+    from hazard.errors import HazardError
+    from hazard.predictor.features import feature_names
+
+    row = _row(n=12)
+    row["state"] = np.arange(12 * 96, dtype=np.float16).reshape(12, 96).tolist()
+    names = feature_names("live_state@96")
+    assert names[-1] == "state95" and len(names) == len(FEATURE_SETS["live_state"]) + 32
+    assert feature_names("live_state@64") == FEATURE_SETS["live_state"]
+    x = trace_features(row, names)
+    assert np.array_equal(x[:, names.index("state95")], np.asarray(row["state"], dtype=np.float32)[:, 95])
+    with pytest.raises(HazardError, match="live_state@96|<set>@96"):
+        trace_features(row, FEATURE_SETS["live_state"])
+    for bad in ("live@96", "live_state@0", "live_state@x"):
+        with pytest.raises(HazardError, match="@W"):
+            feature_names(bad)

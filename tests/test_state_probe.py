@@ -54,10 +54,13 @@ def test_the_study_runs_on_a_collection_with_states(tmp_path):
     out = tmp_path / "traces"
     assert hazard(["collect", "--config", str(ROOT / "configs/collect/tiny.yaml"), "--output_dir", str(out),
                    "--model", json.dumps({"path": str(model), "device": "cpu", "dtype": "float32", "name": "tiny"}),
-                   "--state_layer", "1"]) == 0
+                   "--state_layer", "1", "--state_dim", "72"]) == 0
     res = tmp_path / "probe.json"
-    assert main(["--traces", str(out), "--out", str(res), "--folds", "2", "--detect_window", "4"]) == 0
+    assert main(["--traces", str(out), "--out", str(res), "--folds", "2"]) == 2  # 72 wide, read as 64: refused
+    assert main(["--traces", str(out), "--out", str(res), "--folds", "2", "--detect_window", "4",
+                 "--feature_set", "live_state@72"]) == 0
     got = json.loads(res.read_text())
+    assert len(got["groups"]["state"]) == 3 + 72 and got["groups"]["state"][-1] == "state71"
     assert set(got["runs"]) == {"logreg/live", "logreg/state", "logreg/live_state"}
     run = got["runs"]["logreg/live_state"]
     assert run["pooled"]["n_traces"] == sum(m["n_traces"] for m in run["by_press"].values()) > 40

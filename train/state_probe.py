@@ -15,6 +15,9 @@ the share of catastrophes flagged >= 8 tokens before the onset and <= 4 / 16 / 3
 Writes one JSON and prints a table.
 
     python train/state_probe.py --traces traces/cpu_state_q05 --out train/results/state_probe_q05.json
+
+Traces collected with a wider state (``state_dim: W``; at the hidden size, the whole state) are read with
+``--feature_set live_state@W``.
 """
 
 from __future__ import annotations
@@ -27,19 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
+from hazard.errors import HazardError
 from hazard.predictor.baselines import WindowClassifier
 from hazard.predictor.data import Normalizer, Trace, load_trace_arrays
-from hazard.predictor.features import CONFIG_FEATURES, FEATURE_SETS
+from hazard.predictor.features import CONFIG_FEATURES, feature_names
 from hazard.predictor.metrics import _auc, _grouped, choose_thresholds, detection, setting
-from hazard.signals.state import STATE_FEATURES
+from hazard.signals.state import is_state_feature
 from hazard.traces import read_manifest, write_json
 
-FEATURE_SET = "live_state"
-GROUPS = {
-    "live": [n for n in FEATURE_SETS[FEATURE_SET] if n not in STATE_FEATURES],
-    "state": [*CONFIG_FEATURES, *STATE_FEATURES],
-    "live_state": list(FEATURE_SETS[FEATURE_SET]),
-}
+
+def groups(feature_set: str = "live_state") -> dict[str, list[str]]:
+    """The three feature groups of a state set: its live signals, its state (+ config), both."""
+    names = list(feature_names(feature_set))
+    state = [n for n in names if is_state_feature(n)]
+    return {"live": [n for n in names if not is_state_feature(n)], "state": [*CONFIG_FEATURES, *state],
+            "live_state": names}
 
 
 def folds_by_prompt(traces: list[Trace], k: int, seed: int = 0) -> np.ndarray:
@@ -50,8 +55,9 @@ def folds_by_prompt(traces: list[Trace], k: int, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[t.prompt_id] for t in traces])
 
 
-def columns(traces: list[Trace], names: list[str]) -> list[Trace]:
-    idx = [FEATURE_SETS[FEATURE_SET].index(n) for n in names]
+def columns(traces: list[Trace], names: list[str], feature_set: str) -> list[Trace]:
+    every = feature_names(feature_set)
+    idx = [every.index(n) for n in names]
     return [dataclasses.replace(t, x=t.x[:, idx]) for t in traces]
 
 
@@ -104,22 +110,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=8, help="tokens per causal window")
     ap.add_argument("--detect_window", type=int, default=32, help="train on this many tokens after an onset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--feature_set", default="live_state",
+                    help="a state feature set; live_state@W for traces collected with state_dim: W")
+    ap.add_argument("--groups", nargs="+", default=["live", "state", "live_state"],
+                    choices=["live", "state", "live_state"])
     args = ap.parse_args(argv)
     from hazard.labels import HORIZONS
 
     h = HORIZONS.index(args.horizon)
     t0 = time.time()
-    traces = load_trace_arrays(args.traces, FEATURE_SET)
+    try:
+        every = groups(args.feature_set)
+        traces = load_trace_arrays(args.traces, args.feature_set)
+    except HazardError as e:
+        print(f"state_probe: {e}", file=sys.stderr)
+        return 2
     fold = folds_by_prompt(traces, args.folds, args.seed)
     settings = sorted({setting(t) for t in traces})
     result = {"traces": args.traces, "manifest": {k: read_manifest(Path(p)).get(k) for p in args.traces[:1]
                                                   for k in ("git_sha", "hardware", "config")},
               "folds": args.folds, "horizon": args.horizon, "far": args.far, "window": args.window,
               "detect_window": args.detect_window, "seed": args.seed, "n_prompts": len({t.prompt_id for t in traces}),
-              "groups": GROUPS, "runs": {}}
+              "feature_set": args.feature_set, "groups": {g: every[g] for g in args.groups}, "runs": {}}
     for kind in args.models:
-        for group, names in GROUPS.items():
-            sub = columns(traces, names)
+        for group in args.groups:
+            sub = columns(traces, every[group], args.feature_set)
             scores = out_of_fold(sub, fold, {"kind": kind, "window": args.window, "seed": args.seed,
                                              "detect_window": args.detect_window}, h)
             alarms = first_alarms(sub, scores, fold, args.far)

@@ -35,7 +35,7 @@ from hazard.control.policies import (
 from hazard.engine import Controller
 from hazard.errors import HazardError
 from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, prefill_signals
-from hazard.signals.state import STATE_FEATURES
+from hazard.signals.state import is_state_feature
 
 log = logging.getLogger(__name__)
 _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each signal (0 is the token)
@@ -78,7 +78,7 @@ def check_live(names, prefill: bool = False) -> None:
         raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
                           "controller each prompt's question positions (PolicyController(questions=...), "
                           "hazard.collect.questions_of) or export a guard trained on a set without them (e.g. live)")
-    state = [n for n in names if n in STATE_FEATURES]
+    state = [n for n in names if is_state_feature(n)]
     if state:
         raise HazardError(f"guard features {state[:2]}... read the model's projected state (hazard.signals.state), "
                           "which the live controller does not receive: export a guard trained on a set without "

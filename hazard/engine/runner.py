@@ -59,10 +59,13 @@ class ModelRunner:
     state_layer : int or None
         Also write each row's projected residual stream after this layer (``hazard.signals.state``) to
         ``state_out`` every step (negative counts from the end; None: off).
+    state_dim : int
+        Numbers per row in ``state_out`` (the projection's width, ``hazard.signals.state``).
     """
 
     def __init__(self, model: PreTrainedModel, probe_layers, signals: bool = True, cuda_graphs: bool = False,
-                 attention: str = "auto", state_layer: int | None = None):
+                 attention: str = "auto", state_layer: int | None = None,
+                 state_dim: int = STATE_DIM):
         decoder = decoder_of(model)
         self.model, self.decoder = model, decoder
         self.layers = list(decoder.layers)
@@ -85,10 +88,11 @@ class ModelRunner:
         self._pool = None
         self._graph_failed = False
         self.state_layer = None if state_layer is None or not signals else state_layer % n
-        self.state_out: torch.Tensor | None = None  # (rows, STATE_DIM), rewritten by every step
+        self.state_dim = state_dim
+        self.state_out: torch.Tensor | None = None  # (rows, state_dim), rewritten by every step
         if self.state_layer is not None:
             self.state_norm = state_reader(decoder, self.state_layer)
-            self.state_proj = state_projection(cfg.hidden_size, device)
+            self.state_proj = state_projection(cfg.hidden_size, device, dim=state_dim)
 
     def bind(self, store: KVStore) -> None:
         """Run on ``store`` from now on (graphs captured on another store are dropped)."""
@@ -97,7 +101,7 @@ class ModelRunner:
             self._pool = None
             self.store = store
             if self.state_layer is not None and store is not None:  # a static buffer: graphs write into it
-                self.state_out = torch.zeros(store.rows, STATE_DIM, dtype=torch.float32, device=store.device)
+                self.state_out = torch.zeros(store.rows, self.state_dim, dtype=torch.float32, device=store.device)
 
     # ---- the step -----------------------------------------------------------------------------------
     def _step(self, n: int, width: int) -> None:

@@ -88,13 +88,15 @@ class Engine:
     state_layer : int, optional
         Also record each token's projected residual stream after this layer (``hazard.signals.state``,
         ``Generation.state``; negative counts from the end; None: off). Needs signals.
+    state_dim : int
+        Numbers recorded per token with ``state_layer`` (the projection's width; 64 by default).
     """
 
     def __init__(self, model: PreTrainedModel, end_ids: list[int], max_new_tokens: int = 384, batch_size: int = 8,
                  probe_layers: tuple[int, ...] = (0, -1), signals: bool = True, cuda_graphs: bool | None = None,
                  prefill_tokens: int = 32768, refill_fraction: float = 0.25, ignore_eos: bool = False,
                  attention: str = "auto", verify_window: int = 0, reading_kv: str = "one_layer",
-                 state_layer: int | None = None):
+                 state_layer: int | None = None, state_dim: int = STATE_DIM):
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -113,7 +115,9 @@ class Engine:
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if state_layer is not None and not signals:
             raise HazardError("engine: state_layer needs signals")
-        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention, state_layer)
+        if state_dim < 1:
+            raise HazardError(f"engine: state_dim must be a positive width, got {state_dim}")
+        self.runner = ModelRunner(model, probe_layers, signals, cuda_graphs, attention, state_layer, state_dim)
         self.prefill = Prefill(self.runner, prefill_tokens)
         self.store: KVStore | None = None
         self.generated_tokens = 0
@@ -262,8 +266,9 @@ class Engine:
         since_compress = np.zeros(b, dtype=np.int64)
         rec = np.zeros((b, max_new, 1 + len(SIGNALS)), dtype=np.float32)
         states = self.runner.state_out is not None  # the projected residual stream, per token
-        rec_state = np.zeros((b, max_new, STATE_DIM) if states else (b, 0, 0), dtype=np.float16)
-        host_state = torch.zeros(b, STATE_DIM, dtype=torch.float32, pin_memory=cuda) if states else None
+        sdim = self.runner.state_dim
+        rec_state = np.zeros((b, max_new, sdim) if states else (b, 0, 0), dtype=np.float16)
+        host_state = torch.zeros(b, sdim, dtype=torch.float32, pin_memory=cuda) if states else None
         info: dict[int, dict] = {}  # controller bookkeeping per row: events, rolled-back tokens
         prompt_kept: dict[int, np.ndarray] = {}  # row -> share of layer-heads holding each prompt position
         ctl_s = np.zeros(b)  # per slot: controller seconds, steps with more prompt entries than the press keeps

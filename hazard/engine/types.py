@@ -19,7 +19,7 @@ class Generation:
     prompt_len : prompt tokens; kv_tokens_prefill : slots kept after prefill compression.
     prompt_kept : (prompt_len,) float32, per prompt position the share of (layer, KV head) caches that held
         it right after prefill compression (all 1 when nothing was evicted); None without signals.
-    state : (len(tokens), STATE_DIM) float16, the projected residual stream after the engine's
+    state : (len(tokens), state_dim) float16, the projected residual stream after the engine's
         ``state_layer`` (``hazard.signals.state``) at each token's forward; None when it records none.
     control : what a controller did to this row (empty without one): events ``(t, kind)``, relaxed steps,
         rolled-back tokens, controller seconds, bytes of prompt K/V held off the GPU.

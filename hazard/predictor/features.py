@@ -11,6 +11,9 @@ statistics): ``roll<W>_<stat>:<signal>`` is the mean / std / min / max of a sign
 generated tokens is new in the generation (repetition: it falls before a loop and in a stall). A GRU has
 memory and needs them less; a per-token model (gradient boosting) cannot see history without them. The
 live controller computes per-step features only, so guards for it use the sets without dynamics.
+
+A set that reads the model's state (``state0`` .. ``state63``) reads a wider collection (``state_dim: W``) as
+``<set>@W``: ``live_state@896`` is ``live_state`` with ``state0`` .. ``state895``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from hazard.signals import (
     REPETITION_SIGNALS,
     VERIFY_SIGNALS,
 )
-from hazard.signals.state import STATE_FEATURES
+from hazard.signals.state import STATE_FEATURES, is_state_feature, state_names
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
@@ -70,7 +73,7 @@ def base_columns(names) -> set[str]:
             cols |= {"ratio", "kv_tokens", "prompt_len", "max_new_tokens", "n_tokens"}
         elif name.startswith("novel"):
             cols.add("tokens")
-        elif name in STATE_FEATURES:
+        elif is_state_feature(name):
             cols.add("state")
         else:
             cols.add(name.split(":")[-1])
@@ -111,9 +114,18 @@ def _derived(row: dict, name: str, n: int) -> np.ndarray:
 
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
-    if feature_set not in FEATURE_SETS:
-        raise HazardError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
-    return FEATURE_SETS[feature_set]
+    """The features of ``feature_set``: a name in ``FEATURE_SETS``, or ``<set>@W`` for a state set read at width W."""
+    base, _, width = feature_set.partition("@")
+    if base not in FEATURE_SETS:
+        raise HazardError(f"unknown feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)} (a state set "
+                          "read wider: <set>@<state_dim>)")
+    names = FEATURE_SETS[base]
+    if not width:
+        return names
+    if not width.isdigit() or int(width) < 1 or not any(n in STATE_FEATURES for n in names):
+        raise HazardError(f"feature set {feature_set!r}: '@W' takes a positive state width on a set that reads the "
+                          "state (live_state, state_config)")
+    return tuple(n for n in names if n not in STATE_FEATURES) + state_names(int(width))
 
 
 def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
@@ -130,12 +142,16 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
             col = np.arange(n, dtype=np.float32) / row["max_new_tokens"]
         elif name in PREFILL_SIGNALS:  # one value per trace, known before the first token
             col = np.full(n, row[name], dtype=np.float32)
-        elif name in STATE_FEATURES:
+        elif is_state_feature(name):
             if state is None:
                 state = np.asarray(row["state"], dtype=np.float32)
-                if state.shape != (n, len(STATE_FEATURES)):
+                width = sum(map(is_state_feature, names))
+                if state.ndim != 2 or len(state) != n or not state.shape[1]:
                     raise HazardError(f"trace {row['trace_id']}: no state signal (shape {state.shape}); collect "
                                       "with state_layer set or pick a feature set without state*")
+                if state.shape[1] != width:
+                    raise HazardError(f"trace {row['trace_id']}: its state is {state.shape[1]} wide, the feature set "
+                                      f"reads {width}: name the set <set>@{state.shape[1]}")
             col = state[:, int(name[len("state"):])]
         elif ":" in name or name.startswith("novel"):
             col = _derived(row, name, n).astype(np.float32)

@@ -10,6 +10,11 @@ dimensions), times a fixed Gaussian matrix (hidden x STATE_DIM, seed ``STATE_SEE
 1/sqrt(STATE_DIM)). A random projection keeps inner products up to a small distortion (Johnson-Lindenstrauss),
 so a linear probe on the projection approximates one on the state along its dominant directions; the
 predictor's ``state`` feature sets read the columns as ``state0`` .. ``state63``.
+
+A collection can record a wider projection (``state_dim``, up to the hidden size and beyond): at
+``state_dim`` = hidden the projection is a full-rank linear map, so a linear probe on it equals one on the whole
+state, which is how a probe of the 64 numbers is checked against the full width. Feature sets read such traces
+as ``<set>@<dim>`` (``hazard.predictor.features``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,26 @@ import torch
 
 STATE_DIM = 64  # projected numbers per token
 STATE_SEED = 0  # the projection is torch.randn under this seed: the same on every machine
-STATE_FEATURES = tuple(f"state{j}" for j in range(STATE_DIM))
 
 
-def state_projection(hidden: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The fixed (hidden, STATE_DIM) projection (drawn on the CPU so every device gets the same numbers)."""
+def state_names(dim: int = STATE_DIM) -> tuple[str, ...]:
+    """Feature names of a ``dim``-wide state: ``state0`` .. ``state<dim-1>``."""
+    return tuple(f"state{j}" for j in range(dim))
+
+
+STATE_FEATURES = state_names()
+
+
+def is_state_feature(name: str) -> bool:
+    """Whether ``name`` is a column of the state (``state<j>``), at any width."""
+    return name.startswith("state") and name[len("state"):].isdigit()
+
+
+def state_projection(hidden: int, device=None, dtype: torch.dtype = torch.float32,
+                     dim: int = STATE_DIM) -> torch.Tensor:
+    """The fixed (hidden, dim) projection (drawn on the CPU so every device gets the same numbers)."""
     g = torch.Generator().manual_seed(STATE_SEED)
-    return (torch.randn(hidden, STATE_DIM, generator=g) / STATE_DIM ** 0.5).to(device=device, dtype=dtype)
+    return (torch.randn(hidden, dim, generator=g) / dim ** 0.5).to(device=device, dtype=dtype)
 
 
 def state_reader(decoder, layer: int):
@@ -34,5 +52,5 @@ def state_reader(decoder, layer: int):
 
 
 def project_state(norm, proj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(..., hidden) residual stream -> (..., STATE_DIM) float32 signal."""
+    """(..., hidden) residual stream -> (..., dim) float32 signal (``proj``: ``state_projection``)."""
     return norm(x).to(proj.dtype) @ proj
