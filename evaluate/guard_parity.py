@@ -80,7 +80,8 @@ def parity(cfg: EvaluateConfig, press: str, limit: int, eager: bool = False) -> 
     prompts = task.prompts()[:limit]
     model, tok = load_model(cfg.model)
     ids = [encode(tok, p) for p in prompts]
-    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers))
+    engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
+                    **guard.engine_options())  # a guard reading the model's state: the engine records it
     meta = {"schema_version": SCHEMA_VERSION, "model": cfg.model.label(), "seed": cfg.seed,
             "max_new_tokens": cfg.max_new_tokens, "task": task.name}
     h = guard.horizons.index(guard.eval_horizon)

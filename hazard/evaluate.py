@@ -39,6 +39,7 @@ from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
 from hazard.signals import PREFILL_SIGNALS, SIGNALS
+from hazard.signals.state import is_state_feature
 from hazard.tasks import build_task
 from hazard.traces import write_json
 
@@ -268,12 +269,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
     model, tok = load_model(cfg.model)
     if guard is not None:  # every feature the guard wants must be one the engine can produce
-        missing = [n for n in guard.feature_names if n not in (*SIGNALS, *PREFILL_SIGNALS, *CONFIG_FEATURES)]
+        missing = [n for n in guard.feature_names
+                   if n not in (*SIGNALS, *PREFILL_SIGNALS, *CONFIG_FEATURES) and not is_state_feature(n)]
         if missing:
             raise HazardError(f"guard {cfg.guard}: features {missing} are not produced by this engine "
-                              f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)} and {list(CONFIG_FEATURES)})")
+                              f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)}, {list(CONFIG_FEATURES)} and "
+                              "the model's state)")
+    # a guard reading the model's state: the engine reads it at the guard's layer and width
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
-                    reading_kv=cfg.reading_kv)
+                    reading_kv=cfg.reading_kv, **(guard.engine_options() if guard is not None else {}))
     label = cfg.model.label()
     out = Path(cfg.output)
     # Each (task, base press, policy) run is saved when it finishes, so a killed evaluation resumes at

@@ -69,6 +69,24 @@ class HazardGuard:
                               f"({str(e).splitlines()[0]})") from None
         return cls(net, config, device)
 
+    @property
+    def state(self) -> dict | None:
+        """``{"layer", "dim"}`` of the model state the guard reads (``hazard.signals.state``), None if none."""
+        return self.config["features"].get("state")
+
+    def engine_options(self) -> dict:
+        """What ``Engine`` must be built with for this guard's features: the state's layer and width, if it
+        reads the state (the live controller gets it from the engine's runner). Fails with one line for a
+        checkpoint that reads the state without saying which."""
+        from hazard.signals.state import is_state_feature
+
+        if not any(map(is_state_feature, self.feature_names)):
+            return {}
+        if self.state is None:
+            raise HazardError("guard: its features read the model's state but its config.json does not say which "
+                              "layer (features.state); export it again with this hazard")
+        return {"state_layer": int(self.state["layer"]), "state_dim": int(self.state["dim"])}
+
     def threshold_for(self, press: str, ratio: float) -> float:
         """The alarm threshold for rows compressed by ``press`` at ``ratio``: the setting's own where the
         checkpoint holds one (each setting held to the target false-alarm rate on validation), else the
@@ -156,7 +174,10 @@ def export_guard(module, out: str | os.PathLike, threshold: float, eval_horizon:
            "`threshold_for(press, ratio)`)" if extra.get("thresholds_by_setting") else "") + ".\n\n"
         f"Trained on: {extra.get('trained_on')}\n\nTest: pre-onset AUROC {test.get('pre_onset_auroc')}, "
         f"detection >= 8 tokens ahead {test.get('detect_rate_lead8')}, false alarms {test.get('false_alarm_rate')}."
-        "\n\nLoad: `HazardGuard.from_pretrained(path)`; see config.json for the feature order.\n")
+        + (f"\n\nReads the model's state after decoder layer {hp.feature_spec['state']['layer']}, projected to "
+           f"{hp.feature_spec['state']['dim']} numbers (`hazard.signals.state`): build the engine with "
+           "`Engine(..., **guard.engine_options())` (hazard evaluate does)." if hp.feature_spec.get("state") else "")
+        + "\n\nLoad: `HazardGuard.from_pretrained(path)`; see config.json for the feature order.\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -7,7 +7,7 @@ import pytest
 from hazard.cli import build
 from hazard.collect import CollectConfig, validate
 from hazard.evaluate import EvaluateConfig, check_config
-from hazard.predictor.features import FEATURE_SETS
+from hazard.predictor.features import feature_names
 from hazard.predictor.nets import NETS
 from hazard.predictor.train import REPORT_KEYS
 from hazard.yaml_config import load_config
@@ -30,9 +30,9 @@ def test_evaluate_configs_build(path):
 def test_train_configs_name_known_things(path):
     cfg = load_config(path)
     assert set(cfg) <= {"data", "model", "trainer", "report", "seed_everything"}
-    assert cfg["data"]["feature_set"] in FEATURE_SETS and cfg["model"].get("net", "gru") in NETS
+    assert feature_names(cfg["data"]["feature_set"]) and cfg["model"].get("net", "gru") in NETS
     rep = cfg.get("report", {})
-    assert set(rep.get("architectures", [])) <= set(NETS) and set(rep.get("feature_sets", [])) <= set(FEATURE_SETS)
+    assert set(rep.get("architectures", [])) <= set(NETS) and all(map(feature_names, rep.get("feature_sets", [])))
     assert set(rep) <= REPORT_KEYS, set(rep) - REPORT_KEYS
 
 

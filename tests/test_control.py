@@ -448,3 +448,58 @@ def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path
     guard = HazardGuard.from_pretrained(ckpt)
     with pytest.raises(HazardError, match="question positions"):
         PolicyController(build_policy("hazard", trigger=2.0), guard, 0.75, 16).begin(3)
+
+
+def test_a_live_guard_reads_the_models_state_as_collected(tmp_path):
+    """A guard on ``live_state`` (the live set + the model's projected state) runs in the closed loop: the engine
+    records the state at the layer and width the checkpoint names (``guard.engine_options()``) and the
+    controller reads the step's buffer, so live it gives the probabilities it gives offline on the collected
+    features. A controller on an engine without the state, or with another width, refuses it with one line."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from hazard import SCHEMA_VERSION, SIGNALS_VERSION
+    from hazard.guard import FORMAT, FORMAT_VERSION, HazardGuard
+    from hazard.predictor.features import FEATURE_SETS
+    from hazard.predictor.nets import GRUNet
+
+    names = list(FEATURE_SETS["live_state"])
+    torch.manual_seed(0)
+    net = GRUNet(len(names), 5, hidden=8, layers=1, dropout=0.0)
+    with torch.no_grad():  # the state weighs on the output: a wrong or missing value shows
+        net.gru.weight_ih_l0[:, [i for i, n in enumerate(names) if n.startswith("state")]] *= 20
+    ckpt = tmp_path / "guard"
+    ckpt.mkdir()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+        "signals_version": SIGNALS_VERSION, "net": "gru", "net_kwargs": {"hidden": 8, "layers": 1, "dropout": 0.0},
+        "features": {"names": names, "mean": [0.0] * len(names), "std": [1.0] * len(names),
+                     "horizons": [4, 8, 16, 32, 64], "feature_set": "live_state", "state": {"layer": 1, "dim": 64}},
+        "horizons": [4, 8, 16, 32, 64], "eval_horizon": 8, "threshold": 0.5}))
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+    from guard_parity import main
+
+    out = tmp_path / "parity.json"
+    assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "knorm@0.75", "--limit", "5",
+                 "--out", str(out), "--guard", str(ckpt), "--model.tiny", "qwen2", "--model.dtype", "float64",
+                 "--model.device", "cpu", "--max_new_tokens", "16", "--batch_size", "3",
+                 "--base_presses", "[{name: knorm, ratio: 0.75}]",
+                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 5, n_pairs: 6}}]"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
+    offline = [r["offline_alarm"] for r in res["rows"]]
+    assert res["alarm_share"]["live"] == res["alarm_share"]["offline"] and len(offline) == 5
+
+    guard = HazardGuard.from_pretrained(ckpt)
+    assert guard.engine_options() == {"state_layer": 1, "state_dim": 64}
+    with pytest.raises(HazardError, match="engine_options"):
+        PolicyController(build_policy("hazard", trigger=2.0), guard, 0.75, 16).begin(3)
+    wrong = PolicyController(build_policy("hazard", trigger=2.0), guard, 0.75, 16)
+    wrong.model_state = torch.zeros(3, 96)
+    with pytest.raises(HazardError, match="width 64, the engine records 96"):
+        wrong.begin(3)

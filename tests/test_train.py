@@ -527,3 +527,21 @@ def test_report_takes_overrides_and_the_scaling_record_reads_it(tmp_path, traces
     shard.unlink()
     with pytest.raises(SystemExit, match="different traces"):
         compare_collections(traces_dir, other)
+
+
+def test_a_state_guard_records_where_its_traces_read_the_state(tmp_path):
+    """A feature set that reads the model's state puts the collections' ``state_layer`` and ``state_dim`` in the
+    feature spec (so the exported guard tells the engine what to read live); collections that read it at
+    different layers are refused with one line."""
+    from hazard.cli import main
+
+    tiny = ["collect", "--config", "configs/collect/tiny.yaml", "--max_new_tokens", "24",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 8, n_pairs: 6}}]"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*tiny, "--output_dir", str(a), "--state_layer", "1"]) == 0
+    assert main([*tiny, "--output_dir", str(b), "--state_layer", "-1"]) == 0
+    spec = HazardDataModule([str(a)], "live_state", val_frac=0.25, test_frac=0.25).feature_spec
+    assert spec["state"] == {"layer": 1, "dim": 64} and spec["names"][-1] == "state63"
+    assert "state" not in HazardDataModule([str(a)], "live", val_frac=0.25, test_frac=0.25).feature_spec
+    with pytest.raises(HazardError, match="different"):
+        HazardDataModule([str(a), str(b)], "live_state", val_frac=0.25, test_frac=0.25)

@@ -42,17 +42,24 @@ _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each 
 
 
 def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, steps, max_new_tokens: int,
-                          prefill=None):
+                          prefill=None, state=None):
     """The guard's features for one step of several rows, from the engine's per-step packets; ``prefill``:
-    the rows' ``PREFILL_SIGNALS`` (k, 3), constant over a row, when ``names`` has any of them.
+    the rows' ``PREFILL_SIGNALS`` (k, 3), constant over a row, when ``names`` has any of them; ``state``: the
+    rows' projected model state (k, width) at this step (the engine's ``Controller.model_state``), when
+    ``names`` reads it (``state<j>``).
 
     Works on device tensors (the engine's path: no host round trip) and on numpy arrays (returns numpy).
     """
     if isinstance(packets, np.ndarray):
+        def as_t(a):
+            return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32)).double()
+
         out = features_from_packets(names, torch.from_numpy(packets).double(), ratio,
                                     torch.as_tensor(prompt_lens).double(), torch.as_tensor(steps).double(),
-                                    max_new_tokens, None if prefill is None else torch.as_tensor(prefill).double())
+                                    max_new_tokens, as_t(prefill), as_t(state))
         return out.numpy()
+    if state is None:
+        check_live([n for n in names if is_state_feature(n)])  # one line if the guard reads a state not given
     cols = []
     for name in names:
         if name == "ratio":
@@ -64,26 +71,30 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
         elif name in PREFILL_SIGNALS:
             check_live([name], prefill=prefill is not None)
             cols.append(prefill[:, PREFILL_SIGNALS.index(name)].to(packets.dtype))
+        elif is_state_feature(name):
+            cols.append(state[:, int(name[len("state"):])].to(packets.dtype))
         else:
             check_live([name])
             cols.append(packets[:, _COL[name]])
     return torch.stack(cols, dim=1).float()
 
 
-def check_live(names, prefill: bool = False) -> None:
+def check_live(names, prefill: bool = False, state: int | None = None) -> None:
     """Fail with one line unless every feature in ``names`` follows from one step's packet (or, with
-    ``prefill``, from what the prefill press kept of the question: the controller knows its positions)."""
+    ``prefill``, from what the prefill press kept of the question: the controller knows its positions; or,
+    with ``state`` = the width the engine reads the model's state at, from that state)."""
     needs = [n for n in names if n in PREFILL_SIGNALS]
     if needs and not prefill:
         raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
                           "controller each prompt's question positions (PolicyController(questions=...), "
                           "hazard.collect.questions_of) or export a guard trained on a set without them (e.g. live)")
-    state = [n for n in names if is_state_feature(n)]
-    if state:
-        raise HazardError(f"guard features {state[:2]}... read the model's projected state (hazard.signals.state), "
-                          "which the live controller does not receive: export a guard trained on a set without "
-                          "them (e.g. live)")
-    missing = [n for n in names if n not in _COL and n not in ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS)]
+    reads = [n for n in names if is_state_feature(n)]
+    if reads and state is None:
+        raise HazardError(f"guard features {reads[:2]}... read the model's projected state (hazard.signals.state): "
+                          "build the engine with the guard's state layer (Engine(**guard.engine_options()), as "
+                          "hazard evaluate does) or export a guard trained on a set without them (e.g. live)")
+    missing = [n for n in names if n not in _COL and not is_state_feature(n)
+               and n not in ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS)]
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "
                           "per-step features only: export a guard trained on a set without dynamics")
@@ -142,8 +153,14 @@ class PolicyController(Controller):
 
     def begin(self, n_slots: int, device=None) -> None:
         if self.guard is not None:
-            check_live(self.guard.feature_names, prefill=self.questions is not None)
+            width = None if self.model_state is None else self.model_state.shape[1]
+            check_live(self.guard.feature_names, prefill=self.questions is not None, state=width)
+            reads = sum(map(is_state_feature, self.guard.feature_names))
+            if reads and reads != width:  # another width is another projection: the numbers would not match
+                raise HazardError(f"guard reads the model's state at width {reads}, the engine records {width}: "
+                                  "build the engine with Engine(**guard.engine_options())")
         reads_prefill = self.guard is not None and any(n in PREFILL_SIGNALS for n in self.guard.feature_names)
+        self._reads_state = self.guard is not None and any(map(is_state_feature, self.guard.feature_names))
         self._prefill = torch.zeros(n_slots, len(PREFILL_SIGNALS), device=device) if reads_prefill else None
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
@@ -207,11 +224,14 @@ class PolicyController(Controller):
 
     def _probs(self, slots, packets, prompt_lens, steps) -> torch.Tensor:
         h = self.guard.horizons.index(self.guard.eval_horizon)
-        prefill = None
+        prefill = state = None
         if self._prefill is not None:
             prefill = self._prefill[slots] if isinstance(slots, slice) else self._prefill[list(slots)]
+        if self._reads_state:  # the engine's buffer (static: a graph replay reads the step's values)
+            state = self.model_state[slots] if isinstance(slots, slice) else self.model_state[list(slots)]
+            state = state.half()  # as the traces hold it (float16): the numbers the guard was trained on
         x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
-                                  steps.float(), self.max_new_tokens, prefill)
+                                  steps.float(), self.max_new_tokens, prefill, state)
         full = x.new_zeros(self.n_slots, x.shape[1])
         if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
             full[slots] = x

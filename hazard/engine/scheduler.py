@@ -277,6 +277,7 @@ class Engine:
         refill_at = max(1, int(np.ceil(self.refill_fraction * b)))
         host_extra = None
         if controller is not None:
+            controller.model_state = self.runner.state_out  # a static buffer: read in device_step
             controller.begin(b, self.device)
         verify = window > 0 and not decoding
         st.verify_active = verify

@@ -48,6 +48,9 @@ class Controller:
 
     digest_page: int = 0  # > 0: the engine keeps an evicted-key digest (pages of this many positions) for reselect
     spots: bool = False  # True: the engine asks ``spot_due`` about the running rows after every step
+    # Set by the engine before ``begin``: its (slots, state_dim) buffer of each slot's projected state at the
+    # current step (``hazard.signals.state``; written before ``device_step``), or None when it reads none.
+    model_state = None
 
     def begin(self, n_slots: int, device=None) -> None:
         """A ``generate`` call starts on ``device``; at most ``n_slots`` rows are live at once."""

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS, hazard_labels
 from hazard.predictor.features import base_columns, feature_names, trace_features
-from hazard.traces import load_traces
+from hazard.signals.state import STATE_DIM, is_state_feature
+from hazard.traces import load_traces, read_manifest
 
 
 @dataclass
@@ -92,6 +93,24 @@ def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> 
             _LOADED.clear()
         _LOADED[key] = _read_trace_arrays(paths, feature_set, horizons)
     return _LOADED[key]
+
+
+def state_source(paths: list[str]) -> dict:
+    """Where the collections in ``paths`` read the model's state (``{"layer", "dim"}``, their collect config's
+    ``state_layer`` and ``state_dim``): a guard reading the state needs the engine to read the same one live.
+    Fails with one line when a folder has none or the folders disagree."""
+    seen = {}
+    for p in expand_trace_paths(paths):
+        cfg = read_manifest(p).get("config", {})
+        if cfg.get("state_layer") is None:
+            raise HazardError(f"{p}: collected without state_layer, so it holds no state; pick a feature set "
+                              "without state* or collect with state_layer set")
+        seen[p] = (int(cfg["state_layer"]), int(cfg.get("state_dim", STATE_DIM)))
+    if len(set(seen.values())) > 1:
+        raise HazardError(f"data.traces: the collections read the state at different (layer, width): {seen}; "
+                          "train a state guard on one")
+    layer, dim = next(iter(seen.values()))
+    return {"layer": layer, "dim": dim}
 
 
 def expand_trace_paths(paths: list[str]) -> list[str]:
@@ -319,12 +338,15 @@ class HazardDataModule(L.LightningDataModule):
         # Positives are rare (a few tokens before each onset): weight them up, within reason.
         self.pos_weight = [float(min((1 - r) / max(r, 1e-6), 100.0)) for r in rate]
         self.models = sorted({t.model for t in self.parts["train"]})
+        self.state = state_source(traces) if any(map(is_state_feature, self.feature_names)) else None
 
     @property
     def feature_spec(self) -> dict:
-        """What a model trained here must be fed: names, order and normalisation."""
+        """What a model trained here must be fed: names, order and normalisation (and, for a set that reads
+        the model's state, the layer and width the engine must read it at: ``state``)."""
         return {"names": self.feature_names, "mean": self.norm.mean.tolist(), "std": self.norm.std.tolist(),
-                "horizons": self.horizons, "feature_set": self.hparams.feature_set}
+                "horizons": self.horizons, "feature_set": self.hparams.feature_set,
+                **({"state": self.state} if self.state else {})}
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         data = _Sequences(self.parts[part], self.norm, self.hparams.detect_window if part == "train" else 0)
