@@ -42,3 +42,21 @@ def test_a_report_without_per_setting_figures_is_one_clear_line(tmp_path, capsys
     assert main([str(p), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "test_per_setting" in err[0] and not (tmp_path / "x.json").exists()
+
+
+def test_another_configs_reports_join_their_seeds_rows(tmp_path, capsys):
+    """``--against``: another config's main fit on the same split seed joins that seed's row; a seed it lacks is
+    one clear line."""
+    paths = [_write(tmp_path, 0, _entry(0.8, 0.4, 0.7), _entry(0.8, 0.2, 0.6)),
+             _write(tmp_path, 1, _entry(0.9, 0.2, 0.8), _entry(0.7, 0.3, 0.6))]
+    other = tmp_path / "other"
+    other.mkdir()
+    vs = [_write(other, 1, _entry(0.7, 0.1, 0.5), _entry(0.7, 0.1, 0.5)),
+          _write(other, 0, _entry(0.7, 0.3, 0.5), _entry(0.7, 0.1, 0.5))]
+    out = tmp_path / "cmp.json"
+    assert main([*map(str, paths), "--out", str(out), "--against", *map(str, vs), "--label", "narrow"]) == 0
+    res = json.loads(out.read_text())
+    assert abs(res["model_minus"]["vs:narrow"]["detect_rate_within16"] - 0.1) < 1e-9  # (0.1 + 0.1) / 2
+    assert "model - vs:narrow" in capsys.readouterr().out
+    assert main([*map(str, paths), "--out", str(out), "--against", str(vs[0])]) == 2
+    assert "split seed 0" in capsys.readouterr().err

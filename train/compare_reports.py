@@ -8,6 +8,9 @@ held to the target on validation) per split, their mean, and the main fit's mean
 
     python train/compare_reports.py train/results/cpu_state_q05*/metrics.json \
         --out train/results/cpu_state_q05_seeds.json
+
+``--against`` adds another config's reports on the same split seeds (e.g. the same study on other features
+that one report cannot hold as an ablation): each one's main fit joins the row of its seed as ``vs:<label>``.
 """
 
 from __future__ import annotations
@@ -41,14 +44,26 @@ def figures(entry: dict) -> dict:
     return out
 
 
-def compare(paths: list[Path]) -> dict:
+def _predictor(key: str) -> bool:
+    return key == "model" or key.startswith(("ablation:", "vs:"))
+
+
+def compare(paths: list[Path], against: list[Path] = (), label: str = "against") -> dict:
+    others = {}
+    for p in against:
+        m = json.loads(p.read_text())
+        others[m["config"]["data"]["seed"]] = (m["model"]["test"]["n_catastrophes"], figures(m["model"]))
     runs = {}
     for p in paths:
         m = json.loads(p.read_text())
-        runs[str(p)] = {"seed": m["config"]["data"]["seed"], "n_catastrophes": m["model"]["test"]["n_catastrophes"],
-                        "model": figures(m["model"]),
+        seed, n = m["config"]["data"]["seed"], m["model"]["test"]["n_catastrophes"]
+        runs[str(p)] = {"seed": seed, "n_catastrophes": n, "model": figures(m["model"]),
                         **{f"ablation:{k}": figures(v) for k, v in m.get("ablation", {}).items()}}
-    names = [k for k in next(iter(runs.values())) if k == "model" or k.startswith("ablation:")]
+        if against:
+            if seed not in others or others[seed][0] != n:
+                raise HazardError(f"--against: no report on split seed {seed} with the same {n} test catastrophes")
+            runs[str(p)][f"vs:{label}"] = others[seed][1]
+    names = [k for k in next(iter(runs.values())) if _predictor(k)]
     mean = {}
     for name in names:
         keys = runs[next(iter(runs))][name]
@@ -79,7 +94,7 @@ def table(res: dict) -> str:
     lines = ["| split seed | predictor | catastrophes | " + " | ".join(heads) + " |",
              "|---" * (len(cols) + 3) + "|"]
     for r in res["runs"].values():
-        for name in [k for k in r if k == "model" or k.startswith("ablation:")]:
+        for name in [k for k in r if _predictor(k)]:
             lines.append(f"| {r['seed']} | {name} | {r['n_catastrophes']} | "
                          + " | ".join(f(r[name].get(c)) for c in cols) + " |")
     for name, m in res["mean"].items():
@@ -93,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("metrics", nargs="+", type=Path, help="metrics.json of reports that differ in data.seed")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--against", nargs="+", type=Path, default=[],
+                    help="metrics.json of another config's reports on the same split seeds (its main fit: vs:LABEL)")
+    ap.add_argument("--label", default="against", help="the name of --against's main fit in the table")
     args = ap.parse_args(argv)
     try:
-        res = compare(args.metrics)
+        res = compare(args.metrics, args.against, args.label)
     except (HazardError, KeyError) as e:
         print(f"compare_reports: {e}", file=sys.stderr)
         return 2
