@@ -401,28 +401,23 @@ def test_the_live_guard_gives_the_probabilities_it_was_validated_with(tmp_path):
                  "--out", str(out)]) == 2  # not one of the config's base presses: one line, no run
 
 
-def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path):
-    """A guard on the ``live_question`` features (the live set + ``PREFILL_SIGNALS``) runs in the closed loop
-    when the controller knows each prompt's question positions: live it gives the probabilities it gives
-    offline on the collected features (the keeps computed at admission, as collection computes them per
-    trace). Without the positions the controller refuses it with one line."""
+def _weighted_guard(tmp_path, feature_set: str, weigh, **features):
+    """A GRU guard checkpoint on ``feature_set`` whose inputs ``weigh`` (names -> bool) count 20 times over, so
+    a wrong or missing value shows in its output; ``features``: more keys of its feature spec."""
     import json
-    import sys
-    from pathlib import Path
 
     from safetensors.torch import save_file
 
     from hazard import SCHEMA_VERSION, SIGNALS_VERSION
-    from hazard.guard import FORMAT, FORMAT_VERSION, HazardGuard
+    from hazard.guard import FORMAT, FORMAT_VERSION
     from hazard.predictor.features import FEATURE_SETS
     from hazard.predictor.nets import GRUNet
-    from hazard.signals import PREFILL_SIGNALS
 
-    names = list(FEATURE_SETS["live_question"])
+    names = list(FEATURE_SETS[feature_set])
     torch.manual_seed(0)
     net = GRUNet(len(names), 5, hidden=8, layers=1, dropout=0.0)
-    with torch.no_grad():  # the prefill keeps weigh on the output: a wrong or missing value shows
-        net.gru.weight_ih_l0[:, [names.index(n) for n in PREFILL_SIGNALS]] *= 20
+    with torch.no_grad():
+        net.gru.weight_ih_l0[:, [i for i, n in enumerate(names) if weigh(n)]] *= 20
     ckpt = tmp_path / "guard"
     ckpt.mkdir()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt / "model.safetensors")
@@ -430,8 +425,16 @@ def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path
         "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
         "signals_version": SIGNALS_VERSION, "net": "gru", "net_kwargs": {"hidden": 8, "layers": 1, "dropout": 0.0},
         "features": {"names": names, "mean": [0.0] * len(names), "std": [1.0] * len(names),
-                     "horizons": [4, 8, 16, 32, 64], "feature_set": "live_question"},
+                     "horizons": [4, 8, 16, 32, 64], "feature_set": feature_set, **features},
         "horizons": [4, 8, 16, 32, 64], "eval_horizon": 8, "threshold": 0.5}))
+    return ckpt
+
+
+def _parity(tmp_path, ckpt) -> dict:
+    """evaluate/guard_parity.py on the tiny model: the guard's probabilities live and offline, 5 prompts."""
+    import json
+    import sys
+    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
     from guard_parity import main
@@ -442,7 +445,19 @@ def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path
                  "--model.device", "cpu", "--max_new_tokens", "16", "--batch_size", "3",
                  "--base_presses", "[{name: knorm, ratio: 0.75}]",
                  "--tasks", "[{name: kv_retrieval, options: {n_prompts: 5, n_pairs: 6}}]"]) == 0
-    res = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path):
+    """A guard on the ``live_question`` features (the live set + ``PREFILL_SIGNALS``) runs in the closed loop
+    when the controller knows each prompt's question positions: live it gives the probabilities it gives
+    offline on the collected features (the keeps computed at admission, as collection computes them per
+    trace). Without the positions the controller refuses it with one line."""
+    from hazard.guard import HazardGuard
+    from hazard.signals import PREFILL_SIGNALS
+
+    ckpt = _weighted_guard(tmp_path, "live_question", lambda n: n in PREFILL_SIGNALS)
+    res = _parity(tmp_path, ckpt)
     assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
 
     guard = HazardGuard.from_pretrained(ckpt)
@@ -455,45 +470,13 @@ def test_a_live_guard_reads_the_models_state_as_collected(tmp_path):
     records the state at the layer and width the checkpoint names (``guard.engine_options()``) and the
     controller reads the step's buffer, so live it gives the probabilities it gives offline on the collected
     features. A controller on an engine without the state, or with another width, refuses it with one line."""
-    import json
-    import sys
-    from pathlib import Path
+    from hazard.guard import HazardGuard
+    from hazard.signals.state import is_state_feature
 
-    from safetensors.torch import save_file
-
-    from hazard import SCHEMA_VERSION, SIGNALS_VERSION
-    from hazard.guard import FORMAT, FORMAT_VERSION, HazardGuard
-    from hazard.predictor.features import FEATURE_SETS
-    from hazard.predictor.nets import GRUNet
-
-    names = list(FEATURE_SETS["live_state"])
-    torch.manual_seed(0)
-    net = GRUNet(len(names), 5, hidden=8, layers=1, dropout=0.0)
-    with torch.no_grad():  # the state weighs on the output: a wrong or missing value shows
-        net.gru.weight_ih_l0[:, [i for i, n in enumerate(names) if n.startswith("state")]] *= 20
-    ckpt = tmp_path / "guard"
-    ckpt.mkdir()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt / "model.safetensors")
-    (ckpt / "config.json").write_text(json.dumps({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
-        "signals_version": SIGNALS_VERSION, "net": "gru", "net_kwargs": {"hidden": 8, "layers": 1, "dropout": 0.0},
-        "features": {"names": names, "mean": [0.0] * len(names), "std": [1.0] * len(names),
-                     "horizons": [4, 8, 16, 32, 64], "feature_set": "live_state", "state": {"layer": 1, "dim": 64}},
-        "horizons": [4, 8, 16, 32, 64], "eval_horizon": 8, "threshold": 0.5}))
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
-    from guard_parity import main
-
-    out = tmp_path / "parity.json"
-    assert main(["--config", "configs/evaluate/frontier_q15_live32.yaml", "--press", "knorm@0.75", "--limit", "5",
-                 "--out", str(out), "--guard", str(ckpt), "--model.tiny", "qwen2", "--model.dtype", "float64",
-                 "--model.device", "cpu", "--max_new_tokens", "16", "--batch_size", "3",
-                 "--base_presses", "[{name: knorm, ratio: 0.75}]",
-                 "--tasks", "[{name: kv_retrieval, options: {n_prompts: 5, n_pairs: 6}}]"]) == 0
-    res = json.loads(out.read_text())
+    ckpt = _weighted_guard(tmp_path, "live_state", is_state_feature, state={"layer": 1, "dim": 64})
+    res = _parity(tmp_path, ckpt)
     assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
-    offline = [r["offline_alarm"] for r in res["rows"]]
-    assert res["alarm_share"]["live"] == res["alarm_share"]["offline"] and len(offline) == 5
+    assert res["alarm_share"]["live"] == res["alarm_share"]["offline"]
 
     guard = HazardGuard.from_pretrained(ckpt)
     assert guard.engine_options() == {"state_layer": 1, "state_dim": 64}
