@@ -152,15 +152,15 @@ class PolicyController(Controller):
         self._busy = np.zeros(0, dtype=bool)  # per slot: the row's policy state is not the idle one
 
     def begin(self, n_slots: int, device=None) -> None:
+        reads = sum(map(is_state_feature, self.guard.feature_names)) if self.guard is not None else 0
         if self.guard is not None:
             width = None if self.model_state is None else self.model_state.shape[1]
             check_live(self.guard.feature_names, prefill=self.questions is not None, state=width)
-            reads = sum(map(is_state_feature, self.guard.feature_names))
             if reads and reads != width:  # another width is another projection: the numbers would not match
                 raise HazardError(f"guard reads the model's state at width {reads}, the engine records {width}: "
                                   "build the engine with Engine(**guard.engine_options())")
         reads_prefill = self.guard is not None and any(n in PREFILL_SIGNALS for n in self.guard.feature_names)
-        self._reads_state = self.guard is not None and any(map(is_state_feature, self.guard.feature_names))
+        self._reads_state = reads > 0
         self._prefill = torch.zeros(n_slots, len(PREFILL_SIGNALS), device=device) if reads_prefill else None
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
