@@ -31,6 +31,7 @@ from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, haz
 from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.signals import SIGNALS, prefill_signals, question_positions
+from hazard.signals.state import STATE_DIM
 from hazard.summary import summarize, summarize_formats, summarize_onsets
 from hazard.tasks import Prompt, build_task, parse_answer, score
 from hazard.tasks.base import normalise_number
@@ -96,7 +97,7 @@ class CollectConfig:
     mix_settings: int = 1  # prefill settings decoded together in one batch (0: all of a chunk's)
     verify_window: int = 0  # shadow each row's first k steps uncompressed: the verify_kl / verify_top1 signals
     state_layer: int | None = None  # record the projected residual stream after this layer (the state column)
-    state_dim: int = 64  # its width per token (hazard.signals.state; the hidden size: a full-rank projection)
+    state_dim: int = STATE_DIM  # its width per token (hazard.signals.state; the hidden size: a full-rank projection)
 
 
 def prompt_text(tok, prompt: Prompt) -> str:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from hazard import SCHEMA_VERSION, SIGNALS_VERSION, setting_label
 from hazard.errors import HazardError
 from hazard.predictor.nets import NETS
+from hazard.signals.state import is_state_feature
 
 FORMAT = "hazard-guard"
 FORMAT_VERSION = 1
@@ -78,8 +79,6 @@ class HazardGuard:
         """What ``Engine`` must be built with for this guard's features: the state's layer and width, if it
         reads the state (the live controller gets it from the engine's runner). Fails with one line for a
         checkpoint that reads the state without saying which."""
-        from hazard.signals.state import is_state_feature
-
         if not any(map(is_state_feature, self.feature_names)):
             return {}
         if self.state is None:

@@ -79,17 +79,17 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
     return torch.stack(cols, dim=1).float()
 
 
-def check_live(names, prefill: bool = False, state: int | None = None) -> None:
+def check_live(names, prefill: bool = False, state: bool = False) -> None:
     """Fail with one line unless every feature in ``names`` follows from one step's packet (or, with
     ``prefill``, from what the prefill press kept of the question: the controller knows its positions; or,
-    with ``state`` = the width the engine reads the model's state at, from that state)."""
+    with ``state``, from the model's state, which the engine records)."""
     needs = [n for n in names if n in PREFILL_SIGNALS]
     if needs and not prefill:
         raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
                           "controller each prompt's question positions (PolicyController(questions=...), "
                           "hazard.collect.questions_of) or export a guard trained on a set without them (e.g. live)")
     reads = [n for n in names if is_state_feature(n)]
-    if reads and state is None:
+    if reads and not state:
         raise HazardError(f"guard features {reads[:2]}... read the model's projected state (hazard.signals.state): "
                           "build the engine with the guard's state layer (Engine(**guard.engine_options()), as "
                           "hazard evaluate does) or export a guard trained on a set without them (e.g. live)")
@@ -155,7 +155,7 @@ class PolicyController(Controller):
         reads = sum(map(is_state_feature, self.guard.feature_names)) if self.guard is not None else 0
         if self.guard is not None:
             width = None if self.model_state is None else self.model_state.shape[1]
-            check_live(self.guard.feature_names, prefill=self.questions is not None, state=width)
+            check_live(self.guard.feature_names, prefill=self.questions is not None, state=width is not None)
             if reads and reads != width:  # another width is another projection: the numbers would not match
                 raise HazardError(f"guard reads the model's state at width {reads}, the engine records {width}: "
                                   "build the engine with Engine(**guard.engine_options())")
