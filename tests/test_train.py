@@ -356,6 +356,52 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
         assert np.allclose(p[1], full[1][0], atol=1e-5)
 
 
+def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model(traces_dir, tmp_path, monkeypatch):
+    """The sklearn baselines can take longer than the main fit (wide state features): a report killed among
+    them keeps the main fit, its guard and the baselines done, and a second call ends as one uninterrupted."""
+    import hazard.predictor.train as tr
+    from hazard.predictor.baselines import WindowClassifier
+
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
+    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=str(tmp_path / "g"),
+                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
+                         held_out_format=[], cross_model=[])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    fits, real_fit, real_clf_fit = [], tr.fit, WindowClassifier.fit
+    monkeypatch.setattr(tr, "fit", lambda *a, **k: (fits.append(a[4]), real_fit(*a, **k))[1])
+
+    def killed_in_gbm(self, *a, **k):
+        if self.kind == "gbm":
+            raise KeyboardInterrupt  # what a time limit's SIGTERM does to the process, as far as files go
+        return real_clf_fit(self, *a, **k)
+
+    monkeypatch.setattr(WindowClassifier, "fit", killed_in_gbm)
+    with pytest.raises(KeyboardInterrupt):
+        tr.run_report(str(path))
+    stopped = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert not stopped["complete"] and fits == ["main"]
+    assert set(stopped["baselines"]) == {"entropy_rule", "repeat_rule", "logistic_regression"}
+    assert HazardGuard.from_pretrained(tmp_path / "g").threshold == stopped["model"]["val"]["threshold"]
+
+    monkeypatch.setattr(WindowClassifier, "fit", real_clf_fit)
+    resumed = tr.run_report(str(path))
+    assert fits == ["main"] and resumed["complete"]  # the main model was not fitted again
+    assert resumed["model"] == stopped["model"]
+    assert {k: resumed["baselines"][k] for k in stopped["baselines"]} == stopped["baselines"]
+    assert "gradient_boosting" in resumed["baselines"] and "repeat4" in resumed["signals"]
+    assert (tmp_path / "results" / "pr_curves.png").stat().st_size > 1000
+    assert not (tmp_path / "results" / "test_scores.npz").exists()  # the plots' input, gone once they are drawn
+
+    # the same report in one go: the same baselines (the resumed one scored them on the same split)
+    cfg["report"].update(out_dir=str(tmp_path / "once"), run_dir=str(tmp_path / "runs_once"), export=None)
+    path.write_text(yaml.safe_dump(cfg))
+    once = tr.run_report(str(path))
+    assert once["baselines"] == json.loads(json.dumps(resumed["baselines"]))
+    assert once["signals"] == resumed["signals"] and once["model"]["test"] == resumed["model"]["test"]
+
+
 def test_guard_checkpoint_errors(tmp_path, traces_dir):
     with pytest.raises(HazardError, match="missing config.json"):
         HazardGuard.from_pretrained(tmp_path)

@@ -29,6 +29,7 @@ from hazard.errors import HazardError
 from hazard.guard import export_guard
 from hazard.predictor.baselines import EntropyRule, RepeatRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule
+from hazard.predictor.features import feature_names
 from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
@@ -182,11 +183,22 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     t0 = time.time()
 
     prev = _resumable(out_dir, path, cfg) if rep.get("resume") else None
+    dm: HazardDataModule | None = None
     if prev is not None:  # the same report stopped by a time limit: keep what it finished
         metrics, runs = prev
         t0 -= metrics.get("seconds", 0.0)
         log.info("resuming the report in %s: main model and finished studies kept", out_dir)
-    else:
+
+    def save(complete: bool) -> None:
+        """metrics.json (and the W&B run records) as they stand: a report killed after its main fit keeps the
+        main model, the baselines and the studies done."""
+        metrics["complete"], metrics["seconds"] = complete, round(time.time() - t0, 1)
+        write_json(out_dir / "metrics.json", metrics)
+        if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
+            write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*",
+                                                     "runs": runs})
+
+    if prev is None:
         runs: list[dict] = []  # W&B runs, one per fit
         t_fit = time.time()
         model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed,
@@ -197,26 +209,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
         metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)},
                    "fit_seconds": round(t_fit, 2)}
-
-        baselines, curves = {}, {"model": main_test}
-        rule = EntropyRule().fit(dm.parts["train"], val, h)
-        baselines["entropy_rule"] = {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test), h, far,
-                                                           probabilistic=False)}
-        curves["entropy_rule"] = rule.scores(test)
-        if "repeat4" in dm.feature_names:  # the non-learned loop detector on the live repetition signal
-            rep_rule = RepeatRule(dm.feature_names.index("repeat4")).fit(dm.parts["train"], val, h, far)
-            baselines["repeat_rule"] = {"n": rep_rule.n, **scored(val, rep_rule.scores(val), test,
-                                                                  rep_rule.scores(test), h, far, probabilistic=False)}
-            curves["repeat_rule"] = rep_rule.scores(test)
-        for kind, label in (("logreg", "logistic_regression"), ("gbm", "gradient_boosting")):
-            clf = WindowClassifier(kind, window=rep.get("window", 8), seed=seed,
-                                   detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
-            baselines[label] = scored(val, clf.scores(val), test, clf.scores(test), h, far)
-            curves[label] = clf.scores(test)
-        metrics["baselines"] = baselines
         every_trace = [t for part in dm.parts.values() for t in part]
-        # Each feature alone, within each press setting, over all traces (nothing is fitted).
-        metrics["signals"] = signal_report(every_trace, dm.feature_names, h)
         metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
         metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
                            "presses": sorted({t.press for t in every_trace}),
@@ -225,19 +218,14 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                            "n_traces": {k: len(v) for k, v in dm.parts.items()},
                            "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
         metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-
-    def save(complete: bool) -> None:
-        """metrics.json (and the W&B run records) as they stand: a report killed during the held-out studies
-        keeps the main model, its baselines and the studies done."""
-        metrics["complete"], metrics["seconds"] = complete, round(time.time() - t0, 1)
-        write_json(out_dir / "metrics.json", metrics)
-        if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
-            write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*",
-                                                     "runs": runs})
-
-    if prev is None:
+        # The entropy rule before the export (the guard carries its tuning), then a save: a report killed in
+        # the slower baselines keeps the main fit and its guard.
+        rule = EntropyRule().fit(dm.parts["train"], val, h)
+        metrics["baselines"] = {"entropy_rule": {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test),
+                                                                       h, far, probabilistic=False)}}
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_report(test, curves, metrics, h, out_dir)
+        _save_test_scores(out_dir, "model", main_test)
+        _save_test_scores(out_dir, "entropy_rule", rule.scores(test))
         if rep.get("export"):
             per_setting = metrics["model"].get("test_per_setting")
             export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
@@ -246,10 +234,42 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                     "test_metrics_per_setting": _brief(per_setting)} if per_setting else {}),
                 # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
                 "baselines": {"entropy_rule": {"n": rule.n,
-                                               "threshold": baselines["entropy_rule"]["val"]["threshold"]}},
+                                               "threshold": metrics["baselines"]["entropy_rule"]["val"]["threshold"]}},
                 "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
                                "n_traces": metrics["data"]["n_traces"]}})
+        del model
         save(complete=False)
+
+    # The other baselines and each signal alone, saved one by one; resumed, on the main fit's split (the same
+    # data config splits the same way), without refitting the main model.
+    baselines = metrics["baselines"]
+    # the repetition rule reads the live repetition signal: only for feature sets that have it
+    todo = [b for b in ("repeat_rule", "logistic_regression", "gradient_boosting") if b not in baselines
+            and (b != "repeat_rule" or "repeat4" in feature_names(data.get("feature_set", "logit_attn")))]
+    if todo or "signals" not in metrics:
+        if dm is None:
+            dm = HazardDataModule(**data)
+        h = dm.horizons.index(h_tokens)
+        val, test = dm.parts["val"], dm.parts["test"]
+        for label in todo:
+            if label == "repeat_rule":  # the non-learned loop detector
+                clf = RepeatRule(dm.feature_names.index("repeat4")).fit(dm.parts["train"], val, h, far)
+            else:
+                clf = WindowClassifier("logreg" if label == "logistic_regression" else "gbm",
+                                       window=rep.get("window", 8), seed=seed,
+                                       detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h,
+                                                                                       dm.norm)
+            val_scores, test_scores = clf.scores(val), clf.scores(test)
+            baselines[label] = {**({"n": clf.n} if label == "repeat_rule" else {}),
+                                **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
+            _save_test_scores(out_dir, label, test_scores)
+            save(complete=False)
+        if "signals" not in metrics:
+            # Each feature alone, within each press setting, over all traces (nothing is fitted).
+            metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
+        plot_report(test, _load_test_scores(out_dir, test), metrics, h, out_dir)
+        save(complete=False)
+        (out_dir / "test_scores.npz").unlink()  # only the plots read it (megabytes at scale: not a result)
 
     def held_out(key: str, names, split: str, label: str) -> None:
         """One study per held-out group; a group the traces cannot split (e.g. a format glob that matches
@@ -318,6 +338,25 @@ def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None
         return None
     w = out_dir / "wandb_runs.json"
     return metrics, (json.loads(w.read_text())["runs"] if w.is_file() else [])
+
+
+def _save_test_scores(out_dir: Path, name: str, scores: list[np.ndarray]) -> None:
+    """Add one predictor's test scores to ``test_scores.npz`` (the report's curves; a resumed report plots
+    from it). Written whole to a temporary file, then renamed: a kill leaves the previous file."""
+    f = out_dir / "test_scores.npz"
+    saved = dict(np.load(f)) if f.is_file() else {}
+    saved[name] = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+    tmp = f.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **saved)
+    os.replace(tmp, f)
+
+
+def _load_test_scores(out_dir: Path, test: list) -> dict[str, list[np.ndarray]]:
+    """The saved test scores, cut per trace (``model`` first: the plots' hazard timelines read it)."""
+    bounds = np.cumsum([0, *(len(t.x) for t in test)])
+    with np.load(out_dir / "test_scores.npz") as saved:
+        return {k: [saved[k][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for k in saved.files}
 
 
 REPORT_KEYS = {"resume", "target_false_alarm_rate", "patience", "window", "architectures", "feature_sets",
