@@ -221,11 +221,13 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         # The entropy rule before the export (the guard carries its tuning), then a save: a report killed in
         # the slower baselines keeps the main fit and its guard.
         rule = EntropyRule().fit(dm.parts["train"], val, h)
-        metrics["baselines"] = {"entropy_rule": {"n": rule.n, **scored(val, rule.scores(val), test, rule.scores(test),
-                                                                       h, far, probabilistic=False)}}
+        rule_test = rule.scores(test)
+        metrics["baselines"] = {"entropy_rule": {"n": rule.n, **scored(val, rule.scores(val), test, rule_test, h, far,
+                                                                       probabilistic=False)}}
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "test_scores.npz").unlink(missing_ok=True)  # a killed earlier report's curves are not this one's
         _save_test_scores(out_dir, "model", main_test)
-        _save_test_scores(out_dir, "entropy_rule", rule.scores(test))
+        _save_test_scores(out_dir, "entropy_rule", rule_test)
         if rep.get("export"):
             per_setting = metrics["model"].get("test_per_setting")
             export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
