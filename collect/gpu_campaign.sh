@@ -18,6 +18,8 @@
 # returns it to this machine in 15 MiB pieces (gpu/traces.sh gather, then carry them up to a later hold
 # with gpu/traces.sh receive); the train configs read every /tmp/traces/campaign_<m>* folder.
 # STEPS=probe runs train/state_probe.py on the collection (traces collected with state_layer, schema 9).
+# STEPS=check reads every compressed trace with the uncompressed model and runs train/check_signals.py's study
+# (resumes: the readings are kept in /tmp/hz/<collection>_check between calls on a warm machine).
 # STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
 # /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
@@ -54,6 +56,14 @@ if want probe; then  # does the model's own state tell a catastrophe within a se
   timeout $((BUDGET - (SECONDS - start) - 20)) python3 train/state_probe.py --traces "/tmp/traces/$C" \
     --out "/tmp/hz/${C}_state_probe.json" --models logreg gbm 2>&1 | grep -v -i warn | tail -40
   cp "/tmp/hz/${C}_state_probe.json" "$OUT/" 2>/dev/null
+fi
+if want check; then  # the uncompressed model's reading against the onsets (train/check_signals.py): read, then study
+  timeout $((BUDGET - (SECONDS - start) - 20)) python3 train/check_signals.py read --traces "/tmp/traces/$C" \
+    --readings "/tmp/hz/${C}_check" --device cuda --threads 16 --token_budget 65536 \
+    --task_paths '{"gsm8k": ".data/gsm8k"}' 2>&1 | grep -v -i warn | tail -3
+  timeout $((BUDGET - (SECONDS - start) - 10)) python3 train/check_signals.py study --traces "/tmp/traces/$C" \
+    --readings "/tmp/hz/${C}_check" --out "/tmp/hz/${C}_check_signals.json" 2>&1 | grep -v -i warn | tail -60
+  cp "/tmp/hz/${C}_check_signals.json" "$OUT/" 2>/dev/null
 fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"

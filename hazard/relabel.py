@@ -51,7 +51,7 @@ class RelabelConfig:
     summary_out: str | None = None
 
 
-def _prompts(manifest: dict, task_paths: dict) -> dict:
+def manifest_prompts(manifest: dict, task_paths: dict) -> dict:
     """(task, format, prompt id) -> Prompt, rebuilt from the collection's task config."""
     from hazard.collect import TaskSpec, format_of
     from hazard.tasks import build_task
@@ -90,7 +90,7 @@ def relabel(cfg: RelabelConfig) -> dict:
         raise HazardError(f"{root}: no shards in {root / 'data'}")
     tok = AutoTokenizer.from_pretrained(str(Path(cfg.tokenizer).expanduser()))
     try:
-        prompts = _prompts(manifest, cfg.task_paths)
+        prompts = manifest_prompts(manifest, cfg.task_paths)
     except (OSError, HazardError) as e:
         raise HazardError(f"{root}: cannot rebuild the prompts from the manifest ({e}); point --task_paths at "
                           "the tasks' data on this machine") from None

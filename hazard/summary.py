@@ -51,6 +51,9 @@ def summarize_formats(ds) -> list[dict]:
     return rows
 
 
+LEAD = 8  # issue 11's lead time: flagged >= 8 tokens before the onset
+
+
 def summarize_onsets(ds, delay: int = 4) -> dict:
     """Per catastrophe type (loop, non-termination, wrong answer; ``kind_of``'s order), where its onsets come
     from, and for loops how soon repetition itself shows: how fast a guard *can* notice them.
@@ -60,7 +63,9 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
     occurred earlier, loops with p > ``delay`` - 3 are not seen by repetition within ``delay`` tokens of
     their onset, only forecast. ``repeat4_within`` is the share of
     each type whose ``repeat4`` fires at onset .. onset + ``delay``; ``healthy_repeat4_any`` the share of
-    healthy traces where it ever fires (what an alarm on it alone would cost in false alarms).
+    healthy traces where it ever fires (what an alarm on it alone would cost in false alarms). ``onset_ge8``
+    (per type, and over every catastrophe with a placed onset) is the share whose onset is at token 8 or later:
+    the most any predictor can flag 8 tokens ahead, whatever it reads.
     """
     cols = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4"]
     df = ds.select_columns(cols).to_pandas()
@@ -77,6 +82,8 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
         entry = {"n": int(len(g)), "onset_placed": float(placed.mean()),
                  "onset_sources": {str(s): int(c) for s, c in g["onset_source"].value_counts().items()},
                  "median_onset": float(g["onset"][placed].median()) if placed.any() else None,
+                 # the most a guard can flag >= LEAD tokens ahead (of the placed onsets): it reads no token before 0
+                 "onset_ge8": float(np.mean(g["onset"][placed] >= LEAD)) if placed.any() else None,
                  "repeat4_within": float(np.mean(placed & (first_hit[kind == k] >= 0) & (lag <= delay)))}
         if k == "loop":
             p = g["loop_period"].to_numpy()
@@ -84,6 +91,8 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
                           "period_le_delay": float(np.mean(p <= delay)),
                           "period_le_1": float(np.mean(p <= 1))})
         out[k] = entry
+    placed_all = df["onset"][df["catastrophe"] & (df["onset"] >= 0)]
+    out["onset_ge8"] = float(np.mean(placed_all >= LEAD)) if len(placed_all) else None
     healthy = [r for r, k in zip(df["repeat4"], kind) if k == "none"]
     out["healthy_repeat4_any"] = float(np.mean([np.any(np.asarray(r) > 0) for r in healthy])) if healthy else None
     return out

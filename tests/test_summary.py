@@ -30,6 +30,11 @@ def test_onset_summary_counts_what_repetition_can_see_within_the_delay():
     assert out["wrong"]["onset_placed"] == 0.0 and out["wrong"]["repeat4_within"] == 0.0
     assert out["wrong"]["median_onset"] is None
     assert out["healthy_repeat4_any"] == 0.5
+    # onsets at 2, 1 (loops) and 4 (the stall): none can be flagged 8 tokens ahead; the wrong answer has no onset
+    assert loop["onset_ge8"] == 0.0 and out["nonterm"]["onset_ge8"] == 0.0 and out["wrong"]["onset_ge8"] is None
+    assert out["onset_ge8"] == 0.0
+    late = summarize_onsets(_ds([*rows, (True, False, False, 12, "claim", 0, [0] * 14)]), delay=4)
+    assert late["wrong"]["onset_ge8"] == 1.0 and late["onset_ge8"] == 0.25
 
 
 def _part(model, traces, tokens, press="snapkv", complete=True):

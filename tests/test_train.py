@@ -144,6 +144,28 @@ def test_metrics_on_hand_made_traces():
     assert "by_task" not in m  # one task
 
 
+def test_lead_reachable_bounds_what_any_predictor_flags_ahead():
+    """A catastrophe whose onset is at token 3 cannot be flagged 8 tokens ahead, whatever the scores: the
+    bound counts it out, and a guard alarming on every token still meets the bound and not more."""
+    from hazard.predictor.data import Trace
+
+    def tr(n, onset):
+        y = np.zeros((n, 1), np.float32)
+        valid = np.ones(n, bool)
+        if onset >= 0:
+            y[max(onset - 4, 0):, 0] = 1
+            valid[onset:] = False
+        return Trace(np.zeros((n, 1)), y, valid, "t", "p", "task", "press", 0.5, "m", onset >= 0, onset, np.zeros(n))
+
+    traces = [tr(30, 3), tr(30, 20), tr(30, 0), tr(30, 8), tr(30, -1)]
+    always = [np.ones(30)] * 5
+    m = evaluate(traces, always, 0, 0.5)
+    assert m["lead_reachable8"] == 0.5 and m["lead_reachable1"] == 0.75  # onsets 20, 8 of 3, 20, 0, 8
+    assert m["detect_rate_lead8"] == m["lead_reachable8"] and m["detect_rate_lead1"] == m["lead_reachable1"]
+    never = evaluate(traces, [np.zeros(30)] * 5, 0, 0.5)
+    assert never["lead_reachable8"] == 0.5 and never["detect_rate_lead8"] == 0.0  # a bound of the onsets alone
+
+
 def test_detection_per_onset_rule_separates_what_a_type_mixes():
     """Two non-terminations, one whose onset is a stall the scores see at once, one placed where they never
     see it (an "off_task" stretch): the type's rate is their mean, each rule's is 1 or 0."""

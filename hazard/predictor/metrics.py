@@ -70,8 +70,8 @@ def choose_thresholds(traces: list[Trace], scores: list[np.ndarray], target_far:
             for g, sel in _groups(traces, setting).items()}
 
 
-TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_rate_lead8", "detect_rate_within4",
-             "false_alarm_rate")
+TASK_KEYS = ("n_traces", "n_catastrophes", "auroc", "pre_onset_auroc", "detect_rate_lead8", "lead_reachable8",
+             "detect_rate_within4", "false_alarm_rate")
 
 
 def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, threshold: float | dict[str, float],
@@ -151,12 +151,17 @@ def _grouped(first_alarm: list[tuple], key, leads=LEADS, delays=DELAYS) -> dict:
 
 def detection(first_alarm: list[tuple], leads=LEADS, delays=DELAYS) -> dict:
     """Shares of catastrophes flagged >= m tokens before the onset, and <= d tokens after it, from
-    (onset, first alarm or None, ...) tuples; plus the median alarm delay (alarm - onset, missed left out)."""
+    (onset, first alarm or None, ...) tuples; plus the median alarm delay (alarm - onset, missed left out).
+
+    ``lead_reachable{m}`` is the most any predictor can flag >= m tokens ahead: the share of catastrophes whose
+    onset is at token m or later (a guard reads nothing before the first generated token, so a loop that starts
+    at token 0 can only be detected, never forecast)."""
     if not first_alarm:
-        return {**{f"detect_rate_lead{m}": None for m in leads}, **{f"detect_rate_within{d}": None for d in delays},
-                "median_delay": None}
+        return {**{f"detect_rate_lead{m}": None for m in leads}, **{f"lead_reachable{m}": None for m in leads},
+                **{f"detect_rate_within{d}": None for d in delays}, "median_delay": None}
     out = {f"detect_rate_lead{m}": float(np.mean([a is not None and a <= on - m for on, a, *_ in first_alarm]))
            for m in leads}
+    out.update({f"lead_reachable{m}": float(np.mean([on >= m for on, *_ in first_alarm])) for m in leads})
     out.update({f"detect_rate_within{d}": float(np.mean([a is not None and a <= on + d for on, a, *_ in first_alarm]))
                 for d in delays})
     delays_seen = [a - on for on, a, *_ in first_alarm if a is not None]

@@ -382,6 +382,9 @@ def format_report(metrics: dict) -> str:
     for name, m in rows:
         lines.append(f"{name:32} {f(m['pre_onset_auroc']):>15} {f(m['auroc'])} {f(m['detect_rate_lead8']):>10} "
                      f"{f(m['detect_rate_within4']):>9} {f(m['false_alarm_rate']):>12}")
+    reach = metrics["model"]["test"].get("lead_reachable8")
+    if reach is not None:  # the onsets' own bound on the ">=8 before" column (metrics.detection)
+        lines.append(f"{'(onsets at token >= 8)':32} {'':>15} {'':>6} {f(reach):>10}")
     for n, m in metrics.get("learning_curve", {}).items():  # the same test traces, n train prompts
         if "skipped" in m:
             lines.append(f"{'train prompts ' + n:32} skipped: {m['skipped']}")
