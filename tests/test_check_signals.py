@@ -70,4 +70,6 @@ def test_the_reading_is_the_uncompressed_models_and_a_killed_read_resumes(tmp_pa
     scored = [r for r in rows if not r["catastrophe"] or r["onset"] >= 0]  # an unplaced onset is left out
     assert res["n_traces"] == len(scored) and res["cost"]["8"]["checks"] < res["cost"]["1"]["checks"]
     assert {"rule/check1_max", "rule/check8_dis16", "logreg/live", "logreg/live+check1"} <= set(res["runs"])
+    assert sum(d["n"] for d in res["reading"].values()) == len(scored)
+    assert all(0.0 <= d["disagree"] <= 1.0 for d in res["reading"].values())
     assert main(["study", "--traces", str(traces), "--readings", str(tmp_path / "none"), "--out", str(out)]) == 2

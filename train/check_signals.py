@@ -174,6 +174,30 @@ def with_checks(traces: list[Trace], readings: dict, every: list[int]) -> tuple[
     return out, [n for e in every for n in check_names(e)]
 
 
+def describe(traces: list[Trace], readings: dict) -> dict:
+    """Per press setting and catastrophe type (``none``: healthy): how often the uncompressed model would not
+    have chosen the run's token, over the whole run, in the 16 tokens from the onset and before it; where it
+    first disagrees; its largest surprise in the first 8 tokens (medians over traces)."""
+    groups: dict[str, list] = {}
+    for t in traces:
+        r = readings[t.trace_id]
+        off = ~np.asarray(r["agree"], bool)
+        surprise = np.maximum(r["top_logp"] - r["logp"], 0.0)
+        on = t.onset if t.catastrophe else -1
+        groups.setdefault(f"{setting(t)}/{t.kind}", []).append(
+            (off.mean(), off[on:on + 16].mean() if on >= 0 else np.nan, off[:on].mean() if on > 0 else np.nan,
+             int(np.argmax(off)) if off.any() else len(off), surprise[:8].max()))
+
+    def mean(v):
+        v = [x for x in v if not np.isnan(x)]
+        return float(np.mean(v)) if v else None
+
+    return {g: {"n": len(v), "disagree": mean([x[0] for x in v]), "disagree_16_from_onset": mean([x[1] for x in v]),
+                "disagree_before_onset": mean([x[2] for x in v]),
+                "median_first_disagreement": float(np.median([x[3] for x in v])),
+                "median_max_surprise_first8": float(np.median([x[4] for x in v]))} for g, v in sorted(groups.items())}
+
+
 def pick(traces: list[Trace], names: list[str], cols: list[str]) -> list[Trace]:
     idx = [names.index(c) for c in cols]
     return [dataclasses.replace(t, x=t.x[:, idx]) for t in traces]
@@ -203,7 +227,7 @@ def study(args) -> int:
               "folds": args.folds, "horizon": args.horizon, "far": args.far, "window": args.window,
               "detect_window": args.detect_window, "seed": args.seed, "every": args.every,
               "n_prompts": len({t.prompt_id for t in traces}), "n_traces": len(traces), "feature_set": args.feature_set,
-              "cost": cost, "runs": {}}
+              "cost": cost, "reading": describe(traces, readings), "runs": {}}
 
     def record(name: str, sub: list[Trace], scores: list[np.ndarray]) -> None:
         alarms = first_alarms(sub, scores, fold, args.far)
@@ -228,6 +252,12 @@ def study(args) -> int:
     result["seconds"] = round(time.time() - t0, 1)
     write_json(Path(args.out), result)
     print(format_table(result))
+    print("the reading, per setting / type: share of tokens the uncompressed model would not have chosen (whole "
+          "run, 16 from the onset, before it); median first disagreement; median largest surprise in 8 tokens")
+    for g, d in result["reading"].items():
+        print(f"  {g:32} n {d['n']:4}  " + "  ".join("  n/a" if d[k] is None else f"{d[k]:5.3f}" for k in (
+            "disagree", "disagree_16_from_onset", "disagree_before_onset")) +
+            f"  {d['median_first_disagreement']:5.1f}  {d['median_max_surprise_first8']:6.2f}")
     print("cost per trace (mean), as spot checks that re-read prompt + answer: " + "; ".join(
         f"every {n}: {c['checks']:.1f} checks, {c['tokens_read']:.0f} tokens read "
         f"({c['tokens_read_per_generated']:.0f} per generated token)" for n, c in cost.items())
