@@ -222,7 +222,10 @@ def study(args) -> int:
                      for k in ("checks", "tokens_read")} for n in args.every}
     for n in args.every:
         cost[str(n)]["tokens_read_per_generated"] = cost[str(n)]["tokens_read"] / float(np.mean(list(lens.values())))
-    result = {"traces": args.traces, "readings": args.readings, "n_read": len(readings),
+    from hazard.collect import _git_sha, hardware
+
+    result = {"traces": args.traces, "readings": args.readings, "n_read": len(readings), "git_sha": _git_sha(),
+              "hardware": hardware(),
               "manifest": {k: read_manifest(Path(args.traces[0])).get(k) for k in ("git_sha", "hardware", "config")},
               "folds": args.folds, "horizon": args.horizon, "far": args.far, "window": args.window,
               "detect_window": args.detect_window, "seed": args.seed, "every": args.every,
@@ -251,6 +254,7 @@ def study(args) -> int:
             record(f"{kind}/{g}", sub, scores)
     result["seconds"] = round(time.time() - t0, 1)
     write_json(Path(args.out), result)
+    plot(result, Path(args.out).with_suffix(".png"))
     print(format_table(result))
     print("the reading, per setting / type: share of tokens the uncompressed model would not have chosen (whole "
           "run, 16 from the onset, before it); median first disagreement; median largest surprise in 8 tokens")
@@ -265,11 +269,46 @@ def study(args) -> int:
     return 0
 
 
+PLOTTED = ("rule/check1_max", "rule/check16_mean16", "logreg/live", "logreg/live+check1", "gbm/live",
+           "gbm/live+check1", "gbm/live+check16")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Per press setting, the share of catastrophes flagged within d tokens of the onset (thresholds per setting,
+    5% false-alarm traces), for the check rules and the learned models with and without the checks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {k: v for k, v in result["runs"].items() if k in PLOTTED}
+    settings = sorted(next(iter(runs.values()))["by_press"])
+    delays = (0, 2, 4, 8, 16, 32)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], settings):
+        for k, run in runs.items():
+            m = run["by_press"][name]
+            ax.plot(delays, [m.get(f"detect_rate_within{d}") or 0.0 for d in delays], marker="o", ms=3,
+                    ls="--" if k.startswith("rule") else "-", label=k)
+        ax.set_title(f"{name} ({m['n_catastrophes']} catastrophes)", fontsize=9)
+        ax.set_xlabel("tokens after the onset")
+        ax.set_xticks(delays)
+    axes[0][0].set_ylabel("catastrophes flagged (5% false alarms per setting)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"the uncompressed model's reading as a detector ({result['manifest']['config']['model']['name']}, "
+                 f"{result['folds']}-fold by prompt)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="step", required=True)
     r = sub.add_parser("read", help="read the compressed traces with the uncompressed model")
     s = sub.add_parser("study", help="the k-fold study of the check signals against the onsets")
+    pl = sub.add_parser("plot", help="the study's PNG again from its JSON")
+    pl.add_argument("json", help="a study's JSON (the PNG goes beside it)")
     for p in (r, s):
         p.add_argument("--traces", nargs="+", required=True, help="collection folders")
         p.add_argument("--readings", required=True, help="folder of the readings (chunk_*.npz)")
@@ -294,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.step == "study" and min(args.every) < 1:
         ap.error("--every takes periods >= 1")
+    if args.step == "plot":
+        plot(json.loads(Path(args.json).read_text()), Path(args.json).with_suffix(".png"))
+        return 0
     try:
         return read(args) if args.step == "read" else study(args)
     except HazardError as e:
