@@ -19,7 +19,8 @@
 # with gpu/traces.sh receive); the train configs read every /tmp/traces/campaign_<m>* folder.
 # STEPS=probe runs train/state_probe.py on the collection (traces collected with state_layer, schema 9).
 # STEPS=check reads every compressed trace with the uncompressed model and runs train/check_signals.py's study
-# (resumes: the readings are kept in /tmp/hz/<collection>_check between calls on a warm machine).
+# (resumes: the readings are kept in /tmp/hz/<collection>_check between calls on a warm machine; the study's
+# options in CHECK_ARGS, default "--every 1 16 --models gbm": the 0.5B pilot's best detector, kept short on the hold).
 # STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
 # /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
@@ -62,8 +63,9 @@ if want check; then  # the uncompressed model's reading against the onsets (trai
     --readings "/tmp/hz/${C}_check" --device cuda --threads 16 --token_budget 65536 \
     --task_paths '{"gsm8k": ".data/gsm8k"}' 2>&1 | grep -v -i warn | tail -3
   timeout $((BUDGET - (SECONDS - start) - 10)) python3 train/check_signals.py study --traces "/tmp/traces/$C" \
-    --readings "/tmp/hz/${C}_check" --out "/tmp/hz/${C}_check_signals.json" 2>&1 | grep -v -i warn | tail -60
-  cp "/tmp/hz/${C}_check_signals.json" "$OUT/" 2>/dev/null
+    --readings "/tmp/hz/${C}_check" --out "/tmp/hz/${C}_check_signals.json" ${CHECK_ARGS:---every 1 16 --models gbm} \
+    2>&1 | grep -v -i warn | tail -60
+  cp "/tmp/hz/${C}_check_signals".{json,png} "$OUT/" 2>/dev/null
 fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"

@@ -282,6 +282,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = {k: v for k, v in result["runs"].items() if k in PLOTTED}
+    if not runs:  # a study of other periods or models: nothing of these to draw
+        return
     settings = sorted(next(iter(runs.values()))["by_press"])
     delays = (0, 2, 4, 8, 16, 32)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.6), sharey=True, squeeze=False)
