@@ -45,8 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from state_probe import figures as probe_figures  # noqa: E402
-from state_probe import first_alarms, folds_by_prompt, format_table, out_of_fold  # noqa: E402
+from state_probe import folds_by_prompt, format_table, out_of_fold, run_figures  # noqa: E402
 
 from hazard.errors import HazardError  # noqa: E402
 from hazard.predictor.data import Trace, load_trace_arrays  # noqa: E402
@@ -216,7 +215,6 @@ def study(args) -> int:
     traces, checks = with_checks(load_trace_arrays(args.traces, args.feature_set), readings, args.every)
     names = live + checks
     fold = folds_by_prompt(traces, args.folds, args.seed)
-    settings = sorted({setting(t) for t in traces})
     lens = {t.trace_id: len(t.x) for t in traces}
     cost = {str(n): {k: float(np.mean([check_cost(readings[i]["prompt_len"], lens[i], n)[k] for i in lens]))
                      for k in ("checks", "tokens_read")} for n in args.every}
@@ -233,13 +231,7 @@ def study(args) -> int:
               "cost": cost, "reading": describe(traces, readings), "runs": {}}
 
     def record(name: str, sub: list[Trace], scores: list[np.ndarray]) -> None:
-        alarms = first_alarms(sub, scores, fold, args.far)
-        run = {"pooled": probe_figures(sub, scores, alarms, h), "by_press": {}}
-        for s in settings:
-            sel = [i for i, t in enumerate(sub) if setting(t) == s]
-            run["by_press"][s] = probe_figures([sub[i] for i in sel], [scores[i] for i in sel],
-                                               [alarms[i] for i in sel], h)
-        result["runs"][name] = run
+        result["runs"][name] = run_figures(sub, scores, fold, args.far, h)
         print(f"{name} done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     for c in checks:  # each check signal alone, as a rule: alarm once it crosses the setting's threshold

@@ -99,6 +99,17 @@ def figures(traces: list[Trace], scores: list[np.ndarray], alarms: list, horizon
     return out
 
 
+def run_figures(traces: list[Trace], scores: list[np.ndarray], fold: np.ndarray, far: float, horizon: int) -> dict:
+    """``figures`` pooled and within each press setting, thresholds per setting from the other folds."""
+    alarms = first_alarms(traces, scores, fold, far)
+    run = {"pooled": figures(traces, scores, alarms, horizon), "by_press": {}}
+    for name in sorted({setting(t) for t in traces}):
+        sel = [i for i, t in enumerate(traces) if setting(t) == name]
+        run["by_press"][name] = figures([traces[i] for i in sel], [scores[i] for i in sel], [alarms[i] for i in sel],
+                                        horizon)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--traces", nargs="+", required=True, help="collection folders (schema 9, with state_layer)")
@@ -126,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"state_probe: {e}", file=sys.stderr)
         return 2
     fold = folds_by_prompt(traces, args.folds, args.seed)
-    settings = sorted({setting(t) for t in traces})
     result = {"traces": args.traces, "manifest": {k: read_manifest(Path(p)).get(k) for p in args.traces[:1]
                                                   for k in ("git_sha", "hardware", "config")},
               "folds": args.folds, "horizon": args.horizon, "far": args.far, "window": args.window,
@@ -137,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             sub = columns(traces, every[group], args.feature_set)
             scores = out_of_fold(sub, fold, {"kind": kind, "window": args.window, "seed": args.seed,
                                              "detect_window": args.detect_window}, h)
-            alarms = first_alarms(sub, scores, fold, args.far)
-            run = {"pooled": figures(sub, scores, alarms, h), "by_press": {}}
-            for name in settings:
-                sel = [i for i, t in enumerate(sub) if setting(t) == name]
-                run["by_press"][name] = figures([sub[i] for i in sel], [scores[i] for i in sel],
-                                                [alarms[i] for i in sel], h)
-            result["runs"][f"{kind}/{group}"] = run
+            result["runs"][f"{kind}/{group}"] = run_figures(sub, scores, fold, args.far, h)
             print(f"{kind}/{group} done ({time.time() - t0:.0f} s)", file=sys.stderr)
     result["seconds"] = round(time.time() - t0, 1)
     write_json(Path(args.out), result)
