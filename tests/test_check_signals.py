@@ -46,6 +46,7 @@ def test_the_reading_is_the_uncompressed_models_and_a_killed_read_resumes(tmp_pa
                    "--model", json.dumps(spec)]) == 0
     readings = tmp_path / "readings"
     args = ["read", "--traces", str(traces), "--readings", str(readings)]
+    assert main([*args, "--task_paths", "{gsm8k: x"]) == 2 and not readings.exists()  # one line, nothing written
     assert main([*args, "--limit", "5"]) == 0  # a read stopped after 5 traces ...
     assert len(read_readings(readings)) == 5
     assert main(args) == 0  # ... goes on from its chunk

@@ -114,12 +114,17 @@ def read(args) -> int:
     from hazard.models import ModelConfig, load_model
     from hazard.relabel import manifest_prompts
 
+    try:
+        task_paths = json.loads(args.task_paths)
+    except ValueError:
+        raise HazardError(f"--task_paths: {args.task_paths!r} is not JSON; give "
+                          "'{\"gsm8k\": \"<its folder>\"}'") from None
     root = Path(args.readings)
     root.mkdir(parents=True, exist_ok=True)
     done = read_readings(root)
     for folder in args.traces:
         manifest = read_manifest(Path(folder))
-        prompts = manifest_prompts(manifest, json.loads(args.task_paths))
+        prompts = manifest_prompts(manifest, task_paths)
         cols = ["trace_id", "task", "format", "prompt_id", "press", "tokens"]
         rows = [r for r in load_traces(folder).select_columns(cols) if r["press"] != "none"
                 and r["trace_id"] not in done]
@@ -203,6 +208,7 @@ def pick(traces: list[Trace], names: list[str], cols: list[str]) -> list[Trace]:
 
 
 def study(args) -> int:
+    from hazard.collect import _git_sha, hardware
     from hazard.labels import HORIZONS
 
     h = HORIZONS.index(args.horizon)
@@ -220,8 +226,6 @@ def study(args) -> int:
                      for k in ("checks", "tokens_read")} for n in args.every}
     for n in args.every:
         cost[str(n)]["tokens_read_per_generated"] = cost[str(n)]["tokens_read"] / float(np.mean(list(lens.values())))
-    from hazard.collect import _git_sha, hardware
-
     result = {"traces": args.traces, "readings": args.readings, "n_read": len(readings), "git_sha": _git_sha(),
               "hardware": hardware(),
               "manifest": {k: read_manifest(Path(args.traces[0])).get(k) for k in ("git_sha", "hardware", "config")},
