@@ -21,6 +21,7 @@
 # STEPS=check reads every compressed trace with the uncompressed model and runs train/check_signals.py's study
 # (resumes: the readings are kept in /tmp/hz/<collection>_check between calls on a warm machine; the study's
 # options in CHECK_ARGS, default "--every 1 16 --models gbm": the 0.5B pilot's best detector, kept short on the hold).
+# STEPS=arith runs train/arith_signal.py on the collection (schema 10): wrong equations per setting and type.
 # STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
 # /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
@@ -66,6 +67,11 @@ if want check; then  # the uncompressed model's reading against the onsets (trai
     --readings "/tmp/hz/${C}_check" --out "/tmp/hz/${C}_check_signals.json" ${CHECK_ARGS:---every 1 16 --models gbm} \
     2>&1 | grep -v -i warn | tail -60
   cp "/tmp/hz/${C}_check_signals".{json,png} "$OUT/" 2>/dev/null
+fi
+if want arith; then  # wrong equations in the texts (train/arith_signal.py): the rule per setting, host only, seconds
+  python3 train/arith_signal.py --traces "/tmp/traces/$C" --gold .data/gsm8k --tokenizer "/tmp/$M" \
+    --out "/tmp/hz/${C}_arith_signal.json" 2>&1 | grep -v -i warn | tail -30
+  cp "/tmp/hz/${C}_arith_signal.json" "$OUT/" 2>/dev/null
 fi
 if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"

@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 #     of the question, hazard.signals.prefill; per trace, new signals: guards still load).
 # v9: a ``state`` column: per token the projected residual stream (hazard.signals.state; empty unless the
 #     collection set ``state_layer``; a new signal: guards still load).
-SCHEMA_VERSION = 9
+# v10: an ``arith_wrong`` column: per token, the equations of the generated text found wrong so far
+#     (hazard.signals.arithmetic; computed from the text on the host, so ``hazard relabel`` adds it to
+#     older traces; a new signal: guards still load).
+SCHEMA_VERSION = 10
 # Bumped whenever the per-token signals (what a guard reads) change meaning; guards check this one, so a
 # label-only schema change keeps exported guards usable.
 SIGNALS_VERSION = 1

@@ -30,7 +30,7 @@ from hazard.errors import HazardError
 from hazard.labels import HORIZONS, detect_amnesia, detect_loop, divergence, hazard_labels, progress_onsets, verdict
 from hazard.labels.progress import last_number
 from hazard.models import ModelConfig, end_token_ids, load_model
-from hazard.signals import SIGNALS, prefill_signals, question_positions
+from hazard.signals import SIGNALS, arith_wrong, prefill_signals, question_positions, token_pieces
 from hazard.signals.state import STATE_DIM
 from hazard.summary import summarize, summarize_formats, summarize_onsets
 from hazard.tasks import Prompt, build_task, parse_answer, score
@@ -117,14 +117,15 @@ def decode_prefix(tok, tokens: list[int], m: int) -> str:
 
 
 def outcome(prompt: Prompt, tokens: list[int], finished: bool, text: str, ref: dict | None,
-            decode_prefix=None) -> dict:
+            decode_prefix=None, pieces: list[str] | None = None) -> dict:
     """A run's outcome, detectors, onsets and hazard labels: every trace column that follows from the
     generated tokens and text (and the twin's), none of the per-token signals. ``hazard.relabel`` calls it
     again on stored traces when these rules change.
 
     ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run);
     ``decode_prefix(m)`` the text of the first m generated tokens (default: none, so the rules that place
-    onsets in the text give -1).
+    onsets in the text give -1); ``pieces`` each token's own text (``hazard.signals.token_pieces``), which the
+    text signals read (``arith_wrong``; NaN without them).
     """
     answer = parse_answer(text)
     correct = score(answer, prompt.gold)
@@ -151,11 +152,13 @@ def outcome(prompt: Prompt, tokens: list[int], finished: bool, text: str, ref: d
         **prog, "format_only": format_only, "cut_after_answer": cut_after_answer,
         "catastrophe": v.catastrophe, "onset": v.onset, "onset_source": v.source, "post_onset": post,
         **{f"label_h{k}": labels[k] for k in HORIZONS},
+        "arith_wrong": arith_wrong(pieces) if pieces is not None else np.full(n, np.nan, np.float32),
     }
 
 
 def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec, text: str,
-              meta: dict, decode_prefix=None, question: tuple[list[int], list[int]] | None = None) -> dict:
+              meta: dict, decode_prefix=None, question: tuple[list[int], list[int]] | None = None,
+              pieces: list[str] | None = None) -> dict:
     """One trace row: the run's ``outcome`` (detectors, onsets, labels), its per-token arrays, and what the
     prefill press kept of the question (``question``: its token positions and its digit tokens' in the
     prompt, ``hazard.signals.question_positions``; without them the prefill signals are NaN)."""
@@ -169,7 +172,7 @@ def build_row(prompt: Prompt, gen: Generation, ref: dict | None, spec: PressSpec
         **prefill_signals(gen.prompt_kept if question is not None else None, *(question or ([], []))),
         "bytes_per_token": gen.bytes_per_token, "n_tokens": len(gen.tokens), "tokens": gen.tokens,
         "text": text, "finished": gen.finished, "gold": prompt.gold,
-        **outcome(prompt, gen.tokens, gen.finished, text, ref, decode_prefix),
+        **outcome(prompt, gen.tokens, gen.finished, text, ref, decode_prefix, pieces),
         "kv_tokens": gen.kv_tokens, "kv_bytes": gen.kv_bytes,
     }
     for i, name in enumerate(SIGNALS):
@@ -200,8 +203,9 @@ def build_rows(tok, prompts: list[Prompt], gens: list[Generation], refs: list[di
     """``build_row`` for one generate call: each row's text decoded once, onsets placed in it. ``questions``:
     ``questions_of(tok, prompts)`` when the caller builds rows of the same prompts under several settings."""
     questions = questions_of(tok, prompts) if questions is None else questions
+    cache: dict[int, str] = {}  # token id -> its text, shared by the rows
     return [build_row(p, g, r, spec, tok.decode(g.tokens, skip_special_tokens=True), meta,
-                      partial(decode_prefix, tok, g.tokens), q)
+                      partial(decode_prefix, tok, g.tokens), q, token_pieces(tok, g.tokens, cache))
             for p, g, r, q in zip(prompts, gens, refs or [None] * len(prompts), questions)]
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from hazard import SCHEMA_VERSION
 from hazard.errors import HazardError
+from hazard.signals import token_pieces
 from hazard.summary import summarize, summarize_formats, summarize_onsets
 from hazard.traces import FEATURES, load_traces, shard_paths, write_json, write_shard
 
@@ -103,6 +104,7 @@ def relabel(cfg: RelabelConfig) -> dict:
             if r["press"] == "none":
                 twins[_key(r)] = r
     counts: dict[str, int] = {}
+    pieces: dict[int, str] = {}  # token id -> its text (the text signals read it)
     t0 = time.time()
     for f in files:
         out = []
@@ -115,7 +117,7 @@ def relabel(cfg: RelabelConfig) -> dict:
             if r["press"] != "none" and ref is None:
                 raise HazardError(f"{f}: no uncompressed twin for {r['trace_id']}; relabel the whole collection")
             new = outcome(p, list(r["tokens"]), r["finished"], r["text"], ref,
-                          partial(decode_prefix, tok, list(r["tokens"])))
+                          partial(decode_prefix, tok, list(r["tokens"])), token_pieces(tok, r["tokens"], pieces))
             row = {k: v for k, v in r.items() if k in FEATURES}
             row.update(new, schema_version=SCHEMA_VERSION)
             row.setdefault("state", [])  # collected before the state signal (schema < 9): none recorded

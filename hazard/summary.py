@@ -65,13 +65,18 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
     each type whose ``repeat4`` fires at onset .. onset + ``delay``; ``healthy_repeat4_any`` the share of
     healthy traces where it ever fires (what an alarm on it alone would cost in false alarms). ``onset_ge8``
     (per type, and over every catastrophe with a placed onset) is the share whose onset is at token 8 or later:
-    the most any predictor can flag 8 tokens ahead, whatever it reads.
+    the most any predictor can flag 8 tokens ahead, whatever it reads. ``arith_any`` is the share of each type
+    whose text holds a wrong equation (``arith_wrong``, hazard.signals.arithmetic), ``arith_within`` the share
+    whose first one is found at onset .. onset + ``delay``, ``healthy_arith_any`` the share of healthy traces
+    with one (an alarm on it alone: the false alarms it costs).
     """
-    cols = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4"]
+    cols = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4", "arith_wrong"]
     df = ds.select_columns(cols).to_pandas()
     kind = np.where(~df["catastrophe"], "none", np.where(df["loop"], "loop",
                                                           np.where(df["nonterm"], "nonterm", "wrong")))
     first_hit = np.array([_first_at_or_after(r, o) for r, o in zip(df["repeat4"], df["onset"])])
+    arith_any = np.array([np.nanmax(np.asarray(a, dtype=np.float64), initial=0.0) > 0 for a in df["arith_wrong"]])
+    arith_first = np.array([_first_at_or_after(a, 0) for a in df["arith_wrong"]])
     out: dict = {"delay": delay}
     for k in ("loop", "nonterm", "wrong"):
         g = df[kind == k]
@@ -84,7 +89,11 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
                  "median_onset": float(g["onset"][placed].median()) if placed.any() else None,
                  # the most a guard can flag >= LEAD tokens ahead (of the placed onsets): it reads no token before 0
                  "onset_ge8": float(np.mean(g["onset"][placed] >= LEAD)) if placed.any() else None,
-                 "repeat4_within": float(np.mean(placed & (first_hit[kind == k] >= 0) & (lag <= delay)))}
+                 "repeat4_within": float(np.mean(placed & (first_hit[kind == k] >= 0) & (lag <= delay))),
+                 # a wrong equation in its text: anywhere, and first found at onset .. onset + delay
+                 "arith_any": float(np.mean(arith_any[kind == k])),
+                 "arith_within": float(np.mean(placed & (arith_first[kind == k] >= g["onset"].to_numpy())
+                                               & (arith_first[kind == k] <= g["onset"].to_numpy() + delay)))}
         if k == "loop":
             p = g["loop_period"].to_numpy()
             entry.update({"period_quantiles": {q: float(np.quantile(p, q / 100)) for q in (10, 25, 50, 75, 90)},
@@ -95,6 +104,7 @@ def summarize_onsets(ds, delay: int = 4) -> dict:
     out["onset_ge8"] = float(np.mean(placed_all >= LEAD)) if len(placed_all) else None
     healthy = [r for r, k in zip(df["repeat4"], kind) if k == "none"]
     out["healthy_repeat4_any"] = float(np.mean([np.any(np.asarray(r) > 0) for r in healthy])) if healthy else None
+    out["healthy_arith_any"] = float(np.mean(arith_any[kind == "none"])) if healthy else None
     return out
 
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from hazard import SCHEMA_VERSION
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS
-from hazard.signals import PREFILL_SIGNALS, SIGNALS
+from hazard.signals import ARITHMETIC_SIGNALS, PREFILL_SIGNALS, SIGNALS
 
 _seq = datasets.Sequence
 FEATURES = datasets.Features({
@@ -66,6 +66,8 @@ FEATURES = datasets.Features({
     "onset": datasets.Value("int32"),
     "onset_source": datasets.Value("string"),
     **{name: _seq(datasets.Value("float32")) for name in SIGNALS},
+    # from the generated text on the host (hazard.signals.arithmetic), NaN where no token texts were given
+    **{name: _seq(datasets.Value("float32")) for name in ARITHMETIC_SIGNALS},
     "state": _seq(_seq(datasets.Value("float16"))),  # (n_tokens, STATE_DIM), or empty: hazard.signals.state
     "kv_tokens": _seq(datasets.Value("int32")),
     "kv_bytes": _seq(datasets.Value("int64")),
@@ -112,7 +114,8 @@ def read_manifest(root: Path) -> dict:
     manifest = json.loads(path.read_text())
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise HazardError(f"{root}: trace schema version {manifest.get('schema_version')} but this hazard reads "
-                          f"version {SCHEMA_VERSION}; re-collect the traces or install the matching hazard")
+                          f"version {SCHEMA_VERSION}; `hazard relabel` them (labels and text signals), re-collect them "
+                          "or install the matching hazard")
     return manifest
 
 

@@ -11,7 +11,7 @@ from hazard import SCHEMA_VERSION
 from hazard.cli import main
 from hazard.labels import HORIZONS
 from hazard.models import save_tiny
-from hazard.signals import PREFILL_SIGNALS, SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS, arith_wrong, token_pieces
 from hazard.traces import load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _rows(ds):
     return sorted(ds.to_list(), key=lambda r: r["trace_id"])
 
 
-def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
+def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys, tok):
     out = tmp_path / "traces"
     assert main(_args(out, tiny_dir)) == 0
     assert "kv_retrieval" in capsys.readouterr().out
@@ -51,6 +51,8 @@ def test_collect_writes_a_labelled_dataset(tmp_path, tiny_dir, capsys):
         assert len(row["tokens"]) == n and all(len(row[s]) == n for s in SIGNALS)
         assert all(len(row[f"label_h{k}"]) == n for k in HORIZONS) and len(row["post_onset"]) == n
         assert np.isfinite(row["entropy"]).all()
+        # the text signal, from the token texts the collection decoded (the tiny model writes no equations)
+        assert np.array_equal(row["arith_wrong"], arith_wrong(token_pieces(tok, row["tokens"])))
         if row["press"] == "none":
             assert row["divergence"] == -1 and row["kv_tokens_prefill"] == row["prompt_len"]
         if row["press"] == "snapkv":

@@ -119,3 +119,24 @@ def test_relabel_refuses_a_shard_without_todays_signals(collection, tmp_path, ca
     err = capsys.readouterr().err
     assert "repeat4" in err and "re-collect" in err
     assert json.loads((old / "manifest.json").read_text()) == json.loads((root / "manifest.json").read_text())
+
+
+def test_relabel_adds_the_text_signal_to_traces_collected_before_it(collection):
+    import pyarrow as pa
+
+    root, model, data = collection
+    before = _table(root)
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for f in shard_paths(root):  # as schema 9 wrote them: no arith_wrong column
+        t = pq.read_table(f)
+        t = t.drop(["arith_wrong"]).set_column(0, "schema_version", pa.array([9] * len(t), pa.int32()))
+        pq.write_table(t, f)
+    manifest_path.write_text(json.dumps(dict(manifest, schema_version=9)))
+    with pytest.raises(Exception, match="columns do not match|schema version 9"):
+        load_traces(root)
+    assert _relabel(root, model, data) == 0
+    after = _table(root)
+    assert [np.asarray(a["arith_wrong"]).tolist() for a in after] == \
+        [np.asarray(b["arith_wrong"]).tolist() for b in before]
+    assert all(np.isfinite(a["arith_wrong"]).all() and len(a["arith_wrong"]) == a["n_tokens"] for a in after)

@@ -5,7 +5,8 @@ from hazard.summary import summarize_onsets
 
 
 def _ds(rows):
-    keys = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4"]
+    keys = ["catastrophe", "loop", "nonterm", "onset", "onset_source", "loop_period", "repeat4", "arith_wrong"]
+    rows = [r if len(r) == len(keys) else (*r, [0.0] * len(r[-1])) for r in rows]  # no wrong equation by default
     return datasets.Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(keys)})
 
 
@@ -35,6 +36,25 @@ def test_onset_summary_counts_what_repetition_can_see_within_the_delay():
     assert out["onset_ge8"] == 0.0
     late = summarize_onsets(_ds([*rows, (True, False, False, 12, "claim", 0, [0] * 14)]), delay=4)
     assert late["wrong"]["onset_ge8"] == 1.0 and late["onset_ge8"] == 0.25
+    assert out["healthy_arith_any"] == 0.0 and loop["arith_any"] == 0.0
+
+
+def test_onset_summary_counts_wrong_equations_found_at_the_claim():
+    nan = float("nan")
+    rows = [
+        # a wrong answer whose wrong sum is found 2 tokens after its claim onset
+        (True, False, False, 3, "claim", 0, [0] * 8, [0, 0, 0, 0, 0, 1, 1, 1]),
+        # one whose wrong equation is found 6 tokens after: in its text, not within 4
+        (True, False, False, 1, "claim", 0, [0] * 8, [0] * 7 + [1]),
+        # one with no wrong equation, and one collected without token texts (NaN: nothing found)
+        (True, False, False, 2, "claim", 0, [0] * 4, [0, 0, 0, 0]),
+        (True, False, False, 2, "claim", 0, [0] * 4, [nan] * 4),
+        (False, False, False, -1, "none", 0, [0] * 3, [0, 1, 1]),  # a healthy run's own slip
+        (False, False, False, -1, "none", 0, [0] * 3, [0, 0, 0]),
+    ]
+    out = summarize_onsets(_ds(rows), delay=4)
+    assert out["wrong"]["arith_any"] == 0.5 and out["wrong"]["arith_within"] == 0.25
+    assert out["healthy_arith_any"] == 0.5
 
 
 def _part(model, traces, tokens, press="snapkv", complete=True):

@@ -22,6 +22,7 @@ import numpy as np
 
 from hazard.errors import HazardError
 from hazard.signals import (
+    ARITHMETIC_SIGNALS,
     ATTENTION_SIGNALS,
     EVICTION_SIGNALS,
     LOGIT_SIGNALS,
@@ -60,6 +61,10 @@ FEATURE_SETS = {
     "live_state": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
                    *STATE_FEATURES),
     "state_config": (*CONFIG_FEATURES, *STATE_FEATURES),  # the state alone (with where the run is)
+    # + the count of wrong equations in the text so far (schema >= 10, hazard.signals.arithmetic): a wrong
+    # answer's claim as it is written; offline until the live controller feeds it token texts
+    "live_arith": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *ARITHMETIC_SIGNALS,
+                   *CONFIG_FEATURES),
     "logit_attn_config_dyn": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS,
                               *CONFIG_FEATURES, *DYNAMICS),
 }

@@ -1,3 +1,4 @@
+from hazard.signals.arithmetic import ARITHMETIC_SIGNALS, ArithmeticCheck, arith_wrong, token_pieces
 from hazard.signals.attention import ATTENTION_SIGNALS, attention_probs, attention_stats, stats_from_probs
 from hazard.signals.logits import LOGIT_SIGNALS, logit_signals
 from hazard.signals.prefill import PREFILL_SIGNALS, prefill_signals, question_positions
@@ -19,7 +20,9 @@ VERIFY_SIGNALS = ("verify_kl", "verify_top1")
 SIGNALS = (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *VERIFY_SIGNALS,
            "cache_len")
 
-__all__ = ["ATTENTION_SIGNALS", "EVICTION_SIGNALS", "LOGIT_SIGNALS", "PREFILL_SIGNALS", "REPETITION_SIGNALS",
+__all__ = ["ARITHMETIC_SIGNALS", "ATTENTION_SIGNALS", "ArithmeticCheck", "EVICTION_SIGNALS", "LOGIT_SIGNALS",
+           "PREFILL_SIGNALS", "REPETITION_SIGNALS",
            "SIGNALS", "VERIFY_SIGNALS",
-           "attention_probs", "attention_stats",
-           "logit_signals", "prefill_signals", "question_positions", "stats_from_probs"]
+           "arith_wrong", "attention_probs", "attention_stats",
+           "logit_signals", "prefill_signals", "question_positions", "stats_from_probs",
+           "token_pieces"]
