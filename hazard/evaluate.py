@@ -38,7 +38,7 @@ from hazard.paired import coin_comparisons, outcome_bits, paired_comparisons
 from hazard.ponr import GRID, failing, restore_curves, summarize_curves
 from hazard.predictor.features import CONFIG_FEATURES
 from hazard.report import frontier_plot, pareto_plot
-from hazard.signals import PREFILL_SIGNALS, SIGNALS
+from hazard.signals import PREFILL_SIGNALS, SIGNALS, token_pieces
 from hazard.signals.state import is_state_feature
 from hazard.tasks import build_task
 from hazard.traces import write_json
@@ -292,6 +292,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     if "number_recall" in cfg.policies:
         vocab = list(range(len(tok)))
         digit_ids = digit_token_ids(vocab, tok.convert_ids_to_tokens(vocab))
+    pieces: dict[int, str] = {}  # arith_rewind's: token id -> its text, decoded once
+
+    def token_text(t: int) -> str:
+        return token_pieces(tok, [t], pieces)[0]
+
     for task in tasks:
         prompts = task.prompts()
         ids = [encode(tok, p) for p in prompts]
@@ -363,7 +368,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                         known = ponrs
                     ctl = PolicyController(policy, guard if name == "hazard" else None, spec.ratio,
                                            cfg.max_new_tokens, known, questions=questions,
-                                           digit_ids=digit_ids if name == "number_recall" else None)
+                                           digit_ids=digit_ids if name == "number_recall" else None,
+                                           token_text=token_text if name == "arith_rewind" else None)
                     key = f"{spec.label}__{name}" + (f"__{_knob_label(knob)}" if knob else "")
                     rec = run(key, spec, ctl, full["rows"], static["rows"])
                     if name == "hazard":  # random fires at the hazard policy's measured rate per step

@@ -365,6 +365,54 @@ def test_detect_rewind_to_the_first_token_regenerates_the_uncompressed_run(model
     assert fired or model64.config.model_type != "qwen2"  # the qwen2 tiny model loops under knorm 0.75
 
 
+def _texts(words: dict[int, str]):
+    return lambda t: words.get(t, " w")
+
+
+def test_arith_rewind_rolls_back_to_just_after_the_wrong_equals_once():
+    from hazard.signals import SIGNALS
+
+    # row 7 writes "So 3 + 4 = 8 apples.\n ... 2 + 2 = 5.\n", row 9 the same with 7: right
+    words = {1: "So", 2: " 3", 3: " +", 4: " 4", 5: " =", 6: " 8", 7: " apples", 8: ".\n", 9: " 7",
+             10: " 2 + 2 =", 11: " 5"}
+    wrong, right = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 8], [1, 2, 3, 4, 5, 9, 7, 8, 1, 1, 1]
+    ctl = PolicyController(build_policy("arith_rewind"), token_text=_texts(words))
+    ctl.begin(3)
+    ctl.admit([0, 2], [7, 9], [50, 60])
+    acts = {}
+    for t in range(len(wrong)):
+        pk = np.zeros((2, 1 + len(SIGNALS)))
+        pk[:, 0] = wrong[t], right[t]
+        for r, a in ctl.observe(np.array([0, 2]), np.array([7, 9]), pk, np.array([t + 1, t + 1])).items():
+            acts[(r, t + 1)] = a
+    # decided at ".\n" (token 7, 8 recorded: " apples" might have been a unit before a "-"): keep through " ="
+    # (token 4), regenerate the other 3; the second wrong sum comes after the row relaxed, so nothing more
+    assert acts == {(7, 8): [("restore",), ("rollback", 3)]}
+    assert ctl._rows.triggers.tolist() == [1, 0, 0]
+    with pytest.raises(HazardError, match="token_text"):
+        PolicyController(build_policy("arith_rewind"))
+    with pytest.raises(HazardError, match="margin"):
+        build_policy("arith_rewind", margin=-1)
+    assert build_policy("arith_rewind", margin=3).actions(9, 4) == [("restore",), ("rollback", 7)]
+
+
+def test_arith_rewind_in_the_engine_keeps_the_text_before_the_wrong_result(model64):
+    """A wrong equation planted in a row's text (its tokens' texts chosen for it): the row is restored and
+    rolled back to just after its '=', and regenerates from there; the tokens before it are the static run's."""
+    engine = Engine(model64, [256], max_new_tokens=24, batch_size=3, probe_layers=(0, -1))
+    prompts = _prompts(3, seed=2)
+    spec = PressSpec("knorm", 0.75)
+    static = engine.generate(prompts, build_press(spec))
+    s = static[0].tokens
+    i = next(i for i in range(1, len(s) - 3) if len({*s[i:i + 3]}) == 3 and not {*s[i:i + 3]} & {*s[:i]})
+    words = {s[i]: " 3 + 4 =", s[i + 1]: " 8", s[i + 2]: ".\n"}
+    healed = engine.generate(prompts, build_press(spec),
+                             controller=PolicyController(build_policy("arith_rewind"), token_text=_texts(words)))
+    h = healed[0]
+    assert [e[1] for e in h.control["events"]] == ["restore", "rollback"] and h.control["rollback_tokens"] == 2
+    assert h.tokens[:i + 1] == s[:i + 1]  # through the '=': the static run's
+
+
 def test_random_at_matched_rates_keeps_its_own_swept_knobs():
     from hazard.evaluate import matched_knobs, variants
 

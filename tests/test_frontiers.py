@@ -346,3 +346,20 @@ def test_evaluate_gives_number_recall_the_tokenizers_digits(tmp_path):
     nr = rows["number_recall"]
     assert 0 < nr["trigger_rate"] <= 1 and nr["rollback_tokens_per_trace"] > 0  # the tiny model writes digits
     assert rows["static"]["mean_kv_fraction"] < nr["mean_kv_fraction"] < 1.0
+
+
+def test_evaluate_gives_arith_rewind_the_token_texts(tmp_path):
+    """arith_rewind runs in ``hazard evaluate`` (the controller gets each token's text); the tiny model's text
+    holds no wrong equation, so it never fires and keeps the static run's memory and answers."""
+    from hazard.cli import main
+
+    out = tmp_path / "cl.json"
+    args = ["evaluate", "--output", str(out), "--model.tiny", "qwen2", "--model.dtype", "float64",
+            "--model.device", "cpu", "--max_new_tokens", "12", "--batch_size", "6",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 6, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]", "--policies", "[static, full, arith_rewind]"]
+    assert main(args) == 0
+    rows = {r["policy"]: r for r in json.loads(out.read_text())["rows"]}
+    ar = rows["arith_rewind"]
+    assert ar["trigger_rate"] == 0 and ar["mean_kv_fraction"] == rows["static"]["mean_kv_fraction"]
+    assert ar["accuracy"] == rows["static"]["accuracy"]

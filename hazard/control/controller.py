@@ -21,6 +21,7 @@ import torch
 from hazard.control.cycles import CycleTracker
 from hazard.control.policies import (
     AnswerCheckPolicy,
+    ArithRewindPolicy,
     DetectRewindPolicy,
     DigestRecallPolicy,
     NumberRecallPolicy,
@@ -34,7 +35,7 @@ from hazard.control.policies import (
 )
 from hazard.engine import Controller
 from hazard.errors import HazardError
-from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, prefill_signals
+from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, ArithmeticCheck, prefill_signals
 from hazard.signals.state import is_state_feature
 
 log = logging.getLogger(__name__)
@@ -128,14 +129,19 @@ class PolicyController(Controller):
         a guard reading ``PREFILL_SIGNALS`` needs them (the engine gives the prefill press's keeps at admission).
     digit_ids : list, optional
         Token ids whose text holds a digit (``hazard.control.gate.digit_token_ids``): ``number_recall`` needs them.
+    token_text : callable, optional
+        Token id -> its text (``hazard.signals.token_pieces``' rule): ``arith_rewind`` reads the rows' text.
     """
 
     def __init__(self, policy, guard=None, ratio: float = 0.0, max_new_tokens: int = 384,
                  onsets: dict | None = None, guard_timeout_s: float | None = None, cuda_graphs: bool = True,
-                 questions: list | None = None, digit_ids=None):
+                 questions: list | None = None, digit_ids=None, token_text=None):
         self._digits = np.unique(np.asarray(digit_ids if digit_ids is not None else [], dtype=np.int64))
         if isinstance(policy, NumberRecallPolicy) and not len(self._digits):
             raise HazardError("number_recall needs the tokenizer's digit token ids: PolicyController(digit_ids=...)")
+        if isinstance(policy, ArithRewindPolicy) and token_text is None:
+            raise HazardError("arith_rewind reads the rows' text: give PolicyController(token_text=<id -> text>)")
+        self.token_text = token_text
         self.guard_timeout_s = guard_timeout_s
         self.cuda_graphs = cuda_graphs
         self._graphs: dict | None = None
@@ -174,6 +180,9 @@ class PolicyController(Controller):
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
+        # arith_rewind: per slot the row's equation check and where each of its tokens' text ends
+        self._arith = [ArithmeticCheck() for _ in range(n_slots)] if isinstance(p, ArithRewindPolicy) else None
+        self._text_ends: list[list[int]] = [[] for _ in range(n_slots)]
         if self.guard is not None:
             if device is not None and hasattr(self.guard, "to"):
                 self.guard.to(device)
@@ -203,6 +212,9 @@ class PolicyController(Controller):
         self._fired_at[list(slots)] = -1
         if self._cycles is not None:
             self._cycles.reset(list(slots))
+        if self._arith is not None:
+            for s in slots:
+                self._arith[s], self._text_ends[s] = ArithmeticCheck(), []
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
@@ -297,6 +309,25 @@ class PolicyController(Controller):
         self._rows.triggers[slots[watch[fire]]] += 1
         return actions
 
+    def _arith_rewind(self, slots, rows, packets, steps) -> dict[int, list]:
+        """arith_rewind: the rows not yet relaxed read their new token's text; a row whose text now holds a
+        wrong equation is rolled back to just after its '=' once (a rollback's regenerated tokens are not
+        fed to a check that already fired: the row is relaxed to the end)."""
+        actions: dict[int, list] = {}
+        for k in np.flatnonzero(~self._rows.relaxed[slots]):
+            s = int(slots[k])
+            check, ends = self._arith[s], self._text_ends[s]
+            piece = self.token_text(int(packets[k, 0]))
+            before = check.wrong
+            check.feed(piece)
+            ends.append((ends[-1] if ends else 0) + len(piece))
+            if check.wrong > before:
+                eq_token = int(np.searchsorted(ends, check.wrong_at[before], side="right"))
+                actions[int(rows[k])] = self.policy.actions(int(steps[k]), eq_token)
+                self._rows.relaxed[s] = True
+                self._rows.triggers[s] += 1
+        return actions
+
     def review(self, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         p = self.policy
         if not isinstance(p, AnswerCheckPolicy):
@@ -365,6 +396,8 @@ class PolicyController(Controller):
             return acts
         if self._cycles is not None:  # detect_rewind reads the tokens, no signal
             return self._rewind(slots, rows, packets, steps)
+        if self._arith is not None:  # arith_rewind reads their text
+            return self._arith_rewind(slots, rows, packets, steps)
         if isinstance(self.policy, NumberRecallPolicy):  # reads the tokens: a row that starts a number recalls
             digit = np.isin(packets[:, 0].astype(np.int64), self._digits)
             # once per number start: a rollback regenerates up to the step that fired, which must not fire again

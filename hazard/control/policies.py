@@ -1,5 +1,6 @@
 """Policies: per row and per step, turn a signal into cache actions (restore or recall, rollback, recompress).
-``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector); ``digest_recall``
+``detect_rewind`` reads the generated tokens instead of a signal (an online loop detector), ``arith_rewind``
+their text (an online check of the equations it writes); ``digest_recall``
 reads none (every ``interval`` tokens it swaps in the evicted entries the current queries rank best);
 ``number_recall`` does the same, with a one-token rewrite, whenever a row starts writing a number;
 ``verify`` decides once, after a verify window beside an uncompressed shadow; ``scheduled`` acts once, at a
@@ -330,6 +331,38 @@ class DetectRewindPolicy(_Relief):
 
 
 @dataclass
+class ArithRewindPolicy(_Relief):
+    """The text's own arithmetic as a trigger: watch each row's equations as they are written
+    (``hazard.signals.arithmetic``, the ``arith_wrong`` signal online); at the first wrong one ("1.5 + 3 + 3 =
+    8 hours"), restore (or recall) the evicted entries and roll back to just after its '=' (less ``margin``
+    tokens), so the result is written again with them; then stay relaxed to the end. No learning; acts after
+    the wrong claim is written, as ``detect_rewind`` acts after a loop starts. Needs each token's text
+    (``PolicyController(token_text=...)``).
+
+    Parameters
+    ----------
+    margin : int
+        Tokens kept are those through the wrong equation's '=' less ``margin`` (at least 1).
+    action, budget
+        What it brings back (module docstring).
+    """
+
+    name: str = "arith_rewind"
+    signal: str = "tokens"
+    margin: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.margin, int) or self.margin < 0:
+            raise HazardError(f"arith_rewind margin must be a whole number of tokens >= 0, got {self.margin!r}")
+
+    def actions(self, n_tokens: int, eq_token: int) -> list[tuple]:
+        """A row with ``n_tokens`` recorded whose wrong equation's '=' is in token ``eq_token``."""
+        keep = max(eq_token + 1 - self.margin, 1)
+        return list(self.relief) + ([("rollback", n_tokens - keep)] if n_tokens > keep else [])
+
+
+@dataclass
 class VerifyPolicy(_Relief):
     """The verify-window decision: every row runs its first ``window`` decode steps beside an uncompressed
     shadow (the engine's verify window; the shadow's K/V count in the row's memory while it lives), then
@@ -576,13 +609,14 @@ POLICIES = {
     "oracle": OraclePolicy,
     "scheduled": ScheduledPolicy,
     "detect_rewind": DetectRewindPolicy,
+    "arith_rewind": ArithRewindPolicy,
     "digest_recall": DigestRecallPolicy,
     "number_recall": NumberRecallPolicy,
     "verify": VerifyPolicy,
     "answer_check": AnswerCheckPolicy,
 }
 POLICY_NAMES = ["static", "full", "hazard", "entropy_rule", "random", "oracle", "detect_rewind", "digest_recall",
-                "verify", "answer_check", "scheduled", "number_recall"]
+                "verify", "answer_check", "scheduled", "number_recall", "arith_rewind"]
 
 
 def build_policy(name: str, **kwargs):

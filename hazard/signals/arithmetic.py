@@ -253,6 +253,8 @@ class ArithmeticCheck:
 
     def __init__(self) -> None:
         self.wrong = 0  # final verdicts so far
+        self.wrong_at: list[int] = []  # where each wrong equation's '=' is, in characters of the whole text
+        self._offset = 0  # characters of the finished lines (with their newlines)
         self._line = ""
         self._eqs: list[int] = []
         self._final = 0  # equations of the open line with a final verdict
@@ -263,7 +265,9 @@ class ArithmeticCheck:
             wrong, decided = _check(_span(self._line, self._eqs, i), complete or not last)
             if not decided:
                 return
-            self.wrong += wrong
+            if wrong:
+                self.wrong += 1
+                self.wrong_at.append(self._offset + self._eqs[i])
             self._final = i + 1
 
     def feed(self, piece: str) -> int:
@@ -271,6 +275,7 @@ class ArithmeticCheck:
         for part in ends:  # each finished line settles every equation in it
             self._add(part)
             self._settle(complete=True)
+            self._offset += len(self._line) + 1
             self._line, self._eqs, self._final = "", [], 0
         self._add(rest)
         self._settle(complete=False)
