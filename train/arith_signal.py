@@ -64,16 +64,20 @@ def detection(firsts: list[int], onsets: list[int]) -> dict:
 def study_traces(roots: list[str]) -> dict:
     from hazard.traces import load_traces
 
-    cols = ["press", "ratio", "catastrophe", "loop", "nonterm", "onset", "onset_source", "correct", "arith_wrong"]
+    cols = ["press", "ratio", "catastrophe", "loop", "nonterm", "onset", "onset_source", "correct", "format_only",
+            "arith_wrong"]
     groups: dict[str, dict[str, list]] = {}
+    answers: dict[str, dict[bool, list]] = {}  # per setting, right / wrong answers (any cause): fired or not
     for root in roots:
         ds = load_traces(root).select_columns(cols)
         for r in ds:
             setting = "none" if r["press"] == "none" else f"{r['press']}@{r['ratio']:g}"
             k = kind_of(r)
+            right = bool(r["correct"] or r["format_only"])  # the gold number last, without the answer format: right
             if k == "healthy":
-                k = "healthy_right" if r["correct"] else "healthy_wrong_both"
+                k = "healthy_right" if right else "healthy_wrong_both"
             groups.setdefault(setting, {}).setdefault(k, []).append((first_fire(r["arith_wrong"]), r["onset"]))
+            answers.setdefault(setting, {}).setdefault(right, []).append(first_fire(r["arith_wrong"]) >= 0)
     out: dict = {}
     for setting, by_kind in sorted(groups.items()):
         entry: dict = {}
@@ -90,6 +94,12 @@ def study_traces(roots: list[str]) -> dict:
                 # the alarm as a trace classifier against this setting's healthy traces (both rates of one rule)
                 if healthy:
                     entry[k]["trace_auroc"] = 0.5 * (entry[k]["any"] + 1 - entry["healthy"]["flagged"])
+        # as a detector of wrong answers whatever their cause (the model's own slips included)
+        right, wrong = answers[setting].get(True, []), answers[setting].get(False, [])
+        entry["answers"] = {"right": {"n": len(right), "flagged": float(np.mean(right)) if right else None},
+                            "wrong": {"n": len(wrong), "flagged": float(np.mean(wrong)) if wrong else None}}
+        if right and wrong:
+            entry["answers"]["auroc"] = 0.5 * (np.mean(wrong) + 1 - np.mean(right))
         out[setting] = entry
     return out
 
@@ -171,6 +181,10 @@ def report(result: dict) -> str:
             lines.append(f"{setting:28s} healthy {h['flagged'] if h['flagged'] is not None else float('nan'):.3f} "
                          f"(n={h['n']}; right {e['healthy_right']['flagged'] or 0:.3f}, "
                          f"wrong both {e['healthy_wrong_both']['flagged'] or 0:.3f})")
+            a = e["answers"]
+            lines.append(f"    answers: right flagged {a['right']['flagged'] or 0:.3f} (n={a['right']['n']}), wrong "
+                         f"{a['wrong']['flagged'] or 0:.3f} (n={a['wrong']['n']}), "
+                         f"AUROC {a.get('auroc', float('nan')):.3f}")
             for k in KINDS:
                 if k in e:
                     d = e[k]
