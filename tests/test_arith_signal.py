@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
 
 from arith_signal import detection, first_fire, main  # noqa: E402
@@ -45,3 +48,15 @@ def test_a_collection_without_the_text_signal_names_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "schema version 9" in err[0] and "hazard relabel" in err[0]
     assert not (tmp_path / "a.json").exists()
+
+
+def test_the_offline_rewind_keeps_the_tokens_through_the_wrong_equals_and_then_holds_the_whole_prompt():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+    from arith_rewind_offline import kv_fraction, rollback_point
+
+    pieces = ["So", " 3", " +", " 4", " =", " 8", " apples", ".\n", " Then"]
+    assert rollback_point(pieces) == 5  # tokens 0-4, through " =": the result is written again
+    assert rollback_point(["So", " 3 + 4 =", " 7", ".\n"]) is None  # right: never fires
+    # 4 tokens after a 10-token prompt, 3 entries held at first; from token 2 on the whole prompt
+    assert kv_fraction([3, 4, 5, 6], 10) == pytest.approx(np.mean([3 / 10, 4 / 11, 5 / 12, 6 / 13]))
+    assert kv_fraction([3, 4, 5, 6], 10, keep=2) == pytest.approx(np.mean([3 / 10, 4 / 11, 1, 1]))
