@@ -11,6 +11,7 @@ fraction with the rewound rows holding the whole prompt from their rollback poin
 
     python evaluate/arith_rewind_offline.py --traces traces/cpu_arith_q15 --task_paths '{"gsm8k": "<folder>"}' \\
         --out evaluate/results/arith_rewind_offline_q15cpu.json
+    python evaluate/arith_rewind_offline.py --from_json --out <the same JSON>   # recount and print, no replay
 
 The closed loop on the device measures the same policy in the engine (configs/evaluate/frontier_q15_arith.yaml);
 this replay differs from it only by the arithmetic of batching.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,35 @@ def rollback_point(pieces: list[str]) -> int | None:
     return None
 
 
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def same_result(example: dict) -> bool:
+    """Whether the rewound row wrote the same result as the static run: the first number after the '='."""
+    a, b = _NUMBER.search(example["static"]), _NUMBER.search(example["rewound"])
+    return bool(a and b and a.group() == b.group())
+
+
+def summarize_examples(out: dict) -> dict:
+    """Per setting, how many rewound rows wrote the same result again (from the stored examples)."""
+    for v in out["settings"].values():
+        v["same_result"] = sum(same_result(e) for e in v["examples"])
+    return out
+
+
+def report(out: dict) -> str:
+    lines = []
+    for k, v in out["settings"].items():
+        lines.append(f"{k:26s} rows {v['rows']}, fired {v['fired']} (catastrophes {v['fired_catastrophes']}, wrong "
+                     f"both {v['fired_wrong_both']}, right {v['fired_right']}); accuracy {v['accuracy_static']:.3f} -> "
+                     f"{v['accuracy_rewound']:.3f} (fixed {v['fixed']}, of them catastrophes "
+                     f"{v['fixed_catastrophes']}; broken {v['broken']}); mean KV {v['mean_kv_fraction_static']:.3f} "
+                     f"-> {v['mean_kv_fraction_rewound']:.3f}; the same first regenerated token "
+                     f"{v['same_first_token']} of {v['fired']}, the same result {v['same_result']} of {v['fired']}")
+    lines.append(f"replay: {sum(v['fired'] for v in out['settings'].values())} rows in {out['replay_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
 def kv_fraction(kv_tokens, prompt_len: int, keep: int | None = None) -> float:
     """Mean over the run's tokens of KV held / prompt + tokens so far; from ``keep`` on the whole prompt held."""
     k = np.asarray(kv_tokens, dtype=np.float64)
@@ -58,12 +89,26 @@ def kv_fraction(kv_tokens, prompt_len: int, keep: int | None = None) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--traces", required=True, help="a collection folder (trace schema 10)")
-    ap.add_argument("--task_paths", required=True, help='JSON: task -> data folder, e.g. {"gsm8k": "<folder>"}')
+    ap.add_argument("--traces", help="a collection folder (trace schema 10)")
+    ap.add_argument("--task_paths", help='JSON: task -> data folder, e.g. {"gsm8k": "<folder>"}')
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--device", default=None, help="default: the collection's")
+    ap.add_argument("--from_json", action="store_true",
+                    help="no replay: recount the stored examples of --out and print the report again")
     args = ap.parse_args(argv)
+    if args.from_json:
+        path = Path(args.out)
+        if not path.is_file():
+            print(f"error: --out: {path} does not exist; run the replay first", file=sys.stderr)
+            return 2
+        out = summarize_examples(json.loads(path.read_text()))
+        write_json(path, out)
+        print(report(out))
+        return 0
+    if not args.traces or not args.task_paths:
+        print("error: the replay needs --traces and --task_paths (or --from_json to recount a replay)", file=sys.stderr)
+        return 2
     try:
         task_paths = json.loads(args.task_paths)
     except ValueError:
@@ -159,15 +204,9 @@ def run(args, task_paths: dict) -> int:
             "examples": [r["example"] for r in f],
         }
     out.update(replay_seconds=round(seconds, 1), git_sha=_git_sha(), hardware=hardware())
+    out = summarize_examples(out)
     write_json(Path(args.out), out)
-    for k, v in out["settings"].items():
-        print(f"{k:26s} rows {v['rows']}, fired {v['fired']} (catastrophes {v['fired_catastrophes']}, wrong both "
-              f"{v['fired_wrong_both']}, right {v['fired_right']}); accuracy {v['accuracy_static']:.3f} -> "
-              f"{v['accuracy_rewound']:.3f} (fixed {v['fixed']}, of them catastrophes {v['fixed_catastrophes']}; "
-              f"broken {v['broken']}); mean KV {v['mean_kv_fraction_static']:.3f} -> "
-              f"{v['mean_kv_fraction_rewound']:.3f}; the same first regenerated token {v['same_first_token']} of "
-              f"{v['fired']}")
-    print(f"replay: {len(fired)} rows in {seconds:.0f} s")
+    print(report(out))
     return 0
 
 

@@ -60,3 +60,25 @@ def test_the_offline_rewind_keeps_the_tokens_through_the_wrong_equals_and_then_h
     # 4 tokens after a 10-token prompt, 3 entries held at first; from token 2 on the whole prompt
     assert kv_fraction([3, 4, 5, 6], 10) == pytest.approx(np.mean([3 / 10, 4 / 11, 5 / 12, 6 / 13]))
     assert kv_fraction([3, 4, 5, 6], 10, keep=2) == pytest.approx(np.mean([3 / 10, 4 / 11, 1, 1]))
+
+
+def test_the_replay_counts_a_rewound_row_as_the_same_result_only_when_it_writes_the_same_number(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parent.parent / "evaluate"))
+    from arith_rewind_offline import main as replay_main
+    from arith_rewind_offline import same_result
+
+    assert same_result({"static": " $48 stamps.", "rewound": " $48 stamps in all."})
+    assert not same_result({"static": " $151.", "rewound": " $161."})
+    assert not same_result({"static": " many", "rewound": " many"})  # no number written: not the same result
+    out = {"settings": {"snapkv@0.875": {
+        "rows": 2, "fired": 2, "fired_catastrophes": 1, "fired_wrong_both": 1, "fired_right": 0,
+        "accuracy_static": 0.0, "accuracy_rewound": 0.5, "fixed": 1, "broken": 0, "fixed_catastrophes": 1,
+        "mean_kv_fraction_static": 0.2, "mean_kv_fraction_rewound": 0.3, "same_first_token": 2,
+        "examples": [{"static": " 8 apples", "rewound": " 8 apples"}, {"static": " 8.", "rewound": " 7."}]}},
+        "replay_seconds": 1.0}
+    (tmp_path / "r.json").write_text(json.dumps(out))
+    assert replay_main(["--from_json", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["snapkv@0.875"]["same_result"] == 1
+    assert "the same result 1 of 2" in capsys.readouterr().out
+    assert replay_main(["--out", str(tmp_path / "r.json")]) == 2
+    assert "--traces" in capsys.readouterr().err
