@@ -69,10 +69,11 @@ class EvaluateConfig:
     guard: str = ""
     tasks: list[TaskSpec] = field(default_factory=list)
     base_presses: list[PressSpec] = field(default_factory=list)
-    # every policy but ``scheduled``, which needs its step (``at``: 0 would rerun the uncompressed model), and
-    # ``number_recall``, a probe of RESULTS.md 0k's finding (name them to run them)
+    # every policy but ``scheduled``, which needs its step (``at``: 0 would rerun the uncompressed model),
+    # ``number_recall``, a probe of RESULTS.md 0k's finding, and ``arith_rewind``, a probe of the text's
+    # arithmetic (train/README.md); name them to run them
     policies: list[str] = field(default_factory=lambda: [p for p in POLICY_NAMES
-                                                         if p not in ("scheduled", "number_recall")])
+                                                         if p not in ("scheduled", "number_recall", "arith_rewind")])
     policy_options: dict = field(default_factory=dict)
     static_sweep: list[PressSpec] = field(default_factory=list)
     frontier_kv: list[float] = field(default_factory=lambda: [0.15, 0.25, 0.35])
