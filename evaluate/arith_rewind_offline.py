@@ -38,13 +38,10 @@ PRESSES = ("snapkv", "expected_attention", "tova", "keydiff")  # prefill-only: t
 
 def rollback_point(pieces: list[str]) -> int | None:
     """Tokens kept when the first wrong equation is found: those through its '=' (None: it never fires)."""
-    check, ends, total = ArithmeticCheck(), [], 0
+    check = ArithmeticCheck()
     for piece in pieces:
-        check.feed(piece)
-        total += len(piece)
-        ends.append(total)
-        if check.wrong:
-            return max(int(np.searchsorted(ends, check.wrong_at[0], side="right")) + 1, 1)
+        if check.feed(piece):
+            return check.token_of(check.wrong_at[0]) + 1
     return None
 
 

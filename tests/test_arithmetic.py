@@ -113,6 +113,8 @@ def test_the_wrong_result_is_found_right_after_it_is_written():
     assert "".join(pieces[:first + 1]).endswith("= 8 hours.") and first - onset == 2
     check = ArithmeticCheck()
     assert [check.feed(p) for p in pieces] == got.tolist()
+    assert pieces[check.token_of(check.wrong_at[0])] == "="  # the token that holds the wrong equation's '='
+    assert check.ends[-1] == len(text)
 
 
 def test_token_pieces_rebuild_the_text(tok):

@@ -180,9 +180,8 @@ class PolicyController(Controller):
         p = self.policy
         self._cycles = (CycleTracker(n_slots, p.max_period, p.periods, p.min_span)
                         if isinstance(p, DetectRewindPolicy) else None)
-        # arith_rewind: per slot the row's equation check and where each of its tokens' text ends
+        # arith_rewind: per slot the row's equation check
         self._arith = [ArithmeticCheck() for _ in range(n_slots)] if isinstance(p, ArithRewindPolicy) else None
-        self._text_ends: list[list[int]] = [[] for _ in range(n_slots)]
         if self.guard is not None:
             if device is not None and hasattr(self.guard, "to"):
                 self.guard.to(device)
@@ -214,7 +213,7 @@ class PolicyController(Controller):
             self._cycles.reset(list(slots))
         if self._arith is not None:
             for s in slots:
-                self._arith[s], self._text_ends[s] = ArithmeticCheck(), []
+                self._arith[s] = ArithmeticCheck()
         if self.guard is not None:
             self.guard.reset(rows=list(slots))
 
@@ -316,14 +315,10 @@ class PolicyController(Controller):
         actions: dict[int, list] = {}
         for k in np.flatnonzero(~self._rows.relaxed[slots]):
             s = int(slots[k])
-            check, ends = self._arith[s], self._text_ends[s]
-            piece = self.token_text(int(packets[k, 0]))
+            check = self._arith[s]
             before = check.wrong
-            check.feed(piece)
-            ends.append((ends[-1] if ends else 0) + len(piece))
-            if check.wrong > before:
-                eq_token = int(np.searchsorted(ends, check.wrong_at[before], side="right"))
-                actions[int(rows[k])] = self.policy.actions(int(steps[k]), eq_token)
+            if check.feed(self.token_text(int(packets[k, 0]))) > before:
+                actions[int(rows[k])] = self.policy.actions(int(steps[k]), check.token_of(check.wrong_at[before]))
                 self._rows.relaxed[s] = True
                 self._rows.triggers[s] += 1
         return actions

@@ -254,6 +254,7 @@ class ArithmeticCheck:
     def __init__(self) -> None:
         self.wrong = 0  # final verdicts so far
         self.wrong_at: list[int] = []  # where each wrong equation's '=' is, in characters of the whole text
+        self.ends: list[int] = []  # where each fed token's text ends, in characters of the whole text
         self._offset = 0  # characters of the finished lines (with their newlines)
         self._line = ""
         self._eqs: list[int] = []
@@ -270,7 +271,12 @@ class ArithmeticCheck:
                 self.wrong_at.append(self._offset + self._eqs[i])
             self._final = i + 1
 
+    def token_of(self, char: int) -> int:
+        """The fed token whose text holds character ``char`` of the whole text (``wrong_at`` -> a token)."""
+        return int(np.searchsorted(self.ends, char, side="right"))
+
     def feed(self, piece: str) -> int:
+        self.ends.append((self.ends[-1] if self.ends else 0) + len(piece))
         *ends, rest = piece.split("\n")
         for part in ends:  # each finished line settles every equation in it
             self._add(part)
