@@ -119,8 +119,8 @@ def decode_prefix(tok, tokens: list[int], m: int) -> str:
 def outcome(prompt: Prompt, tokens: list[int], finished: bool, text: str, ref: dict | None,
             decode_prefix=None, pieces: list[str] | None = None) -> dict:
     """A run's outcome, detectors, onsets and hazard labels: every trace column that follows from the
-    generated tokens and text (and the twin's), none of the per-token signals. ``hazard.relabel`` calls it
-    again on stored traces when these rules change.
+    generated tokens and text (and the twin's): none of the model's per-token signals, but the text's own
+    (``arith_wrong``). ``hazard.relabel`` calls it again on stored traces when these rules change.
 
     ``ref`` is the uncompressed twin's row (None when this row is the uncompressed run);
     ``decode_prefix(m)`` the text of the first m generated tokens (default: none, so the rules that place
