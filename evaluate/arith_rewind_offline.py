@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hazard import setting_label
 from hazard.errors import HazardError
 from hazard.signals import ArithmeticCheck, token_pieces
 from hazard.traces import load_traces, read_manifest, write_json
@@ -183,7 +184,7 @@ def run(args, task_paths: dict) -> int:
         f = [r for r in g if r["keep"] is not None]
         static = np.mean([r["right"] for r in g])
         rewound = np.mean([r["rewound_right"] if r["keep"] is not None else r["right"] for r in g])
-        out["settings"][f"{setting[0]}@{setting[1]:g}"] = {
+        out["settings"][setting_label(*setting)] = {
             "rows": len(g), "fired": len(f),
             "fired_catastrophes": sum(r["catastrophe"] for r in f),
             "fired_wrong_both": sum(not r["catastrophe"] and not r["right"] for r in f),

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hazard import setting_label
 from hazard.errors import HazardError
+from hazard.predictor.data import kind_of
 from hazard.signals.arithmetic import ArithmeticCheck, arith_wrong, token_pieces, wrong_equations
 
 DELAYS = (0, 2, 4, 8, 16, 32)
@@ -38,12 +40,6 @@ def first_fire(signal) -> int:
     """The first token where the count of wrong equations is above 0; -1 if never (NaN: never)."""
     hit = np.flatnonzero(np.nan_to_num(np.asarray(signal, dtype=np.float64)) > 0)
     return int(hit[0]) if len(hit) else -1
-
-
-def kind_of(row: dict) -> str:
-    if not row["catastrophe"]:
-        return "healthy"
-    return "loop" if row["loop"] else "nonterm" if row["nonterm"] else "wrong"
 
 
 def detection(firsts: list[int], onsets: list[int]) -> dict:
@@ -71,10 +67,10 @@ def study_traces(roots: list[str]) -> dict:
     for root in roots:
         ds = load_traces(root).select_columns(cols)
         for r in ds:
-            setting = "none" if r["press"] == "none" else f"{r['press']}@{r['ratio']:g}"
+            setting = setting_label(r["press"], r["ratio"])
             k = kind_of(r)
             right = bool(r["correct"] or r["format_only"])  # the gold number last, without the answer format: right
-            if k == "healthy":
+            if k == "none":
                 k = "healthy_right" if right else "healthy_wrong_both"
             groups.setdefault(setting, {}).setdefault(k, []).append((first_fire(r["arith_wrong"]), r["onset"]))
             answers.setdefault(setting, {}).setdefault(right, []).append(first_fire(r["arith_wrong"]) >= 0)
