@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The working tree travels with every device call, 64 MiB at most with what the call carries (gpu/README.md),
-# and the committed evaluation results alone are ~35 MB of it. No device job reads them: the jobs write under
-# /tmp/hz and send results back through $OUT. So leave them out of the working tree while device calls run:
-#   bash gpu/lean_tree.sh on     before the first device call: evaluate/results/ leaves the working tree
+# and the committed evaluation and training results alone are ~50 MB of it. No device job reads them: the jobs
+# write under /tmp/hz and send results back through $OUT. So leave them out of the working tree while device
+# calls run (a 44 MiB model chunk must fit beside the rest):
+#   bash gpu/lean_tree.sh on     before the first device call: evaluate/results/, train/results/ leave the tree
 #   bash gpu/lean_tree.sh off    after the last one, before unpacking: it comes back, unchanged
 # (a sparse checkout: the files stay committed and in the index; only the working tree goes without them).
 set -euo pipefail
 case ${1:-} in
-  on) git sparse-checkout set --no-cone '/*' '!/evaluate/results/' ;;
+  on) git sparse-checkout set --no-cone '/*' '!/evaluate/results/' '!/train/results/' ;;
   off) git sparse-checkout disable ;;
   *) echo "usage: bash gpu/lean_tree.sh on|off"; exit 2 ;;
 esac
