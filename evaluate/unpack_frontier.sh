@@ -3,7 +3,7 @@
 # -> evaluate/results/<CONFIG>/ (closed_loop.json, the PNGs, evaluate.log). An unfinished one (parts only)
 # is copied to evaluate/<CONFIG>.tgz instead, for the next hold to carry.
 set -euo pipefail
-[ "$(git config --get core.sparseCheckout)" != true ] || { echo "unpack_frontier.sh: evaluate/results/ is out of the working tree: run bash gpu/lean_tree.sh off first"; exit 2; }
+bash gpu/lean_tree.sh check unpack_frontier.sh
 src=$1; cfg=${2:-frontier_q15}
 tmp=$(mktemp -d)
 tar xzf "$src/$cfg.tgz" -C "$tmp"

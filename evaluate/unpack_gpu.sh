@@ -4,6 +4,7 @@
 #   closed loop -> evaluate/results/, step logs -> evaluate/results/gpu_qwen15_logs/, traces -> traces/ (ignored).
 # Usage: bash evaluate/unpack_gpu.sh FILES_AT
 set -euo pipefail
+bash gpu/lean_tree.sh check unpack_gpu.sh
 src=$1; tmp=$(mktemp -d)
 tar -xzf "$src/hz.tar.gz" -C "$tmp"
 hz=$tmp/hz

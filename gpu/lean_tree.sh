@@ -10,7 +10,11 @@ set -euo pipefail
 case ${1:-} in
   on) git sparse-checkout set --no-cone '/*' '!/evaluate/results/' '!/train/results/' ;;
   off) git sparse-checkout disable ;;
-  *) echo "usage: bash gpu/lean_tree.sh on|off"; exit 2 ;;
+  # for the unpackers: results written into a folder the sparse checkout left out would not show in git status
+  check) [ "$(git config --get core.sparseCheckout)" != true ] \
+           || { echo "${2:-this script}: the results folders are out of the working tree: run bash gpu/lean_tree.sh off first"; exit 2; }
+         exit 0 ;;
+  *) echo "usage: bash gpu/lean_tree.sh on|off|check"; exit 2 ;;
 esac
 # what travels: the tracked files left in the working tree ('S' marks those the sparse checkout left out)
 bytes=$(git ls-files -t -z | tr '\0' '\n' | grep -v '^S ' | cut -c3- | tr '\n' '\0' | xargs -0 du -cb | tail -1 | cut -f1)

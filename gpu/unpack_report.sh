@@ -5,6 +5,7 @@
 # runs go to train/results/<report>/; an exported guard to checkpoints/.
 set -euo pipefail
 src=${1:?device folder}; rep=${2:?report name}
+bash gpu/lean_tree.sh check unpack_report.sh
 [ -f "$src/train_$rep.tgz" ] || { echo "unpack_report: $src/train_$rep.tgz not found"; exit 2; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 tar xzf "$src/train_$rep.tgz" -C "$tmp"
