@@ -5,6 +5,7 @@
 # calls run (a 44 MiB model chunk must fit beside the rest):
 #   bash gpu/lean_tree.sh on     before the first device call: evaluate/results/, train/results/ leave the tree
 #   bash gpu/lean_tree.sh off    after the last one, before unpacking: it comes back, unchanged
+#   bash gpu/lean_tree.sh check  in the unpackers: exit 2 with a line saying to run `off` while the tree is lean
 # (a sparse checkout: the files stay committed and in the index; only the working tree goes without them).
 set -euo pipefail
 case ${1:-} in
