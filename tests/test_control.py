@@ -323,6 +323,24 @@ def test_cycle_tracker_fires_where_the_loop_label_starts():
     assert not fire[0] and start[0] == -1 and tr.n[0] == 1
 
 
+def test_cycle_spans_of_a_stored_trace_equal_the_online_tracker():
+    """The train stage's whole-trace spans (the cycle rule's score) are what the controller's tracker reports
+    token by token, for any period limit and period count; a stutter shows at its third token."""
+    from hazard.control.cycles import CycleTracker, cycle_spans
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seq = rng.integers(0, 3, size=int(rng.integers(1, 60))).tolist()
+        p, k = int(rng.integers(1, 10)), int(rng.integers(2, 4))
+        tr, online = CycleTracker(1, p, k, 1), []
+        for t, x in enumerate(seq):
+            fire, start = tr.update(np.array([0]), np.array([x]))
+            online.append(t + 1 - int(start[0]) if fire[0] else 0)
+        assert cycle_spans(seq, p, k).tolist() == online
+    assert cycle_spans([5, 7, 7, 7, 1, 2, 1, 2], 1).tolist() == [0, 0, 2, 3, 0, 0, 0, 0]
+    assert cycle_spans([5, 7, 7, 7, 1, 2, 1, 2], 2).tolist() == [0, 0, 2, 3, 0, 0, 0, 4]
+
+
 def test_detect_rewind_restores_and_rolls_back_to_before_the_cycle_once():
     from hazard.signals import SIGNALS
 

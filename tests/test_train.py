@@ -9,7 +9,7 @@ import yaml
 from hazard import SCHEMA_VERSION, SIGNALS_VERSION
 from hazard.errors import HazardError
 from hazard.guard import HazardGuard
-from hazard.predictor.baselines import EntropyRule, RepeatRule, rolling_min, rolling_share, windows
+from hazard.predictor.baselines import CycleRule, EntropyRule, RepeatRule, rolling_min, rolling_share, windows
 from hazard.predictor.data import HazardDataModule, Trace, load_trace_arrays, split_traces
 from hazard.predictor.metrics import choose_threshold, evaluate
 from hazard.predictor.nets import NETS
@@ -303,6 +303,46 @@ def test_repeat_rule_flags_loops_once_they_cycle_and_picks_its_window_on_validat
     assert m["false_alarm_rate"] == 0.0 and m["detect_rate_within16"] == 1.0 and m["detect_rate_lead1"] == 0.0
 
 
+def test_cycle_rule_flags_stutters_within_4_tokens_and_stands_beside_a_guard():
+    """Loops that stutter from their onset (one token repeated), healthy runs that repeat a token twice ("00"):
+    the rule watches period 1 at span 3 and flags every stutter 2 tokens after its onset at no false alarm,
+    where the loop label confirms it at 16 tokens. Beside a guard that flags the other catastrophes (here a
+    wrong answer it sees coming), the combination keeps both kinds of alarm within the same budget."""
+    from hazard.predictor.data import trace_cycles
+
+    rng = np.random.default_rng(0)
+
+    def tr(i, kind):
+        n, onset = 60, (20 if kind != "none" else -1)
+        tokens = rng.integers(100, 200, size=n)
+        tokens[::9] = 7
+        tokens[1::9] = 7  # a pair in every run: span 2
+        if kind == "loop":
+            tokens[onset:] = 5
+        y = np.zeros((n, 1), np.float32)
+        if onset >= 0:
+            y[onset - 8:, 0] = 1
+        valid = np.arange(n) < onset if onset >= 0 else np.ones(n, bool)
+        return Trace(np.zeros((n, 1), np.float32), y, valid, f"t{i}{kind}", f"p{i}", "task", "knorm", 0.875, "m",
+                     kind != "none", onset, np.zeros(n), kind=kind, source=kind, cycle=trace_cycles(tokens))
+
+    val = [tr(i, ("loop", "none", "wrong", "none")[i % 4]) for i in range(40)]
+    rule = CycleRule().fit([], val, 0)
+    s = rule.scores(val)
+    thr = choose_threshold(val, s, 0.05)
+    assert rule.period == 1 and 2 < thr <= 3
+    m = evaluate(val, s, 0, thr, probabilistic=False)
+    assert m["false_alarm_rate"] == 0.0 and m["by_type"]["loop"]["detect_rate_within2"] == 1.0
+    assert m["by_type"]["wrong"]["detect_rate_within32"] == 0.0  # no cycle, no alarm
+    # a guard that sees the wrong answers coming (score 0.9 from 8 tokens before their onset), not the loops
+    guard = [np.where((np.arange(60) >= t.onset - 8) & (t.kind == "wrong"), 0.9, 0.1) for t in val]
+    period, floor = rule.fit_combined(val, guard, 0)
+    both = rule.combine(val, guard, period, floor)
+    m = evaluate(val, both, 0, choose_threshold(val, both, 0.05), probabilistic=False)
+    assert period == 1 and floor in (3, 4) and m["false_alarm_rate"] == 0.0  # ties: the longer floor
+    assert m["by_type"]["loop"]["detect_rate_within4"] == 1.0 and m["by_type"]["wrong"]["detect_rate_lead8"] == 1.0
+
+
 def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path):
     from hazard.predictor.train import run_report
 
@@ -318,8 +358,10 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
     for key in ("pre_onset_auroc", "auroc", "detect_rate_lead8", "detect_rate_within4", "false_alarm_rate", "by_type"):
         assert key in saved["model"]["test"]
-        for b in ("entropy_rule", "repeat_rule", "logistic_regression", "gradient_boosting"):
+        for b in ("entropy_rule", "repeat_rule", "cycle_rule", "logistic_regression", "gradient_boosting"):
             assert key in saved["baselines"][b]["test"]
+        for b in ("model", "gradient_boosting"):  # each beside the cycle rule
+            assert key in saved["or_cycle_rule"][b]["test"]
     assert "pre_onset_auroc" in saved["leave_one_press_out"]["snapkv"]
     # thresholds per press setting beside the pooled one; none where test holds a press validation lacks
     per = saved["model"]["test_per_setting"]
@@ -404,7 +446,7 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
         tr.run_report(str(path))
     stopped = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert not stopped["complete"] and fits == ["main"]
-    assert set(stopped["baselines"]) == {"entropy_rule", "repeat_rule", "logistic_regression"}
+    assert set(stopped["baselines"]) == {"entropy_rule", "repeat_rule", "cycle_rule", "logistic_regression"}
     assert HazardGuard.from_pretrained(tmp_path / "g").threshold == stopped["model"]["val"]["threshold"]
 
     monkeypatch.setattr(WindowClassifier, "fit", real_clf_fit)
@@ -413,6 +455,7 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
     assert resumed["model"] == stopped["model"]
     assert {k: resumed["baselines"][k] for k in stopped["baselines"]} == stopped["baselines"]
     assert "gradient_boosting" in resumed["baselines"] and "repeat4" in resumed["signals"]
+    assert set(resumed["or_cycle_rule"]) == {"model", "gradient_boosting"}  # the resumed baseline beside the rule
     assert (tmp_path / "results" / "pr_curves.png").stat().st_size > 1000
     assert not (tmp_path / "results" / "test_scores.npz").exists()  # the plots' input, gone once they are drawn
 
@@ -422,6 +465,7 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
     once = tr.run_report(str(path))
     assert once["baselines"] == json.loads(json.dumps(resumed["baselines"]))
     assert once["signals"] == resumed["signals"] and once["model"]["test"] == resumed["model"]["test"]
+    assert once["or_cycle_rule"] == json.loads(json.dumps(resumed["or_cycle_rule"]))
 
 
 def test_guard_checkpoint_errors(tmp_path, traces_dir):

@@ -1,4 +1,5 @@
-"""Baselines on the same splits: the entropy rule, the repetition rule, logistic regression, gradient boosting.
+"""Baselines on the same splits: the entropy rule, the repetition rule, the cycle rule, logistic regression,
+gradient boosting.
 
 The sklearn models see the same causal windows as the nets, flattened: the features of the last
 ``window`` tokens (zeros before the first token).
@@ -13,7 +14,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from hazard.predictor.data import Normalizer, Trace, train_mask
+from hazard.predictor.data import CYCLE_PERIODS, Normalizer, Trace, train_mask
 from hazard.predictor.metrics import choose_threshold, evaluate
 
 
@@ -89,6 +90,68 @@ class RepeatRule:
 
     def scores(self, traces: list[Trace]) -> list[np.ndarray]:
         return [rolling_share(t.x[:, self.column], self.n) for t in traces]
+
+
+@dataclass
+class CycleRule:
+    """Alarm when the generated tokens end in a periodic stretch of period <= ``period`` at least ``threshold``
+    tokens long that covers two periods (``Trace.cycle``, ``hazard.control.cycles.cycle_spans``): the loop
+    label's own rule made fast. The label asks for >= 3 periods and >= 16 tokens, so it confirms a loop 16
+    tokens after a stutter starts; a stutter ("JoJoJo", half the 1.5B's loops, collect/README.md) shows in its
+    third token. The threshold comes from the shared false-alarm rule (healthy text repeats a token or two:
+    "00" in numbers), ``period`` is tuned on validation for the share of catastrophes flagged within ``delay``
+    tokens of the onset (the issue's fast-detection bar: 4). It reads the tokens, so it runs beside any guard
+    (``or_cycle_rule`` in the report: the guard's alarms and the rule's together).
+    """
+
+    period: int = 1
+    candidates: tuple[int, ...] = CYCLE_PERIODS
+    delay: int = 4
+    probabilistic = False
+
+    def fit(self, train: list[Trace], val: list[Trace], horizon: int, target_far: float = 0.05) -> CycleRule:
+        best = -1.0
+        for p in self.candidates:
+            self.period = p
+            s = self.scores(val)
+            m = evaluate(val, s, horizon, choose_threshold(val, s, target_far), probabilistic=False, leads=(),
+                         delays=(self.delay,), by_task=False, by_press=False)
+            rate = m[f"detect_rate_within{self.delay}"] or 0.0
+            if rate > best:
+                best, chosen = rate, p
+        self.period = chosen
+        return self
+
+    def scores(self, traces: list[Trace]) -> list[np.ndarray]:
+        if any(t.cycle is None for t in traces):
+            raise ValueError("CycleRule needs Trace.cycle (traces read by hazard.predictor.data)")
+        col = CYCLE_PERIODS.index(self.period)
+        return [t.cycle[:, col].astype(np.float64) for t in traces]
+
+    def combine(self, traces: list[Trace], scores: list[np.ndarray], period: int, floor: int) -> list[np.ndarray]:
+        """Another predictor's scores with this rule's alarms ranked above all of them: ``1 + span`` where the
+        stretch of period <= ``period`` is at least ``floor`` tokens long, the predictor's score (a
+        probability) elsewhere. One threshold chosen on the result for the target false-alarm rate then gives
+        the rule's alarms the budget first and the predictor the rest (above 1, the rule alone runs, at a
+        longer span)."""
+        col = CYCLE_PERIODS.index(period)
+        return [np.where(t.cycle[:, col] >= floor, 1.0 + t.cycle[:, col], np.clip(s, 0.0, 1.0))
+                for t, s in zip(traces, scores)]
+
+    def fit_combined(self, val: list[Trace], val_scores: list[np.ndarray], horizon: int, target_far: float = 0.05,
+                     floors: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16)) -> tuple[int, int]:
+        """The (period, floor) of ``combine`` whose result flags the most catastrophes within ``delay`` tokens
+        of the onset on validation at the target false-alarm rate (ties: the longer floor, fewer rule alarms)."""
+        best, chosen = -1.0, (self.candidates[0], floors[-1])
+        for p in self.candidates:
+            for f in sorted(floors, reverse=True):
+                s = self.combine(val, val_scores, p, f)
+                m = evaluate(val, s, horizon, choose_threshold(val, s, target_far), probabilistic=False, leads=(),
+                             delays=(self.delay,), by_task=False, by_press=False)
+                rate = m[f"detect_rate_within{self.delay}"] or 0.0
+                if rate > best:
+                    best, chosen = rate, (p, f)
+        return chosen
 
 
 def windows(x: np.ndarray, window: int) -> np.ndarray:

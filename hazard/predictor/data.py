@@ -47,6 +47,9 @@ class Trace:
     format: str = "default"
     kind: str = "none"  # "loop" | "nonterm" | "wrong" (a catastrophe's type) | "none"
     source: str = "none"  # the rule that placed the onset (hazard.labels.onset.Verdict.source)
+    # (T, len(CYCLE_PERIODS)): per token, the span of the periodic stretch ending there for periods up to each of
+    # CYCLE_PERIODS (hazard.control.cycles.cycle_spans): what the fast loop rule reads, whatever the feature set
+    cycle: np.ndarray | None = field(default=None, repr=False)
 
 
 def kind_of(row: dict) -> str:
@@ -57,7 +60,15 @@ def kind_of(row: dict) -> str:
 
 
 META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "catastrophe", "onset", "n_tokens",
-        "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm"]
+        "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm", "tokens"]
+CYCLE_PERIODS = (1, 2, 4, 8)  # the longest periods the cycle rule may watch (``Trace.cycle``'s columns)
+
+
+def trace_cycles(tokens) -> np.ndarray:
+    """``Trace.cycle`` of one trace's generated tokens."""
+    from hazard.control.cycles import cycle_spans  # control -> engine: imported on use
+
+    return np.stack([cycle_spans(tokens, p) for p in CYCLE_PERIODS], axis=1).astype(np.float32)
 
 
 _LOADED: dict[tuple, list[Trace]] = {}  # the last collection read, per feature set: a report fits many splits
@@ -152,7 +163,7 @@ def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) ->
         out.append(Trace(x, y, ~np.asarray(row["post_onset"], dtype=bool), row["trace_id"], row["prompt_id"],
                          row["task"], row["press"], float(row["ratio"]), row["model"], bool(row["catastrophe"]),
                          int(row["onset"]), np.asarray(row["entropy"], dtype=np.float32), row["format"],
-                         kind_of(row), row.get("onset_source") or "none"))
+                         kind_of(row), row.get("onset_source") or "none", trace_cycles(row["tokens"])))
     if not out:
         raise HazardError(f"no usable traces in {paths}")
     return out
