@@ -60,3 +60,26 @@ def test_another_configs_reports_join_their_seeds_rows(tmp_path, capsys):
     assert "model - vs:narrow" in capsys.readouterr().out
     assert main([*map(str, paths), "--out", str(out), "--against", str(vs[0])]) == 2
     assert "split seed 0" in capsys.readouterr().err
+
+
+def test_baselines_and_the_cycle_rule_beside_a_predictor_join_on_request(tmp_path, capsys):
+    """``--baselines``: the report's baselines and its ``or_cycle_rule`` entries are predictors too; a baseline
+    without per-setting figures is left out, not an error."""
+    paths = []
+    for seed, w in ((0, 0.2), (1, 0.4)):
+        p = tmp_path / f"s{seed}.json"
+        one = _entry(0.8, 0.3, 0.7)
+        del one["test_per_setting"]
+        p.write_text(json.dumps({"config": {"data": {"seed": seed}}, "model": _entry(0.8, 0.3, 0.7),
+                                 "baselines": {"cycle_rule": _entry(0.6, w, 0.5), "single_setting": one},
+                                 "or_cycle_rule": {"model": _entry(0.8, w + 0.1, 0.7)}}))
+        paths.append(p)
+    out = tmp_path / "cmp.json"
+    assert main([*map(str, paths), "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["mean"]) == {"model"}  # not asked for
+    assert main([*map(str, paths), "--out", str(out), "--baselines"]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["mean"]) == {"model", "baseline:cycle_rule", "or_cycle:model"}
+    assert abs(res["mean"]["or_cycle:model"]["loop:detect_rate_within16"] - 0.4) < 1e-9
+    assert abs(res["model_minus"]["baseline:cycle_rule"]["detect_rate_within16"] - 0.0) < 1e-9
+    assert "| mean | or_cycle:model |" in capsys.readouterr().out

@@ -11,6 +11,8 @@ held to the target on validation) per split, their mean, and the main fit's mean
 
 ``--against`` adds another config's reports on the same split seeds (e.g. the same study on other features
 that one report cannot hold as an ablation): each one's main fit joins the row of its seed as ``vs:<label>``.
+``--baselines`` adds the report's baselines (``baseline:<name>``) and each predictor beside the cycle rule
+(``or_cycle:<name>``, the report's ``or_cycle_rule``) as predictors of their own.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ def figures(entry: dict) -> dict:
     for name, sub in entry["test"].get("by_press", {}).items():
         out[f"pre_onset_auroc:{name}"] = sub["pre_onset_auroc"]
     for kind, sub in per.get("by_type", {}).items():
+        out[f"{kind}:detect_rate_within4"] = sub.get("detect_rate_within4")
         out[f"{kind}:detect_rate_within16"] = sub.get("detect_rate_within16")
     return out
 
 
 def _predictor(key: str) -> bool:
-    return key == "model" or key.startswith(("ablation:", "vs:"))
+    return key == "model" or key.startswith(("ablation:", "vs:", "baseline:", "or_cycle:"))
 
 
-def compare(paths: list[Path], against: list[Path] = (), label: str = "against") -> dict:
+def compare(paths: list[Path], against: list[Path] = (), label: str = "against", baselines: bool = False) -> dict:
     others = {}
     for p in against:
         m = json.loads(p.read_text())
@@ -59,11 +62,15 @@ def compare(paths: list[Path], against: list[Path] = (), label: str = "against")
         seed, n = m["config"]["data"]["seed"], m["model"]["test"]["n_catastrophes"]
         runs[str(p)] = {"seed": seed, "n_catastrophes": n, "model": figures(m["model"]),
                         **{f"ablation:{k}": figures(v) for k, v in m.get("ablation", {}).items()}}
+        if baselines:  # entries without per-setting figures (one press setting) cannot be compared
+            runs[str(p)].update({f"baseline:{k}": figures(v) for k, v in m.get("baselines", {}).items()
+                                 if "test_per_setting" in v})
+            runs[str(p)].update({f"or_cycle:{k}": figures(v) for k, v in m.get("or_cycle_rule", {}).items()})
         if against:
             if seed not in others or others[seed][0] != n:
                 raise HazardError(f"--against: no report on split seed {seed} with the same {n} test catastrophes")
             runs[str(p)][f"vs:{label}"] = others[seed][1]
-    names = [k for k in next(iter(runs.values())) if _predictor(k)]
+    names = [k for k in next(iter(runs.values())) if _predictor(k) and all(k in r for r in runs.values())]
     mean = {}
     for name in names:
         keys = runs[next(iter(runs))][name]
@@ -87,7 +94,8 @@ def table(res: dict) -> str:
         return "  n/a" if v is None else f"{v:6.3f}"
 
     cols = ["pre_onset_auroc", "false_alarm_rate", "detect_rate_lead8", "detect_rate_within4", "detect_rate_within16",
-            "detect_rate_within32", "loop:detect_rate_within16", "nonterm:detect_rate_within16"]
+            "detect_rate_within32", "loop:detect_rate_within4", "loop:detect_rate_within16",
+            "nonterm:detect_rate_within4", "nonterm:detect_rate_within16"]
     first = next(iter(res["runs"].values()))["model"]
     cols += sorted(k for k in first if k.startswith("pre_onset_auroc:"))  # within each press setting
     heads = [c.replace("detect_rate_", "").replace("pre_onset_auroc", "pre") for c in cols]
@@ -111,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", nargs="+", type=Path, default=[],
                     help="metrics.json of another config's reports on the same split seeds (its main fit: vs:LABEL)")
     ap.add_argument("--label", default="against", help="the name of --against's main fit in the table")
+    ap.add_argument("--baselines", action="store_true",
+                    help="also the report's baselines and each predictor beside the cycle rule (or_cycle_rule)")
     args = ap.parse_args(argv)
     try:
-        res = compare(args.metrics, args.against, args.label)
+        res = compare(args.metrics, args.against, args.label, args.baselines)
     except (HazardError, KeyError) as e:
         print(f"compare_reports: {e}", file=sys.stderr)
         return 2

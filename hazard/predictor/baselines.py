@@ -99,9 +99,11 @@ class CycleRule:
     label's own rule made fast. The label asks for >= 3 periods and >= 16 tokens, so it confirms a loop 16
     tokens after a stutter starts; a stutter ("JoJoJo", half the 1.5B's loops, collect/README.md) shows in its
     third token. The threshold comes from the shared false-alarm rule (healthy text repeats a token or two:
-    "00" in numbers), ``period`` is tuned on validation for the share of catastrophes flagged within ``delay``
-    tokens of the onset (the issue's fast-detection bar: 4). It reads the tokens, so it runs beside any guard
-    (``or_cycle_rule`` in the report: the guard's alarms and the rule's together).
+    "00" in numbers), ``period`` is tuned on validation for the share of loops and non-terminations flagged
+    within ``delay`` tokens of the onset (the issue's fast-detection bar: 4 tokens, for those two types). It
+    reads the tokens, so it runs beside any guard (``or_cycle_rule`` in the report: the guard's alarms and the
+    rule's together; live, ``detect_rewind`` with ``periods: 2``, ``max_period`` = period and ``min_span`` =
+    the span threshold is the same rule).
     """
 
     period: int = 1
@@ -110,17 +112,26 @@ class CycleRule:
     probabilistic = False
 
     def fit(self, train: list[Trace], val: list[Trace], horizon: int, target_far: float = 0.05) -> CycleRule:
-        best = -1.0
+        best = None
         for p in self.candidates:
             self.period = p
-            s = self.scores(val)
-            m = evaluate(val, s, horizon, choose_threshold(val, s, target_far), probabilistic=False, leads=(),
-                         delays=(self.delay,), by_task=False, by_press=False)
-            rate = m[f"detect_rate_within{self.delay}"] or 0.0
-            if rate > best:
+            rate = self._fast(val, self.scores(val), horizon, target_far)
+            if best is None or rate > best:
                 best, chosen = rate, p
         self.period = chosen
         return self
+
+    def _fast(self, val: list[Trace], scores: list[np.ndarray], horizon: int, target_far: float) -> tuple:
+        """What the rule is tuned for on validation, at the target false-alarm rate: the share of loops and
+        non-terminations flagged within ``delay`` tokens of their onset (the issue's fast-detection bar counts
+        those two types), then of every catastrophe."""
+        m = evaluate(val, scores, horizon, choose_threshold(val, scores, target_far), probabilistic=False, leads=(),
+                     delays=(self.delay,), by_task=False, by_press=False)
+        key = f"detect_rate_within{self.delay}"
+        groups = [m["by_type"][k] for k in ("loop", "nonterm") if k in m["by_type"]]
+        n = sum(g["n"] for g in groups)
+        fast = sum(g["n"] * (g[key] or 0.0) for g in groups) / n if n else 0.0
+        return fast, m[key] or 0.0
 
     def scores(self, traces: list[Trace]) -> list[np.ndarray]:
         if any(t.cycle is None for t in traces):
@@ -140,16 +151,14 @@ class CycleRule:
 
     def fit_combined(self, val: list[Trace], val_scores: list[np.ndarray], horizon: int, target_far: float = 0.05,
                      floors: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16)) -> tuple[int, int]:
-        """The (period, floor) of ``combine`` whose result flags the most catastrophes within ``delay`` tokens
-        of the onset on validation at the target false-alarm rate (ties: the longer floor, fewer rule alarms)."""
-        best, chosen = -1.0, (self.candidates[0], floors[-1])
+        """The (period, floor) of ``combine`` whose result flags the most loops and non-terminations within
+        ``delay`` tokens of the onset on validation at the target false-alarm rate (then the most catastrophes;
+        ties: the longer floor, fewer rule alarms)."""
+        best, chosen = None, (self.candidates[0], floors[-1])
         for p in self.candidates:
             for f in sorted(floors, reverse=True):
-                s = self.combine(val, val_scores, p, f)
-                m = evaluate(val, s, horizon, choose_threshold(val, s, target_far), probabilistic=False, leads=(),
-                             delays=(self.delay,), by_task=False, by_press=False)
-                rate = m[f"detect_rate_within{self.delay}"] or 0.0
-                if rate > best:
+                rate = self._fast(val, self.combine(val, val_scores, p, f), horizon, target_far)
+                if best is None or rate > best:
                     best, chosen = rate, (p, f)
         return chosen
 
