@@ -339,6 +339,10 @@ def test_cycle_spans_of_a_stored_trace_equal_the_online_tracker():
         assert cycle_spans(seq, p, k).tolist() == online
     assert cycle_spans([5, 7, 7, 7, 1, 2, 1, 2], 1).tolist() == [0, 0, 2, 3, 0, 0, 0, 0]
     assert cycle_spans([5, 7, 7, 7, 1, 2, 1, 2], 2).tolist() == [0, 0, 2, 3, 0, 0, 0, 4]
+    from hazard.predictor.data import CYCLE_PERIODS, trace_cycles  # the train stage's columns, one pass
+
+    seq = rng.integers(0, 3, size=80).tolist()
+    assert trace_cycles(seq).tolist() == np.stack([cycle_spans(seq, p) for p in CYCLE_PERIODS], 1).tolist()
 
 
 def test_detect_rewind_restores_and_rolls_back_to_before_the_cycle_once():

@@ -54,24 +54,30 @@ class CycleTracker:
         return longest > 0, np.where(longest > 0, self.n[slots] - longest, -1)
 
 
+def period_spans(tokens, max_period: int, periods: int = 2):
+    """Yield (p, span) for p = 1 .. ``max_period``: per token, the span (in tokens) of the stretch of period p
+    ending there if it covers at least ``periods`` periods, else 0 (``cycle_spans`` takes their maximum)."""
+    seq = np.asarray(tokens, dtype=np.int64)
+    n = len(seq)
+    idx = np.arange(n)
+    for p in range(1, max_period + 1):
+        eq = np.zeros(n, dtype=bool)
+        eq[p:] = seq[p:] == seq[:-p]  # token t equals the one p before
+        # consecutive True ending at t: t - (index of the last False at or before t)
+        run = idx - np.maximum.accumulate(np.where(eq, -1, idx))
+        span = np.where(run > 0, run + p, 0)
+        yield p, np.where(span >= periods * p, span, 0)
+
+
 def cycle_spans(tokens, max_period: int, periods: int = 2) -> np.ndarray:
     """Per token, the span (in tokens) of the longest periodic stretch of period <= ``max_period`` that ends
     there and covers at least ``periods`` periods; 0 where none does. The same number as ``n - start`` from
     ``CycleTracker(1, max_period, periods, min_span=1).update`` fed the tokens one by one (tested), computed
-    for a whole stored trace at once: the train stage's fast loop rule (``hazard.predictor.baselines.CycleRule``)
-    and the ``cycle<P>`` features. Only the tokens so far count, so it is causal. A stutter ("JoJoJo", period 1)
-    reaches span 3 at its third token; healthy text reaches 2 often ("the the", "00" in numbers), so the rule's
-    threshold is chosen on validation traces."""
-    seq = np.asarray(tokens, dtype=np.int64)
-    n = len(seq)
-    best = np.zeros(n, dtype=np.int64)
-    idx = np.arange(n)
-    for p in range(1, min(max_period, n - 1) + 1):
-        eq = np.zeros(n, dtype=bool)
-        eq[p:] = seq[p:] == seq[:-p]  # token t equals the one p before
-        # consecutive True ending at t: t - (index of the last False at or before t)
-        last_false = np.maximum.accumulate(np.where(eq, -1, idx))
-        run = idx - last_false
-        span = np.where(run > 0, run + p, 0)
-        best = np.maximum(best, np.where(span >= periods * p, span, 0))
+    for a whole stored trace at once: what the train stage's fast loop rule reads
+    (``hazard.predictor.baselines.CycleRule``). Only the tokens so far count, so it is causal. A stutter
+    ("JoJoJo", period 1) reaches span 3 at its third token; healthy text reaches 2 often ("the the", "00" in
+    numbers), so the rule's threshold is chosen on validation traces."""
+    best = np.zeros(len(tokens), dtype=np.int64)
+    for _, span in period_spans(tokens, max_period, periods):
+        best = np.maximum(best, span)
     return best

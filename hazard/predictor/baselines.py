@@ -94,8 +94,8 @@ class RepeatRule:
 
 @dataclass
 class CycleRule:
-    """Alarm when the generated tokens end in a periodic stretch of period <= ``period`` at least ``threshold``
-    tokens long that covers two periods (``Trace.cycle``, ``hazard.control.cycles.cycle_spans``): the loop
+    """Alarm when the generated tokens end in a periodic stretch of period <= ``period`` that covers two periods
+    and reaches a threshold's length in tokens (``Trace.cycle``, ``hazard.control.cycles.cycle_spans``): the loop
     label's own rule made fast. The label asks for >= 3 periods and >= 16 tokens, so it confirms a loop 16
     tokens after a stutter starts; a stutter ("JoJoJo", half the 1.5B's loops, collect/README.md) shows in its
     third token. The threshold comes from the shared false-alarm rule (healthy text repeats a token or two:

@@ -65,10 +65,16 @@ CYCLE_PERIODS = (1, 2, 4, 8)  # the longest periods the cycle rule may watch (``
 
 
 def trace_cycles(tokens) -> np.ndarray:
-    """``Trace.cycle`` of one trace's generated tokens."""
-    from hazard.control.cycles import cycle_spans  # control -> engine: imported on use
+    """``Trace.cycle`` of one trace's generated tokens: ``cycle_spans`` for each of CYCLE_PERIODS, from one pass
+    over the periods."""
+    from hazard.control.cycles import period_spans  # control -> engine: imported on use
 
-    return np.stack([cycle_spans(tokens, p) for p in CYCLE_PERIODS], axis=1).astype(np.float32)
+    best, cols = np.zeros(len(tokens), dtype=np.int64), []
+    for p, span in period_spans(tokens, CYCLE_PERIODS[-1]):
+        best = np.maximum(best, span)
+        if p in CYCLE_PERIODS:
+            cols.append(best)
+    return np.stack(cols, axis=1).astype(np.float32)
 
 
 _LOADED: dict[tuple, list[Trace]] = {}  # the last collection read, per feature set: a report fits many splits

@@ -141,9 +141,10 @@ def scored(traces_val, val_scores, traces_test, test_scores, h: int, target_far:
     return out
 
 
-def or_cycle(rule: CycleRule, val, val_scores, test, test_scores, h: int, far: float) -> dict:
+def or_cycle(val, val_scores, test, test_scores, h: int, far: float) -> dict:
     """A predictor's alarms together with the cycle rule's (``CycleRule.combine``; its period and span floor
-    chosen on validation), scored as every predictor is."""
+    chosen on validation for the pair), scored as every predictor is."""
+    rule = CycleRule()
     period, floor = rule.fit_combined(val, val_scores, h, far)
     return {"period": period, "floor": floor, **scored(val, rule.combine(val, val_scores, period, floor), test,
                                                        rule.combine(test, test_scores, period, floor), h, far,
@@ -238,7 +239,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         cycle = CycleRule().fit(dm.parts["train"], val, h, far)
         metrics["baselines"]["cycle_rule"] = {"period": cycle.period, **scored(
             val, cycle.scores(val), test, cycle.scores(test), h, far, probabilistic=False)}
-        metrics["or_cycle_rule"] = {"model": or_cycle(cycle, val, main_val, test, main_test, h, far)}
+        metrics["or_cycle_rule"] = {"model": or_cycle(val, main_val, test, main_test, h, far)}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "test_scores.npz").unlink(missing_ok=True)  # a killed earlier report's curves are not this one's
         _save_test_scores(out_dir, "model", main_test)
@@ -280,8 +281,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             baselines[label] = {**({"n": clf.n} if label == "repeat_rule" else {}),
                                 **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
             if label == "gradient_boosting" and "or_cycle_rule" in metrics:
-                cycle = CycleRule(period=baselines["cycle_rule"]["period"])
-                metrics["or_cycle_rule"][label] = or_cycle(cycle, val, val_scores, test, test_scores, h, far)
+                metrics["or_cycle_rule"][label] = or_cycle(val, val_scores, test, test_scores, h, far)
             _save_test_scores(out_dir, label, test_scores)
             save(complete=False)
         if "signals" not in metrics:
