@@ -42,6 +42,33 @@ def test_novelty_rate_falls_in_a_repetition():
     assert x[29] == 1.0 and x[-1] <= 0.25  # only the seams into the cycle are new
 
 
+def test_cycle_features_are_the_cycle_rules_spans_causal_and_refused_live():
+    from hazard.control import PolicyController, build_policy
+    from hazard.control.cycles import cycle_spans
+    from hazard.errors import HazardError
+    from hazard.predictor.features import CYCLE_FEATURES, CYCLE_PERIODS
+
+    row = _row()
+    row["tokens"] = list(range(20)) + [7] * 6 + [1, 2] * 5 + [3, 4, 5, 6] * 6
+    names = FEATURE_SETS["live_cycle"]
+    x = trace_features(row, names)
+    assert base_columns(CYCLE_FEATURES) == {"tokens"} and x.shape == (60, len(names))
+    for name, p in zip(CYCLE_FEATURES, CYCLE_PERIODS):
+        col = x[:, names.index(name)]
+        assert np.allclose(col, np.log1p(cycle_spans(row["tokens"], p)), atol=1e-6)
+    j = names.index("cycle1")
+    assert x[20, j] == 0 and np.isclose(x[22, j], np.log(4)) and x[26, j] == 0  # "7 7 7" spans 3 at its third 7
+    assert x[59, names.index("cycle2")] < x[59, names.index("cycle4")]  # period 4 only under the wider cap
+    later = dict(row, tokens=row["tokens"][:40] + [9] * 20)
+    assert np.array_equal(trace_features(later, names)[:40], x[:40])  # the future changes nothing before it
+
+    class Guard:
+        feature_names = list(names)
+
+    with pytest.raises(HazardError, match="history"):
+        PolicyController(build_policy("hazard"), Guard()).begin(4)
+
+
 def test_base_columns_and_unknown_features():
     assert base_columns(["roll8_mean:entropy", "novel4_32", "ratio"]) >= {"entropy", "tokens", "ratio"}
     assert set(DYNAMICS) <= set(FEATURE_SETS["logit_attn_config_dyn"])

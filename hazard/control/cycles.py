@@ -69,6 +69,17 @@ def period_spans(tokens, max_period: int, periods: int = 2):
         yield p, np.where(span >= periods * p, span, 0)
 
 
+def capped_spans(tokens, caps) -> np.ndarray:
+    """(T, len(caps)): column j is ``cycle_spans(tokens, caps[j])``, all from one pass over the periods up to
+    the largest cap (``caps`` ascending)."""
+    best, cols = np.zeros(len(tokens), dtype=np.int64), []
+    for p, span in period_spans(tokens, caps[-1]):
+        best = np.maximum(best, span)
+        if p in caps:
+            cols.append(best)
+    return np.stack(cols, axis=1)
+
+
 def cycle_spans(tokens, max_period: int, periods: int = 2) -> np.ndarray:
     """Per token, the span (in tokens) of the longest periodic stretch of period <= ``max_period`` that ends
     there and covers at least ``periods`` periods; 0 where none does. The same number as ``n - start`` from

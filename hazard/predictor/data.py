@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from hazard.errors import HazardError
 from hazard.labels import HORIZONS, hazard_labels
-from hazard.predictor.features import base_columns, feature_names, trace_features
+from hazard.predictor.features import CYCLE_PERIODS, base_columns, feature_names, trace_features
 from hazard.signals.state import STATE_DIM, is_state_feature
 from hazard.traces import load_traces, read_manifest
 
@@ -61,20 +61,11 @@ def kind_of(row: dict) -> str:
 
 META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "catastrophe", "onset", "n_tokens",
         "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm", "tokens"]
-CYCLE_PERIODS = (1, 2, 4, 8)  # the longest periods the cycle rule may watch (``Trace.cycle``'s columns)
-
-
 def trace_cycles(tokens) -> np.ndarray:
-    """``Trace.cycle`` of one trace's generated tokens: ``cycle_spans`` for each of CYCLE_PERIODS, from one pass
-    over the periods."""
-    from hazard.control.cycles import period_spans  # control -> engine: imported on use
+    """``Trace.cycle`` of one trace's generated tokens: ``cycle_spans`` for each of CYCLE_PERIODS."""
+    from hazard.control.cycles import capped_spans  # control -> engine: imported on use
 
-    best, cols = np.zeros(len(tokens), dtype=np.int64), []
-    for p, span in period_spans(tokens, CYCLE_PERIODS[-1]):
-        best = np.maximum(best, span)
-        if p in CYCLE_PERIODS:
-            cols.append(best)
-    return np.stack(cols, axis=1).astype(np.float32)
+    return capped_spans(tokens, CYCLE_PERIODS).astype(np.float32)
 
 
 _LOADED: dict[tuple, list[Trace]] = {}  # the last collection read, per feature set: a report fits many splits

@@ -12,6 +12,11 @@ generated tokens is new in the generation (repetition: it falls before a loop an
 memory and needs them less; a per-token model (gradient boosting) cannot see history without them. The
 live controller computes per-step features only, so guards for it use the sets without dynamics.
 
+``cycle<P>`` is log(1 + the span) of the periodic stretch of period <= P that ends at the token and covers two
+periods (``hazard.control.cycles.cycle_spans``, what the cycle rule reads; 0 where there is none): a loop as it
+starts, in the form a learned model can weigh against the other signals. It reads the trace's token history, so
+the live controller (per-step features only) refuses a guard trained on it.
+
 A set that reads the model's state (``state0`` .. ``state63``) reads a wider collection (``state_dim: W``) as
 ``<set>@W``: ``live_state@896`` is ``live_state`` with ``state0`` .. ``state895``.
 """
@@ -33,6 +38,8 @@ from hazard.signals import (
 from hazard.signals.state import STATE_FEATURES, is_state_feature, state_names
 
 CONFIG_FEATURES = ("ratio", "kv_fraction", "step_frac")
+CYCLE_PERIODS = (1, 2, 4, 8)  # the longest periods the cycle rule may watch (``Trace.cycle``'s columns)
+CYCLE_FEATURES = tuple(f"cycle{p}" for p in CYCLE_PERIODS)  # the cycle rule's spans for those periods
 DYN_SIGNALS = ("entropy", "top1_prob", "margin", "attn_entropy", "attn_generated_mass", "attn_prompt_mass",
                "lost_mass_ub", "repeat4")
 DYNAMICS = (
@@ -61,6 +68,11 @@ FEATURE_SETS = {
     "live_state": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
                    *STATE_FEATURES),
     "state_config": (*CONFIG_FEATURES, *STATE_FEATURES),  # the state alone (with where the run is)
+    # + the cycle rule's spans (offline: they read the token history): a loop as it starts
+    "live_cycle": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
+                   *CYCLE_FEATURES),
+    "live_state_cycle": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
+                         *STATE_FEATURES, *CYCLE_FEATURES),
     # + the count of wrong equations in the text so far (schema >= 10, hazard.signals.arithmetic): a wrong
     # answer's claim as it is written; offline until the live controller feeds it token texts
     "live_arith": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *ARITHMETIC_SIGNALS,
@@ -76,7 +88,7 @@ def base_columns(names) -> set[str]:
     for name in names:
         if name in CONFIG_FEATURES:
             cols |= {"ratio", "kv_tokens", "prompt_len", "max_new_tokens", "n_tokens"}
-        elif name.startswith("novel"):
+        elif name.startswith("novel") or name in CYCLE_FEATURES:
             cols.add("tokens")
         elif is_state_feature(name):
             cols.add("state")
@@ -137,7 +149,7 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
     """(n_tokens, len(names)) float32 features of one trace row (a dict from the trace dataset)."""
     n = row["n_tokens"]
     cols = []
-    state = None
+    state = cycles = None
     for name in names:
         if name == "ratio":
             col = np.full(n, row["ratio"], dtype=np.float32)
@@ -158,6 +170,12 @@ def trace_features(row: dict, names: tuple[str, ...]) -> np.ndarray:
                     raise HazardError(f"trace {row['trace_id']}: its state is {state.shape[1]} wide, the feature set "
                                       f"reads {width}: name the set <set>@{state.shape[1]}")
             col = state[:, int(name[len("state"):])]
+        elif name in CYCLE_FEATURES:
+            if cycles is None:
+                from hazard.control.cycles import capped_spans  # control -> engine: imported on use
+
+                cycles = np.log1p(capped_spans(row["tokens"], CYCLE_PERIODS)).astype(np.float32)
+            col = cycles[:, CYCLE_FEATURES.index(name)]
         elif ":" in name or name.startswith("novel"):
             col = _derived(row, name, n).astype(np.float32)
         else:
