@@ -345,6 +345,28 @@ def test_cycle_spans_of_a_stored_trace_equal_the_online_tracker():
     assert trace_cycles(seq).tolist() == np.stack([cycle_spans(seq, p) for p in CYCLE_PERIODS], 1).tolist()
 
 
+def test_cycle_spans_on_the_device_equal_the_stored_traces_through_slot_reuse():
+    """``CycleSpans`` (the controller's tracker for guards on the ``cycle<P>`` features) gives, token by token,
+    the spans the train stage computes from a stored trace, for rows stepped together in their slots and for a
+    row that enters a slot after a reset."""
+    from hazard.control.cycles import CycleSpans, capped_spans
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 3, size=30).tolist() for _ in range(3)] + [[4, 4, 4, 5, 6, 5, 6, 5, 6, 7, 8, 9, 7, 8, 9]]
+    spans = CycleSpans(3)
+    got = {i: [] for i in range(4)}
+    for t in range(30):  # rows 0-2 in slots 0-2, all stepped as one slice
+        out = spans.update(slice(0, 3), torch.tensor([s[t] for s in seqs[:3]]))
+        for i in range(3):
+            got[i].append(out[i].tolist())
+    spans.reset([1])  # row 3 enters slot 1
+    for x in seqs[3]:
+        got[3].append(spans.update([1], torch.tensor([x]))[0].tolist())
+    for i, seq in enumerate(seqs):
+        assert np.array_equal(np.array(got[i]), capped_spans(seq, (1, 2, 4, 8))), i
+    assert got[3][2] == [3, 3, 3, 3] and got[3][-1] == [0, 0, 6, 6]  # a stutter; then period 3, twice
+
+
 def test_detect_rewind_restores_and_rolls_back_to_before_the_cycle_once():
     from hazard.signals import SIGNALS
 
@@ -533,6 +555,28 @@ def test_a_live_guard_reads_what_the_prefill_press_kept_of_the_question(tmp_path
     guard = HazardGuard.from_pretrained(ckpt)
     with pytest.raises(HazardError, match="question positions"):
         PolicyController(build_policy("hazard", trigger=2.0), guard, 0.75, 16).begin(3)
+
+
+def test_a_live_guard_reads_the_cycle_spans_as_the_traces_hold_them(tmp_path, monkeypatch):
+    """A guard on ``live_cycle`` (the live set + the cycle rule's spans) runs in the closed loop: the controller
+    tracks each row's last tokens on the device (``CycleSpans``), so live it gives the probabilities it gives
+    offline on the stored trace's features, through slot reuse (the tiny model stutters: spans up to 15)."""
+    from hazard.control import cycles
+    from hazard.predictor.features import CYCLE_FEATURES
+
+    update, longest = cycles.CycleSpans.update, []
+
+    def watched(self, slots, tokens):
+        out = update(self, slots, tokens)
+        longest.append(float(out.max()))
+        return out
+
+    monkeypatch.setattr(cycles.CycleSpans, "update", watched)
+    ckpt = _weighted_guard(tmp_path, "live_cycle", lambda n: n in CYCLE_FEATURES)
+    res = _parity(tmp_path, ckpt)
+    assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
+    assert res["alarm_share"]["live"] == res["alarm_share"]["offline"]
+    assert max(longest) >= 4  # the spans the guard weighs were not all zero
 
 
 def test_a_live_guard_reads_the_models_state_as_collected(tmp_path):

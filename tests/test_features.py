@@ -42,8 +42,8 @@ def test_novelty_rate_falls_in_a_repetition():
     assert x[29] == 1.0 and x[-1] <= 0.25  # only the seams into the cycle are new
 
 
-def test_cycle_features_are_the_cycle_rules_spans_causal_and_refused_live():
-    from hazard.control import PolicyController, build_policy
+def test_cycle_features_are_the_cycle_rules_spans_and_causal():
+    from hazard.control import features_from_packets
     from hazard.control.cycles import cycle_spans
     from hazard.errors import HazardError
     from hazard.predictor.features import CYCLE_FEATURES, CYCLE_PERIODS
@@ -62,11 +62,9 @@ def test_cycle_features_are_the_cycle_rules_spans_causal_and_refused_live():
     later = dict(row, tokens=row["tokens"][:40] + [9] * 20)
     assert np.array_equal(trace_features(later, names)[:40], x[:40])  # the future changes nothing before it
 
-    class Guard:
-        feature_names = list(names)
-
+    packets = np.zeros((2, 40), dtype=np.float32)  # live, the spans come from the controller's CycleSpans
     with pytest.raises(HazardError, match="history"):
-        PolicyController(build_policy("hazard"), Guard()).begin(4)
+        features_from_packets(list(names), packets, 0.5, [20, 20], [1, 1], 64)
 
 
 def test_base_columns_and_unknown_features():

@@ -6,8 +6,8 @@ the policy decides on the host for the rows whose state can change.
 
 If the guard raises or returns NaN, generation goes on: every affected row takes the documented safe
 action, ``restore`` (full prompt cache: quality first), and the event is counted in ``guard_failures``.
-After a rollback the guard's recurrent state is not rewound: it has seen the discarded tokens, and sees
-the regenerated ones as new steps.
+After a rollback the guard's recurrent state is not rewound (nor the cycle spans a guard may read): it has
+seen the discarded tokens, and sees the regenerated ones as new steps.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from hazard.control.cycles import CycleTracker
+from hazard.control.cycles import CycleSpans, CycleTracker
 from hazard.control.policies import (
     AnswerCheckPolicy,
     ArithRewindPolicy,
@@ -35,6 +35,7 @@ from hazard.control.policies import (
 )
 from hazard.engine import Controller
 from hazard.errors import HazardError
+from hazard.predictor.features import CYCLE_FEATURES, CYCLE_PERIODS
 from hazard.signals import PREFILL_SIGNALS, SIGNALS, VERIFY_SIGNALS, ArithmeticCheck, prefill_signals
 from hazard.signals.state import is_state_feature
 
@@ -43,11 +44,12 @@ _COL = {name: i + 1 for i, name in enumerate(SIGNALS)}  # packet column of each 
 
 
 def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, steps, max_new_tokens: int,
-                          prefill=None, state=None):
+                          prefill=None, state=None, cycles=None):
     """The guard's features for one step of several rows, from the engine's per-step packets; ``prefill``:
     the rows' ``PREFILL_SIGNALS`` (k, 3), constant over a row, when ``names`` has any of them; ``state``: the
     rows' projected model state (k, width) at this step (the engine's ``Controller.model_state``), when
-    ``names`` reads it (``state<j>``).
+    ``names`` reads it (``state<j>``); ``cycles``: the rows' ``CycleSpans`` at this step (k, len(CYCLE_FEATURES)),
+    when ``names`` has any of ``CYCLE_FEATURES``.
 
     Works on device tensors (the engine's path: no host round trip) and on numpy arrays (returns numpy).
     """
@@ -57,7 +59,7 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
 
         out = features_from_packets(names, torch.from_numpy(packets).double(), ratio,
                                     torch.as_tensor(prompt_lens).double(), torch.as_tensor(steps).double(),
-                                    max_new_tokens, as_t(prefill), as_t(state))
+                                    max_new_tokens, as_t(prefill), as_t(state), as_t(cycles))
         return out.numpy()
     if state is None:
         check_live([n for n in names if is_state_feature(n)])  # one line if the guard reads a state not given
@@ -74,16 +76,20 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
             cols.append(prefill[:, PREFILL_SIGNALS.index(name)].to(packets.dtype))
         elif is_state_feature(name):
             cols.append(state[:, int(name[len("state"):])].to(packets.dtype))
+        elif name in CYCLE_FEATURES:
+            check_live([name], cycles=cycles is not None)
+            cols.append(torch.log1p(cycles[:, CYCLE_FEATURES.index(name)].to(packets.dtype)))
         else:
             check_live([name])
             cols.append(packets[:, _COL[name]])
     return torch.stack(cols, dim=1).float()
 
 
-def check_live(names, prefill: bool = False, state: bool = False) -> None:
+def check_live(names, prefill: bool = False, state: bool = False, cycles: bool = False) -> None:
     """Fail with one line unless every feature in ``names`` follows from one step's packet (or, with
     ``prefill``, from what the prefill press kept of the question: the controller knows its positions; or,
-    with ``state``, from the model's state, which the engine records)."""
+    with ``state``, from the model's state, which the engine records; or, with ``cycles``, from the row's last
+    tokens, which the controller tracks: ``CycleSpans``)."""
     needs = [n for n in names if n in PREFILL_SIGNALS]
     if needs and not prefill:
         raise HazardError(f"guard features {needs} are the prefill press's keeps of the question: give the "
@@ -94,8 +100,8 @@ def check_live(names, prefill: bool = False, state: bool = False) -> None:
         raise HazardError(f"guard features {reads[:2]}... read the model's projected state (hazard.signals.state): "
                           "build the engine with the guard's state layer (Engine(**guard.engine_options()), as "
                           "hazard evaluate does) or export a guard trained on a set without them (e.g. live)")
-    missing = [n for n in names if n not in _COL and not is_state_feature(n)
-               and n not in ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS)]
+    known = ("ratio", "kv_fraction", "step_frac", *PREFILL_SIGNALS, *(CYCLE_FEATURES if cycles else ()))
+    missing = [n for n in names if n not in _COL and not is_state_feature(n) and n not in known]
     if missing:
         raise HazardError(f"guard features {missing[:3]} need the trace's history; the live controller computes "
                           "per-step features only: export a guard trained on a set without dynamics")
@@ -161,12 +167,15 @@ class PolicyController(Controller):
         reads = sum(map(is_state_feature, self.guard.feature_names)) if self.guard is not None else 0
         if self.guard is not None:
             width = None if self.model_state is None else self.model_state.shape[1]
-            check_live(self.guard.feature_names, prefill=self.questions is not None, state=width is not None)
+            check_live(self.guard.feature_names, prefill=self.questions is not None, state=width is not None,
+                       cycles=True)
             if reads and reads != width:  # another width is another projection: the numbers would not match
                 raise HazardError(f"guard reads the model's state at width {reads}, the engine records {width}: "
                                   "build the engine with Engine(**guard.engine_options())")
         reads_prefill = self.guard is not None and any(n in PREFILL_SIGNALS for n in self.guard.feature_names)
         self._reads_state = reads > 0
+        reads_cycles = self.guard is not None and any(n in CYCLE_FEATURES for n in self.guard.feature_names)
+        self._spans = CycleSpans(n_slots, CYCLE_PERIODS, device) if reads_cycles else None
         self._prefill = torch.zeros(n_slots, len(PREFILL_SIGNALS), device=device) if reads_prefill else None
         self.n_slots = n_slots
         self._busy = np.zeros(n_slots, dtype=bool)
@@ -211,6 +220,8 @@ class PolicyController(Controller):
         self._fired_at[list(slots)] = -1
         if self._cycles is not None:
             self._cycles.reset(list(slots))
+        if self._spans is not None:
+            self._spans.reset(list(slots))
         if self._arith is not None:
             for s in slots:
                 self._arith[s] = ArithmeticCheck()
@@ -241,8 +252,11 @@ class PolicyController(Controller):
         if self._reads_state:  # the engine's buffer (static: a graph replay reads the step's values)
             state = self.model_state[slots] if isinstance(slots, slice) else self.model_state[list(slots)]
             state = state.half()  # as the traces hold it (float16): the numbers the guard was trained on
+        cycles = None
+        if self._spans is not None:  # the row's tokens so far, tracked on the device (a graph replay steps it)
+            cycles = self._spans.update(slots if isinstance(slots, slice) else list(slots), packets[:, 0])
         x = features_from_packets(self.guard.feature_names, packets, self.ratio, prompt_lens.float(),
-                                  steps.float(), self.max_new_tokens, prefill, state)
+                                  steps.float(), self.max_new_tokens, prefill, state, cycles)
         full = x.new_zeros(self.n_slots, x.shape[1])
         if isinstance(slots, slice):  # a decode step: every slot steps (free ones are reset on admission)
             full[slots] = x
@@ -260,6 +274,7 @@ class PolicyController(Controller):
         if entry is None:
             ins = (packets.clone(), prompt_lens.clone(), steps.clone())
             saved = self.guard._state.clone()
+            spans = None if self._spans is None else (self._spans.hist.clone(), self._spans.runs.clone())
             try:
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
@@ -273,14 +288,21 @@ class PolicyController(Controller):
                 log.warning("guard CUDA graph capture failed (%s: %s); the guard runs eagerly", type(e).__name__, e)
                 self._graphs = None
                 self.guard._state.copy_(saved)
+                self._restore_spans(spans)
                 return self._probs(slice(0, n), packets, prompt_lens, steps)
-            self.guard._state.copy_(saved)  # the warm-up stepped it
+            self.guard._state.copy_(saved)  # the warm-up and the capture stepped it (and the spans)
+            self._restore_spans(spans)
             entry = self._graphs[n] = (graph, ins, out)
         graph, ins, out = entry
         for buf, x in zip(ins, (packets, prompt_lens, steps)):
             buf.copy_(x)
         graph.replay()
         return out
+
+    def _restore_spans(self, saved) -> None:
+        if saved is not None:
+            self._spans.hist.copy_(saved[0])
+            self._spans.runs.copy_(saved[1])
 
     def _candidates(self, signal: np.ndarray, slots: np.ndarray, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Indices of the rows whose policy may act or change state this step; the others would return

@@ -12,6 +12,7 @@ step, all rows at once (a Python loop over rows costs more than the model step a
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class CycleTracker:
@@ -92,3 +93,46 @@ def cycle_spans(tokens, max_period: int, periods: int = 2) -> np.ndarray:
     for _, span in period_spans(tokens, max_period, periods):
         best = np.maximum(best, span)
     return best
+
+
+class CycleSpans:
+    """``capped_spans`` online, on the model's device: per batch slot, the spans a guard trained on the
+    ``cycle<P>`` features reads (``hazard.predictor.features.CYCLE_FEATURES``), one token per row and step.
+
+    Tensor ops on buffers updated in place, no host sync, so a CUDA graph can capture ``update``. Like the
+    guard's recurrent state it is not rewound after a rollback: it has seen the discarded tokens.
+
+    Parameters
+    ----------
+    n_slots : int
+        Batch slots; ``reset`` clears a slot when a new row enters it.
+    caps : tuple of int
+        The period limits (ascending), one output column each.
+    device : torch.device or str, optional
+    """
+
+    def __init__(self, n_slots: int, caps=(1, 2, 4, 8), device=None):
+        self.caps = tuple(caps)
+        top = self.caps[-1]
+        self.p = torch.arange(1, top + 1, device=device)
+        self.cols = torch.tensor([c - 1 for c in self.caps], device=device)
+        self.hist = torch.full((n_slots, top), -1, dtype=torch.long, device=device)  # last tokens, newest last
+        self.runs = torch.zeros(n_slots, top, dtype=torch.long, device=device)
+
+    def reset(self, slots) -> None:
+        self.hist[slots] = -1
+        self.runs[slots] = 0
+
+    def update(self, slots, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row of ``slots`` (a slice or index list); returns (rows, len(caps)) float: the
+        span of the longest periodic stretch of period <= each cap ending at the token, over two periods, else 0
+        (``period_spans`` with ``periods=2``, column by column ``capped_spans``)."""
+        tok = tokens.long()[:, None]
+        hist, runs = self.hist[slots], self.runs[slots]
+        back = hist.flip(1)  # column p-1: the token p before the new one (-1 before the row's start)
+        runs = torch.where(back == tok, runs + 1, torch.zeros_like(runs))
+        span = torch.where(runs > 0, runs + self.p, torch.zeros_like(runs))
+        span = torch.where(span >= 2 * self.p, span, torch.zeros_like(span))
+        self.runs[slots] = runs
+        self.hist[slots] = torch.cat([hist[:, 1:], tok], dim=1)
+        return span.cummax(dim=1).values[:, self.cols].float()

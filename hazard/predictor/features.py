@@ -14,8 +14,8 @@ live controller computes per-step features only, so guards for it use the sets w
 
 ``cycle<P>`` is log(1 + the span) of the periodic stretch of period <= P that ends at the token and covers two
 periods (``hazard.control.cycles.cycle_spans``, what the cycle rule reads; 0 where there is none): a loop as it
-starts, in the form a learned model can weigh against the other signals. It reads the trace's token history, so
-the live controller (per-step features only) refuses a guard trained on it.
+starts, in the form a learned model can weigh against the other signals. It reads the token history; live, the
+controller tracks each row's last tokens on the device (``hazard.control.cycles.CycleSpans``, the same numbers).
 
 A set that reads the model's state (``state0`` .. ``state63``) reads a wider collection (``state_dim: W``) as
 ``<set>@W``: ``live_state@896`` is ``live_state`` with ``state0`` .. ``state895``.
@@ -68,7 +68,7 @@ FEATURE_SETS = {
     "live_state": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
                    *STATE_FEATURES),
     "state_config": (*CONFIG_FEATURES, *STATE_FEATURES),  # the state alone (with where the run is)
-    # + the cycle rule's spans (offline: they read the token history): a loop as it starts
+    # + the cycle rule's spans (the live controller tracks them: CycleSpans): a loop as it starts
     "live_cycle": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
                    *CYCLE_FEATURES),
     "live_state_cycle": (*LOGIT_SIGNALS, *ATTENTION_SIGNALS, *EVICTION_SIGNALS, *REPETITION_SIGNALS, *CONFIG_FEATURES,
