@@ -48,8 +48,8 @@ def features_from_packets(names: list[str], packets, ratio: float, prompt_lens, 
     """The guard's features for one step of several rows, from the engine's per-step packets; ``prefill``:
     the rows' ``PREFILL_SIGNALS`` (k, 3), constant over a row, when ``names`` has any of them; ``state``: the
     rows' projected model state (k, width) at this step (the engine's ``Controller.model_state``), when
-    ``names`` reads it (``state<j>``); ``cycles``: the rows' ``CycleSpans`` at this step (k, len(CYCLE_FEATURES)),
-    when ``names`` has any of ``CYCLE_FEATURES``.
+    ``names`` reads it (``state<j>``); ``cycles``: the rows' spans at this step (k, len(CYCLE_FEATURES);
+    ``CycleSpans.update``, taken as log(1 + span) as training does), when ``names`` has any of them.
 
     Works on device tensors (the engine's path: no host round trip) and on numpy arrays (returns numpy).
     """

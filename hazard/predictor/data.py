@@ -61,6 +61,8 @@ def kind_of(row: dict) -> str:
 
 META = ["trace_id", "prompt_id", "task", "format", "press", "ratio", "model", "catastrophe", "onset", "n_tokens",
         "prompt_len", "max_new_tokens", "kv_tokens", "post_onset", "entropy", "loop", "nonterm", "tokens"]
+
+
 def trace_cycles(tokens) -> np.ndarray:
     """``Trace.cycle`` of one trace's generated tokens: ``cycle_spans`` for each of CYCLE_PERIODS."""
     from hazard.control.cycles import capped_spans  # control -> engine: imported on use
