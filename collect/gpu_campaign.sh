@@ -9,7 +9,8 @@
 # in .data/gsm8k. Calls resume on a warm machine (the collection goes on where it stopped):
 #   STEPS=collect bash collect/gpu_campaign.sh      (again until its summary says "complete": true, or
 #   STEPS=train bash collect/gpu_campaign.sh         stop early and train on what is there; a report stopped
-#                                                    by the time limit goes on in the next call: resume: true)
+#                                                    by the time limit goes on in the next call: resume: true;
+#                                                    in a later hold too, from train/$REPORT.tgz: see below)
 # The traces stay on the machine (~1 GB); $OUT gets the summary, the manifest, metrics, W&B run records,
 # the exported guard and the logs, for collect/results/ and train/results/campaign_<m>/ of this repo.
 # In parts, over several holds: PART=k collects GSM8K problems 20k+1 .. 20k+20 (every format) and the
@@ -81,10 +82,16 @@ if want train; then
   # metrics.json is rewritten after every study: stopping at the time limit keeps what was finished
   python3 -c "import wandb, lightning.pytorch.loggers as l; l.WandbLogger" 2>/dev/null \
     || { echo "wandb does not import here: this report runs without W&B (CSV logs only)"; export WANDB_MODE=disabled; }
+  R=/tmp/hz/train/results/$REPORT
+  # A report stopped in an earlier hold goes on here: put the train_$REPORT.tgz that call returned in the tree as
+  # train/$REPORT.tgz (untracked, it travels with the working tree) and collect the same traces again (an H100
+  # collects a config's traces identically in each hold); the report checks that they are the ones it began on.
+  if [ -f "train/$REPORT.tgz" ] && [ ! -f "$R/metrics.json" ]; then
+    mkdir -p /tmp/hz && tar xzf "train/$REPORT.tgz" -C /tmp/hz && echo "unpacked the carried report train/$REPORT.tgz"
+  fi
   timeout $((BUDGET - (SECONDS - start) - 25)) python3 -m hazard.cli train report --config "configs/train/$REPORT.yaml" \
     2>&1 | grep -v -i warn \
     | tee -a "/tmp/hz/train_$REPORT.log" | tail -40
-  R=/tmp/hz/train/results/$REPORT
   cp "$R/metrics.json" "$R/wandb_runs.json" "/tmp/hz/train_$REPORT.log" "$OUT/" 2>/dev/null
   # the guard, the plots, the CSV logs and the W&B offline runs (no Lightning checkpoints)
   (cd /tmp/hz && mkdir -p checkpoints && tar czf "$OUT/train_$REPORT.tgz" --exclude='*.ckpt' checkpoints \

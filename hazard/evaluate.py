@@ -36,7 +36,7 @@ from hazard.guard import HazardGuard
 from hazard.models import ModelConfig, end_token_ids, load_model
 from hazard.paired import coin_comparisons, outcome_bits, paired_comparisons
 from hazard.ponr import GRID, failing, restore_curves, summarize_curves
-from hazard.predictor.features import CONFIG_FEATURES
+from hazard.predictor.features import CONFIG_FEATURES, CYCLE_FEATURES
 from hazard.report import frontier_plot, pareto_plot
 from hazard.signals import PREFILL_SIGNALS, SIGNALS, token_pieces
 from hazard.signals.state import is_state_feature
@@ -262,6 +262,18 @@ def check_config(cfg: EvaluateConfig) -> None:
                               "that acted: list hazard before it in policies")
 
 
+def check_guard_features(guard: HazardGuard, where: str) -> None:
+    """Fail with one line unless every feature ``guard`` reads is one the closed loop produces: the engine's
+    signals, the prefill press's keeps of the question, the config features, the model's state, or the cycle
+    spans (the controller's ``CycleSpans``, on the tokens)."""
+    missing = [n for n in guard.feature_names if n not in (*SIGNALS, *PREFILL_SIGNALS, *CONFIG_FEATURES,
+                                                           *CYCLE_FEATURES) and not is_state_feature(n)]
+    if missing:
+        raise HazardError(f"guard {where}: features {missing} are not produced by this engine "
+                          f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)}, {list(CONFIG_FEATURES)}, "
+                          f"the model's state and the cycle spans {list(CYCLE_FEATURES)})")
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Closed-loop evaluation; writes ``cfg.output`` (JSON) and a Pareto PNG beside it."""
     check_config(cfg)
@@ -269,13 +281,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     guard = HazardGuard.from_pretrained(cfg.guard) if needs_guard or cfg.guard else None
     tasks = [build_task(t.name, **opts) for t in cfg.tasks for opts in t.expand()]
     model, tok = load_model(cfg.model)
-    if guard is not None:  # every feature the guard wants must be one the engine can produce
-        missing = [n for n in guard.feature_names
-                   if n not in (*SIGNALS, *PREFILL_SIGNALS, *CONFIG_FEATURES) and not is_state_feature(n)]
-        if missing:
-            raise HazardError(f"guard {cfg.guard}: features {missing} are not produced by this engine "
-                              f"(it gives {list(SIGNALS)}, {list(PREFILL_SIGNALS)}, {list(CONFIG_FEATURES)} and "
-                              "the model's state)")
+    if guard is not None:
+        check_guard_features(guard, cfg.guard)
     # a guard reading the model's state: the engine reads it at the guard's layer and width
     engine = Engine(model, end_token_ids(tok, model), cfg.max_new_tokens, cfg.batch_size, tuple(cfg.probe_layers),
                     reading_kv=cfg.reading_kv, **(guard.engine_options() if guard is not None else {}))

@@ -6,7 +6,7 @@ import pytest
 
 from hazard.cli import build
 from hazard.collect import CollectConfig, validate
-from hazard.evaluate import EvaluateConfig, check_config
+from hazard.evaluate import EvaluateConfig, check_config, check_guard_features
 from hazard.predictor.features import feature_names
 from hazard.predictor.nets import NETS
 from hazard.predictor.train import REPORT_KEYS
@@ -23,7 +23,12 @@ def test_collect_configs_build(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/evaluate").glob("*.yaml")), ids=lambda p: p.stem)
 def test_evaluate_configs_build(path):
-    check_config(build(EvaluateConfig, load_config(path)))  # policies, knobs and presses
+    cfg = build(EvaluateConfig, load_config(path))
+    check_config(cfg)  # policies, knobs and presses
+    if cfg.guard and (ROOT / cfg.guard).is_dir():  # a committed guard: its features are ones the loop produces
+        from hazard.guard import HazardGuard
+
+        check_guard_features(HazardGuard.from_pretrained(ROOT / cfg.guard), cfg.guard)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)

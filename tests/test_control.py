@@ -579,6 +579,35 @@ def test_a_live_guard_reads_the_cycle_spans_as_the_traces_hold_them(tmp_path, mo
     assert max(longest) >= 4  # the spans the guard weighs were not all zero
 
 
+def test_hazard_evaluate_runs_a_guard_on_the_state_and_the_cycle_spans(tmp_path):
+    """``hazard evaluate`` takes a guard on ``live_state_cycle`` (the engine records the state, the controller
+    tracks the spans) through to its closed-loop rows; a guard naming a feature nothing produces fails there,
+    before generation, with one line."""
+    import json
+
+    from hazard.cli import main
+    from hazard.predictor.features import CYCLE_FEATURES
+    from hazard.signals.state import is_state_feature
+
+    ckpt = _weighted_guard(tmp_path, "live_state_cycle", lambda n: n in CYCLE_FEATURES or is_state_feature(n),
+                           state={"layer": 1, "dim": 64})
+    out = tmp_path / "closed_loop.json"
+    args = ["evaluate", "--output", str(out), "--guard", str(ckpt), "--model.tiny", "qwen2",
+            "--model.dtype", "float64", "--model.device", "cpu", "--max_new_tokens", "16",
+            "--tasks", "[{name: kv_retrieval, options: {n_prompts: 3, n_pairs: 6, seed: 5}}]",
+            "--base_presses", "[{name: knorm, ratio: 0.75}]", "--policies", "[static, hazard]",
+            "--policy_options", "{hazard: {trigger: 0.0}}"]
+    assert main(args) == 0
+    rows = {r["policy"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["hazard"]["n"] == 3 and rows["hazard"]["trigger_rate"] == 1.0  # threshold 0: every row fires
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["features"]["names"][-1] = "cycle99"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    out.unlink()
+    assert main(args) == 2 and not out.exists()
+
+
 def test_a_live_guard_reads_the_models_state_as_collected(tmp_path):
     """A guard on ``live_state`` (the live set + the model's projected state) runs in the closed loop: the engine
     records the state at the layer and width the checkpoint names (``guard.engine_options()``) and the

@@ -450,6 +450,11 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
     assert HazardGuard.from_pretrained(tmp_path / "g").threshold == stopped["model"]["val"]["threshold"]
 
     monkeypatch.setattr(WindowClassifier, "fit", real_clf_fit)
+    fingerprint = tr.traces_fingerprint
+    monkeypatch.setattr(tr, "traces_fingerprint", lambda paths: "0" * 16)  # as if the folder were re-collected
+    with pytest.raises(HazardError, match="other traces"):
+        tr.run_report(str(path))
+    monkeypatch.setattr(tr, "traces_fingerprint", fingerprint)
     resumed = tr.run_report(str(path))
     assert fits == ["main"] and resumed["complete"]  # the main model was not fitted again
     assert resumed["model"] == stopped["model"]
@@ -458,6 +463,10 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
     assert set(resumed["or_cycle_rule"]) == {"model", "gradient_boosting"}  # the resumed baseline beside the rule
     assert (tmp_path / "results" / "pr_curves.png").stat().st_size > 1000
     assert not (tmp_path / "results" / "test_scores.npz").exists()  # the plots' input, gone once they are drawn
+    # each stage's seconds, the stopped call's kept: what plans a time-limited call on a device machine
+    assert list(resumed["stage_seconds"]) == ["main fit, rules and export", "repeat_rule", "logistic_regression",
+                                              "gradient_boosting", "signals and plots"]
+    assert {k: resumed["stage_seconds"][k] for k in stopped["stage_seconds"]} == stopped["stage_seconds"]
 
     # the same report in one go: the same baselines (the resumed one scored them on the same split)
     cfg["report"].update(out_dir=str(tmp_path / "once"), run_dir=str(tmp_path / "runs_once"), export=None)
@@ -657,3 +666,21 @@ def test_a_state_guard_records_where_its_traces_read_the_state(tmp_path):
     assert "state" not in HazardDataModule([str(a)], "live", val_frac=0.25, test_frac=0.25).feature_spec
     with pytest.raises(HazardError, match="different"):
         HazardDataModule([str(a), str(b)], "live_state", val_frac=0.25, test_frac=0.25)
+
+
+def test_a_collections_fingerprint_is_its_summary_not_its_provenance(tmp_path):
+    """Two collections that hold the same traces (counts, per-setting rates, onsets) have one fingerprint
+    whatever their git sha, card speed or time; any change in what they hold changes it."""
+    from hazard.predictor.data import traces_fingerprint
+
+    summary = {"complete": True, "n_traces": 8, "n_generated_tokens": 900, "git_sha": "a" * 40,
+               "generated_tokens_per_s": 5891.9, "configs": [{"press": "knorm", "ratio": 0.875, "loop_rate": 0.3}],
+               "onsets": {"loop": 2}}
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, extra in ((a, {}), (b, {"git_sha": "b" * 40, "generated_tokens_per_s": 5840.0})):
+        (d / "data").mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({**summary, **extra}))
+    assert traces_fingerprint([str(a)]) == traces_fingerprint([str(b)])
+    (b / "summary.json").write_text(json.dumps({**summary, "configs": [{"press": "knorm", "ratio": 0.875,
+                                                                          "loop_rate": 0.31}]}))
+    assert traces_fingerprint([str(a)]) != traces_fingerprint([str(b)])

@@ -146,6 +146,26 @@ def _stamp(paths) -> tuple:
                  for f in shard_paths(p))
 
 
+def traces_fingerprint(paths: list[str]) -> str:
+    """What a collection says it holds, without reading a trace: per folder (globs expanded) its
+    ``summary.json``'s trace and token counts and per-setting rates (not its git sha, time or speed), else its
+    shard names. Two runs of one collect config on one kind of card give the same (the H100 collections of
+    ``state_q15`` in two holds did), so a report resumed on a re-collected folder can check it reads the same
+    traces it started on (``hazard.predictor.train.run_report``)."""
+    from hazard.traces import shard_paths
+
+    parts = []
+    for p in expand_trace_paths(paths):
+        f = os.path.join(p, "summary.json")
+        if os.path.isfile(f):
+            with open(f) as fh:
+                s = json.load(fh)
+            parts.append({k: s.get(k) for k in ("n_traces", "n_generated_tokens", "configs", "onsets")})
+        else:
+            parts.append(sorted(x.name for x in shard_paths(p)))
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> list[Trace]:
     if not paths:
         raise HazardError("data.traces is empty; list at least one collection folder")

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from hazard.errors import HazardError
 from hazard.guard import export_guard
 from hazard.predictor.baselines import CycleRule, EntropyRule, RepeatRule, WindowClassifier
-from hazard.predictor.data import HazardDataModule
+from hazard.predictor.data import HazardDataModule, traces_fingerprint
 from hazard.predictor.features import feature_names
 from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
 from hazard.predictor.module import HazardModule
@@ -196,13 +196,27 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     dm: HazardDataModule | None = None
     if prev is not None:  # the same report stopped by a time limit: keep what it finished
         metrics, runs = prev
+        # on the same traces: a resumed report may run on a re-collected folder (a later device machine)
+        saved, now = metrics["data"].get("fingerprint"), traces_fingerprint(data["traces"])
+        if saved is not None and saved != now:
+            raise HazardError(f"{out_dir}/metrics.json: its finished part read other traces than {data['traces']} "
+                              f"hold now (fingerprint {saved}, now {now}); delete {out_dir} to start over")
         t0 -= metrics.get("seconds", 0.0)
         log.info("resuming the report in %s: main model and finished studies kept", out_dir)
 
-    def save(complete: bool) -> None:
+    last = [time.time()]  # when the previous stage ended (or this call began)
+
+    def save(complete: bool, stage: str | None = None) -> None:
         """metrics.json (and the W&B run records) as they stand: a report killed after its main fit keeps the
-        main model, the baselines and the studies done."""
-        metrics["complete"], metrics["seconds"] = complete, round(time.time() - t0, 1)
+        main model, the baselines and the studies done. ``stage``: the one just finished, whose seconds
+        (with the traces' loading where this call loaded them) go to ``stage_seconds`` and the log, so a
+        time-limited call on a device machine can be planned."""
+        now = time.time()
+        if stage is not None:
+            metrics.setdefault("stage_seconds", {})[stage] = round(now - last[0], 1)
+            print(f"report: {stage} done in {now - last[0]:.0f} s ({now - t0:.0f} s in all)", flush=True)
+            last[0] = now
+        metrics["complete"], metrics["seconds"] = complete, round(now - t0, 1)
         write_json(out_dir / "metrics.json", metrics)
         if runs:  # offline runs: `wandb sync <run_dir>/wandb/offline-run-*` uploads them from any machine
             write_json(out_dir / "wandb_runs.json", {"sync": f"wandb sync {run_dir}/wandb/offline-run-*",
@@ -221,7 +235,8 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                    "fit_seconds": round(t_fit, 2)}
         every_trace = [t for part in dm.parts.values() for t in part]
         metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
-        metrics["data"] = {"traces": data["traces"], "models": dm.models, "horizon_tokens": h_tokens,
+        metrics["data"] = {"traces": data["traces"], "fingerprint": traces_fingerprint(data["traces"]),
+                           "models": dm.models, "horizon_tokens": h_tokens,
                            "presses": sorted({t.press for t in every_trace}),
                            "tasks": sorted({t.task for t in every_trace}),
                            "formats": sorted({t.format for t in every_trace}),
@@ -256,7 +271,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                 "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
                                "n_traces": metrics["data"]["n_traces"]}})
         del model
-        save(complete=False)
+        save(complete=False, stage="main fit, rules and export")
 
     # The other baselines and each signal alone, saved one by one; resumed, on the main fit's split (the same
     # data config splits the same way), without refitting the main model.
@@ -283,12 +298,12 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             if label == "gradient_boosting" and "or_cycle_rule" in metrics:
                 metrics["or_cycle_rule"][label] = or_cycle(val, val_scores, test, test_scores, h, far)
             _save_test_scores(out_dir, label, test_scores)
-            save(complete=False)
+            save(complete=False, stage=label)
         if "signals" not in metrics:
             # Each feature alone, within each press setting, over all traces (nothing is fitted).
             metrics["signals"] = signal_report([t for part in dm.parts.values() for t in part], dm.feature_names, h)
         plot_report(test, _load_test_scores(out_dir, test), metrics, h, out_dir)
-        save(complete=False)
+        save(complete=False, stage="signals and plots")
         (out_dir / "test_scores.npz").unlink()  # only the plots read it (megabytes at scale: not a result)
 
     def held_out(key: str, names, split: str, label: str) -> None:
@@ -303,7 +318,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                 metrics.setdefault(key, {})[name] = res["test"]
             except HazardError as e:
                 metrics.setdefault(key, {})[name] = {"skipped": str(e)}
-            save(complete=False)
+            save(complete=False, stage=f"{key}.{name}")
 
     def every(option: str, listed: str) -> list:
         """The option's names; ``all``: every value in ``metrics["data"][listed]`` (models and tasks only
@@ -328,7 +343,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         except HazardError as e:
             res = {"skipped": str(e)}
         metrics.setdefault("learning_curve", {})[str(n)] = res
-        save(complete=False)
+        save(complete=False, stage=f"learning_curve.{n}")
     # The required splits first (above), then the comparisons a time-limited report may not reach.
     for net in rep.get("architectures", []):
         if net in metrics.get("architectures", {}):
@@ -336,13 +351,13 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         alt = {**cfg, "model": {**cfg["model"], "net": net}}
         metrics.setdefault("architectures", {})[net] = _study(alt, data, f"arch-{net}", run_dir, h_tokens, far, seed,
                                                                  runs=runs)
-        save(complete=False)
+        save(complete=False, stage=f"architectures.{net}")
     for fs in rep.get("feature_sets", []):
         if fs in metrics.get("ablation", {}):
             continue
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
                                                         h_tokens, far, seed, metrics, runs=runs)
-        save(complete=False)
+        save(complete=False, stage=f"ablation.{fs}")
     save(complete=True)
     return metrics
 
