@@ -281,10 +281,13 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             and (b != "repeat_rule" or "repeat4" in feature_names(data.get("feature_set", "logit_attn")))]
     if todo or "signals" not in metrics:
         if dm is None:
+            t_load = time.time()
             dm = HazardDataModule(**data)
+            print(f"report: traces read in {time.time() - t_load:.0f} s", flush=True)
         h = dm.horizons.index(h_tokens)
         val, test = dm.parts["val"], dm.parts["test"]
         for label in todo:
+            t_fit = time.time()
             if label == "repeat_rule":  # the non-learned loop detector
                 clf = RepeatRule(dm.feature_names.index("repeat4")).fit(dm.parts["train"], val, h, far)
             else:
@@ -292,6 +295,10 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                                        window=rep.get("window", 8), seed=seed,
                                        detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h,
                                                                                        dm.norm)
+            # a call killed inside this stage saves nothing of it: these lines say where its time went
+            iters = getattr(getattr(clf, "model", None), "n_iter_", None)
+            print(f"report: {label} fitted in {time.time() - t_fit:.0f} s"
+                  + (f" ({int(np.max(iters))} iterations)" if iters is not None else ""), flush=True)
             val_scores, test_scores = clf.scores(val), clf.scores(test)
             baselines[label] = {**({"n": clf.n} if label == "repeat_rule" else {}),
                                 **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
