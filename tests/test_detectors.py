@@ -212,3 +212,14 @@ def test_off_task_onset_is_the_final_stretch_about_something_else():
     out = progress_onsets(toks, False, text, prefix, q, None)
     assert "".join(words[:out["off_task_at"]]) == start
     assert progress_onsets(toks, True, text, prefix, q, None)["off_task_at"] == -1
+
+
+def test_a_loops_first_repeat_is_where_its_onset_cycle_first_repeats():
+    """``first_repeat``: the onset plus the period of the cycle that starts there (not the terminal cycle's), the
+    first token whose repetition a reader of the tokens can see."""
+    assert detect_loop([1, 2, 3] + [7, 8, 9, 10] * 6).first_repeat == 3 + 4
+    loop = detect_loop([1, 2] + [7] * 20 + [3, 4] + [5, 6] * 10)  # stutters (period 1), then ends in period 2
+    assert (loop.onset, loop.period, loop.first_repeat) == (2, 2, 3)
+    assert detect_loop([4, 5] * 12).first_repeat == 2  # also periodic with 4: the shorter period shows first
+    long = list(range(30)) + list(range(12)) * 4
+    assert detect_loop(long).first_repeat == 30 + 12

@@ -189,6 +189,34 @@ def test_detection_per_onset_rule_separates_what_a_type_mixes():
     assert "by_press" not in m  # one press setting
 
 
+def test_loops_counted_from_their_first_repeat_beside_their_onset():
+    """A loop of period 8 (onset 10, first repeat 18) noticed at token 20 is missed within 4 tokens of its onset
+    and caught within 4 of its first repeat; a loop whose repeat is unknown (-1) and other types stay out."""
+    from hazard.predictor.data import Trace
+
+    def tr(kind, first_repeat, name):
+        y = np.zeros((40, 1), np.float32)
+        y[6:, 0] = 1
+        return Trace(np.zeros((40, 1)), y, np.arange(40) < 10, name, "p", "task", "press", 0.5, "m", True, 10,
+                     np.zeros(40), kind=kind, first_repeat=first_repeat)
+
+    late = np.r_[np.zeros(20), np.ones(20)]
+    m = evaluate([tr("loop", 18, "a"), tr("loop", -1, "b"), tr("nonterm", -1, "c")], [late] * 3, 0, 0.5)
+    assert m["by_type"]["loop"]["detect_rate_within4"] == 0.0 and m["by_type"]["loop"]["n"] == 2
+    rep = m["loop_from_repeat"]
+    assert rep["n"] == 1 and rep["detect_rate_within4"] == 1.0 and rep["detect_rate_within0"] == 0.0
+    assert rep["median_delay"] == 2.0
+
+
+def test_a_stored_loops_first_repeat_is_read_from_its_tokens():
+    from hazard.predictor.data import first_repeat
+
+    row = {"catastrophe": True, "loop": True, "nonterm": True, "onset": 3, "tokens": [1, 2, 3] + [7, 8, 9, 10] * 6}
+    assert first_repeat(row) == 7
+    assert first_repeat({**row, "onset": 5}) == -1  # a relabelled onset: not the detector's, left out
+    assert first_repeat({**row, "loop": False}) == -1  # a non-termination
+
+
 def test_metrics_per_press_expose_a_guard_that_flags_one_setting_wholesale():
     """A guard that alarms on every trace of the setting that fails most (failing and healthy alike) and on
     no other: pooled, most catastrophes are flagged at 1 false alarm in 10 healthy traces; per press, it

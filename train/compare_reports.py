@@ -44,6 +44,9 @@ def figures(entry: dict) -> dict:
     for kind, sub in per.get("by_type", {}).items():
         out[f"{kind}:detect_rate_within4"] = sub.get("detect_rate_within4")
         out[f"{kind}:detect_rate_within16"] = sub.get("detect_rate_within16")
+    for d in (4, 16):  # loops counted from their first repeated token (reports since this field exists)
+        if "loop_from_repeat" in per:
+            out[f"loop@repeat:detect_rate_within{d}"] = per["loop_from_repeat"][f"detect_rate_within{d}"]
     return out
 
 
@@ -97,6 +100,7 @@ def table(res: dict) -> str:
             "detect_rate_within32", "loop:detect_rate_within4", "loop:detect_rate_within16",
             "nonterm:detect_rate_within4", "nonterm:detect_rate_within16"]
     first = next(iter(res["runs"].values()))["model"]
+    cols += [k for k in first if k.startswith("loop@repeat:")]
     cols += sorted(k for k in first if k.startswith("pre_onset_auroc:"))  # within each press setting
     heads = [c.replace("detect_rate_", "").replace("pre_onset_auroc", "pre") for c in cols]
     lines = ["| split seed | predictor | catastrophes | " + " | ".join(heads) + " |",

@@ -32,6 +32,10 @@ import numpy as np
 class Loop:
     onset: int
     period: int
+    # the first token that repeats one of the onset's cycle (onset + that cycle's period): where the repetition
+    # first shows, which a reader of the tokens cannot see before (issue 11's "within 4 tokens" bar counts
+    # from the onset, so a loop of period over 4 is out of its reach)
+    first_repeat: int = -1
 
 
 def _cyclic_runs(seq: np.ndarray, p: int, min_len: int) -> list[tuple[int, int]]:
@@ -57,18 +61,21 @@ def detect_loop(tokens: list[int], finished: bool = False, max_period: int = 40,
     seq = np.asarray(tokens[:-1] if finished else tokens)
     n = len(seq)
     terminal: Loop | None = None
-    onset = n
+    onset, first_repeat = n, n
     for p in range(1, min(max_period, n // 3) + 1):
         runs = _cyclic_runs(seq, p, max(3 * p, min_span))
         if not runs:
             continue
-        onset = min(onset, runs[0][0])
+        if runs[0][0] < onset:  # ties: the shorter period, found first, shows its repetition first
+            onset, first_repeat = runs[0][0], runs[0][0] + p
         start, end = runs[-1]
         if end == n and (terminal is None or start < terminal.onset):
             terminal = Loop(onset=start, period=p)
     if terminal is None:
         return None
-    return Loop(onset=min(onset, terminal.onset), period=terminal.period)
+    if terminal.onset < onset:
+        onset, first_repeat = terminal.onset, terminal.onset + terminal.period
+    return Loop(onset=onset, period=terminal.period, first_repeat=first_repeat)
 
 
 def divergence(tokens: list[int], reference: list[int]) -> int:

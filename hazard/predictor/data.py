@@ -50,6 +50,19 @@ class Trace:
     # (T, len(CYCLE_PERIODS)): per token, the span of the periodic stretch ending there for periods up to each of
     # CYCLE_PERIODS (hazard.control.cycles.cycle_spans): what the fast loop rule reads, whatever the feature set
     cycle: np.ndarray | None = field(default=None, repr=False)
+    # a loop's first repeated token (``hazard.labels.detectors.Loop.first_repeat``); -1 for other traces, or
+    # where the stored onset is not the loop detector's (a relabelled trace)
+    first_repeat: int = -1
+
+
+def first_repeat(row: dict) -> int:
+    """``Trace.first_repeat`` of one stored trace row."""
+    if kind_of(row) != "loop":
+        return -1
+    from hazard.labels.detectors import detect_loop
+
+    loop = detect_loop(list(row["tokens"]), finished=not row["nonterm"])
+    return loop.first_repeat if loop is not None and loop.onset == row["onset"] else -1
 
 
 def kind_of(row: dict) -> str:
@@ -182,7 +195,8 @@ def _read_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) ->
         out.append(Trace(x, y, ~np.asarray(row["post_onset"], dtype=bool), row["trace_id"], row["prompt_id"],
                          row["task"], row["press"], float(row["ratio"]), row["model"], bool(row["catastrophe"]),
                          int(row["onset"]), np.asarray(row["entropy"], dtype=np.float32), row["format"],
-                         kind_of(row), row.get("onset_source") or "none", trace_cycles(row["tokens"])))
+                         kind_of(row), row.get("onset_source") or "none", trace_cycles(row["tokens"]),
+                         first_repeat(row)))
     if not out:
         raise HazardError(f"no usable traces in {paths}")
     return out

@@ -122,6 +122,14 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     # Per type and onset rule ("nonterm/stall"): a type's detection rate mixes onsets a token-level signal
     # can see (a loop's first cycle) with ones it cannot (token 0 of an off-topic answer).
     out["by_source"] = _grouped(first_alarm, lambda f: f"{f[2]}/{f[3]}", leads, delays)
+    # Loops counted from their first repeated token instead of the onset: how soon after the repetition shows
+    # the guard notices it (a diagnostic beside the bar, which counts from the onset; the controller's
+    # rollback reaches back past the onset when the alarm comes within rollback - period tokens of it).
+    repeats = [(t.first_repeat, a) for t, (_, a, *_) in zip([t for t in traces if t.catastrophe], first_alarm)
+               if t.kind == "loop" and t.first_repeat >= 0]
+    rep = detection(repeats, leads, delays)
+    out["loop_from_repeat"] = {"n": len(repeats), "median_delay": rep["median_delay"],
+                               **{f"detect_rate_within{d}": rep[f"detect_rate_within{d}"] for d in delays}}
     out["false_alarm_rate"] = float(np.mean(healthy_alarm)) if healthy_alarm else None
     out["alarms_per_1k_tokens"] = 1000.0 * alarm_tokens / max(tokens, 1)
     def within(key) -> dict:
