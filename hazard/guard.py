@@ -20,10 +20,13 @@ from safetensors.torch import load_file, save_file
 from hazard import SCHEMA_VERSION, SIGNALS_VERSION, setting_label
 from hazard.errors import HazardError
 from hazard.predictor.nets import NETS
+from hazard.predictor.trees import WindowTrees
 from hazard.signals.state import is_state_feature
 
 FORMAT = "hazard-guard"
 FORMAT_VERSION = 1
+# what a checkpoint's "net" may name: the trained nets, and the gradient-boosting baseline's trees
+GUARD_NETS = {**NETS, "window_trees": WindowTrees}
 
 
 class HazardGuard:
@@ -60,9 +63,10 @@ class HazardGuard:
             raise HazardError(f"guard checkpoint {path}: trained on signals v{signals} (trace schema "
                               f"v{config.get('schema_version')}), this hazard produces signals v{SIGNALS_VERSION}; "
                               "retrain or install the matching hazard")
-        if config["net"] not in NETS:
+        if config["net"] not in GUARD_NETS:
             raise HazardError(f"guard checkpoint {path}: unknown net {config['net']!r}")
-        net = NETS[config["net"]](len(config["features"]["names"]), len(config["horizons"]), **config["net_kwargs"])
+        net = GUARD_NETS[config["net"]](len(config["features"]["names"]), len(config["horizons"]),
+                                        **config["net_kwargs"])
         try:
             net.load_state_dict(load_file(path / "model.safetensors"))
         except RuntimeError as e:
@@ -149,33 +153,40 @@ class HazardGuard:
 
 def export_guard(module, out: str | os.PathLike, threshold: float, eval_horizon: int, extra: dict) -> Path:
     """Write a guard checkpoint folder from a trained ``HazardModule`` (atomically: temp folder + rename)."""
-    out = Path(out)
     hp = module.hparams
+    return write_guard(module.net, hp.net, module.net_kwargs(), hp.feature_spec, out, threshold, eval_horizon, extra)
+
+
+def write_guard(net: torch.nn.Module, name: str, net_kwargs: dict, spec: dict, out: str | os.PathLike,
+                threshold: float, eval_horizon: int, extra: dict) -> Path:
+    """Write a guard checkpoint folder (atomically: temp folder + rename): ``net`` (a ``GUARD_NETS[name]``
+    built with ``net_kwargs``) fed the features of ``spec`` (``HazardDataModule.feature_spec``)."""
+    out = Path(out)
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
         "signals_version": SIGNALS_VERSION,
-        "net": hp.net, "net_kwargs": module.net_kwargs(), "features": hp.feature_spec,
-        "horizons": hp.feature_spec["horizons"], "eval_horizon": eval_horizon, "threshold": threshold, **extra,
+        "net": name, "net_kwargs": net_kwargs, "features": spec,
+        "horizons": spec["horizons"], "eval_horizon": eval_horizon, "threshold": threshold, **extra,
     }
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     test = extra.get("test_metrics", {})
     (tmp / "card.md").write_text(
-        f"# {out.name}\n\nHazard guard: a causal `{hp.net}` over {len(hp.feature_spec['names'])} per-token features "
-        f"({hp.feature_spec['feature_set']}) forecasting a KV-compression catastrophe within "
-        f"{hp.feature_spec['horizons']} tokens. Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
+        f"# {out.name}\n\nHazard guard: a causal `{name}` over {len(spec['names'])} per-token features "
+        f"({spec['feature_set']}) forecasting a KV-compression catastrophe within "
+        f"{spec['horizons']} tokens. Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
         f"chosen on validation for a {extra.get('target_false_alarm_rate')} false-alarm rate"
         + (f"; per press setting {json.dumps(extra['thresholds_by_setting'])} (the same rate in each setting; "
            "`threshold_for(press, ratio)`)" if extra.get("thresholds_by_setting") else "") + ".\n\n"
         f"Trained on: {extra.get('trained_on')}\n\nTest: pre-onset AUROC {test.get('pre_onset_auroc')}, "
         f"detection >= 8 tokens ahead {test.get('detect_rate_lead8')}, false alarms {test.get('false_alarm_rate')}."
-        + (f"\n\nReads the model's state after decoder layer {hp.feature_spec['state']['layer']}, projected to "
-           f"{hp.feature_spec['state']['dim']} numbers (`hazard.signals.state`): build the engine with "
-           "`Engine(..., **guard.engine_options())` (hazard evaluate does)." if hp.feature_spec.get("state") else "")
+        + (f"\n\nReads the model's state after decoder layer {spec['state']['layer']}, projected to "
+           f"{spec['state']['dim']} numbers (`hazard.signals.state`): build the engine with "
+           "`Engine(..., **guard.engine_options())` (hazard evaluate does)." if spec.get("state") else "")
         + "\n\nLoad: `HazardGuard.from_pretrained(path)`; see config.json for the feature order.\n")
     if out.exists():
         shutil.rmtree(out)

@@ -608,6 +608,30 @@ def test_hazard_evaluate_runs_a_guard_on_the_state_and_the_cycle_spans(tmp_path)
     assert main(args) == 2 and not out.exists()
 
 
+def test_a_gradient_boosting_guard_runs_live_as_offline(tmp_path):
+    """A ``window_trees`` guard (the gradient-boosting baseline's trees as tensors, reading the last 8 tokens'
+    features) gives live, in the closed loop with slot reuse, the probabilities it gives offline. Its trees
+    read the oldest token of the window (zeros until 8 tokens are in), so it alarms at token 7 both ways."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from hazard.guard import write_guard
+    from hazard.predictor.features import FEATURE_SETS
+    from hazard.predictor.trees import WindowTrees
+
+    names = list(FEATURE_SETS["live"])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 2, size=(4000, 8 * len(names))).astype(np.float32)
+    y = (x[:, names.index("entropy")] > 1).astype(int)  # the oldest token's entropy (the tiny model's: ~log 1000)
+    trees = WindowTrees.from_sklearn(HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y),
+                                     len(names), 5, 8)
+    spec = {"names": names, "mean": [0.0] * len(names), "std": [1.0] * len(names), "horizons": [4, 8, 16, 32, 64],
+            "feature_set": "live"}
+    ckpt = write_guard(trees, "window_trees", trees.net_kwargs(), spec, tmp_path / "guard", 0.5, 8, {})
+    res = _parity(tmp_path, ckpt)
+    assert res["n"] == 5 and res["same_token_share"] == 1.0 and res["max_abs_diff"] < 1e-5
+    assert [(r["offline_first"], r["live_first"]) for r in res["rows"]] == [(7, 7)] * 5
+
+
 def test_a_live_guard_reads_the_models_state_as_collected(tmp_path):
     """A guard on ``live_state`` (the live set + the model's projected state) runs in the closed loop: the engine
     records the state at the layer and width the checkpoint names (``guard.engine_options()``) and the

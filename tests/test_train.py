@@ -712,3 +712,70 @@ def test_a_collections_fingerprint_is_its_summary_not_its_provenance(tmp_path):
     (b / "summary.json").write_text(json.dumps({**summary, "configs": [{"press": "knorm", "ratio": 0.875,
                                                                           "loop_rate": 0.31}]}))
     assert traces_fingerprint([str(a)]) != traces_fingerprint([str(b)])
+
+
+def test_window_trees_compute_the_gradient_boosting_baselines_probabilities():
+    """``WindowTrees`` (the trees as tensors) gives scikit-learn's probabilities on flattened windows (missing
+    values included), over a whole sequence and streamed token by token with per-row resets."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from hazard.predictor.trees import WindowTrees
+
+    rng = np.random.default_rng(0)
+    f, w = 5, 4
+    x = rng.normal(size=(3000, w * f)).astype(np.float32)
+    x[rng.random(x.shape) < 0.01] = np.nan
+    y = (np.nansum(x[:, -3:], 1) + rng.normal(size=3000) > 0.5).astype(int)
+    gbm = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(x, y)
+    net = WindowTrees.from_sklearn(gbm, f, 3, w)
+    assert np.allclose(torch.sigmoid(net.logit(torch.from_numpy(x))).numpy(), gbm.predict_proba(x)[:, 1], atol=1e-6)
+
+    seqs = rng.normal(size=(2, 20, f)).astype(np.float32)
+    ref = np.stack([gbm.predict_proba(windows(s, w))[:, 1] for s in seqs])
+    full = torch.sigmoid(net(torch.from_numpy(seqs))).numpy()
+    assert full.shape == (2, 20, 3) and np.allclose(full, ref[..., None], atol=1e-6)
+    state, out = net.init_state(2), []
+    for t in range(20):
+        if t == 10:  # row 1 starts a new sequence: its window empties
+            state = net.reset_rows(state, torch.tensor([1]))
+        logits, state = net.step(torch.from_numpy(seqs[:, t]), state)
+        out.append(torch.sigmoid(logits[:, 0]).numpy())
+    out = np.stack(out, 1)
+    assert np.allclose(out[0], ref[0], atol=1e-6)
+    assert np.allclose(out[1, 10:], gbm.predict_proba(windows(seqs[1, 10:], w))[:, 1], atol=1e-6)
+
+
+def test_report_exports_the_gradient_boosting_baseline_as_a_guard(traces_dir, tmp_path, monkeypatch):
+    """``report.export_gbm``: the baseline's trees as a guard checkpoint whose probabilities on the test traces
+    are the baseline's test scores, with its own thresholds. Added to a finished report's config, the export
+    does not make the report start afresh (it says where results go, not what they are)."""
+    import hazard.predictor.train as tr
+    from hazard.predictor.baselines import WindowClassifier
+
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
+    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=None,
+                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
+                         held_out_format=[], cross_model=[])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = tr.run_report(str(path))
+    cfg["report"]["export_gbm"] = str(tmp_path / "g")
+    path.write_text(yaml.safe_dump(cfg))
+    assert tr.run_report(str(path))["baselines"] == first["baselines"] and not (tmp_path / "g").exists()
+    assert json.loads((tmp_path / "results" / "metrics.json").read_text())["config"]["report"]["export_gbm"]
+
+    fitted, real_fit = [], WindowClassifier.fit
+    monkeypatch.setattr(WindowClassifier, "fit", lambda self, *a, **k: fitted.append(real_fit(self, *a, **k))
+                        or fitted[-1])
+    cfg["report"]["out_dir"] = str(tmp_path / "again")
+    path.write_text(yaml.safe_dump(cfg))
+    gbm_entry = tr.run_report(str(path))["baselines"]["gradient_boosting"]
+    guard = HazardGuard.from_pretrained(tmp_path / "g")
+    assert guard.config["net"] == "window_trees"
+    assert guard.threshold == gbm_entry["val"]["threshold"]
+    assert guard.thresholds == gbm_entry["test_per_setting"]["threshold"]
+    gbm = next(c for c in fitted if c.kind == "gbm")
+    test = HazardDataModule(**cfg["data"]).parts["test"]
+    got = [guard.forward_sequence(t.x)[:, guard.horizons.index(guard.eval_horizon)] for t in test]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, gbm.scores(test))) < 1e-4

@@ -5,7 +5,8 @@
 the main model, the baselines, other architectures, a feature ablation, and the held-out splits
 (leave-one-press-out, held-out prompt format, held-out task, cross-model; the gradient-boosting baseline is
 fitted on each of those too, under ``split_baselines``), a learning curve (fewer train prompts, the same test);
-it writes ``metrics.json`` and plots and exports the main model as a guard.
+it writes ``metrics.json`` and plots and exports the main model as a guard (``report.export``), and with
+``report.export_gbm`` the gradient-boosting baseline as one too (``hazard.predictor.trees.WindowTrees``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from hazard.errors import HazardError
-from hazard.guard import export_guard
+from hazard.guard import export_guard, write_guard
 from hazard.predictor.baselines import CycleRule, EntropyRule, RepeatRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule, traces_fingerprint
 from hazard.predictor.features import feature_names
 from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
+from hazard.predictor.trees import WindowTrees
 from hazard.traces import write_json
 from hazard.yaml_config import load_config
 
@@ -260,16 +262,8 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         _save_test_scores(out_dir, "model", main_test)
         _save_test_scores(out_dir, "entropy_rule", rule_test)
         if rep.get("export"):
-            per_setting = metrics["model"].get("test_per_setting")
-            export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens, {
-                "target_false_alarm_rate": far, "test_metrics": _brief(metrics["model"]["test"]),
-                **({"thresholds_by_setting": per_setting["threshold"],
-                    "test_metrics_per_setting": _brief(per_setting)} if per_setting else {}),
-                # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
-                "baselines": {"entropy_rule": {"n": rule.n,
-                                               "threshold": metrics["baselines"]["entropy_rule"]["val"]["threshold"]}},
-                "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
-                               "n_traces": metrics["data"]["n_traces"]}})
+            export_guard(model, rep["export"], metrics["model"]["val"]["threshold"], h_tokens,
+                         _guard_card(metrics["model"], metrics, far, data, dm))
         del model
         save(complete=False, stage="main fit, rules and export")
 
@@ -304,6 +298,12 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                                 **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
             if label == "gradient_boosting" and "or_cycle_rule" in metrics:
                 metrics["or_cycle_rule"][label] = or_cycle(val, val_scores, test, test_scores, h, far)
+            if label == "gradient_boosting" and rep.get("export_gbm") and clf.model is not None:
+                # the baseline as a guard of its own: its trees as tensors, its thresholds as chosen here
+                trees = WindowTrees.from_sklearn(clf.model, len(dm.feature_names), len(dm.horizons), clf.window)
+                write_guard(trees, "window_trees", trees.net_kwargs(), dm.feature_spec, rep["export_gbm"],
+                            baselines[label]["val"]["threshold"], h_tokens,
+                            _guard_card(baselines[label], metrics, far, data, dm))
             _save_test_scores(out_dir, label, test_scores)
             save(complete=False, stage=label)
         if "signals" not in metrics:
@@ -369,15 +369,39 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     return metrics
 
 
+def _guard_card(entry: dict, metrics: dict, far: float, data: dict, dm: HazardDataModule) -> dict:
+    """An exported guard's config extras from its report entry (``metrics["model"]`` or a baseline's): test
+    figures, thresholds per press setting, the entropy rule's tuning and what it was trained on."""
+    per_setting = entry.get("test_per_setting")
+    rule = metrics["baselines"]["entropy_rule"]
+    return {"target_false_alarm_rate": far, "test_metrics": _brief(entry["test"]),
+            **({"thresholds_by_setting": per_setting["threshold"],
+                "test_metrics_per_setting": _brief(per_setting)} if per_setting else {}),
+            # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
+            "baselines": {"entropy_rule": {"n": rule["n"], "threshold": rule["val"]["threshold"]}},
+            "trained_on": {"traces": data["traces"], "models": dm.models, "split": data.get("split", "prompt"),
+                           "n_traces": metrics["data"]["n_traces"]}}
+
+
+OUTPUT_KEYS = ("export", "export_gbm")  # report keys that say where results go, not what they are
+
+
 def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None:
-    """The metrics and W&B run records of an earlier call of this report (same config) in ``out_dir``."""
+    """The metrics and W&B run records of an earlier call of this report (same config up to
+    ``OUTPUT_KEYS``) in ``out_dir``."""
     f = out_dir / "metrics.json"
     if not f.is_file():
         return None
     metrics = json.loads(f.read_text())
-    if metrics.get("config") != json.loads(json.dumps({"path": str(path), **cfg})):
+
+    def what(c: dict) -> dict:
+        return {**c, "report": {k: v for k, v in c.get("report", {}).items() if k not in OUTPUT_KEYS}}
+
+    now = json.loads(json.dumps({"path": str(path), **cfg}))
+    if what(metrics.get("config", {})) != what(now):
         log.info("%s was written by another config: the report starts afresh", f)
         return None
+    metrics["config"] = now  # an export added since: recorded
     w = out_dir / "wandb_runs.json"
     return metrics, (json.loads(w.read_text())["runs"] if w.is_file() else [])
 
@@ -403,7 +427,7 @@ def _load_test_scores(out_dir: Path, test: list) -> dict[str, list[np.ndarray]]:
 
 REPORT_KEYS = {"resume", "target_false_alarm_rate", "patience", "window", "architectures", "feature_sets",
                "leave_one_press_out", "held_out_format", "held_out_task", "cross_model", "learning_curve",
-               "run_dir", "out_dir", "export"}
+               "run_dir", "out_dir", "export", "export_gbm"}
 
 
 def _brief(m: dict) -> dict:
