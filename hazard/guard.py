@@ -178,7 +178,11 @@ def write_guard(net: torch.nn.Module, name: str, net_kwargs: dict, spec: dict, o
     (tmp / "card.md").write_text(
         f"# {out.name}\n\nHazard guard: a causal `{name}` over {len(spec['names'])} per-token features "
         f"({spec['feature_set']}) forecasting a KV-compression catastrophe within "
-        f"{spec['horizons']} tokens. Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
+        f"{spec['horizons']} tokens"
+        + (f" (gradient boosting over the last {net_kwargs['window']} tokens' features, fitted at the "
+           f"{eval_horizon}-token horizon: every horizon's column holds its probability)"
+           if name == "window_trees" else "")
+        + f". Alarm threshold {threshold:.4g} on the {eval_horizon}-token horizon, "
         f"chosen on validation for a {extra.get('target_false_alarm_rate')} false-alarm rate"
         + (f"; per press setting {json.dumps(extra['thresholds_by_setting'])} (the same rate in each setting; "
            "`threshold_for(press, ratio)`)" if extra.get("thresholds_by_setting") else "") + ".\n\n"
