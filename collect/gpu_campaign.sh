@@ -83,6 +83,9 @@ if want train; then
   python3 -c "import wandb, lightning.pytorch.loggers as l; l.WandbLogger" 2>/dev/null \
     || { echo "wandb does not import here: this report runs without W&B (CSV logs only)"; export WANDB_MODE=disabled; }
   R=/tmp/hz/train/results/$REPORT
+  # Gradient boosting at this scale can outlast a call (state_q15_cycle's ran over 380 s): fit it in warm starts
+  # of 20 iterations, saved in the report's folder, so the next call goes on mid-fit (recorded as boosting_chunk).
+  export HAZARD_GBM_CHUNK=${HAZARD_GBM_CHUNK:-20}
   # A report stopped in an earlier hold goes on here: put the train_$REPORT.tgz that call returned in the tree as
   # train/$REPORT.tgz (untracked, it travels with the working tree) and collect the same traces again (an H100
   # collects a config's traces identically in each hold); the report checks that they are the ones it began on.

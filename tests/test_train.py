@@ -779,3 +779,94 @@ def test_report_exports_the_gradient_boosting_baseline_as_a_guard(traces_dir, tm
     test = HazardDataModule(**cfg["data"]).parts["test"]
     got = [guard.forward_sequence(t.x)[:, guard.horizons.index(guard.eval_horizon)] for t in test]
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, gbm.scores(test))) < 1e-4
+
+
+def test_gradient_boosting_killed_mid_fit_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Boosting saved every few iterations (``_boost_in_chunks``): killed in its third chunk, a second call goes
+    on from the saved model and ends with the model an uninterrupted chunked fit gives; the file goes at the
+    end. A saved fit of other data is not resumed. Through the report it is opt-in (``HAZARD_GBM_CHUNK``)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from hazard.predictor.baselines import _boost_in_chunks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 12)).astype(np.float32)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(x[:, :4].sum(1) * 0.5 - 2)))).astype(int)
+    make = lambda: HistGradientBoostingClassifier(max_iter=200, class_weight="balanced", random_state=0)  # noqa: E731
+    one = _boost_in_chunks(make(), x, y, tmp_path / "uninterrupted.pkl", chunk=10)
+    assert 20 < one.n_iter_ < 200  # early stopping ends it inside a chunk, after a few chunks
+    assert not (tmp_path / "uninterrupted.pkl").exists() and not one.warm_start
+
+    path, real, calls = tmp_path / "gbm.partial.pkl", HistGradientBoostingClassifier.fit, []
+
+    def dies_third(self, *a, **k):
+        calls.append(self.max_iter)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
+    with pytest.raises(KeyboardInterrupt):
+        _boost_in_chunks(make(), x, y, path, chunk=10)
+    assert calls == [10, 20, 30] and path.is_file()
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", real)
+    resumed = _boost_in_chunks(make(), x, y, path, chunk=10)
+    assert resumed.n_iter_ == one.n_iter_ and not path.exists()
+    assert np.array_equal(resumed.predict_proba(x), one.predict_proba(x))
+
+    # a saved fit of other data starts over (and still ends as one fit of this data)
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _boost_in_chunks(make(), x[::-1].copy(), y[::-1].copy(), path, chunk=10)
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", real)
+    again = _boost_in_chunks(make(), x, y, path, chunk=10)
+    assert np.array_equal(again.predict_proba(x), one.predict_proba(x))
+
+
+def test_boosting_chunk_is_opt_in_and_checked(monkeypatch):
+    from hazard.predictor.train import boosting_chunk
+
+    monkeypatch.delenv("HAZARD_GBM_CHUNK", raising=False)
+    assert boosting_chunk() is None
+    monkeypatch.setenv("HAZARD_GBM_CHUNK", "20")
+    assert boosting_chunk() == 20
+    monkeypatch.setenv("HAZARD_GBM_CHUNK", "ten")
+    with pytest.raises(HazardError, match="HAZARD_GBM_CHUNK"):
+        boosting_chunk()
+
+
+def test_report_killed_mid_boosting_resumes_from_the_saved_chunks(traces_dir, tmp_path, monkeypatch):
+    """With ``HAZARD_GBM_CHUNK`` the report's gradient boosting is saved in ``out_dir`` as it goes: killed in
+    its third chunk, the next call goes on from there and scores what an uninterrupted chunked report scores."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    import hazard.predictor.train as tr
+
+    monkeypatch.setenv("HAZARD_GBM_CHUNK", "40")
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
+    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=None,
+                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
+                         held_out_format=[], cross_model=[])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    real, calls = HistGradientBoostingClassifier.fit, []
+
+    def dies_third(self, *a, **k):
+        calls.append(self.max_iter)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
+    with pytest.raises(KeyboardInterrupt):
+        tr.run_report(str(path))
+    assert calls == [40, 80, 120] and (tmp_path / "results" / "gradient_boosting.partial.pkl").is_file()
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", real)
+    resumed = tr.run_report(str(path))["baselines"]["gradient_boosting"]
+    assert resumed["boosting_chunk"] == 40 and not list((tmp_path / "results").glob("*.partial.pkl"))
+
+    cfg["report"].update(out_dir=str(tmp_path / "once"), run_dir=str(tmp_path / "runs_once"))
+    path.write_text(yaml.safe_dump(cfg))
+    assert tr.run_report(str(path))["baselines"]["gradient_boosting"] == resumed

@@ -153,8 +153,20 @@ def or_cycle(val, val_scores, test, test_scores, h: int, far: float) -> dict:
                                                        probabilistic=False)}
 
 
+def boosting_chunk() -> int | None:
+    """``HAZARD_GBM_CHUNK``: fit the report's gradient boosting in warm starts of this many iterations, saved
+    after each, so a fit longer than a device call resumes mid-fit (``WindowClassifier.fit``; recorded beside
+    the figures as ``boosting_chunk``). Unset: one fit, as every report before it."""
+    value = os.environ.get("HAZARD_GBM_CHUNK", "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise HazardError(f"HAZARD_GBM_CHUNK={value!r}: give a positive number of iterations, or unset it")
+    return int(value)
+
+
 def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: float, seed: int,
-           metrics: dict | None = None, runs: list | None = None) -> dict:
+           metrics: dict | None = None, runs: list | None = None, out_dir: Path | None = None) -> dict:
     """Fit and score the configured net on one split; with ``metrics``, also the gradient-boosting baseline
     (its test figures go to ``metrics["split_baselines"][name]``)."""
     model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, name, seed,
@@ -168,9 +180,12 @@ def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: 
             every_trace = [t for part in dm.parts.values() for t in part]
             metrics.setdefault("signals", {}).update(signal_report(every_trace, dm.feature_names, h, only=new))
         clf = WindowClassifier("gbm", window=cfg.get("report", {}).get("window", 8), seed=seed,
-                               detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h, dm.norm)
+                               detect_window=data.get("detect_window", 0)).fit(
+            dm.parts["train"], val, h, dm.norm, checkpoint=out_dir / f"{name}.gbm.partial.pkl" if out_dir else None,
+            chunk=boosting_chunk() if out_dir else None)
         metrics.setdefault("split_baselines", {})[name] = {
-            "gradient_boosting": _brief(scored(val, clf.scores(val), test, clf.scores(test), h, far)["test"])}
+            "gradient_boosting": _brief(scored(val, clf.scores(val), test, clf.scores(test), h, far)["test"]),
+            **({"boosting_chunk": boosting_chunk()} if boosting_chunk() and out_dir else {})}
     return scored(val, model_scores(model, dm, "val", h), test, model_scores(model, dm, "test", h), h, far)
 
 
@@ -225,6 +240,8 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                                                      "runs": runs})
 
     if prev is None:
+        for stale in out_dir.glob("*.partial.pkl"):  # an earlier report's unfinished boosting is not this one's
+            stale.unlink()
         runs: list[dict] = []  # W&B runs, one per fit
         t_fit = time.time()
         model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, "main", seed,
@@ -285,16 +302,21 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             if label == "repeat_rule":  # the non-learned loop detector
                 clf = RepeatRule(dm.feature_names.index("repeat4")).fit(dm.parts["train"], val, h, far)
             else:
+                # gradient boosting can outlast a device call: chunked (opt-in), it is saved as it goes and
+                # resumes mid-fit
                 clf = WindowClassifier("logreg" if label == "logistic_regression" else "gbm",
                                        window=rep.get("window", 8), seed=seed,
-                                       detect_window=data.get("detect_window", 0)).fit(dm.parts["train"], val, h,
-                                                                                       dm.norm)
+                                       detect_window=data.get("detect_window", 0)).fit(
+                    dm.parts["train"], val, h, dm.norm, checkpoint=out_dir / f"{label}.partial.pkl",
+                    chunk=boosting_chunk())
             # a call killed inside this stage saves nothing of it: these lines say where its time went
             iters = getattr(getattr(clf, "model", None), "n_iter_", None)
             print(f"report: {label} fitted in {time.time() - t_fit:.0f} s"
                   + (f" ({int(np.max(iters))} iterations)" if iters is not None else ""), flush=True)
             val_scores, test_scores = clf.scores(val), clf.scores(test)
             baselines[label] = {**({"n": clf.n} if label == "repeat_rule" else {}),
+                                **({"boosting_chunk": boosting_chunk()} if label == "gradient_boosting"
+                                   and boosting_chunk() else {}),
                                 **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
             if label == "gradient_boosting" and "or_cycle_rule" in metrics:
                 metrics["or_cycle_rule"][label] = or_cycle(val, val_scores, test, test_scores, h, far)
@@ -321,7 +343,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                 continue
             try:
                 res = _study(cfg, {**data, "split": f"{split}:{name}"}, f"{label}-{name}", run_dir, h_tokens, far,
-                             seed, metrics, runs)
+                             seed, metrics, runs, out_dir)
                 metrics.setdefault(key, {})[name] = res["test"]
             except HazardError as e:
                 metrics.setdefault(key, {})[name] = {"skipped": str(e)}
@@ -346,7 +368,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             continue
         try:  # a point beyond the train part (a partial collection) is recorded as skipped, like a held-out group
             res = _study(cfg, {**data, "train_prompts": n}, f"train-{n}", run_dir, h_tokens, far, seed, metrics,
-                         runs)["test"]
+                         runs, out_dir)["test"]
         except HazardError as e:
             res = {"skipped": str(e)}
         metrics.setdefault("learning_curve", {})[str(n)] = res
@@ -363,7 +385,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         if fs in metrics.get("ablation", {}):
             continue
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
-                                                        h_tokens, far, seed, metrics, runs=runs)
+                                                        h_tokens, far, seed, metrics, runs=runs, out_dir=out_dir)
         save(complete=False, stage=f"ablation.{fs}")
     save(complete=True)
     return metrics
