@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -448,19 +449,26 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
         assert np.allclose(p[1], full[1][0], atol=1e-5)
 
 
+def _baselines_report(traces_dir, tmp_path, export: str | None = None) -> tuple[dict, Path]:
+    """The tiny report on ``live`` with the main fit and the baselines only, resumable, written to
+    ``tmp_path/train.yaml``: (its config, the file)."""
+    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
+    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
+    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=export,
+                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
+                         held_out_format=[], cross_model=[])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return cfg, path
+
+
 def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model(traces_dir, tmp_path, monkeypatch):
     """The sklearn baselines can take longer than the main fit (wide state features): a report killed among
     them keeps the main fit, its guard and the baselines done, and a second call ends as one uninterrupted."""
     import hazard.predictor.train as tr
     from hazard.predictor.baselines import WindowClassifier
 
-    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
-    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
-    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=str(tmp_path / "g"),
-                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
-                         held_out_format=[], cross_model=[])
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    cfg, path = _baselines_report(traces_dir, tmp_path, export=str(tmp_path / "g"))
     fits, real_fit, real_clf_fit = [], tr.fit, WindowClassifier.fit
     monkeypatch.setattr(tr, "fit", lambda *a, **k: (fits.append(a[4]), real_fit(*a, **k))[1])
 
@@ -752,13 +760,7 @@ def test_report_exports_the_gradient_boosting_baseline_as_a_guard(traces_dir, tm
     import hazard.predictor.train as tr
     from hazard.predictor.baselines import WindowClassifier
 
-    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
-    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
-    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=None,
-                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
-                         held_out_format=[], cross_model=[])
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    cfg, path = _baselines_report(traces_dir, tmp_path)
     first = tr.run_report(str(path))
     cfg["report"]["export_gbm"] = str(tmp_path / "g")
     path.write_text(yaml.safe_dump(cfg))
@@ -781,6 +783,22 @@ def test_report_exports_the_gradient_boosting_baseline_as_a_guard(traces_dir, tm
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, gbm.scores(test))) < 1e-4
 
 
+def _boosting_killed_at(n: int, calls: list):
+    """A ``HistGradientBoostingClassifier.fit`` that records each call's ``max_iter`` and raises
+    KeyboardInterrupt (what a time limit's kill does, as far as files go) on the n-th call."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    real = HistGradientBoostingClassifier.fit
+
+    def fit(self, *a, **k):
+        calls.append(self.max_iter)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    return fit
+
+
 def test_gradient_boosting_killed_mid_fit_resumes_to_the_same_model(tmp_path, monkeypatch):
     """Boosting saved every few iterations (``_boost_in_chunks``): killed in its third chunk, a second call goes
     on from the saved model and ends with the model an uninterrupted chunked fit gives; the file goes at the
@@ -798,14 +816,7 @@ def test_gradient_boosting_killed_mid_fit_resumes_to_the_same_model(tmp_path, mo
     assert not (tmp_path / "uninterrupted.pkl").exists() and not one.warm_start
 
     path, real, calls = tmp_path / "gbm.partial.pkl", HistGradientBoostingClassifier.fit, []
-
-    def dies_third(self, *a, **k):
-        calls.append(self.max_iter)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", _boosting_killed_at(3, calls))
     with pytest.raises(KeyboardInterrupt):
         _boost_in_chunks(make(), x, y, path, chunk=10)
     assert calls == [10, 20, 30] and path.is_file()
@@ -815,8 +826,7 @@ def test_gradient_boosting_killed_mid_fit_resumes_to_the_same_model(tmp_path, mo
     assert np.array_equal(resumed.predict_proba(x), one.predict_proba(x))
 
     # a saved fit of other data starts over (and still ends as one fit of this data)
-    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
-    calls.clear()
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", _boosting_killed_at(3, []))
     with pytest.raises(KeyboardInterrupt):
         _boost_in_chunks(make(), x[::-1].copy(), y[::-1].copy(), path, chunk=10)
     monkeypatch.setattr(HistGradientBoostingClassifier, "fit", real)
@@ -844,22 +854,9 @@ def test_report_killed_mid_boosting_resumes_from_the_saved_chunks(traces_dir, tm
     import hazard.predictor.train as tr
 
     monkeypatch.setenv("HAZARD_GBM_CHUNK", "40")
-    cfg = yaml.safe_load(open("configs/train/tiny.yaml"))
-    cfg["data"].update(traces=[str(traces_dir)], feature_set="live")
-    cfg["report"].update(run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "results"), export=None,
-                         resume=True, architectures=[], feature_sets=[], leave_one_press_out=[], held_out_task=[],
-                         held_out_format=[], cross_model=[])
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    cfg, path = _baselines_report(traces_dir, tmp_path)
     real, calls = HistGradientBoostingClassifier.fit, []
-
-    def dies_third(self, *a, **k):
-        calls.append(self.max_iter)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", dies_third)
+    monkeypatch.setattr(HistGradientBoostingClassifier, "fit", _boosting_killed_at(3, calls))
     with pytest.raises(KeyboardInterrupt):
         tr.run_report(str(path))
     assert calls == [40, 80, 120] and (tmp_path / "results" / "gradient_boosting.partial.pkl").is_file()
