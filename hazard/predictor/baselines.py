@@ -226,7 +226,7 @@ class WindowClassifier:
         of ``chunk`` iterations, saved after each to ``checkpoint``, from which a killed fit goes on and ends
         as an uninterrupted chunked fit does (tested); the file goes once the fit ends. Chunked boosting is
         not bit-identical to one fit (each warm start recomputes the running predictions, so early stopping
-        can end a few iterations apart: 82 against 80 on the pilot's ``live`` ablation), so it is opt-in."""
+        can end a few iterations apart, as on the pilot's ``live`` ablation), so it is opt-in."""
         self.norm = norm
         masks = [train_mask(t, self.detect_window) for t in train]
         x = np.concatenate([windows(norm(t.x), self.window)[m] for t, m in zip(train, masks)])
