@@ -73,8 +73,7 @@ def detect_loop(tokens: list[int], finished: bool = False, max_period: int = 40,
             terminal = Loop(onset=start, period=p)
     if terminal is None:
         return None
-    if terminal.onset < onset:
-        onset, first_repeat = terminal.onset, terminal.onset + terminal.period
+    # the terminal cycle starts at one of its period's runs, so never before ``onset``
     return Loop(onset=onset, period=terminal.period, first_repeat=first_repeat)
 
 

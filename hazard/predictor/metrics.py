@@ -101,7 +101,7 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     out = {"n_traces": len(traces), "n_catastrophes": int(sum(t.catastrophe for t in traces)),
            "auroc": auroc, "auprc": auprc, "pre_onset_auroc": pre_auroc, "pre_onset_auprc": pre_auprc,
            "threshold": threshold}
-    first_alarm, healthy_alarm, alarm_tokens, tokens = [], [], 0, 0
+    first_alarm, healthy_alarm, repeats, alarm_tokens, tokens = [], [], [], 0, 0
     for t, s, th in zip(traces, scores, thr):
         alarms = (s >= th) & t.valid
         alarm_tokens += int(alarms.sum())
@@ -112,6 +112,8 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
             # there is one; after the onset it is how late the guard notices
             anytime = np.flatnonzero(s >= th)
             first_alarm.append((t.onset, int(anytime[0]) if len(anytime) else None, t.kind, t.source))
+            if t.kind == "loop" and t.first_repeat >= 0:  # the same alarm, counted from the first repeat
+                repeats.append((t.first_repeat, first_alarm[-1][1]))
         else:
             healthy_alarm.append(len(hit) > 0)
     out.update(detection(first_alarm, leads, delays))
@@ -125,8 +127,6 @@ def evaluate(traces: list[Trace], scores: list[np.ndarray], horizon: int, thresh
     # Loops counted from their first repeated token instead of the onset: how soon after the repetition shows
     # the guard notices it (a diagnostic beside the bar, which counts from the onset; the controller's
     # rollback reaches back past the onset when the alarm comes within rollback - period tokens of it).
-    repeats = [(t.first_repeat, a) for t, (_, a, *_) in zip([t for t in traces if t.catastrophe], first_alarm)
-               if t.kind == "loop" and t.first_repeat >= 0]
     rep = detection(repeats, leads, delays)
     out["loop_from_repeat"] = {"n": len(repeats), "median_delay": rep["median_delay"],
                                **{f"detect_rate_within{d}": rep[f"detect_rate_within{d}"] for d in delays}}

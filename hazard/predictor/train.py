@@ -166,7 +166,8 @@ def boosting_chunk() -> int | None:
 
 
 def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: float, seed: int,
-           metrics: dict | None = None, runs: list | None = None, out_dir: Path | None = None) -> dict:
+           metrics: dict | None = None, runs: list | None = None, chunk: int | None = None,
+           out_dir: Path | None = None) -> dict:
     """Fit and score the configured net on one split; with ``metrics``, also the gradient-boosting baseline
     (its test figures go to ``metrics["split_baselines"][name]``)."""
     model, dm = fit(data, cfg["model"], cfg.get("trainer", {}), run_dir, name, seed,
@@ -181,11 +182,11 @@ def _study(cfg: dict, data: dict, name: str, run_dir: Path, h_tokens: int, far: 
             metrics.setdefault("signals", {}).update(signal_report(every_trace, dm.feature_names, h, only=new))
         clf = WindowClassifier("gbm", window=cfg.get("report", {}).get("window", 8), seed=seed,
                                detect_window=data.get("detect_window", 0)).fit(
-            dm.parts["train"], val, h, dm.norm, checkpoint=out_dir / f"{name}.gbm.partial.pkl" if out_dir else None,
-            chunk=boosting_chunk() if out_dir else None)
+            dm.parts["train"], val, h, dm.norm, checkpoint=out_dir / f"{name}.gbm.partial.pkl" if chunk else None,
+            chunk=chunk)
         metrics.setdefault("split_baselines", {})[name] = {
             "gradient_boosting": _brief(scored(val, clf.scores(val), test, clf.scores(test), h, far)["test"]),
-            **({"boosting_chunk": boosting_chunk()} if boosting_chunk() and out_dir else {})}
+            **({"boosting_chunk": chunk} if chunk else {})}
     return scored(val, model_scores(model, dm, "val", h), test, model_scores(model, dm, "test", h), h, far)
 
 
@@ -208,6 +209,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     run_dir = Path(rep.get("run_dir", "runs/train"))
     out_dir = Path(rep.get("out_dir", "train/results"))
     t0 = time.time()
+    chunk = boosting_chunk()  # gradient boosting in saved warm starts (device reports), else one fit
 
     prev = _resumable(out_dir, path, cfg) if rep.get("resume") else None
     dm: HazardDataModule | None = None
@@ -308,15 +310,14 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                                        window=rep.get("window", 8), seed=seed,
                                        detect_window=data.get("detect_window", 0)).fit(
                     dm.parts["train"], val, h, dm.norm, checkpoint=out_dir / f"{label}.partial.pkl",
-                    chunk=boosting_chunk())
+                    chunk=chunk)
             # a call killed inside this stage saves nothing of it: these lines say where its time went
             iters = getattr(getattr(clf, "model", None), "n_iter_", None)
             print(f"report: {label} fitted in {time.time() - t_fit:.0f} s"
                   + (f" ({int(np.max(iters))} iterations)" if iters is not None else ""), flush=True)
             val_scores, test_scores = clf.scores(val), clf.scores(test)
             baselines[label] = {**({"n": clf.n} if label == "repeat_rule" else {}),
-                                **({"boosting_chunk": boosting_chunk()} if label == "gradient_boosting"
-                                   and boosting_chunk() else {}),
+                                **({"boosting_chunk": chunk} if label == "gradient_boosting" and chunk else {}),
                                 **scored(val, val_scores, test, test_scores, h, far, probabilistic=clf.probabilistic)}
             if label == "gradient_boosting" and "or_cycle_rule" in metrics:
                 metrics["or_cycle_rule"][label] = or_cycle(val, val_scores, test, test_scores, h, far)
@@ -343,7 +344,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                 continue
             try:
                 res = _study(cfg, {**data, "split": f"{split}:{name}"}, f"{label}-{name}", run_dir, h_tokens, far,
-                             seed, metrics, runs, out_dir)
+                             seed, metrics, runs, chunk, out_dir)
                 metrics.setdefault(key, {})[name] = res["test"]
             except HazardError as e:
                 metrics.setdefault(key, {})[name] = {"skipped": str(e)}
@@ -368,7 +369,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
             continue
         try:  # a point beyond the train part (a partial collection) is recorded as skipped, like a held-out group
             res = _study(cfg, {**data, "train_prompts": n}, f"train-{n}", run_dir, h_tokens, far, seed, metrics,
-                         runs, out_dir)["test"]
+                         runs, chunk, out_dir)["test"]
         except HazardError as e:
             res = {"skipped": str(e)}
         metrics.setdefault("learning_curve", {})[str(n)] = res
@@ -385,7 +386,8 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         if fs in metrics.get("ablation", {}):
             continue
         metrics.setdefault("ablation", {})[fs] = _study(cfg, {**data, "feature_set": fs}, f"features-{fs}", run_dir,
-                                                        h_tokens, far, seed, metrics, runs=runs, out_dir=out_dir)
+                                                        h_tokens, far, seed, metrics, runs=runs, chunk=chunk,
+                                                        out_dir=out_dir)
         save(complete=False, stage=f"ablation.{fs}")
     save(complete=True)
     return metrics
