@@ -867,3 +867,36 @@ def test_report_killed_mid_boosting_resumes_from_the_saved_chunks(traces_dir, tm
     cfg["report"].update(out_dir=str(tmp_path / "once"), run_dir=str(tmp_path / "runs_once"))
     path.write_text(yaml.safe_dump(cfg))
     assert tr.run_report(str(path))["baselines"]["gradient_boosting"] == resumed
+
+
+def test_fast_weighted_binning_gives_scikit_learns_edges_and_model():
+    """``fast_weighted_binning``: the class-weighted edges from one weighted-percentile call equal the installed
+    scikit-learn's own (NaNs, zero weights, ties, few distinct values), so the boosted model is the same one;
+    the context puts scikit-learn's function back, also on an error."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._hist_gradient_boosting import binning
+
+    from hazard.predictor.baselines import _SKLEARN_THRESHOLDS, _weighted_thresholds, fast_weighted_binning
+
+    rng = np.random.default_rng(0)
+    for n, decimals in ((5000, None), (3000, 1), (400, None), (60, None)):
+        col = rng.normal(size=n)
+        col = col if decimals is None else np.round(col, decimals)  # ties; under 255 distinct values
+        col[rng.random(n) < 0.05] = np.nan
+        weight = np.where(rng.random(n) < 0.1, 5.0, 0.55)
+        weight[rng.random(n) < 0.02] = 0.0
+        for w in (weight, None):
+            want = _SKLEARN_THRESHOLDS(col, 255, sample_weight=w)
+            assert np.array_equal(_weighted_thresholds(col, 255, sample_weight=w), want)
+    x = rng.normal(size=(6000, 8))
+    y = (x[:, 0] + rng.normal(size=6000) > 1.5).astype(int)
+    make = lambda: HistGradientBoostingClassifier(max_iter=15, class_weight="balanced", random_state=0)  # noqa: E731
+    plain = make().fit(x, y)
+    with fast_weighted_binning():
+        assert binning._find_binning_thresholds is _weighted_thresholds
+        fast = make().fit(x, y)
+    assert binning._find_binning_thresholds is _SKLEARN_THRESHOLDS
+    assert np.array_equal(fast.predict_proba(x), plain.predict_proba(x))
+    with pytest.raises(RuntimeError), fast_weighted_binning():
+        raise RuntimeError
+    assert binning._find_binning_thresholds is _SKLEARN_THRESHOLDS
