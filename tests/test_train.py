@@ -900,3 +900,26 @@ def test_fast_weighted_binning_gives_scikit_learns_edges_and_model():
     with pytest.raises(RuntimeError), fast_weighted_binning():
         raise RuntimeError
     assert binning._find_binning_thresholds is _SKLEARN_THRESHOLDS
+
+
+def test_a_subset_feature_set_is_sliced_from_the_loaded_one(traces_dir, monkeypatch):
+    """A report's ablations read feature sets contained in its main one: their traces come from the loaded
+    set's columns, equal to a fresh read of the folders, which is not done again."""
+    import hazard.predictor.data as data
+
+    data._LOADED.clear()
+    full = load_trace_arrays([str(traces_dir)], "live_cycle")
+    reads = []
+    real = data._read_trace_arrays
+    monkeypatch.setattr(data, "_read_trace_arrays", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    sliced = load_trace_arrays([str(traces_dir)], "live")
+    assert reads == []  # taken from live_cycle's columns
+    data._LOADED.clear()
+    fresh = load_trace_arrays([str(traces_dir)], "live")
+    assert reads == ["live"] and len(sliced) == len(fresh) == len(full)
+    for a, b in zip(sliced, fresh):
+        assert a.trace_id == b.trace_id and a.x.dtype == b.x.dtype and np.array_equal(a.x, b.x)
+        assert np.array_equal(a.y, b.y) and a.onset == b.onset
+    load_trace_arrays([str(traces_dir)], "live_cycle")  # not contained in live: read
+    assert reads == ["live", "live_cycle"]
+    data._LOADED.clear()

@@ -114,8 +114,24 @@ def load_trace_arrays(paths: list[str], feature_set: str, horizons=HORIZONS) -> 
     if key not in _LOADED:
         if _LOADED and next(iter(_LOADED))[0] != key[0]:
             _LOADED.clear()
-        _LOADED[key] = _read_trace_arrays(paths, feature_set, horizons)
+        _LOADED[key] = _columns_of_loaded(key) or _read_trace_arrays(paths, feature_set, horizons)
     return _LOADED[key]
+
+
+def _columns_of_loaded(key: tuple) -> list[Trace] | None:
+    """The traces of ``key`` taken from a loaded feature set of the same folders that holds all its features
+    (a report's ablations are subsets of its main set): each feature column is computed from its trace row
+    alone, so its columns equal a fresh read's (tested), without reading the folders again (about a minute
+    for the 1.5B's 8,000 traces)."""
+    names = feature_names(key[1])
+    for (folders, other, horizons, stamp), traces in _LOADED.items():
+        if (folders, horizons, stamp) != (key[0], key[2], key[3]):
+            continue
+        have = feature_names(other)
+        if set(names) <= set(have):
+            idx = [have.index(n) for n in names]
+            return [dataclasses.replace(t, x=np.ascontiguousarray(t.x[:, idx])) for t in traces]
+    return None
 
 
 def state_source(paths: list[str]) -> dict:
