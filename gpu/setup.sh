@@ -47,14 +47,9 @@ for short in "$@"; do
   rm -f "${parts[@]}"
   t0=$SECONDS
   # a failed conversion (e.g. the wheels not installed: no gguf) keeps the assembled GGUF for the next call
-  python3 - "$name" "$short" <<'PY' || { echo "gpu/setup.sh: converting $name failed; the GGUF stays in /tmp/models"; eval "$_hz_opts"; return 2 2>/dev/null || exit 2; }
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-name, short = sys.argv[1:]
-AutoModelForCausalLM.from_pretrained('/tmp/models', gguf_file=f'{name}.gguf', dtype=torch.bfloat16).save_pretrained(f'/tmp/{short}.tmp')
-AutoTokenizer.from_pretrained('/tmp/models', gguf_file=f'{name}.gguf').save_pretrained(f'/tmp/{short}.tmp')
-PY
-  mv "/tmp/$short.tmp" "/tmp/$short"
+  python3 -c 'import sys; from hazard.models import convert_gguf; convert_gguf(*sys.argv[1:])' \
+    "/tmp/models/$name.gguf" "/tmp/$short" \
+    || { echo "gpu/setup.sh: converting $name failed; the GGUF stays in /tmp/models"; eval "$_hz_opts"; return 2 2>/dev/null || exit 2; }
   rm -f "/tmp/models/$name.gguf"
   echo "gpu/setup.sh: $name -> /tmp/$short in $((SECONDS - t0)) s"
 done

@@ -6,8 +6,11 @@ factory builds for tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,18 +144,54 @@ def _converted_dir(cfg: ModelConfig, gguf: Path) -> Path:
     return root / f"{gguf.stem}-{key}"
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within the block, each GGUF file's metadata is parsed once.
+
+    transformers builds a GGUF model's config, its weights, the tokenizer's config and the tokenizer each from a
+    fresh ``gguf.GGUFReader``, which parses the whole metadata (Qwen2.5's 151k-token vocabulary: ~6 s on this CPU)
+    every time, once under a relative path. Here readers are shared by resolved path (they only read their memory
+    map), and ``gguf.GGUFReader`` is itself again on leaving the block.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared(path, mode: str = "r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = reader
+
+
+def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Dequantise a GGUF file into an ordinary HF folder ``out`` (weights in ``dtype``, config, tokenizer),
+    written whole under ``out``.tmp, then renamed. What ``gpu/setup.sh`` runs once per device machine."""
+    gguf, out = Path(gguf), Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # of a conversion that was killed
+    with gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
 def _load_gguf(cfg: ModelConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     gguf = Path(cfg.path) / cfg.gguf_file
     if not gguf.is_file():
         raise HazardError(f"model.gguf_file: {gguf} does not exist; fetch it (../shared/tools/models.py fetch)")
     out = _converted_dir(cfg, gguf)
     if not (out / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, gguf_file=cfg.gguf_file, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(cfg.path, gguf_file=cfg.gguf_file)
-        tmp = out.with_name(out.name + ".tmp")
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, out)
+        convert_gguf(gguf, out, dtype)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype, attn_implementation=cfg.attn_implementation)
     return model, AutoTokenizer.from_pretrained(out)
 
