@@ -277,6 +277,38 @@ def test_thresholds_per_setting_hold_each_setting_to_the_target():
         evaluate(traces, scores, 0, {"knorm@0.875": 0.5})
 
 
+def test_a_conformal_threshold_holds_the_rate_on_new_healthy_traces():
+    """Healthy traces' maxima drawn from one distribution (uniform): a threshold chosen on n of them lets a new
+    one alarm with probability (k + 1) / (n + 1), k the validation traces it lets alarm. The quantile rule
+    (k = floor(0.05 n)) sits at 5% on validation and above it on new traces: 2/31 at n = 30. The conformal
+    rule stays at or under 5% in expectation (1/31 at n = 30; at n = 9, under 19, above the maximum: 1/10);
+    a rule it does not know is one clear error."""
+    from types import SimpleNamespace
+
+    from hazard.predictor.metrics import FalseAlarmTarget
+
+    rng = np.random.default_rng(0)
+
+    def new_alarm_rate(n: int, far: float, trials: int = 4000) -> float:
+        rates = []
+        for _ in range(trials):
+            maxes = rng.random(n)
+            traces = [SimpleNamespace(valid=np.ones(1, bool), catastrophe=False) for _ in maxes]
+            thr = choose_threshold(traces, [np.array([m]) for m in maxes], far)
+            rates.append(1.0 - min(thr, 1.0))  # P(a new uniform maximum >= thr)
+        return float(np.mean(rates))
+
+    for n, quantile, conformal in ((30, 2 / 31, 1 / 31), (60, 4 / 61, 3 / 61), (9, 1 / 10, 1 / 10)):
+        q = new_alarm_rate(n, FalseAlarmTarget(0.05))
+        c = new_alarm_rate(n, FalseAlarmTarget(0.05, "conformal"))
+        assert q == pytest.approx(quantile, abs=0.004) and c == pytest.approx(conformal, abs=0.004)
+        if n >= 19:
+            assert c <= 0.05 < q
+    assert new_alarm_rate(30, 0.05, 500) == pytest.approx(new_alarm_rate(30, FalseAlarmTarget(0.05), 500), abs=0.01)
+    with pytest.raises(HazardError, match="threshold_rule 'strict'"):
+        FalseAlarmTarget(0.05, "strict")
+
+
 def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():
     """Two tasks, each scored by a constant (no ranking within either), one failing more often: the pooled
     AUROC looks good, each task's is 0.5."""

@@ -31,7 +31,14 @@ from hazard.guard import export_guard, write_guard
 from hazard.predictor.baselines import CycleRule, EntropyRule, RepeatRule, WindowClassifier
 from hazard.predictor.data import HazardDataModule, traces_fingerprint
 from hazard.predictor.features import feature_names
-from hazard.predictor.metrics import choose_threshold, choose_thresholds, evaluate, setting, signal_report
+from hazard.predictor.metrics import (
+    FalseAlarmTarget,
+    choose_threshold,
+    choose_thresholds,
+    evaluate,
+    setting,
+    signal_report,
+)
 from hazard.predictor.module import HazardModule
 from hazard.predictor.plots import plot_report
 from hazard.predictor.trees import WindowTrees
@@ -205,7 +212,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
     seed = cfg.get("seed_everything", 0)
     data = cfg["data"]
     h_tokens = cfg["model"].get("eval_horizon", 16)
-    far = rep.get("target_false_alarm_rate", 0.05)
+    far = FalseAlarmTarget(rep.get("target_false_alarm_rate", 0.05), rep.get("threshold_rule", "quantile"))
     run_dir = Path(rep.get("run_dir", "runs/train"))
     out_dir = Path(rep.get("out_dir", "train/results"))
     t0 = time.time()
@@ -398,7 +405,8 @@ def _guard_card(entry: dict, metrics: dict, far: float, data: dict, dm: HazardDa
     figures, thresholds per press setting, the entropy rule's tuning and what it was trained on."""
     per_setting = entry.get("test_per_setting")
     rule = metrics["baselines"]["entropy_rule"]
-    return {"target_false_alarm_rate": far, "test_metrics": _brief(entry["test"]),
+    return {"target_false_alarm_rate": float(far), "threshold_rule": getattr(far, "rule", "quantile"),
+            "test_metrics": _brief(entry["test"]),
             **({"thresholds_by_setting": per_setting["threshold"],
                 "test_metrics_per_setting": _brief(per_setting)} if per_setting else {}),
             # The evaluate stage's entropy_rule policy uses the rule as tuned here, on validation.
@@ -449,9 +457,9 @@ def _load_test_scores(out_dir: Path, test: list) -> dict[str, list[np.ndarray]]:
         return {k: [saved[k][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for k in saved.files}
 
 
-REPORT_KEYS = {"resume", "target_false_alarm_rate", "patience", "window", "architectures", "feature_sets",
-               "leave_one_press_out", "held_out_format", "held_out_task", "cross_model", "learning_curve",
-               "run_dir", "out_dir", "export", "export_gbm"}
+REPORT_KEYS = {"resume", "target_false_alarm_rate", "threshold_rule", "patience", "window", "architectures",
+               "feature_sets", "leave_one_press_out", "held_out_format", "held_out_task", "cross_model",
+               "learning_curve", "run_dir", "out_dir", "export", "export_gbm"}
 
 
 def _brief(m: dict) -> dict:
