@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from hazard import SCHEMA_VERSION, SIGNALS_VERSION
+from hazard import SCHEMA_VERSION, SIGNALS_VERSION, setting_label
 from hazard.errors import HazardError
 from hazard.guard import HazardGuard
 from hazard.predictor.baselines import CycleRule, EntropyRule, RepeatRule, rolling_min, rolling_share, windows
@@ -285,7 +285,7 @@ def test_a_conformal_threshold_holds_the_rate_on_new_healthy_traces():
     a rule it does not know is one clear error."""
     from types import SimpleNamespace
 
-    from hazard.predictor.metrics import FalseAlarmTarget
+    from hazard.predictor.metrics import FalseAlarmTarget, expected_false_alarm_rate
 
     rng = np.random.default_rng(0)
 
@@ -302,11 +302,39 @@ def test_a_conformal_threshold_holds_the_rate_on_new_healthy_traces():
         q = new_alarm_rate(n, FalseAlarmTarget(0.05))
         c = new_alarm_rate(n, FalseAlarmTarget(0.05, "conformal"))
         assert q == pytest.approx(quantile, abs=0.004) and c == pytest.approx(conformal, abs=0.004)
+        assert expected_false_alarm_rate(n, FalseAlarmTarget(0.05)) == pytest.approx(quantile)
+        assert expected_false_alarm_rate(n, FalseAlarmTarget(0.05, "conformal")) == pytest.approx(conformal)
         if n >= 19:
             assert c <= 0.05 < q
     assert new_alarm_rate(30, 0.05, 500) == pytest.approx(new_alarm_rate(30, FalseAlarmTarget(0.05), 500), abs=0.01)
     with pytest.raises(HazardError, match="threshold_rule 'strict'"):
         FalseAlarmTarget(0.05, "strict")
+
+
+def test_threshold_rules_script_counts_each_settings_healthy_traces(traces_dir, tmp_path, monkeypatch):
+    """train/threshold_rules.py: per split and setting, the validation part's healthy traces and each rule's
+    expected false-alarm rate on new ones; the conformal one never above the quantile one."""
+    import sys
+
+    monkeypatch.syspath_prepend("train")
+    import threshold_rules
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"traces": [str(traces_dir)], "val_frac": 0.25, "test_frac": 0.25},
+                                   "report": {"target_false_alarm_rate": 0.05}}))
+    out = tmp_path / "rules.json"
+    monkeypatch.setattr(sys, "argv", ["threshold_rules.py", "--config", str(cfg), "--seeds", "0", "1",
+                                      "--out", str(out)])
+    threshold_rules.main()
+    got = json.loads(out.read_text())
+    traces = load_trace_arrays([str(traces_dir)], "live")
+    val = split_traces(traces, "prompt", 0.25, 0.25, 1)["val"]
+    rows = got["splits"]["1"]["by_setting"]
+    for g, r in rows.items():
+        n = sum(1 for t in val if not t.catastrophe and t.valid.any() and setting_label(t.press, t.ratio) == g)
+        assert r["val_healthy"] == n > 0 and r["conformal"] <= r["quantile"] == pytest.approx((n // 20 + 1) / (n + 1),
+                                                                                             abs=1e-4)
+    assert set(got["mean_pooled"]) == {"quantile", "conformal"}
 
 
 def test_metrics_per_task_expose_a_pooled_auroc_made_by_base_rates():

@@ -72,11 +72,21 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
     maxes = np.sort([s[t.valid].max() for t, s in zip(traces, scores) if not t.catastrophe and t.valid.any()])[::-1]
     if len(maxes) == 0:
         return 0.5
-    if getattr(target_far, "rule", "quantile") == "conformal":
-        k = max(int(np.floor(target_far * (len(maxes) + 1))) - 1, 0)
-    else:
-        k = int(np.floor(target_far * len(maxes)))  # traces allowed to alarm
+    k = alarms_allowed(len(maxes), target_far)
     return float(np.nextafter(maxes[k], np.inf)) if k < len(maxes) else float(maxes[-1])
+
+
+def alarms_allowed(n: int, target_far: float) -> int:
+    """How many of ``n`` healthy validation traces ``choose_threshold`` lets alarm under ``target_far``'s rule."""
+    if getattr(target_far, "rule", "quantile") == "conformal":
+        return max(int(np.floor(target_far * (n + 1))) - 1, 0)
+    return int(np.floor(target_far * n))
+
+
+def expected_false_alarm_rate(n: int, target_far: float) -> float:
+    """The chance that a new healthy trace alarms at the threshold ``choose_threshold`` picks on ``n`` healthy
+    validation traces, the new one exchangeable with them (their maxima distinct): (k + 1) / (n + 1)."""
+    return min((alarms_allowed(n, target_far) + 1) / (n + 1), 1.0)
 
 
 def setting(t: Trace) -> str:
