@@ -18,6 +18,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from hazard.collect import _git_sha
 from hazard.predictor.data import expand_trace_paths, load_trace_arrays, split_traces
 from hazard.predictor.metrics import THRESHOLD_RULES, FalseAlarmTarget, expected_false_alarm_rate, setting
 from hazard.traces import write_json
@@ -39,7 +40,8 @@ def main() -> None:
     data = cfg["data"]
     rate = args.rate if args.rate is not None else cfg.get("report", {}).get("target_false_alarm_rate", 0.05)
     traces = load_trace_arrays(expand_trace_paths(data["traces"]), "live")
-    out = {"config": str(args.config), "traces": data["traces"], "rate": rate, "splits": {}}
+    out = {"config": str(args.config), "traces": data["traces"], "rate": rate, "seeds": args.seeds,
+           "models": sorted({t.model for t in traces}), "git_sha": _git_sha(), "splits": {}}
     for seed in args.seeds:
         parts = split_traces(traces, data.get("split", "prompt"), data.get("val_frac", 0.15),
                              data.get("test_frac", 0.2), seed)
