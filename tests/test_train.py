@@ -311,6 +311,27 @@ def test_a_conformal_threshold_holds_the_rate_on_new_healthy_traces():
         FalseAlarmTarget(0.05, "strict")
 
 
+def test_the_false_alarm_budget_names_settings_too_small_for_the_target():
+    """30 healthy Knorm validation traces hold 5% under the conformal rule (1/31), 9 healthy SnapKV ones cannot
+    (1/10); failing traces and healthy ones without a valid token do not count; the pooled expectation
+    weights the settings by the test's healthy traces."""
+    from types import SimpleNamespace
+
+    from hazard.predictor.metrics import FalseAlarmTarget, false_alarm_budget
+
+    def tr(press, failing=False, valid=True):
+        return SimpleNamespace(press=press, ratio=0.875, catastrophe=failing, valid=np.array([valid]))
+
+    val = [tr("knorm")] * 30 + [tr("knorm", failing=True)] * 5 + [tr("snapkv")] * 9 + [tr("snapkv", valid=False)]
+    test = [tr("knorm")] * 10 + [tr("snapkv")] * 30
+    b = false_alarm_budget(val, test, FalseAlarmTarget(0.05, "conformal"))
+    assert b["val_healthy"] == {"knorm@0.875": 30, "snapkv@0.875": 9} and b["rule"] == "conformal"
+    assert b["expected_false_alarm_rate"] == {"knorm@0.875": round(1 / 31, 4), "snapkv@0.875": 0.1}
+    assert b["over_target"] == ["snapkv@0.875"]
+    assert b["expected_pooled"] == pytest.approx((10 * round(1 / 31, 4) + 30 * 0.1) / 40, abs=1e-4)
+    assert false_alarm_budget(val, test, 0.05)["over_target"] == ["knorm@0.875", "snapkv@0.875"]  # 2/31, 1/10
+
+
 def test_threshold_rules_script_counts_each_settings_healthy_traces(traces_dir, tmp_path, monkeypatch):
     """train/threshold_rules.py: per split and setting, the validation part's healthy traces and each rule's
     expected false-alarm rate on new ones; the conformal one never above the quantile one."""
@@ -456,6 +477,11 @@ def test_report_trains_evaluates_exports_and_guard_streams(traces_dir, tmp_path)
     per = saved["model"]["test_per_setting"]
     assert set(per["threshold"]) == set(per["by_press"]) == set(saved["model"]["test"]["by_press"])
     assert "test_per_setting" in saved["baselines"]["gradient_boosting"]
+    budget = saved["model"]["test_per_setting"]["false_alarm_budget"]  # what the thresholds promise on new traces
+    assert budget["rule"] == "quantile" and sum(budget["val_healthy"].values()) == sum(
+        1 for t in split_traces(load_trace_arrays([str(traces_dir)], "live"), "prompt", cfg["data"]["val_frac"],
+                                cfg["data"]["test_frac"], cfg["data"]["seed"])["val"]
+        if not t.catastrophe and t.valid.any())
     guard = HazardGuard.from_pretrained(tmp_path / "ckpt")  # the exported guard carries them
     assert guard.thresholds == per["threshold"] and guard.threshold == saved["model"]["val"]["threshold"]
     setting = next(k for k in per["threshold"] if k != "none")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hazard.collect import _git_sha
 from hazard.predictor.data import expand_trace_paths, load_trace_arrays, split_traces
-from hazard.predictor.metrics import THRESHOLD_RULES, FalseAlarmTarget, expected_false_alarm_rate, setting
+from hazard.predictor.metrics import THRESHOLD_RULES, FalseAlarmTarget, false_alarm_budget, setting
 from hazard.traces import write_json
 from hazard.yaml_config import load_config
 
@@ -45,14 +45,13 @@ def main() -> None:
     for seed in args.seeds:
         parts = split_traces(traces, data.get("split", "prompt"), data.get("val_frac", 0.15),
                              data.get("test_frac", 0.2), seed)
-        val, test = healthy_by_setting(parts["val"]), healthy_by_setting(parts["test"])
-        rows = {g: {"val_healthy": val[g], "test_healthy": test[g],
-                    **{rule: round(expected_false_alarm_rate(val[g], FalseAlarmTarget(rate, rule)), 4)
-                       for rule in THRESHOLD_RULES}}
-                for g in sorted(set(val) | set(test)) if val[g]}
-        weight = sum(r["test_healthy"] for r in rows.values())
-        pooled = {rule: round(sum(r[rule] * r["test_healthy"] for r in rows.values()) / weight, 4)
-                  for rule in THRESHOLD_RULES}
+        budgets = {rule: false_alarm_budget(parts["val"], parts["test"], FalseAlarmTarget(rate, rule))
+                   for rule in THRESHOLD_RULES}
+        test = healthy_by_setting(parts["test"])
+        rows = {g: {"val_healthy": n, "test_healthy": test[g],
+                    **{rule: b["expected_false_alarm_rate"][g] for rule, b in budgets.items()}}
+                for g, n in budgets["quantile"]["val_healthy"].items() if n}
+        pooled = {rule: b["expected_pooled"] for rule, b in budgets.items()}
         out["splits"][str(seed)] = {"by_setting": rows, "pooled": pooled}
         print(f"split {seed}: " + ", ".join(f"{g} n={r['val_healthy']}" for g, r in rows.items())
               + " | expected pooled " + ", ".join(f"{k} {v:.3f}" for k, v in pooled.items()))

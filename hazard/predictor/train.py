@@ -36,6 +36,7 @@ from hazard.predictor.metrics import (
     choose_threshold,
     choose_thresholds,
     evaluate,
+    false_alarm_budget,
     setting,
     signal_report,
 )
@@ -147,6 +148,7 @@ def scored(traces_val, val_scores, traces_test, test_scores, h: int, target_far:
     if len(val_settings) > 1 and {setting(t) for t in traces_test} <= val_settings:
         per = choose_thresholds(traces_val, val_scores, target_far)
         out["test_per_setting"] = evaluate(traces_test, test_scores, h, per, probabilistic)
+        out["test_per_setting"]["false_alarm_budget"] = false_alarm_budget(traces_val, traces_test, target_far)
     return out
 
 
@@ -261,6 +263,12 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
         main_val, main_test = model_scores(model, dm, "val", h), model_scores(model, dm, "test", h)
         metrics = {"model": {"net": cfg["model"].get("net", "gru"), **scored(val, main_val, test, main_test, h, far)},
                    "fit_seconds": round(t_fit, 2)}
+        budget = metrics["model"].get("test_per_setting", {}).get("false_alarm_budget")
+        if budget and budget["over_target"]:  # printed, not logged: device calls filter their logs' warnings out
+            print("report: too few healthy validation traces to hold each setting's false alarms to "
+                  f"{float(far):.0%} on new traces: " + ", ".join(
+                      f"{g} ({budget['val_healthy'][g]} traces, expected {budget['expected_false_alarm_rate'][g]:.1%})"
+                      for g in budget["over_target"]), flush=True)
         every_trace = [t for part in dm.parts.values() for t in part]
         metrics["config"] = {"path": str(path), **copy.deepcopy(cfg)}
         metrics["data"] = {"traces": data["traces"], "fingerprint": traces_fingerprint(data["traces"]),
