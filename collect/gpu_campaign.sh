@@ -23,6 +23,7 @@
 # (resumes: the readings are kept in /tmp/hz/<collection>_check between calls on a warm machine; the study's
 # options in CHECK_ARGS, default "--every 1 16 --models gbm": the 0.5B pilot's best detector, kept short on the hold).
 # STEPS=arith runs train/arith_signal.py on the collection (schema 10): wrong equations per setting and type.
+# STEPS=rules runs train/threshold_rules.py on REPORT's traces and split: each threshold rule's expected false alarms.
 # STEPS=ponr runs the point-of-no-return probe (configs/ponr/$PONR.yaml, default ponr_q15) into
 # /tmp/traces/ponr_q15; then REPORT=ponr_q15 STEPS=train trains the head that forecasts it.
 set -uo pipefail
@@ -78,6 +79,10 @@ if want send; then
   bash gpu/traces.sh send "/tmp/traces/$C"
 fi
 REPORT=${REPORT:-campaign_$M}  # the train config, configs/train/$REPORT.yaml (out_dir .../results/$REPORT)
+if want rules; then  # what each threshold rule promises on new traces, from the report's split (labels only, seconds)
+  python3 train/threshold_rules.py --config "configs/train/$REPORT.yaml" --seeds 0 \
+    --out "$OUT/threshold_rules_$REPORT.json" 2>&1 | grep -v -i warn | tail -3
+fi
 if want train; then
   # metrics.json is rewritten after every study: stopping at the time limit keeps what was finished
   python3 -c "import wandb, lightning.pytorch.loggers as l; l.WandbLogger" 2>/dev/null \
