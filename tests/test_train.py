@@ -599,6 +599,52 @@ def test_report_killed_in_its_baselines_resumes_without_refitting_the_main_model
     assert once["or_cycle_rule"] == json.loads(json.dumps(resumed["or_cycle_rule"]))
 
 
+def test_a_stopped_report_goes_on_in_another_place(traces_dir, tmp_path, monkeypatch):
+    """A report stopped on a device machine goes on here: its folder unpacked elsewhere, the traces sent to
+    another path, another accelerator. It keeps the finished part (the main model is not fitted again) and
+    records the move; a change in what it computes still starts it afresh."""
+    import shutil
+
+    import hazard.predictor.train as tr
+    from hazard.predictor.baselines import WindowClassifier
+
+    cfg, path = _baselines_report(traces_dir, tmp_path)
+    cfg["trainer"]["accelerator"] = "auto"
+    path.write_text(yaml.safe_dump(cfg))
+    fits, real_fit, real_clf_fit = [], tr.fit, WindowClassifier.fit
+    monkeypatch.setattr(tr, "fit", lambda *a, **k: (fits.append(a[4]), real_fit(*a, **k))[1])
+
+    def killed_in_gbm(self, *a, **k):
+        if self.kind == "gbm":
+            raise KeyboardInterrupt
+        return real_clf_fit(self, *a, **k)
+
+    monkeypatch.setattr(WindowClassifier, "fit", killed_in_gbm)
+    with pytest.raises(KeyboardInterrupt):
+        tr.run_report(str(path))
+    stopped = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    monkeypatch.setattr(WindowClassifier, "fit", real_clf_fit)
+
+    here = tmp_path / "here"
+    shutil.copytree(tmp_path / "results", here / "results")
+    shutil.copytree(traces_dir, here / "traces")
+    moved = dict(cfg, trainer={**cfg["trainer"], "accelerator": "cpu"},
+                 data={**cfg["data"], "traces": [str(here / "traces")]},
+                 report={**cfg["report"], "out_dir": str(here / "results"), "run_dir": str(here / "runs")})
+    (here / "train.yaml").write_text(yaml.safe_dump(moved))
+    resumed = tr.run_report(str(here / "train.yaml"))
+    assert fits == ["main"] and resumed["complete"] and resumed["model"] == stopped["model"]
+    [move] = resumed["moves"]
+    assert move["hardware"] == "CPU" and "main fit, rules and export" in move["stages_done"]
+    assert set(move["moved"]) == {"path", "data.traces", "trainer.accelerator", "report.run_dir", "report.out_dir"}
+    assert move["moved"]["trainer.accelerator"] == ["auto", "cpu"]
+
+    changed = dict(moved, report={**moved["report"], "out_dir": str(tmp_path / "results"), "window": 2})
+    (here / "other.yaml").write_text(yaml.safe_dump(changed))
+    tr.run_report(str(here / "other.yaml"))
+    assert fits == ["main", "main"]  # another window is another report: it starts afresh
+
+
 def test_guard_checkpoint_errors(tmp_path, traces_dir):
     with pytest.raises(HazardError, match="missing config.json"):
         HazardGuard.from_pretrained(tmp_path)

@@ -424,24 +424,48 @@ def _guard_card(entry: dict, metrics: dict, far: float, data: dict, dm: HazardDa
 
 
 OUTPUT_KEYS = ("export", "export_gbm")  # report keys that say where results go, not what they are
+# Where a report reads, writes and runs, not what it computes: a report stopped on a device machine goes on from
+# its unpacked folder on another machine, on the traces sent there (``traces_fingerprint`` checks they are the
+# same collection) and another accelerator; each such move is kept in ``metrics["moves"]``.
+LOCATION_KEYS = {"": ("path",), "data": ("traces",), "trainer": ("accelerator", "devices"),
+                 "report": ("run_dir", "out_dir")}
+
+
+def _located(c: dict) -> dict[str, object]:
+    """``c``'s ``LOCATION_KEYS`` values by dotted name."""
+    return {f"{sec}.{k}".lstrip("."): (c if not sec else c.get(sec, {})).get(k)
+            for sec, keys in LOCATION_KEYS.items() for k in keys}
 
 
 def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None:
-    """The metrics and W&B run records of an earlier call of this report (same config up to
-    ``OUTPUT_KEYS``) in ``out_dir``."""
+    """The metrics and W&B run records of an earlier call of this report (same config up to ``OUTPUT_KEYS``
+    and ``LOCATION_KEYS``) in ``out_dir``."""
     f = out_dir / "metrics.json"
     if not f.is_file():
         return None
     metrics = json.loads(f.read_text())
 
     def what(c: dict) -> dict:
-        return {**c, "report": {k: v for k, v in c.get("report", {}).items() if k not in OUTPUT_KEYS}}
+        out = {k: v for k, v in c.items() if k not in LOCATION_KEYS[""]}
+        for sec, keys in LOCATION_KEYS.items():
+            if sec and sec in out:
+                out[sec] = {k: v for k, v in out[sec].items() if k not in keys}
+        return {**out, "report": {k: v for k, v in out.get("report", {}).items() if k not in OUTPUT_KEYS}}
 
     now = json.loads(json.dumps({"path": str(path), **cfg}))
-    if what(metrics.get("config", {})) != what(now):
+    before = metrics.get("config", {})
+    if what(before) != what(now):
         log.info("%s was written by another config: the report starts afresh", f)
         return None
-    metrics["config"] = now  # an export added since: recorded
+    then, here = _located(before), _located(now)
+    moved = {k: [then[k], here[k]] for k in then if then[k] != here[k]}
+    if moved:
+        hardware = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+        metrics.setdefault("moves", []).append({"moved": moved, "hardware": hardware,
+                                                "stages_done": list(metrics.get("stage_seconds", {}))})
+        print(f"report: resuming on {hardware} (the finished part ran on {metrics.get('hardware')}); moved: "
+              + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items()), flush=True)
+    metrics["config"] = now  # an export added since, or the report's new place: recorded
     w = out_dir / "wandb_runs.json"
     return metrics, (json.loads(w.read_text())["runs"] if w.is_file() else [])
 
