@@ -15,18 +15,13 @@ beside the reports' measured ``false_alarm_rate``. It reads only the labels, not
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 from hazard.collect import _git_sha
 from hazard.predictor.data import expand_trace_paths, load_trace_arrays, split_traces
-from hazard.predictor.metrics import THRESHOLD_RULES, FalseAlarmTarget, false_alarm_budget, setting
+from hazard.predictor.metrics import THRESHOLD_RULES, FalseAlarmTarget, false_alarm_budget
 from hazard.traces import write_json
 from hazard.yaml_config import load_config
-
-
-def healthy_by_setting(traces) -> Counter:
-    return Counter(setting(t) for t in traces if not t.catastrophe and t.valid.any())
 
 
 def main() -> None:
@@ -47,8 +42,8 @@ def main() -> None:
                              data.get("test_frac", 0.2), seed)
         budgets = {rule: false_alarm_budget(parts["val"], parts["test"], FalseAlarmTarget(rate, rule))
                    for rule in THRESHOLD_RULES}
-        test = healthy_by_setting(parts["test"])
-        rows = {g: {"val_healthy": n, "test_healthy": test[g],
+        test = budgets["quantile"]["test_healthy"]
+        rows = {g: {"val_healthy": n, "test_healthy": test.get(g, 0),
                     **{rule: b["expected_false_alarm_rate"][g] for rule, b in budgets.items()}}
                 for g, n in budgets["quantile"]["val_healthy"].items() if n}
         pooled = {rule: b["expected_pooled"] for rule, b in budgets.items()}

@@ -114,7 +114,7 @@ def false_alarm_budget(val: list[Trace], test: list[Trace], target_far: float) -
     """What per-setting thresholds chosen on ``val`` promise on new healthy traces: per setting the validation
     part's healthy traces (``val_healthy``, those ``choose_threshold`` reads) and the expected false-alarm rate
     (``expected_false_alarm_rate``); pooled over the settings weighted by ``test``'s healthy traces
-    (``expected_pooled``); ``over_target``: the settings whose expectation exceeds the target (too few
+    (``test_healthy``, ``expected_pooled``); ``over_target``: the settings whose expectation exceeds the target (too few
     healthy validation traces for the rule: under 19 at 5% for ``conformal``)."""
     def healthy(traces: list[Trace]) -> dict[str, int]:
         return {g: sum(1 for i in sel if not traces[i].catastrophe and traces[i].valid.any())
@@ -124,7 +124,7 @@ def false_alarm_budget(val: list[Trace], test: list[Trace], target_far: float) -
     rate = {g: round(expected_false_alarm_rate(n, target_far), 4) for g, n in n_val.items() if n}
     weight = sum(n_test.get(g, 0) for g in rate)
     pooled = sum(r * n_test.get(g, 0) for g, r in rate.items()) / weight if weight else None
-    return {"rule": getattr(target_far, "rule", "quantile"), "val_healthy": n_val,
+    return {"rule": getattr(target_far, "rule", "quantile"), "val_healthy": n_val, "test_healthy": n_test,
             "expected_false_alarm_rate": rate, "expected_pooled": None if pooled is None else round(pooled, 4),
             "over_target": sorted(g for g, r in rate.items() if r > target_far + 1e-12)}
 

@@ -278,7 +278,7 @@ def run_report(config_path: str, cfg: dict | None = None) -> dict:
                            "formats": sorted({t.format for t in every_trace}),
                            "n_traces": {k: len(v) for k, v in dm.parts.items()},
                            "n_prompts": {k: len({t.prompt_id for t in v}) for k, v in dm.parts.items()}}
-        metrics["hardware"] = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+        metrics["hardware"] = _hardware()
         # The entropy rule before the export (the guard carries its tuning), then a save: a report killed in
         # the slower baselines keeps the main fit and its guard.
         rule = EntropyRule().fit(dm.parts["train"], val, h)
@@ -431,6 +431,11 @@ LOCATION_KEYS = {"": ("path",), "data": ("traces",), "trainer": ("accelerator", 
                  "report": ("run_dir", "out_dir")}
 
 
+def _hardware() -> str:
+    """What a report's fits run on, as ``metrics["hardware"]`` names it."""
+    return "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+
+
 def _located(c: dict) -> dict[str, object]:
     """``c``'s ``LOCATION_KEYS`` values by dotted name."""
     return {f"{sec}.{k}".lstrip("."): (c if not sec else c.get(sec, {})).get(k)
@@ -460,7 +465,7 @@ def _resumable(out_dir: Path, path: Path, cfg: dict) -> tuple[dict, list] | None
     then, here = _located(before), _located(now)
     moved = {k: [then[k], here[k]] for k in then if then[k] != here[k]}
     if moved:
-        hardware = "CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+        hardware = _hardware()
         metrics.setdefault("moves", []).append({"moved": moved, "hardware": hardware,
                                                 "stages_done": list(metrics.get("stage_seconds", {}))})
         print(f"report: resuming on {hardware} (the finished part ran on {metrics.get('hardware')}); moved: "
