@@ -69,11 +69,16 @@ def choose_threshold(traces: list[Trace], scores: list[np.ndarray], target_far: 
     """Lowest threshold at which at most ``target_far`` of healthy traces raise any alarm (validation only):
     on the validation traces, or, with a ``FalseAlarmTarget`` of rule ``conformal``, on new ones in
     expectation (see there)."""
-    maxes = np.sort([s[t.valid].max() for t, s in zip(traces, scores) if not t.catastrophe and t.valid.any()])[::-1]
+    maxes = np.sort([s[t.valid].max() for t, s in zip(traces, scores) if _holds_threshold(t)])[::-1]
     if len(maxes) == 0:
         return 0.5
     k = alarms_allowed(len(maxes), target_far)
     return float(np.nextafter(maxes[k], np.inf)) if k < len(maxes) else float(maxes[-1])
+
+
+def _holds_threshold(t: Trace) -> bool:
+    """A healthy trace with a token to score: the traces a threshold is held to."""
+    return not t.catastrophe and t.valid.any()
 
 
 def alarms_allowed(n: int, target_far: float) -> int:
@@ -117,7 +122,7 @@ def false_alarm_budget(val: list[Trace], test: list[Trace], target_far: float) -
     (``test_healthy``, ``expected_pooled``); ``over_target``: the settings whose expectation exceeds the target (too few
     healthy validation traces for the rule: under 19 at 5% for ``conformal``)."""
     def healthy(traces: list[Trace]) -> dict[str, int]:
-        return {g: sum(1 for i in sel if not traces[i].catastrophe and traces[i].valid.any())
+        return {g: sum(1 for i in sel if _holds_threshold(traces[i]))
                 for g, sel in _groups(traces, setting).items()}
 
     n_val, n_test = healthy(val), healthy(test)
